@@ -1,0 +1,78 @@
+"""Options shared by several verbs, so every command spells them the same way."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..core import TimingPlan
+from ..errors import InputError
+
+
+def add_target_args(p: argparse.ArgumentParser, default: str = "ort-cpu") -> None:
+    p.add_argument("--target", "-t", default=default,
+                   help=f"target name from `deploykit targets` or a .toml path (default {default})")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: target's)")
+
+
+def add_store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None,
+                   help="results database (default $DEPLOYKIT_STORE or the per-user data dir)")
+    p.add_argument("--no-store", action="store_true", help="do not record this run")
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", default=None, metavar="NPZ",
+                   help=".npz with one array per model input (default: seeded random tensors)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                   help="concrete shape for an input with symbolic dims (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("timing plan")
+    g.add_argument("--rel-ci", type=float, default=TimingPlan.target_rel_ci,
+                   help="stop when the 95%% CI of the median is within +/- this (default 0.01)")
+    g.add_argument("--max-time", type=float, default=TimingPlan.max_time_s,
+                   help="time cap in seconds for the timed phase (default 30)")
+    g.add_argument("--min-samples", type=int, default=TimingPlan.min_samples)
+    g.add_argument("--warmup-max", type=float, default=TimingPlan.warmup_max_s,
+                   help="longest warm-up in seconds (default 5)")
+
+
+def plan_from_args(args: argparse.Namespace) -> TimingPlan:
+    if not 0 < args.rel_ci < 1:
+        raise InputError(f"--rel-ci must be in (0, 1), got {args.rel_ci}")
+    if args.max_time <= 0:
+        raise InputError(f"--max-time must be positive, got {args.max_time}")
+    return TimingPlan(target_rel_ci=args.rel_ci, max_time_s=args.max_time,
+                      min_samples=args.min_samples, warmup_max_s=args.warmup_max,
+                      seed=getattr(args, "seed", 0))
+
+
+def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """["x=1,3,224,224"] -> {"x": (1, 3, 224, 224)}."""
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.split(","))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"bad --shape {item!r}: expected NAME=D0,D1,... with positive ints")
+        shapes[name] = shape
+    return shapes
+
+
+def store_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "store", None):
+        return Path(args.store)
+    if os.environ.get("DEPLOYKIT_STORE"):
+        return Path(os.environ["DEPLOYKIT_STORE"])
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("deploykit")) / "results.sqlite"

@@ -1,0 +1,1 @@
+"""Torch-side compression: pruning, low-rank, compact filters, distillation on nn.Module."""

@@ -1,0 +1,146 @@
+"""Loading ONNX files safely, and reading their input/output specs.
+
+Refuses what a user should hear about before anything runs: missing or truncated files, protobuf
+that is not an ONNX model, and external-data paths that escape the model's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .core import TensorSpec
+from .errors import InputError
+
+_ELEM_TO_NP = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
+               9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+
+
+def check_external_data(model, folder: Path) -> None:
+    """Every external-data location must resolve inside the model's own folder."""
+    import onnx
+
+    base = folder.resolve()
+    for tensor in _all_initializers(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (base / loc).resolve()
+        if Path(loc).is_absolute() or base not in target.parents and target != base:
+            raise InputError(
+                f"external data of tensor '{tensor.name}' points outside the model's folder: {loc!r}")
+        if not target.exists():
+            raise InputError(f"external data file of tensor '{tensor.name}' is missing: {target}")
+
+
+def _all_initializers(model):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.t is not None and attr.HasField("t"):
+                yield attr.t
+
+
+def load_onnx(path: str | Path, load_external: bool = True):
+    """onnx.ModelProto from `path`, or a one-line InputError naming what is wrong."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"model file not found: {p}")
+    if p.is_dir():
+        raise InputError(f"expected an .onnx file, got a directory: {p}")
+    if p.stat().st_size == 0:
+        raise InputError(f"model file is empty: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        raise InputError(f"not a valid ONNX model (corrupt or truncated?): {p}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not model.graph.node and not model.graph.output:
+        raise InputError(f"not a valid ONNX model (empty graph; corrupt or truncated?): {p}")
+    check_external_data(model, p.parent)
+    if load_external:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(p.parent))
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise InputError(f"ONNX model fails onnx.checker: {p}: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def _spec(value_info) -> TensorSpec:
+    t = value_info.type.tensor_type
+    dims: list[int | str] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return TensorSpec(value_info.name, tuple(dims), _ELEM_TO_NP.get(t.elem_type, "float32"))
+
+
+def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Graph inputs (excluding initializers) and outputs."""
+    inits = {i.name for i in model.graph.initializer}
+    ins = [_spec(v) for v in model.graph.input if v.name not in inits]
+    outs = [_spec(v) for v in model.graph.output]
+    return ins, outs
+
+
+def resolve_shape(spec: TensorSpec, overrides: dict[str, tuple[int, ...]] | None = None,
+                  dim_values: dict[str, int] | None = None) -> tuple[int, ...]:
+    """A concrete shape: user override > named dim value (e.g. batch=1) > 1 for unknown dims."""
+    if overrides and spec.name in overrides:
+        return tuple(overrides[spec.name])
+    dim_values = dim_values or {}
+    return tuple(d if isinstance(d, int) else int(dim_values.get(d, 1)) for d in spec.shape)
+
+
+def make_feeds(specs: list[TensorSpec], seed: int = 0,
+               overrides: dict[str, tuple[int, ...]] | None = None,
+               npz: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs of the model's shapes, or the arrays of a user .npz (checked)."""
+    if npz is not None:
+        return load_npz_feeds(specs, npz)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        shape = resolve_shape(s, overrides)
+        if s.dtype.startswith("int") or s.dtype.startswith("uint"):
+            feeds[s.name] = rng.integers(0, 2, size=shape).astype(s.dtype)
+        elif s.dtype == "bool":
+            feeds[s.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+    return feeds
+
+
+def load_npz_feeds(specs: list[TensorSpec], npz: str | Path) -> dict[str, np.ndarray]:
+    p = Path(npz)
+    if not p.exists():
+        raise InputError(f"input file not found: {p}")
+    try:
+        data = np.load(p, allow_pickle=False)
+        arrays = {k: data[k] for k in data.files}
+    except Exception as e:  # numpy raises several types for a bad archive
+        raise InputError(f"cannot read inputs from {p}: {e}") from None
+    feeds = {}
+    for s in specs:
+        if s.name not in arrays:
+            raise InputError(f"{p} has no array named '{s.name}' (has: {', '.join(arrays) or 'none'})")
+        a = arrays[s.name]
+        check_shape(s, a.shape)
+        feeds[s.name] = a.astype(s.dtype, copy=False)
+    return feeds
+
+
+def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    if len(shape) != len(spec.shape) or any(
+            isinstance(d, int) and d != got for d, got in zip(spec.shape, shape)):
+        raise InputError(f"input '{spec.name}' has shape {list(shape)}, model expects "
+                         f"{list(spec.shape)}")

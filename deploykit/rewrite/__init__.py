@@ -1,0 +1,38 @@
+"""Graph-side compression steps: each module holds one transformation on an ONNX model.
+
+A recipe step is a function `step(model, cfg, ctx) -> StepResult` registered in
+`deploykit.recipe.STEPS`; `cfg` is the step's own frozen dataclass (defaults for every field).
+Every step's output is verified numerically against its input by the recipe runner before
+anything is timed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step may need beyond the model: example/calibration inputs and a scratch folder."""
+
+    feeds: Mapping[str, np.ndarray]  # one seeded (or user-supplied) input batch
+    calibration: tuple[Mapping[str, np.ndarray], ...] = ()  # batches for static quantization
+    calibration_is_synthetic: bool = True
+    workdir: Path = Path(".")
+    target: str = "ort-cpu"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """`model` is None exactly when the step did not apply; `skipped` then says why."""
+
+    model: Any | None  # onnx.ModelProto
+    skipped: str | None = None
+    notes: tuple[str, ...] = ()  # warnings a user must see ("synthetic calibration data")
+    details: Mapping[str, Any] = field(default_factory=dict)  # e.g. per-layer errors, rule counts
+    # how outputs should be judged against the parent: "fp32" (tight) or "int8"/"fp16" (cosine)
+    fidelity_kind: str = "fp32"
