@@ -1,0 +1,177 @@
+"""ONNX Runtime targets (CPU and CUDA execution providers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from typing import Mapping
+
+import numpy as np
+
+from ..core import Artifact, ModelRef, OpTime, Target
+from ..errors import TargetError
+from ..onnxio import io_specs, load_onnx
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
+
+
+def session_options(config: Mapping, *, profiling: bool = False):
+    import onnxruntime as ort
+
+    opts = config.get("options", {})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(config.get("threads", 2))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    level = opts.get("graph_optimization_level", "all")
+    if level not in _LEVELS:
+        raise TargetError(f"unknown graph_optimization_level {level!r} (one of {', '.join(_LEVELS)})")
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    spin = "1" if opts.get("allow_spinning", True) else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.log_severity_level = 3
+    if profiling:
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="deploykit-prof-"), "ort")
+    return so
+
+
+class OrtArtifact(Artifact):
+    """An ORT InferenceSession; `run` binds the feeds once and reuses them."""
+
+    def __init__(self, model: ModelRef, target: "OrtTarget", session, inputs, outputs,
+                 create_ms: float):
+        super().__init__(model, target, inputs, outputs, create_ms)
+        self.session = session
+        self.providers = tuple(session.get_providers())
+        self._names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds):
+        return self.session.run(self._names, dict(feeds))
+
+    def timed_runner(self, feeds):
+        run, names, f = self.session.run, self._names, dict(feeds)
+        return lambda: run(names, f)
+
+    def per_op(self, feeds, runs: int = 20, trace_path: str | None = None) -> list[OpTime]:
+        """Time per node from ORT's own profiler (a separate profiling session, so the timed
+        session stays unprofiled); optionally keep ORT's Chrome trace for Perfetto."""
+        import onnxruntime as ort
+
+        so = session_options(self.target.config, profiling=True)
+        sess = ort.InferenceSession(str(self.model.path), so, providers=list(self.providers))
+        f = dict(feeds)
+        for _ in range(3):
+            sess.run(None, f)
+        sess.end_profiling()  # drop warm-up events
+        so2 = session_options(self.target.config, profiling=True)
+        sess = ort.InferenceSession(str(self.model.path), so2, providers=list(self.providers))
+        for _ in range(3):
+            sess.run(None, f)
+        t_start = sess.get_profiling_start_time_ns()
+        for _ in range(runs):
+            sess.run(None, f)
+        path = sess.end_profiling()
+        try:
+            with open(path) as fh:
+                events = json.load(fh)
+            if trace_path:
+                from ..fsutil import atomic_path
+
+                with atomic_path(trace_path) as tmp:
+                    shutil.copyfile(path, tmp)
+        finally:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        return aggregate_node_events(events, runs_skip=3, runs=runs, t_start_ns=t_start)
+
+
+def aggregate_node_events(events: list[dict], runs: int, runs_skip: int = 0,
+                          t_start_ns: int | None = None) -> list[OpTime]:
+    """Per-node mean time per inference from ORT profiler events (cat "Node", *_kernel_time).
+
+    Events of the first `runs_skip` model runs are dropped (they are warm-up); the rest must be
+    `runs` inferences.
+    """
+    runs_seen = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    cutoff = runs_seen[runs_skip]["ts"] if len(runs_seen) > runs_skip and runs_skip else None
+    totals: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    types: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if cutoff is not None and e["ts"] < cutoff:
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        totals[name] += e["dur"] / 1000.0
+        calls[name] += 1
+        types[name] = e.get("args", {}).get("op_name", "?")
+    grand = sum(totals.values()) or 1.0
+    ops = [OpTime(n, types[n], totals[n] / runs, totals[n] / grand, max(1, calls[n] // runs))
+           for n in totals]
+    return sorted(ops, key=lambda o: -o.total_ms)
+
+
+def by_op_type(ops: list[OpTime]) -> list[OpTime]:
+    """Fold a per-node breakdown into one row per op type."""
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for o in ops:
+        a = acc[o.op_type]
+        a[0] += o.total_ms
+        a[1] += o.share
+        a[2] += 1
+    return sorted((OpTime(t, t, v[0], v[1], int(v[2])) for t, v in acc.items()),
+                  key=lambda o: -o.total_ms)
+
+
+class OrtTarget(Target):
+    def unavailable_reason(self) -> str | None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed"
+        wanted = self.config.get("options", {}).get("providers", ["CPUExecutionProvider"])
+        have = set(ort.get_available_providers())
+        missing = [p for p in wanted if p not in have]
+        if missing:
+            nice = {"CUDAExecutionProvider": "no CUDA provider (install onnxruntime-gpu on a "
+                                             "machine with an NVIDIA GPU)"}
+            return "; ".join(nice.get(p, f"no {p}") for p in missing)
+        if "CUDAExecutionProvider" in wanted and not _cuda_device_present():
+            return "no CUDA provider usable: no NVIDIA GPU found"
+        return None
+
+    def compile(self, model: ModelRef) -> OrtArtifact:
+        import onnxruntime as ort
+
+        proto = load_onnx(model.path, load_external=False)
+        inputs, outputs = io_specs(proto)
+        so = session_options(self.config)
+        providers = self.config.get("options", {}).get("providers", ["CPUExecutionProvider"])
+        t0 = time.perf_counter()
+        try:
+            sess = ort.InferenceSession(str(model.path), so, providers=providers)
+        except Exception as e:  # ORT raises its own exception types per failure
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TargetError(f"{self.name}: onnxruntime cannot load {model.path}: {first}") from None
+        create_ms = (time.perf_counter() - t0) * 1e3
+        art = OrtArtifact(model, self, sess, inputs, outputs, create_ms)
+        if providers[0] not in art.providers:
+            raise TargetError(f"{self.name}: {providers[0]} was not used by the session")
+        return art
+
+
+def _cuda_device_present() -> bool:
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    d = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / d) if d else float(np.array_equal(a, b))
