@@ -32,7 +32,7 @@ def session_options(config: Mapping, *, profiling: bool = False):
     if level not in _LEVELS:
         raise TargetError(f"unknown graph_optimization_level {level!r} (one of {', '.join(_LEVELS)})")
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-    spin = "1" if opts.get("allow_spinning", True) else "0"
+    spin = "1" if config.get("allow_spinning", opts.get("allow_spinning", True)) else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.log_severity_level = 3
     if profiling:

@@ -1,0 +1,92 @@
+"""`deploykit profile` end to end (tiny plans: these check the pipeline, not the speed)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deploykit.cli import main
+from onnx_models import conv_relu_gemm
+
+FAST = ["--max-time", "0.5", "--warmup-max", "0.2", "--min-samples", "10", "--no-roofline", "-q"]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    return conv_relu_gemm(tmp_path_factory.mktemp("m") / "m.onnx")
+
+
+def test_profile_json_and_store(onnx_file, tmp_path):
+    out, trace, store = tmp_path / "r.json", tmp_path / "t.json", tmp_path / "s.sqlite"
+    assert main(["profile", onnx_file, "--json", str(out), "--trace", str(trace),
+                 "--store", str(store), *FAST]) == 0
+    d = json.loads(out.read_text())
+    assert d["samples_ms"] and d["per_op"] and d["target"] == "ort-cpu"
+    assert json.loads(trace.read_text())
+    from deploykit.store import Store
+
+    with Store(store) as s:
+        assert len(s.runs()) == 1
+
+
+def test_compare_reports_ratio_with_ci(onnx_file, tmp_path):
+    out = tmp_path / "c.json"
+    assert main(["profile", onnx_file, onnx_file, "--no-store", "--json", str(out), *FAST]) == 0
+    d = json.loads(out.read_text())
+    assert d["mode"] == "interleaved" and len(d["items"]) == 2
+    lo, hi = d["items"][1]["ratio_ci95"]
+    assert lo <= d["items"][1]["ratio_to_first"] <= hi
+    assert d["items"][0]["report"]["target_config"]["allow_spinning"] is False
+
+
+def test_npz_inputs_checked(onnx_file, tmp_path):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((1, 3, 16, 16), np.float32))
+    assert main(["profile", onnx_file, "--inputs", str(good), "--no-store", *FAST]) == 0
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "unknown-target", "bad-npz", "bad-shape",
+                                  "not-onnx"])
+def test_bad_input_one_line_exit_2_nothing_written(case, onnx_file, tmp_path):
+    out = tmp_path / "r.json"
+    model, extra = onnx_file, []
+    if case == "missing":
+        model = str(tmp_path / "nope.onnx")
+    elif case == "corrupt":
+        data = open(onnx_file, "rb").read()
+        model = str(tmp_path / "trunc.onnx")
+        open(model, "wb").write(data[: len(data) // 2])
+    elif case == "unknown-target":
+        extra = ["--target", "nope"]
+    elif case == "bad-npz":
+        npz = tmp_path / "bad.npz"
+        np.savez(npz, x=np.zeros((1, 3, 8, 8), np.float32))
+        extra = ["--inputs", str(npz)]
+    elif case == "bad-shape":
+        extra = ["--shape", "x=1,3,abc"]
+    elif case == "not-onnx":
+        model = str(tmp_path / "model.py")
+    r = _cli("profile", model, "--json", str(out), "--no-store", *FAST, *extra)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deploykit: error:"), r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_help_is_fast():
+    import time
+
+    t0 = time.perf_counter()
+    r = _cli("--help")
+    assert r.returncode == 0 and "profile" in r.stdout
+    assert time.perf_counter() - t0 < 5  # generous: heavy imports would take > 2 s on their own
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "deploykit", "--help"],
+                       capture_output=True, text=True)
+    for heavy in ("torch", "onnxruntime", "tvm", "openvino", "scipy"):
+        assert f" {heavy}\n" not in r.stderr and f"| {heavy}\n" not in r.stderr, heavy
