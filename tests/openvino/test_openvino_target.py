@@ -1,0 +1,120 @@
+"""ov-cpu / ov-cpu-bf16: precision is explicit and recorded, outputs match ORT, per-op schema,
+and the failure modes a user meets (no openvino, an op OpenVINO cannot convert)."""
+
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+pytest.importorskip("openvino")
+
+from deploykit import targets  # noqa: E402
+from deploykit.backends.openvino import INSTALL_HINT, OpenVinoArtifact  # noqa: E402
+from deploykit.backends.ort import cosine  # noqa: E402
+from deploykit.cli import main  # noqa: E402
+from deploykit.core import ModelRef, OpTime, TimingPlan  # noqa: E402
+from deploykit.errors import TargetError  # noqa: E402
+from deploykit.onnxio import make_feeds  # noqa: E402
+from ov_models import det_model, small_cnn  # noqa: E402
+
+QUICK = TimingPlan(warmup_min_s=0.05, warmup_max_s=0.2, min_samples=10, max_time_s=0.3)
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    return ModelRef.from_path(small_cnn(tmp_path_factory.mktemp("ov") / "cnn.onnx"))
+
+
+@pytest.fixture(scope="module")
+def feeds():
+    return {"x": np.random.default_rng(7).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def ort_ref(cnn, feeds):
+    return ort.InferenceSession(str(cnn.path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _rel_err(a, ref):
+    return float(np.abs(a - ref).max() / np.abs(ref).max())
+
+
+def test_ov_cpu_is_fp32_matches_ort_and_says_so(cnn, feeds, ort_ref):
+    art = targets.get("ov-cpu").compile(cnn)
+    assert isinstance(art, OpenVinoArtifact) and art.session_create_ms > 0
+    assert [s.name for s in art.inputs] == ["x"] and art.outputs[0].shape == (1, 10)
+    assert _rel_err(art.run(feeds)[0], ort_ref) < 1e-4
+    assert art.precision == "f32" and "precision=f32" in art.labels and art.fidelity_kind == "fp32"
+    kernels = art.exec_types(feeds).values()  # the kernels OpenVINO really ran
+    assert kernels and not any("bf16" in k for k in kernels)
+    report = art.target.profile(art, feeds, QUICK, per_op=False)
+    assert report.env["ov_inference_precision"] == "f32" and report.env["ov_num_threads"] == 2
+    assert report.env["ov_num_streams"] == 1 and "precision=f32" in report.labels
+    assert report.target == "ov-cpu" and len(report.samples_ms) >= 10
+
+
+def test_timed_runner_computes_the_same_outputs(cnn, feeds, ort_ref):
+    art = targets.get("ov-cpu").compile(cnn)
+    run = art.timed_runner(feeds)
+    outputs = run()
+    assert _rel_err(outputs[art.compiled.output(0)], ort_ref) < 1e-4
+
+
+def test_bf16_target_is_labelled_and_differs(cnn, feeds, ort_ref):
+    t = targets.get("ov-cpu-bf16", require_available=False)
+    if t.unavailable_reason():
+        pytest.skip(t.unavailable_reason())
+    art = t.compile(cnn)
+    out = art.run(feeds)[0]
+    assert art.precision == "bf16" and "precision=bf16" in art.labels
+    assert art.fidelity_kind == "bf16"
+    assert any("bf16" in k for k in art.exec_types(feeds).values())
+    assert _rel_err(out, ort_ref) > 1e-4  # really computed in bf16 ...
+    assert cosine(out, ort_ref) >= 0.99  # ... and still close by the bf16 fidelity measure
+
+
+def test_per_op_breakdown_uses_shared_schema(cnn, feeds, tmp_path):
+    art = targets.get("ov-cpu").compile(cnn)
+    trace = tmp_path / "ov_trace.json"
+    ops = art.per_op(feeds, runs=5, trace_path=str(trace))
+    assert ops and all(isinstance(o, OpTime) for o in ops)
+    assert abs(sum(o.share for o in ops) - 1.0) < 1e-6
+    assert all(o.total_ms >= 0 for o in ops) and ops == sorted(ops, key=lambda o: -o.total_ms)
+    assert "Convolution" in {o.op_type for o in ops}
+    assert any("conv2" in o.name for o in ops)
+    data = json.loads(trace.read_text())
+    assert data["backend"] == "openvino" and data["runs"] == 5
+    assert {r["name"] for r in data["nodes"]} == {o.name for o in ops}
+    assert all("f32" in r["exec_type"] or r["exec_type"] == "undef" for r in data["nodes"])
+
+
+def test_unknown_precision_is_one_line_error():
+    with pytest.raises(TargetError, match="precision must be one of f32, bf16"):
+        targets.get("ov-cpu", precision="fp16")
+
+
+def test_missing_openvino_is_unavailable_with_install_command(monkeypatch, cnn):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails
+    t = targets.get("ov-cpu", require_available=False)
+    assert t.unavailable_reason() == INSTALL_HINT
+    with pytest.raises(TargetError, match=r"pip install 'deploykit\[openvino\]'"):
+        targets.get("ov-cpu")
+    with pytest.raises(TargetError, match="openvino not installed"):
+        t.compile(cnn)
+
+
+def test_op_openvino_cannot_convert_is_named(tmp_path):
+    model = ModelRef.from_path(det_model(tmp_path / "det.onnx"))
+    with pytest.raises(TargetError) as e:
+        targets.get("ov-cpu").compile(model)
+    msg = str(e.value)
+    assert "\n" not in msg and "Det" in msg and "det.onnx" in msg
+
+
+def test_cli_exits_2_with_one_line_naming_the_op(tmp_path, capsys):
+    path = det_model(tmp_path / "det.onnx")
+    assert main(["profile", path, "--target", "ov-cpu", "--no-store", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Det" in err and err.startswith("deploykit: error:")
