@@ -1,0 +1,142 @@
+"""Truncated SVD of constant MatMul/Gemm weights: x @ W  ->  (x @ U_r) @ V_r.
+
+Batch-1 Linear layers are weight-bandwidth bound, so a rank-r split of a K x N weight streams
+r*(K+N) instead of K*N numbers; the rule refuses any layer where that is not fewer FLOPs (the
+"low-rank model is slower" complaint). The singular values are split evenly (U*sqrt(s), sqrt(s)*V)
+so both factors have similar ranges, which keeps a later int8 step accurate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from . import StepContext, StepResult
+
+
+@dataclass(frozen=True)
+class Config:
+    ratio: float = 0.25  # rank = ratio * min(K, N), used when `energy` is None
+    energy: float | None = None  # else: smallest rank keeping this fraction of sum(s^2)
+    min_size: int = 16  # leave weights with min(K, N) below this alone
+
+
+def choose_rank(s: np.ndarray, ratio: float, energy: float | None) -> int:
+    if energy is None:
+        return max(1, int(round(ratio * len(s))))
+    cum = np.cumsum(s.astype(np.float64) ** 2)
+    return int(min(len(s), np.searchsorted(cum / cum[-1], energy - 1e-12) + 1))
+
+
+def svd_split(w: np.ndarray, ratio: float, energy: float | None):
+    """(U_r*sqrt(s), sqrt(s)*V_r, rank, relative Frobenius error) of a 2-D weight."""
+    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    r = choose_rank(s, ratio, energy)
+    root = np.sqrt(s[:r])
+    err = float(np.sqrt((s[r:] ** 2).sum() / max((s ** 2).sum(), 1e-300)))
+    return ((u[:, :r] * root).astype(np.float32), (root[:, None] * vt[:r]).astype(np.float32),
+            r, err)
+
+
+def _rules(cfg: Config, layers: list, refused: dict):
+    from onnxscript import ir
+    from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
+
+    created: set[str] = set()
+
+    class _Split(RewriteRuleClassBase):
+        """Shared check: constant 2-D weight, and the rank-r form has fewer FLOPs."""
+
+        def weight(self, node) -> np.ndarray:
+            w = node.inputs[1].const_value.numpy()
+            if node.op_type == "Gemm":
+                if node.attributes.get_int("transB", 0):
+                    w = w.T
+                w = w * node.attributes.get_float("alpha", 1.0)
+            return w
+
+        def check(self, context, x, w, out, **_):
+            result, node = MatchResult(), out.producer()
+            if w.name in created:  # a factor this step just made
+                return result.fail("already factorized")
+            node.name = node.name or f"{node.op_type}({w.name})"
+            if w.const_value is None or w.is_graph_input():
+                refused[node.name] = "weight is not a constant"
+                return result.fail(refused[node.name])
+            if w.const_value.numpy().ndim != 2:
+                refused[node.name] = "weight is not 2-D"
+                return result.fail(refused[node.name])
+            if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+                refused[node.name] = "Gemm with transA"
+                return result.fail(refused[node.name])
+            k, n = w.const_value.numpy().shape
+            if min(k, n) < cfg.min_size:
+                refused[node.name] = f"{k}x{n} weight is below min_size {cfg.min_size}"
+                return result.fail(refused[node.name])
+            a, b, r, err = svd_split(self.weight(node), cfg.ratio, cfg.energy)
+            if r * (k + n) >= k * n:
+                refused[node.name] = (f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
+                                      f"({r * (k + n)} >= {k * n} MACs per row)")
+                return result.fail(refused[node.name])
+            self.pending = (a, b, r, err)
+            return result
+
+        def emit(self, op, x, w, out, tail):
+            node = out.producer()
+            a, b, r, err = self.pending
+            k, n = a.shape[0], b.shape[1]
+            layers.append({"node": node.name, "weight": [k, n], "rank": r,
+                           "rel_frobenius_error": round(err, 6),
+                           "macs_per_row_before": k * n, "macs_per_row_after": r * (k + n)})
+            created.update((f"{w.name}_svd_u", f"{w.name}_svd_v"))
+            h = op.MatMul(x, op.initializer(ir.tensor(a), name=f"{w.name}_svd_u"))
+            return tail(h, op.initializer(ir.tensor(b), name=f"{w.name}_svd_v"))
+
+    class MatMulSvd(_Split):
+        def pattern(self, op, x, w):
+            return op.MatMul(x, w, _outputs=["out"])
+
+        def rewrite(self, op, x, w, out):
+            return self.emit(op, x, w, out, op.MatMul)
+
+    class GemmSvd(_Split):
+        def pattern(self, op, x, w):
+            return op.Gemm(x, w, _allow_other_inputs=True, _allow_other_attributes=True,
+                           _outputs=["out"])
+
+        def rewrite(self, op, x, w, out):
+            node = out.producer()
+            if len(node.inputs) < 3 or node.inputs[2] is None:
+                return self.emit(op, x, w, out, op.MatMul)
+            beta = node.attributes.get_float("beta", 1.0)
+            return self.emit(op, x, w, out, lambda h, v: op.Gemm(h, v, node.inputs[2], beta=beta))
+
+    return RewriteRuleSet([MatMulSvd.rule(), GemmSvd.rule()])
+
+
+def step(model, cfg: Config, ctx: StepContext) -> StepResult:
+    if not 0.0 < cfg.ratio <= 1.0:
+        raise InputError(f"lowrank: ratio must be in (0, 1], got {cfg.ratio}")
+    if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
+        raise InputError(f"lowrank: energy must be in (0, 1], got {cfg.energy}")
+    import onnx
+    import onnx_ir as ir
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    layers, refused = [], {}
+    irm = ir.from_proto(model)
+    fired = _rules(cfg, layers, refused).apply_to_model(irm)
+    RemoveUnusedNodesPass()(irm)
+    if not fired:
+        why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])
+        return StepResult(None, skipped="no MatMul/Gemm with a constant weight to factorize"
+                          + (f" ({why})" if why else ""))
+    out = ir.to_proto(irm)
+    onnx.checker.check_model(out, full_check=True)
+    done = {d["node"] for d in layers}
+    return StepResult(out, details={
+        "rule_firings": fired, "layers": layers,
+        "refused": {k: v for k, v in refused.items() if k not in done},
+        "max_rel_frobenius_error": max(d["rel_frobenius_error"] for d in layers)})

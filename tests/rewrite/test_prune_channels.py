@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+from _compress_models import (CTX, bn_concat_net, full_check, image, load, op_types, params,
+                              rel_err, run, zeroed_parent)
+from onnx import helper, numpy_helper
+
+from deploykit.errors import InputError
+from deploykit.rewrite import prune_channels as pc
+
+
+def _plan(model, cfg):
+    cg = pc.ChannelGraph(pc.load_ir(model))
+    return cg, pc.choose_keep(cg, cfg)
+
+
+@pytest.mark.parametrize("name,scope,groups", [("tinyresnet", "layer", 8),
+                                                ("resnet50", "global", 37),
+                                                ("mobilenetv2", "layer", 24)])
+def test_prunes_coupled_groups_and_matches_zeroed_parent(name, scope, groups):
+    model = load(name)
+    cfg = pc.Config(ratio=0.5, scope=scope)
+    res = pc.step(model, cfg, CTX)
+    assert res.skipped is None
+    out = res.model
+    full_check(out)
+    assert op_types(out) == op_types(model)  # same graph, thinner tensors
+    assert len(res.details["groups"]) == groups and res.details["pinned_groups"] == 0
+    assert params(out) < 0.4 * params(model)
+    cg, keep = _plan(model, cfg)
+    x = image()
+    ref = run(zeroed_parent(model, keep, cg), x)
+    assert rel_err(ref, run(out, x)) < 1e-4
+    assert rel_err(run(model, x), run(out, x)) > 1e-3  # it is lossy against the real parent
+
+
+def test_residual_add_prunes_all_joined_tensors_together():
+    model = load("tinyresnet")
+    cg, keep = _plan(model, pc.Config(ratio=0.5))
+    # the stem and the first block's output are joined by an identity Add: one group, 2 producers
+    stem_group = [r for r in cg.prunable() if len(cg.producer_names(r)) == 2]
+    assert len(stem_group) == 4  # stem+block0, and each projection shortcut with its conv2
+    for r in stem_group:
+        assert len(keep[r]) == cg.size[r] // 2
+
+
+def test_bn_concat_depthwise_flatten_head_exact_on_zeroed_parent():
+    model = bn_concat_net()
+    cfg = pc.Config(ratio=0.5)
+    res = pc.step(model, cfg, CTX)
+    out = res.model
+    full_check(out)
+    assert op_types(out) == op_types(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert inits["w0"].shape == (4, 3, 3, 3) and inits["g"].shape == (4,)
+    assert inits["wa"].shape == (3, 4, 3, 3) and inits["wb"].shape == (2, 4, 1, 1)
+    assert inits["wd"].shape == (5, 1, 3, 3) and inits["scale"].shape == (1, 5, 1, 1)
+    assert inits["fc_w"].shape == (5, 5 * 16)  # 4x4 positions per kept channel
+    assert [a.i for n in out.graph.node if n.name == "dw" for a in n.attribute
+            if a.name == "group"] == [5]
+    cg, keep = _plan(model, cfg)
+    x = image(1, (1, 3, 16, 16))
+    assert rel_err(run(zeroed_parent(model, keep, cg), x), run(out, x)) < 1e-5
+
+
+def test_keeps_filters_with_largest_l1_norm():
+    model = bn_concat_net()
+    res = pc.step(model, pc.Config(ratio=0.5), CTX)
+    w0 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w0"))
+    kept = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}["w0"]
+    top = np.sort(np.argsort(-np.abs(w0).sum(axis=(1, 2, 3)))[:4])
+    np.testing.assert_array_equal(kept, w0[top])
+
+
+def test_round_to_and_min_channels():
+    model = load("tinyresnet")
+    cg, keep = _plan(model, pc.Config(ratio=0.7, round_to=8))
+    assert keep and all(len(k) % 8 == 0 for k in keep.values())
+    cg, keep = _plan(model, pc.Config(ratio=0.99, min_channels=4))
+    assert all(len(k) == 4 for k in keep.values())
+
+
+def test_channels_reaching_graph_output_are_pinned():
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", 1, [1, 4, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    res = pc.step(model, pc.Config(), CTX)
+    assert res.model is None and "graph output" in res.skipped
+
+
+@pytest.mark.parametrize("cfg", [pc.Config(ratio=0.0), pc.Config(ratio=1.0),
+                                 pc.Config(scope="net"), pc.Config(round_to=0)])
+def test_bad_config_is_an_input_error(cfg):
+    with pytest.raises(InputError):
+        pc.step(bn_concat_net(), cfg, CTX)
