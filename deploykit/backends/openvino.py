@@ -19,9 +19,12 @@ import numpy as np
 
 from ..core import Artifact, LatencyReport, ModelRef, OpTime, Target, TimingPlan
 from ..errors import TargetError
+from ..verify import Tolerance
 
 INSTALL_HINT = "openvino not installed: pip install 'deploykit[openvino]'"
 PRECISIONS = ("f32", "bf16")
+# bf16 keeps 8 mantissa bits: element-wise 1e-4 is out of reach, a wrong kernel still fails this.
+BF16_TOLERANCE = Tolerance(min_cosine=0.99)
 _UNCONVERTED = re.compile(r"No conversion rule found for operations?:\s*(.+)")
 
 
@@ -40,6 +43,13 @@ def _first_line(e: Exception) -> str:
     return (useful or lines or [type(e).__name__])[0]
 
 
+def _fidelity_kind(proto, precision: str) -> str:
+    """How outputs are judged against ORT fp32: a QDQ model as int8, bf16 compute by cosine."""
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+        return "int8"
+    return "fp32" if precision == "f32" else precision
+
+
 def _precision_name(t: Any) -> str:
     """OpenVINO element type -> "f32" / "bf16" / ..."""
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
@@ -49,8 +59,10 @@ class OpenVinoArtifact(Artifact):
     """A compiled OpenVINO model with one reused InferRequest (the fast path that gets timed)."""
 
     def __init__(self, model: ModelRef, target: "OpenVinoTarget", core, ov_model, compiled,
-                 inputs, outputs, create_ms: float):
-        super().__init__(model, target, inputs, outputs, create_ms)
+                 proto, create_ms: float):
+        from ..onnxio import io_specs
+
+        super().__init__(model, target, *io_specs(proto), create_ms)
         self._core = core
         self._ov_model = ov_model
         self.compiled = compiled
@@ -58,8 +70,7 @@ class OpenVinoArtifact(Artifact):
         self._in_ports = [compiled.input(s.name) for s in self.inputs]
         self._out_ports = [compiled.output(s.name) for s in self.outputs]
         self.precision = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        # How outputs are judged against an fp32 reference: bf16 by cosine, never 1e-4 rel.
-        self.fidelity_kind = "fp32" if self.precision == "f32" else self.precision
+        self.fidelity_kind = _fidelity_kind(proto, self.precision)
         self.env = {
             "openvino": _openvino().get_version(),
             "ov_inference_precision": self.precision,
@@ -71,6 +82,14 @@ class OpenVinoArtifact(Artifact):
         self.labels = (f"precision={self.precision}",)
         if self.precision != target.precision:
             self.labels += (f"asked for {target.precision}, OpenVINO runs {self.precision}",)
+
+    def check_fidelity(self, feeds: Mapping[str, np.ndarray]):
+        """(Fidelity, reason or None): these outputs against the same file on ORT fp32, judged by
+        `fidelity_kind` (fp32 within 1e-4 rel; bf16 and int8 by cosine)."""
+        from ..verify import compare, judge, run_ort
+
+        fid = compare(run_ort(self.model.path, feeds), self.run(feeds))
+        return fid, judge(fid, self.fidelity_kind, {"bf16": BF16_TOLERANCE})
 
     def _bind(self, request, feeds: Mapping[str, np.ndarray]) -> list:
         """Point the request's inputs at the feed arrays (no copy); returns what must stay alive."""
@@ -90,7 +109,7 @@ class OpenVinoArtifact(Artifact):
     def timed_runner(self, feeds: Mapping[str, np.ndarray]):
         """Its own request with the feeds bound once; outputs stay in OpenVINO's buffers."""
         req = self.compiled.create_infer_request()
-        keep = self._bind(req, feeds)
+        keep = self._bind(req, feeds)  # the default argument keeps the shared arrays alive
         return lambda _keep=keep: req.infer(share_outputs=True)
 
     def _profiling_request(self, feeds: Mapping[str, np.ndarray]):
@@ -169,8 +188,6 @@ class OpenVinoTarget(Target):
     def compile(self, model: ModelRef) -> OpenVinoArtifact:
         import onnx
 
-        from ..onnxio import io_specs
-
         ov = _openvino()
         core = ov.Core()
         t0 = time.perf_counter()
@@ -185,8 +202,8 @@ class OpenVinoTarget(Target):
             raise TargetError(f"{self.name} cannot compile {model.path.name}: "
                               f"{_unsupported_nodes(core, ov_model) or _first_line(e)}") from None
         create_ms = (time.perf_counter() - t0) * 1e3
-        inputs, outputs = io_specs(onnx.load(str(model.path), load_external_data=False))
-        return OpenVinoArtifact(model, self, core, ov_model, compiled, inputs, outputs, create_ms)
+        proto = onnx.load(str(model.path), load_external_data=False)
+        return OpenVinoArtifact(model, self, core, ov_model, compiled, proto, create_ms)
 
     def profile(self, artifact: Artifact, feeds: Mapping[str, np.ndarray],
                 plan: TimingPlan = TimingPlan(), *, per_op: bool = True, progress: bool = False,

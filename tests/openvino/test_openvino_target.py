@@ -47,6 +47,8 @@ def test_ov_cpu_is_fp32_matches_ort_and_says_so(cnn, feeds, ort_ref):
     assert [s.name for s in art.inputs] == ["x"] and art.outputs[0].shape == (1, 10)
     assert _rel_err(art.run(feeds)[0], ort_ref) < 1e-4
     assert art.precision == "f32" and "precision=f32" in art.labels and art.fidelity_kind == "fp32"
+    fid, reason = art.check_fidelity(feeds)
+    assert reason is None and fid.max_rel < 1e-4
     kernels = art.exec_types(feeds).values()  # the kernels OpenVINO really ran
     assert kernels and not any("bf16" in k for k in kernels)
     report = art.target.profile(art, feeds, QUICK, per_op=False)
@@ -73,6 +75,15 @@ def test_bf16_target_is_labelled_and_differs(cnn, feeds, ort_ref):
     assert any("bf16" in k for k in art.exec_types(feeds).values())
     assert _rel_err(out, ort_ref) > 1e-4  # really computed in bf16 ...
     assert cosine(out, ort_ref) >= 0.99  # ... and still close by the bf16 fidelity measure
+    fid, reason = art.check_fidelity(feeds)
+    assert reason is None and fid.cosine >= 0.99
+
+
+def test_fidelity_check_fails_on_wrong_outputs(cnn, feeds, monkeypatch):
+    art = targets.get("ov-cpu").compile(cnn)
+    monkeypatch.setattr(art, "run", lambda f: [np.full((1, 10), 0.5, np.float32)])
+    fid, reason = art.check_fidelity(feeds)
+    assert reason and "fp32 tolerance" in reason
 
 
 def test_per_op_breakdown_uses_shared_schema(cnn, feeds, tmp_path):

@@ -50,6 +50,7 @@ def test_cnn_runs_int8_on_openvino_close_to_fp32(cnn_result, tmp_path):
     art = targets.get("ov-cpu").compile(ModelRef.from_path(qpath))
     out = art.run(feeds)[0]
     assert cosine(out, ref) >= 0.99
+    assert art.fidelity_kind == "int8" and art.check_fidelity(feeds)[1] is None
     assert any("I8" in k or "i8" in k for k in art.exec_types(feeds).values())
     ort_out = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert cosine(ort_out, ref) >= 0.99  # the same file is a valid ORT QDQ model
