@@ -1,0 +1,226 @@
+"""`deploykit check`: the CI latency gate. Exit 0 pass, 1 regression, 2 usage or input error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from . import _common
+from .baseline import add_gate_plan_args, feeds_for, gate_plan, gate_target, load_model
+
+HELP = "CI latency gate: is MODEL significantly slower than the baseline? (exit 1 if so)"
+DESCRIPTION = """Compare MODEL with a baseline file. When the old model is at hand (--against, or
+the model file the baseline points to, unchanged), both are measured in interleaved rounds in this
+run and the ratio of medians gets a rank-based confidence interval from per-round ratios (robust on
+a noisy machine). Otherwise the new run is compared with the stored samples, which requires the
+same CPU, threads and backend versions (or --allow-env-change). A regression needs both size and
+significance: the interval lies above 1, asv's Mann-Whitney test on raw samples agrees, and the
+slowdown reaches the threshold. Exit codes: 0 pass, 1 regression, 2 usage or input error."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="the new .onnx file")
+    p.add_argument("--baseline", "-b", required=True, metavar="BASELINE.json",
+                   help="file written by `deploykit baseline`")
+    p.add_argument("--max-slowdown", default="5%",
+                   help="threshold: slowdowns smaller than this pass (default 5%%)")
+    p.add_argument("--against", metavar="OLD_MODEL",
+                   help="old .onnx to measure interleaved with MODEL (default: the baseline's "
+                        "model file, if it is still there unchanged)")
+    p.add_argument("--allow-env-change", action="store_true",
+                   help="compare with stored samples even if CPU/threads/backend versions differ")
+    p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    p.add_argument("--markdown", metavar="FILE", help="write a Markdown summary (PR comment)")
+    p.add_argument("--json", metavar="FILE", help="write the verdict with both reports (JSON)")
+    p.add_argument("--update-baseline", action="store_true",
+                   help="overwrite the baseline with this run's measurement of MODEL")
+    p.add_argument("--top", type=int, default=8, help="rows of the per-op diff (default 8)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: the baseline's)")
+    add_gate_plan_args(p)
+    _common.add_store_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..regress import (BaselineError, decide, env_differences, interleaved_estimate,
+                           load_baseline, make_baseline, parse_threshold, per_op_diff,
+                           stored_estimate)
+
+    t_start = time.perf_counter()
+    threshold = parse_threshold(args.max_slowdown)
+    base = load_baseline(args.baseline)
+    model, inputs, outputs = load_model(args.model)
+    why = base.signature_mismatch(inputs, outputs)
+    if why:
+        raise BaselineError(f"baseline {args.baseline} is for a different model ({why}); pass "
+                            f"this model's baseline, or record one with `deploykit baseline "
+                            f"{args.model} --target {base.report.target} -o {args.baseline}`")
+    if args.against:
+        old_model, old_in, old_out = load_model(args.against)
+        if (old_in, old_out) != (inputs, outputs):
+            raise InputError(f"--against {args.against} has other inputs/outputs than {args.model}")
+    else:
+        old_path = base.model_file()
+        old_model = None
+        if old_path is not None and base.report.model_sha256 != model.sha256:
+            old_model = load_model(str(old_path))[0]
+    threads = args.threads or base.report.env.get("threads") or None
+    target = gate_target(base.report.target, threads)
+    new_env = _fingerprint(target)
+    env_diffs = env_differences(base.report.env, new_env)
+    if old_model is None and env_diffs and not args.allow_env_change:
+        raise InputError("environment differs from the baseline's (" + "; ".join(env_diffs) +
+                         "): stored samples are not comparable; pass --against OLD_MODEL for an "
+                         "interleaved check, re-record the baseline on this machine, or pass "
+                         "--allow-env-change")
+
+    new_art = target.compile(model)
+    feeds = feeds_for(new_art, base.feeds)
+    if old_model is not None:
+        from ..measure import compare
+
+        old_art = target.compile(old_model)
+        old_feeds = feeds_for(old_art, base.feeds)
+        plan = gate_plan(args, [old_art.timed_runner(old_feeds), new_art.timed_runner(feeds)])
+        cmp = compare([old_art, new_art], [old_feeds, feeds], plan, progress=not args.quiet,
+                      per_op=True, names=("baseline", "new"))
+        old_rep, new_rep = cmp.reports
+        estimate = interleaved_estimate(old_rep, new_rep)
+        old_art.close()
+    else:
+        old_rep = base.report
+        plan = gate_plan(args, [new_art.timed_runner(feeds)])
+        new_rep = target.profile(new_art, feeds, plan, per_op=True, progress=not args.quiet)
+        estimate = stored_estimate(old_rep, new_rep)
+    new_art.close()
+    verdict = decide(estimate, threshold)
+    ops = per_op_diff(old_rep.per_op, new_rep.per_op, top=args.top)
+    result = {
+        "status": verdict.status, "failed": verdict.failed, "summary": verdict.summary,
+        "threshold": threshold, "mode": estimate.mode, "ratio": estimate.ratio,
+        "ratio_ci": [estimate.lo, estimate.hi], "conf": estimate.conf,
+        "n_units": estimate.n_units, "p_units": estimate.p_units, "p_raw": estimate.p_raw,
+        "old_median_ms": estimate.old_median_ms, "new_median_ms": estimate.new_median_ms,
+        "note": estimate.note, "env_differences": env_diffs,
+        "model": str(args.model), "model_sha256": model.sha256,
+        "baseline": str(args.baseline), "baseline_model_sha256": old_rep.model_sha256,
+        "target": target.name, "wall_s": time.perf_counter() - t_start,
+        "per_op_diff": [{"name": o.name, "op_type": o.op_type, "old_ms": o.old_ms,
+                         "new_ms": o.new_ms, "delta_ms": o.delta_ms} for o in ops],
+    }
+    _write_outputs(args, result, old_rep, new_rep)
+    if not args.no_store:
+        from ..store import Store
+
+        with Store(_common.store_path(args)) as store:
+            store.record_report(new_rep, label=f"check:{verdict.status}", model=model)
+    if args.update_baseline:
+        make_baseline(new_rep, inputs, outputs, base.feeds, args.baseline).save(args.baseline)
+    if not args.quiet:
+        _print(result, args)
+    return 1 if verdict.failed else 0
+
+
+def _fingerprint(target) -> dict:
+    from ..envinfo import fingerprint
+
+    return fingerprint(target.name, target.config, target.threads)
+
+
+def _write_outputs(args, result: dict, old_rep, new_rep) -> None:
+    from ..fsutil import write_text_atomic
+
+    if args.json:
+        write_text_atomic(args.json, json.dumps(
+            dict(result, old_report=old_rep.to_dict(), new_report=new_rep.to_dict()),
+            indent=1, default=str) + "\n")
+    if args.junit:
+        write_text_atomic(args.junit, junit_xml(result))
+    if args.markdown:
+        write_text_atomic(args.markdown, markdown(result))
+
+
+def _fmt_ms(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def _rows(r: dict) -> list[tuple[str, str]]:
+    lo, hi = r["ratio_ci"]
+    rows = [("verdict", r["summary"]),
+            ("median old -> new", f"{r['old_median_ms']:.3f} -> {r['new_median_ms']:.3f} ms"),
+            ("ratio new/old", f"{r['ratio']:.4f}  ({r['conf']:.0%} CI {lo:.4f} – {hi:.4f})"),
+            ("mode", f"{r['mode']} ({r['n_units']} {'rounds' if r['mode'] == 'interleaved' else 'blocks'})"),
+            ("tests", f"rank test on {'rounds' if r['mode'] == 'interleaved' else 'blocks'} "
+                      f"p={r['p_units']:.2g}; Mann-Whitney on raw samples p={r['p_raw']:.2g}"),
+            ("threshold", f"{r['threshold']:.1%}"),
+            ("wall time", f"{r['wall_s']:.1f} s")]
+    if r["note"]:
+        rows.append(("note", r["note"]))
+    if r["env_differences"]:
+        rows.append(("environment changed", "; ".join(r["env_differences"])))
+    return rows
+
+
+def markdown(r: dict) -> str:
+    """A PR-comment summary: verdict, the numbers, and the nodes that got slower."""
+    head = {"regression": "❌ latency regression", "improvement": "🚀 latency improvement",
+            "within-threshold": "✅ within threshold", "no-change": "✅ no significant change"}
+    lines = [f"### deploykit check: {head[r['status']]}", "",
+             f"`{r['model']}` on `{r['target']}` against `{r['baseline']}`", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in _rows(r)]
+    if r["per_op_diff"]:
+        lines += ["", "<details><summary>per-operator diff (ms per inference, largest increase "
+                      "first)</summary>", "", "| node | op | old | new | Δ |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| `{o['name']}` | {o['op_type']} | {_fmt_ms(o['old_ms'])} | "
+                  f"{_fmt_ms(o['new_ms'])} | {o['delta_ms']:+.3f} |" for o in r["per_op_diff"]]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def junit_xml(r: dict) -> str:
+    """One test case per check; a regression is a <failure> (what CI systems display)."""
+    import xml.etree.ElementTree as ET
+
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(suites, "testsuite", name="deploykit check", tests="1",
+                          failures=str(int(r["failed"])), errors="0", time=f"{r['wall_s']:.3f}")
+    case = ET.SubElement(suite, "testcase", classname=f"deploykit.latency.{r['target']}",
+                         name=Path(r["model"]).name, time=f"{r['wall_s']:.3f}")
+    details = "\n".join(f"{k}: {v}" for k, v in _rows(r))
+    ops = "\n".join(f"{o['name']} ({o['op_type']}): {_fmt_ms(o['old_ms'])} -> "
+                    f"{_fmt_ms(o['new_ms'])} ms ({o['delta_ms']:+.3f})" for o in r["per_op_diff"])
+    if r["failed"]:
+        ET.SubElement(case, "failure", message=r["summary"], type="LatencyRegression").text = \
+            details + "\n\nper-op diff:\n" + ops
+    ET.SubElement(case, "system-out").text = details
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _print(r: dict, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # CI logs are not 80 columns wide: do not truncate
+        console = Console(width=120)
+    style = {"regression": "bold red", "improvement": "bold green"}.get(r["status"], "bold")
+    t = Table(title=f"deploykit check: {args.model} vs {args.baseline}", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    for k, v in _rows(r):
+        t.add_row(k, f"[{style}]{v}[/{style}]" if k == "verdict" else v)
+    console.print(t)
+    if r["per_op_diff"]:
+        ops = Table(title="per-operator diff (ms per inference, largest increase first)")
+        for c in ("node", "op type", "old", "new", "Δ"):
+            ops.add_column(c, justify="left" if c in ("node", "op type") else "right")
+        for o in r["per_op_diff"]:
+            ops.add_row(o["name"][-50:], o["op_type"], _fmt_ms(o["old_ms"]), _fmt_ms(o["new_ms"]),
+                        f"{o['delta_ms']:+.3f}")
+        console.print(ops)

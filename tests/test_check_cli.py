@@ -1,0 +1,184 @@
+"""`deploykit baseline / check / history` end to end. Live timings use tiny plans and effects far
+larger than any noise (A/A against a 50% threshold, a 10x slower model): these check the
+pipeline, exit codes and files, not the gate's statistics (tests/test_regress.py does that)."""
+
+import json
+import shutil
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploykit.cli import main
+from deploykit.core import Block, LatencyReport
+from deploykit.store import Store
+
+FAST = ["--max-time", "1", "--warmup-max", "0.2", "-q"]
+
+
+def matmul_chain(path, layers: int = 2, dim: int = 64, rows: int = 8) -> str:
+    """x[rows, dim] -> (MatMul -> Relu) x layers -> y: cost grows linearly with `layers`."""
+    rng = np.random.default_rng(0)
+    inits, nodes, x = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, dim])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    m = {"old": matmul_chain(d / "old.onnx", layers=2, dim=128),
+         "slow": matmul_chain(d / "slow.onnx", layers=24, dim=128),
+         "other": matmul_chain(d / "other.onnx", layers=2, dim=128, rows=16)}
+    m["copy"] = str(d / "copy.onnx")
+    shutil.copy(m["old"], m["copy"])
+    return m
+
+
+@pytest.fixture(scope="module")
+def baseline(models, tmp_path_factory):
+    d = tmp_path_factory.mktemp("baseline")
+    path = d / "baseline.json"
+    assert main(["baseline", models["old"], "-o", str(path), "--store",
+                 str(d / "s.sqlite"), *FAST]) == 0
+    return path
+
+
+def _check(models, baseline, tmp_path, model, *extra):
+    out = tmp_path / "verdict.json"
+    rc = main(["check", models[model], "--baseline", str(baseline), "--json", str(out),
+               "--store", str(tmp_path / "s.sqlite"), *FAST, *extra])
+    return rc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_baseline_file_contents(baseline, models):
+    d = json.loads(baseline.read_text())
+    assert d["kind"] == "deploykit-baseline" and d["schema"] == 1
+    assert d["target"] == "ort-cpu" and d["env"]["cpu_model"]
+    rep = d["report"]
+    assert len(rep["blocks"]) >= 8 and len(rep["samples_ms"]) == sum(b["n"] for b in rep["blocks"])
+    assert {o["op_type"] for o in rep["per_op"]} >= {"MatMul"}
+    assert d["model"]["inputs"] == [{"name": "x", "shape": [8, 128], "dtype": "float32"}]
+
+
+def test_aa_interleaved_check_passes_and_writes_reports(models, baseline, tmp_path):
+    junit, md = tmp_path / "j.xml", tmp_path / "c.md"
+    before = baseline.read_bytes()
+    rc, v = _check(models, baseline, tmp_path, "copy", "--against", models["old"],
+                   "--max-slowdown", "50%", "--junit", str(junit), "--markdown", str(md))
+    assert rc == 0 and v["mode"] == "interleaved" and not v["failed"]
+    assert v["ratio_ci"][0] <= v["ratio"] <= v["ratio_ci"][1]
+    case = ET.parse(junit).getroot().find("testsuite/testcase")
+    assert case is not None and case.find("failure") is None
+    assert md.read_text().startswith("### deploykit check: ✅")
+    assert baseline.read_bytes() == before  # never overwritten unless asked
+
+
+def test_ten_times_slower_model_fails_with_per_op_diff(models, baseline, tmp_path):
+    junit = tmp_path / "j.xml"
+    rc, v = _check(models, baseline, tmp_path, "slow", "--max-slowdown", "50%",
+                   "--junit", str(junit))
+    assert rc == 1 and v["status"] == "regression"
+    assert v["mode"] == "interleaved"  # the baseline's own model file was found and re-measured
+    assert v["ratio_ci"][0] > 1.5
+    assert any(o["old_ms"] is None and o["op_type"] == "MatMul" for o in v["per_op_diff"])
+    failure = ET.parse(junit).getroot().find("testsuite/testcase/failure")
+    assert failure is not None and "REGRESSION" in failure.get("message")
+    with Store(tmp_path / "s.sqlite") as st:
+        assert [r.label for r in st.runs()] == ["check:regression"]
+
+
+def test_update_baseline_rewrites_it(models, baseline, tmp_path):
+    copy = tmp_path / "b.json"
+    shutil.copy(baseline, copy)
+    rc, _ = _check(models, copy, tmp_path, "copy", "--against", models["old"],
+                   "--max-slowdown", "50%", "--update-baseline")
+    assert rc == 0
+    assert json.loads(copy.read_text())["created"] > json.loads(baseline.read_text())["created"]
+
+
+def test_env_change_refuses_stored_comparison_unless_allowed(models, baseline, tmp_path, capsys):
+    d = json.loads(baseline.read_text())
+    d["env"]["threads"] = d["report"]["env"]["threads"] = 64
+    d["model"]["path"] = "/nowhere/old.onnx"  # no old model: stored mode
+    changed = tmp_path / "b.json"
+    changed.write_text(json.dumps(d))
+    rc, _ = _check(models, changed, tmp_path, "old", "--threads", "2")
+    assert rc == 2 and "environment differs" in capsys.readouterr().err
+    rc, v = _check(models, changed, tmp_path, "old", "--threads", "2", "--allow-env-change",
+                   "--max-slowdown", "50%")
+    assert rc in (0, 1) and v["mode"] == "stored" and v["env_differences"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "baseline file not found"),
+    ("corrupt", "corrupt"),
+    ("newer", "newer than this deploykit"),
+    ("other-model", "different model"),
+])
+def test_bad_baselines_exit_2_with_what_to_do(models, baseline, tmp_path, capsys, case, message):
+    path, model = tmp_path / "b.json", "old"
+    if case == "corrupt":
+        path.write_text(baseline.read_text()[:1000])
+    elif case == "newer":
+        path.write_text(json.dumps(dict(json.loads(baseline.read_text()), schema=7)))
+    elif case == "other-model":
+        shutil.copy(baseline, path)
+        model = "other"
+    t0 = time.perf_counter()
+    rc, _ = _check(models, path, tmp_path, model)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and ("deploykit baseline" in err or "upgrade" in err)
+    assert len(err.strip().splitlines()) == 1
+    assert time.perf_counter() - t0 < 5  # refused before measuring anything
+
+
+def test_bad_threshold_is_a_usage_error(models, baseline, tmp_path, capsys):
+    rc, _ = _check(models, baseline, tmp_path, "old", "--max-slowdown", "lots")
+    assert rc == 2 and "bad threshold" in capsys.readouterr().err
+
+
+def _stored(store, created, median, path="/ci/model.onnx"):
+    rng = np.random.default_rng(int(created))
+    samples = median * rng.lognormal(0, 0.05, 50)
+    store.record_report(LatencyReport(
+        samples_ms=tuple(samples), target="ort-cpu", target_config={}, artifact_id="a",
+        model_sha256=f"{int(created):064x}", model_path=path, env={}, stop_reason="ci-reached",
+        blocks=(Block(0, 50, 0.0, False),), created=created), label=f"c{int(created)}")
+
+
+def test_history_lists_and_flags_a_step(tmp_path, capsys):
+    db = tmp_path / "h.sqlite"
+    rng = np.random.default_rng(0)
+    with Store(db) as st:
+        for i in range(24):  # commit 14 made the model 15% slower
+            _stored(st, 1000 + i, (5.0 if i < 14 else 5.75) * rng.lognormal(0, 0.02))
+        _stored(st, 2000, 3.0, path="/ci/other.onnx")
+    assert main(["history", "--store", str(db), "--model", "/ci/model.onnx", "--trend",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["runs"]) == 20 and out["runs"][0]["label"] == "c1023"
+    (trend,) = out["trends"]
+    (cp,) = trend["change_points"]
+    assert cp["index"] == 14 and cp["ratio"] == pytest.approx(1.15, abs=0.04)
+    assert main(["history", "--store", str(db), "--trend", "--limit", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "change at run 15" in text and "5 of 25" in text
+
+
+def test_history_without_store_is_an_input_error(tmp_path, capsys):
+    assert main(["history", "--store", str(tmp_path / "none.sqlite")]) == 2
+    assert "no results store" in capsys.readouterr().err
