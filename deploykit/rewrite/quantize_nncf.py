@@ -19,7 +19,7 @@ from ..errors import DeployKitError, InputError
 from . import StepContext, StepResult
 from .quantize_static import quantized_ops
 
-PRESETS = ("performance", "mixed")
+PRESETS = ("auto", "performance", "mixed")
 MODEL_TYPES = ("auto", "transformer", "default")
 INSTALL_HINT = "nncf not installed: pip install 'deploykit[openvino]'"
 
@@ -27,8 +27,9 @@ INSTALL_HINT = "nncf not installed: pip install 'deploykit[openvino]'"
 @dataclass(frozen=True)
 class Config:
     # performance: symmetric int8 activations and weights (fastest); mixed: asymmetric
-    # activations, for inputs far from zero-centred (e.g. after non-ReLU activations)
-    preset: str = "performance"
+    # activations, for inputs far from zero-centred (GELU, LayerNorm outputs); auto: NNCF's
+    # choice, mixed for transformers and performance otherwise
+    preset: str = "auto"
     subset_size: int = 300  # calibration batches used at most
     model_type: str = "auto"  # auto: transformer when the graph has MatMul and Softmax
     fast_bias_correction: bool = True
@@ -68,6 +69,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     transformer = cfg.model_type == "transformer" or (
         cfg.model_type == "auto" and is_transformer_like(model))
     subset = min(cfg.subset_size, len(batches))
+    preset = cfg.preset if cfg.preset != "auto" else "mixed" if transformer else "performance"
     work = onnx.ModelProto()
     work.CopyFrom(model)  # nncf's preprocessing edits its input in place
     errors = tuple(v for v in vars(nncf_errors).values()
@@ -78,7 +80,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         with contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
             qmodel = nncf.quantize(
                 work, nncf.Dataset(batches), subset_size=subset,
-                preset=nncf.QuantizationPreset(cfg.preset), target_device=nncf.TargetDevice.CPU,
+                preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
                 model_type=nncf.ModelType.TRANSFORMER if transformer else None,
                 fast_bias_correction=cfg.fast_bias_correction)
     except errors as e:
@@ -90,7 +92,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     if n_q == 0:
         return StepResult(None, skipped="nncf placed no quantizer in this model")
     notes = [f"nncf-int8: {SYNTHETIC_WARNING}"] if ctx.calibration_is_synthetic else []
-    details = {"preset": cfg.preset, "model_type": "transformer" if transformer else "default",
+    details = {"preset": preset, "model_type": "transformer" if transformer else "default",
                "calibration_batches": subset, "quantize_linear_nodes": n_q,
                "fast_bias_correction": cfg.fast_bias_correction}
     return StepResult(qmodel, notes=tuple(notes), details=details, fidelity_kind="int8")

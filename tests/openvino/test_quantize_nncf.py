@@ -38,6 +38,7 @@ def test_cnn_gets_qdq_and_an_honest_note(cnn_result):
     onnx.checker.check_model(res.model)
     assert res.fidelity_kind == "int8" and res.skipped is None
     assert res.details["model_type"] == "default" and res.details["calibration_batches"] == 8
+    assert res.details["preset"] == "performance"
     assert any("synthetic" in n for n in res.notes)
 
 
@@ -64,6 +65,7 @@ def test_transformer_mode_chosen_for_attention(tmp_path):
                       calibration_is_synthetic=False)
     res = qn.step(model, qn.Config(subset_size=2), ctx)
     assert res.details["model_type"] == "transformer" and res.details["calibration_batches"] == 2
+    assert res.details["preset"] == "mixed"
     assert not res.notes
     assert "QuantizeLinear" in {n.op_type for n in res.model.graph.node}
     feeds = _batches((1, 16, 32), 1, 5)[0]
