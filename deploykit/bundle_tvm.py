@@ -1,0 +1,286 @@
+"""TVM bundle contents: the compiled library for the target, the TVM runtime libraries for the
+device's architecture, and a small C++ runner (runners/tvm_runner.cc) built against them —
+cross-compiled for aarch64 — with its build command written out.
+
+The runner needs only libtvm_runtime.so + libtvm_ffi.so, shipped in lib/ (found through the
+runner's rpath), so a board without Python can run its self-test. The aarch64 libraries come
+from the aarch64 apache-tvm wheels (the same ones the emulated device installs).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from .core import ModelRef, Target
+from .errors import TargetError
+from .runners import RUNNER_SOURCE
+
+RUNTIME_LIBS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so",
+                "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
+CXX = {"aarch64": "aarch64-linux-gnu-g++"}
+QEMU = {"aarch64": "qemu-aarch64"}
+SYSROOTS = {"aarch64": ("/usr/aarch64-linux-gnu",)}  # Debian's cross toolchain ships the libc
+RUNNER = "runner/dk_runner"
+
+
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def tvm_target_dict(target: Target) -> dict[str, Any]:
+    cfg = target.config
+    found = cfg.get("tvm_target") or cfg.get("options", {}).get("target") or cfg.get("target")
+    if not isinstance(found, Mapping):
+        raise TargetError(f"target '{target.name}' has no TVM target dict")
+    return dict(found)
+
+
+def target_arch(target: Target) -> str:
+    triple = str(tvm_target_dict(target).get("mtriple", ""))
+    return triple.split("-")[0] if triple else host_arch()
+
+
+def _libraries_dir(arch: str, hint: str | None) -> Path:
+    """A folder holding libtvm_runtime.so and libtvm_ffi.so built for `arch`."""
+    if arch == host_arch():
+        import tvm
+        import tvm_ffi
+
+        site = Path(tvm.__file__).parent.parent
+        if Path(tvm_ffi.__file__).parent.parent != site:
+            raise TargetError("tvm and tvm_ffi are installed in different folders")
+        return _collect(site, arch)
+    from platformdirs import user_cache_dir
+
+    cache = Path(user_cache_dir("deploykit")) / "tvm-runtime" / arch
+    for cand in filter(None, [hint, os.environ.get(f"DEPLOYKIT_TVM_RUNTIME_{arch.upper()}"),
+                              str(cache)]):
+        found = _find_libs(Path(cand), arch, cache)
+        if found:
+            return found
+    _download_wheels(arch, cache / "wheels")
+    found = _find_libs(cache, arch, cache)
+    if not found:
+        raise TargetError(f"no {arch} TVM runtime libraries in the downloaded wheels ({cache})")
+    return found
+
+
+def _find_libs(folder: Path, arch: str, cache: Path) -> Path | None:
+    """Flat folder, a site-packages folder, or a folder of wheels (extracted into `cache`)."""
+    if all((folder / n).is_file() for n in RUNTIME_LIBS):
+        return folder
+    if all((folder / rel).is_file() for rel in RUNTIME_LIBS.values()):
+        return _collect(folder, arch)
+    wheels = sorted(folder.glob(f"**/apache_tvm*{arch}*.whl")) if folder.is_dir() else []
+    out = cache / "lib"
+    for w in wheels:
+        with zipfile.ZipFile(w) as z:
+            for name, rel in RUNTIME_LIBS.items():
+                if rel in z.namelist():
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / name).write_bytes(z.read(rel))
+    return out if all((out / n).is_file() for n in RUNTIME_LIBS) else None
+
+
+def _collect(site: Path, arch: str) -> Path:
+    missing = [rel for rel in RUNTIME_LIBS.values() if not (site / rel).is_file()]
+    if missing:
+        raise TargetError(f"{arch} TVM runtime incomplete in {site}: no {', '.join(missing)}")
+    return site  # libraries addressed by RUNTIME_LIBS paths
+
+
+def _lib_paths(folder: Path) -> dict[str, Path]:
+    flat = {n: folder / n for n in RUNTIME_LIBS}
+    if all(p.is_file() for p in flat.values()):
+        return flat
+    return {n: folder / rel for n, rel in RUNTIME_LIBS.items()}
+
+
+def _download_wheels(arch: str, dest: Path) -> None:
+    """The aarch64 apache-tvm wheels of the installed versions, with pip (a registry client)."""
+    from importlib import metadata
+    import sys
+
+    pins = [f"apache-tvm=={metadata.version('apache-tvm')}",
+            f"apache-tvm-ffi=={metadata.version('apache-tvm-ffi')}"]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--platform", f"manylinux_2_28_{arch}", "--python-version",
+           f"{sys.version_info.major}.{sys.version_info.minor}", "-d", str(dest), *pins]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise TargetError(f"cannot fetch the {arch} TVM runtime ({' '.join(pins)}): {last}; "
+                          f"pass --tvm-runtime DIR with libtvm_runtime.so and libtvm_ffi.so")
+
+
+def _include_dirs() -> list[Path]:
+    import tvm_ffi
+
+    root = Path(tvm_ffi.__file__).parent
+    dirs = [root / "include", root / "3rdparty" / "dlpack" / "include"]
+    for d in dirs:
+        if not d.is_dir():
+            raise TargetError(f"tvm-ffi headers missing: {d}")
+    return dirs
+
+
+def runner_command(arch: str, src: str, out: str, includes: list[str], libdir: str) -> list[str]:
+    cxx = CXX.get(arch, "g++") if arch != host_arch() else "g++"
+    return [cxx, "-std=c++17", "-O2", "-o", out, src, *[f"-I{d}" for d in includes],
+            f"-L{libdir}", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
+            "-Wl,-rpath,$ORIGIN/../lib"]
+
+
+def build(proto, model: ModelRef, target: Target, stage: Path, *, shapes: Mapping[str, tuple],
+          runtime_hint: str | None = None) -> dict[str, Any]:
+    """model.so, lib/, runner/ into `stage`; returns the manifest's "tvm" section."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    arch = target_arch(target)
+    tdict = tvm_target_dict(target)
+    cxx = CXX.get(arch) if arch != host_arch() else None
+    if cxx and not shutil.which(cxx):
+        raise TargetError(f"cross compiler {cxx} not found (run tools/setup_system.sh)")
+    try:
+        mod = from_onnx(proto, shape_dict={k: list(v) for k, v in shapes.items()})
+        ex = relax.build(mod, tvm.target.Target(tdict))
+    except Exception as e:  # TVM raises its own error types per failing op
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise TargetError(f"TVM cannot build {model.path} for {target.name}: {first}") from None
+    kwargs = {"fcompile": tvm.support.cc.cross_compiler(cxx)} if cxx else {}
+    ex.export_library(str(stage / "model.so"), **kwargs)
+
+    libs = _lib_paths(_libraries_dir(arch, runtime_hint))
+    (stage / "lib").mkdir()
+    for name, src in libs.items():
+        shutil.copyfile(src, stage / "lib" / name)
+    (stage / "runner").mkdir()
+    shutil.copyfile(RUNNER_SOURCE, stage / "runner" / RUNNER_SOURCE.name)
+    includes = [str(d) for d in _include_dirs()]
+    cmd = runner_command(arch, f"runner/{RUNNER_SOURCE.name}", RUNNER, includes, "lib")
+    proc = subprocess.run(cmd, cwd=stage, capture_output=True, text=True)
+    if proc.returncode:
+        err = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
+        raise TargetError(f"building the {arch} runner failed: {err[:300]}")
+    portable = runner_command(arch, f"runner/{RUNNER_SOURCE.name}", RUNNER,
+                              ["$TVM_FFI/include", "$TVM_FFI/3rdparty/dlpack/include"], "lib")
+    (stage / "runner" / "build.sh").write_text(
+        "#!/bin/sh\n# Rebuild the runner from the bundle folder. TVM_FFI: the tvm_ffi package folder\n"
+        "# of the apache-tvm-ffi wheel (headers are the same for every architecture).\n"
+        "set -e\ncd \"$(dirname \"$0\")/..\"\n"
+        ': "${TVM_FFI:=$(python3 -c \'import tvm_ffi, os; print(os.path.dirname(tvm_ffi.__file__))\')}"\n'
+        + " ".join(_sh(a) for a in portable) + "\n")
+    from importlib import metadata
+
+    return {"arch": arch, "tvm_target": tdict, "tvm_version": metadata.version("apache-tvm"),
+            "compiled_shapes": {k: list(v) for k, v in shapes.items()},
+            "files": {"library": "model.so", "runner": RUNNER,
+                      "runner_source": f"runner/{RUNNER_SOURCE.name}",
+                      "runtime_libs": [f"lib/{n}" for n in RUNTIME_LIBS]},
+            "runner_build_command": " ".join(shlex.quote(a) for a in cmd),
+            "runner_build_script": "runner/build.sh"}
+
+
+def _sh(arg: str) -> str:
+    """Quote for sh but keep $VARS expandable."""
+    return f'"{arg}"' if "$" in arg and "$ORIGIN" not in arg else shlex.quote(arg)
+
+
+def runner_args(manifest: Mapping[str, Any]) -> list[str]:
+    g = manifest["golden"]
+    args = [manifest["runtime"]["model"], g["inputs"], g["outputs"]]
+    for name, t in g["tolerance"].items():
+        args += ["--tol", f"{name}:{t['atol']!r}:{t['rtol']!r}"]
+    return args
+
+
+def write_selftest(stage: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """selftest.sh (sha256sum -c, then the runner) and SHA256SUMS, for a device without Python."""
+    from .runners.selftest import sha256_file
+
+    cmd = " ".join(shlex.quote(a) for a in [f"./{RUNNER}", *runner_args(manifest)])
+    (stage / "selftest.sh").write_text(
+        "#!/bin/sh\n# Device self-test without Python: file hashes, then golden outputs.\n"
+        "set -e\ncd \"$(dirname \"$0\")\"\nsha256sum --quiet -c SHA256SUMS\n"
+        f"exec {cmd} --repeat 3\n")
+    sums = sorted(p for p in stage.rglob("*") if p.is_file())
+    (stage / "SHA256SUMS").write_text("".join(
+        f"{sha256_file(p)}  {p.relative_to(stage).as_posix()}\n" for p in sums))
+    return {"command": "sh selftest.sh", "runner_command": cmd,
+            "python_command": "python3 selftest.py", "needs": "nothing but the bundle "
+            "(python3 selftest.py needs numpy and the tvm runtime)"}
+
+
+def emulator(arch: str) -> list[str] | None:
+    """qemu-user prefix that runs `arch` binaries here, or None."""
+    qemu = shutil.which(QEMU.get(arch, f"qemu-{arch}"))
+    sysroot = os.environ.get(f"DEPLOYKIT_QEMU_SYSROOT_{arch.upper()}")
+    roots = [sysroot] if sysroot else list(SYSROOTS.get(arch, ()))
+    root = next((r for r in roots if r and Path(r, "lib").is_dir()), None)
+    return [qemu, "-L", root] if qemu and root else None
+
+
+_ROW = re.compile(r"^output (?P<name>.+) max_abs_err=(?P<err>\S+) atol=\S+ rtol=\S+ "
+                  r"mismatched=(?P<bad>\d+)/(?P<n>\d+) (?P<status>ok|FAIL)$")
+
+
+def run_runner(bundle: Path, manifest: Mapping[str, Any], repeat: int = 3) -> dict[str, Any]:
+    """Run the bundle's C++ runner here (under qemu when built for another architecture)."""
+    arch = manifest["runtime"]["arch"]
+    prefix: list[str] = []
+    how = f"C++ runner ({arch}, native)"
+    if arch != host_arch():
+        prefix = emulator(arch) or []
+        if not prefix:
+            raise TargetError(f"bundle is for {arch}: run it on the device (--device/--tracker) "
+                              f"or install qemu-user and the {arch} cross toolchain to emulate it")
+        how = f"C++ runner ({arch}, emulated: {' '.join(prefix)})"
+    cmd = [*prefix, f"./{RUNNER}", *runner_args(manifest), "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True)
+    rows, timing = [], None
+    for line in proc.stdout.splitlines():
+        m = _ROW.match(line.strip())
+        if m:
+            rows.append({"name": m["name"], "ok": m["status"] == "ok",
+                         "max_abs_err": float(m["err"]), "mismatched": int(m["bad"]),
+                         "size": int(m["n"]),
+                         "detail": line.strip()[len(f"output {m['name']} "):-len(m["status"]) - 1]})
+        elif line.startswith("runs="):
+            timing = line.strip()
+    error = None
+    if proc.returncode not in (0, 1) or (proc.returncode == 1 and not rows):
+        error = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    return {"rows": rows, "how": how, "timing": timing, "error": error,
+            "returncode": proc.returncode}
+
+
+def check_here(stage: Path, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The fresh bundle's runner against the golden outputs, when this machine can run it."""
+    import numpy as np
+
+    arch = manifest["runtime"]["arch"]
+    if arch != host_arch() and emulator(arch) is None:
+        return None
+    res = run_runner(stage, manifest, repeat=1)
+    if res["error"]:
+        raise TargetError(f"the bundle's runner failed ({res['how']}): {res['error']}")
+    from .runners.selftest import load_npz
+
+    golden = load_npz(stage / manifest["golden"]["outputs"])
+    max_rel = max((r["max_abs_err"] / max(float(np.max(np.abs(golden[r["name"]]))), 1e-30)
+                   for r in res["rows"]), default=0.0)
+    bad = [r["detail"] for r in res["rows"] if not r["ok"]]
+    return {"ok": not bad and bool(res["rows"]), "detail": "; ".join(bad) or "no outputs",
+            "how": res["how"], "max_abs": max((r["max_abs_err"] for r in res["rows"]), default=0.0),
+            "max_rel": max_rel}

@@ -1,0 +1,101 @@
+"""`deploykit verify`: a bundle's self-test run here, under emulation, or on a device over TVM RPC.
+
+Integrity (sha256 of every file, manifest digest) is always checked with deploykit's own copy of
+runners/selftest.py, never the bundle's. Then the bundle's model runs on its golden inputs:
+ORT bundles in onnxruntime; TVM bundles through their C++ runner (native, or under qemu-user for
+another architecture), the tvm Python runtime (--python), or uploaded to a device over RPC.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import InputError
+from .runners import selftest as st
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    problems: tuple[str, ...]
+    rows: tuple[Mapping[str, Any], ...]
+    how: str
+    seconds: float
+    timing: str | None = None
+    labels: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and bool(self.rows) and all(r["ok"] for r in self.rows)
+
+    def lines(self) -> list[str]:
+        return st.report_lines(self.problems, self.rows)
+
+
+def _rpc_runner(device: str, tracker: str, timeout_s: int):
+    """A selftest runner that uploads the library to a device of `device` key and runs it there."""
+    def run(bundle: Path, manifest: Mapping[str, Any], feeds: Mapping[str, Any]):
+        import tvm
+        from tvm import relax, rpc
+
+        host, _, port = tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise InputError(f"--tracker must be HOST:PORT, got {tracker!r}")
+        try:
+            remote = rpc.connect_tracker(host, int(port)).request(
+                device, priority=1, session_timeout=timeout_s)
+        except Exception as e:  # tvm raises RuntimeError/TVMError/socket errors
+            raise InputError(f"cannot get device '{device}' from tracker {tracker}: "
+                             f"{(str(e).strip().splitlines() or [type(e).__name__])[-1]}") from None
+        lib = bundle / manifest["runtime"]["model"]
+        remote.upload(str(lib))
+        dev = remote.cpu()
+        vm = relax.VirtualMachine(remote.load_module(lib.name), dev)
+        out = vm["main"](*[tvm.runtime.tensor(v, dev) for v in feeds.values()])
+        return st.flatten_tvm(out)
+
+    return run
+
+
+def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None = None,
+           python: bool = False, timeout_s: int = 600) -> VerifyResult:
+    """Run the self-test; raises InputError (exit 2) when the folder is not a usable bundle."""
+    bundle = Path(bundle)
+    try:
+        manifest = st.load_manifest(bundle)
+    except st.BundleUnusable as e:
+        raise InputError(str(e)) from None
+    backend = manifest["runtime"].get("backend")
+    if backend not in st.RUNNERS:
+        raise InputError(f"{bundle}: unknown bundle runtime '{backend}'")
+    if (device is None) != (tracker is None):
+        raise InputError("--device and --tracker go together")
+    t0 = time.perf_counter()
+    if device:
+        if backend != "tvm":
+            raise InputError("--device/--tracker run TVM bundles over RPC; this is an ORT bundle")
+        problems, rows = st.selftest(bundle, _rpc_runner(device, tracker, timeout_s))
+        return VerifyResult(tuple(problems), tuple(rows), f"TVM RPC device '{device}' via "
+                            f"{tracker}", time.perf_counter() - t0)
+    if backend == "ort" or python:
+        if python and backend == "tvm":
+            from .bundle_tvm import host_arch
+
+            if manifest["runtime"]["arch"] != host_arch():
+                raise InputError(f"--python runs the library in this machine's tvm; the bundle "
+                                 f"is for {manifest['runtime']['arch']}")
+        problems, rows = st.selftest(bundle)
+        how = "onnxruntime (Python)" if backend == "ort" else "tvm runtime (Python)"
+        return VerifyResult(tuple(problems), tuple(rows), how, time.perf_counter() - t0)
+
+    from .bundle_tvm import run_runner
+
+    problems = st.check_integrity(bundle, manifest)
+    res = run_runner(bundle, manifest)
+    if res["error"]:
+        problems.append(f"runner failed on {manifest['runtime']['model']}: {res['error']}")
+    labels = ("emulated",) if "emulated" in res["how"] else ()
+    return VerifyResult(tuple(problems), tuple(res["rows"]), res["how"],
+                        time.perf_counter() - t0, res["timing"], labels)

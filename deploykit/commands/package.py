@@ -1,0 +1,71 @@
+"""`deploykit package MODEL --target T -o BUNDLE/`: what ships to the device, self-checking."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import _common
+
+HELP = "build a self-checking deployment bundle (model for the target, golden I/O, manifest)"
+DESCRIPTION = """Package a model for a target into a folder: ORT targets get the offline-optimized
+.onnx, its ORT-format .ort and the operator config of an ORT minimal build; TVM targets get the
+compiled library, the TVM runtime libraries and a C++ runner built for the device (cross-compiled
+for aarch64). Every bundle has golden input/output tensors, a self-test (selftest.py, and
+selftest.sh for TVM) and manifest.json with io specs, ids and lineage, the measured latency, the
+fidelity against the input model, sizes and the sha256 of every file. Check it with
+`deploykit verify`."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=".onnx model (e.g. a compress or search output)")
+    p.add_argument("--output", "-o", required=True, metavar="BUNDLE", help="bundle folder to write")
+    _common.add_target_args(p)
+    p.add_argument("--no-measure", action="store_true",
+                   help="do not profile the model on the target (the manifest says so)")
+    p.add_argument("--original", metavar="ONNX",
+                   help="the uncompressed model: fidelity against it goes into the manifest")
+    p.add_argument("--ort-platform", choices=("amd64", "arm"),
+                   help="ORT converter platform (arm drops x86-only NCHWc layouts; "
+                        "default: this machine's)")
+    p.add_argument("--tvm-runtime", metavar="DIR",
+                   help="folder with the device's libtvm_runtime.so and libtvm_ffi.so, a "
+                        "site-packages, or aarch64 apache-tvm wheels (default: download with pip)")
+    p.add_argument("--atol-frac", type=float, default=None,
+                   help="golden tolerance: atol = this x max|output| (default by dtype: fp32 1e-4, "
+                        "fp16 1e-3, int8 1e-2)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--device", help="RPC device key (remote TVM targets, with --tracker)")
+    p.add_argument("--tracker", help="RPC tracker HOST:PORT (remote TVM targets)")
+    _common.add_input_args(p)
+    _common.add_plan_args(p)
+    _common.add_store_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import targets
+    from ..errors import InputError
+    from ..package import PackageOptions, package
+
+    if args.atol_frac is not None and not args.atol_frac > 0:
+        raise InputError(f"--atol-frac must be positive, got {args.atol_frac}")
+    target = targets.get(args.target, require_available=not args.no_measure,
+                         threads=args.threads, device=args.device, tracker=args.tracker)
+    store = None if args.no_store else str(_common.store_path(args))
+    opts = PackageOptions(measure=not args.no_measure, plan=_common.plan_from_args(args),
+                          seed=args.seed, shapes=tuple(_common.parse_shapes(args.shape).items()),
+                          inputs_npz=args.inputs, original=args.original,
+                          ort_platform=args.ort_platform, atol_frac=args.atol_frac,
+                          tvm_runtime=args.tvm_runtime, force=args.force, store=store)
+    m = package(args.model, target, args.output, opts)
+    print(f"bundle {args.output} for {target.name} ({m['sizes']['total_bytes'] / 1e6:.2f} MB):")
+    for rel, size in m["sizes"]["files"].items():
+        print(f"  {rel:<40} {size:>12,d} B")
+    lat = m.get("latency")
+    if lat:
+        lo, hi = lat["ci95_ms"]
+        labels = f" [{', '.join(lat['labels'])}]" if lat["labels"] else ""
+        print(f"latency: median {lat['median_ms']:.3f} ms (95% CI {lo:.3f}-{hi:.3f}){labels}")
+    for f in m["fidelity"]:
+        print(f"fidelity vs {f['against']}: max abs {f['max_abs']:.2e}, max rel {f['max_rel']:.2e}")
+    print(f"self-test: {m['selftest']['command']}   (or: deploykit verify {args.output})")
+    return 0
