@@ -216,10 +216,8 @@ def realized_report(result: RecipeResult, target: Target, feeds: Mapping[str, np
                     plan: TimingPlan = TimingPlan(), *, measure: bool = True,
                     progress: bool = False) -> RealizedReport:
     """Rows per step and for the whole recipe; one interleaved comparison of the lineage."""
-    lineage = [result.source] + [s.output for s in result.applied]
-    stats = {m.sha256: model_stats(m.path, feeds) for m in lineage}
+    lineage = lineage_of(result)
     comparison = None
-    index = {m.sha256: i for i, m in enumerate(lineage)}
     if measure and len(lineage) > 1:
         from .measure import compare
 
@@ -230,12 +228,26 @@ def realized_report(result: RecipeResult, target: Target, feeds: Mapping[str, np
         finally:
             for a in artifacts:
                 a.close()
+    stats = {m.sha256: model_stats(m.path, feeds) for m in lineage}
+    return build_report(result, stats, comparison, target.name)
+
+
+def lineage_of(result: RecipeResult) -> list[ModelRef]:
+    """Source then every applied step's output: the order of the interleaved comparison."""
+    return [result.source] + [s.output for s in result.applied]
+
+
+def build_report(result: RecipeResult, stats: Mapping[str, ModelStats], comparison: Any | None,
+                 target_name: str) -> RealizedReport:
+    """Rows from model statistics and (optionally) a comparison in `lineage_of` order."""
+    lineage = lineage_of(result)
+    index = {m.sha256: i for i, m in enumerate(lineage)}
 
     def row(name, parent: ModelRef, child: ModelRef, fid, step_name: str) -> RealizedRow:
         before, after = stats[parent.sha256], stats[child.sha256]
         sp = comparison.speedup(index[child.sha256], index[parent.sha256]) if comparison else None
         v = verdict(sp[1], sp[2]) if sp else "not measured"
-        reason = explain(step_name, before, after, child.path, target.name)
+        reason = explain(step_name, before, after, child.path, target_name)
         return RealizedRow(name, parent.sha256, child.sha256, before, after, fid, sp, v, reason)
 
     rows = []
@@ -244,12 +256,12 @@ def realized_report(result: RecipeResult, target: Target, feeds: Mapping[str, np
             rows.append(row(f"{s.index} {s.name}", s.parent, s.output, s.fidelity, s.name))
         else:
             rows.append(RealizedRow(f"{s.index} {s.name}", s.parent.sha256, s.parent.sha256,
-                                    stats.get(s.parent.sha256) or model_stats(s.parent.path, feeds),
-                                    None, None, None, f"skipped: {s.skipped}", s.skipped))
+                                    stats[s.parent.sha256], None, None, None,
+                                    f"skipped: {s.skipped}", s.skipped))
     if len(result.applied) > 1:
         rows.append(row("recipe (source -> final)", result.source, result.final, result.fidelity,
                         "recipe"))
-    return RealizedReport(target.name, tuple(rows), comparison, tuple(lineage))
+    return RealizedReport(target_name, tuple(rows), comparison, tuple(lineage))
 
 
 def summarize_notes(records: Sequence[Any]) -> list[str]:

@@ -25,6 +25,7 @@ class Config:
     weight_type: str = "int8"
     reduce_range: bool = False
     include_conv: bool = False
+    preprocess: bool = True  # onnxruntime's quant_pre_process (shape inference + optimisation)
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -36,6 +37,7 @@ class Config:
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     already = quantized_ops(model)
     if already:
@@ -45,10 +47,17 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     if not present & set(ops):
         hint = "; Conv models need quantize-static" if "Conv" in present else ""
         return StepResult(None, skipped=f"no {'/'.join(ops)} node to quantize{hint}")
-    notes = (CONV_WARNING,) if cfg.include_conv and "Conv" in present else ()
+    notes = [CONV_WARNING] if cfg.include_conv and "Conv" in present else []
     with tempfile.TemporaryDirectory(prefix="dk-qdyn-", dir=ctx.workdir) as tmp:
         src, out = Path(tmp) / "float.onnx", Path(tmp) / "q.onnx"
         onnx.save(model, str(src))
+        if cfg.preprocess:
+            try:
+                quant_pre_process(str(src), str(Path(tmp) / "pre.onnx"))
+                src = Path(tmp) / "pre.onnx"
+            except Exception as e:  # ORT raises bare exceptions from its optimisers
+                notes.append(f"quant_pre_process failed ({str(e).splitlines()[0][:120]}); "
+                             "quantized without it")
         try:
             quantize_dynamic(str(src), str(out), op_types_to_quantize=ops,
                              per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
@@ -61,6 +70,6 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         return StepResult(None, skipped="onnxruntime quantized no node (weights not constant?)")
     counts = {op: sum(n.op_type == op for n in qmodel.graph.node)
               for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")}
-    return StepResult(qmodel, notes=notes, fidelity_kind="int8",
+    return StepResult(qmodel, notes=tuple(notes), fidelity_kind="int8",
                       details={"per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
                                "ops": {k: v for k, v in counts.items() if v}})

@@ -2,9 +2,9 @@
 
 Defaults are the ones measured fastest on x86 with VNNI (FACTS.md): uint8 activations with int8
 per-channel weights (U8S8), 3x faster than fp32 on ResNet-shaped CNNs, where ORT's own default
-(S8S8) gained only 1.1x. With `target_cosine`, nodes whose quantization hurts most (lowest
-signal-to-quantization-noise ratio, from ORT's qdq_loss_debug) are kept in fp32 until the
-outputs reach that cosine similarity against the float model.
+(S8S8) gained only 1.1x. With `target_cosine`, each node's error is measured by quantizing it alone (ranges
+come from one calibration pass, cached) and the worst are kept in fp32, 1, 2, 4, ... of them,
+until the outputs reach that cosine similarity against the float model.
 """
 
 from __future__ import annotations
@@ -90,34 +90,6 @@ def _cosine_vs_float(float_path: Path, q_path: Path,
     return cos
 
 
-def _sensitivity(float_path: Path, q_path: Path, batches, work: Path) -> list[tuple[str, float]]:
-    """Quantizable nodes, worst first, scored by the lowest SQNR (dB) among the QDQ pairs on
-    their inputs and their weight (ORT's qdq_loss_debug)."""
-    import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations, compute_activation_error, compute_weight_error,
-        create_activation_matching, create_weight_matching,
-        modify_model_output_intermediate_tensors)
-
-    acts = []
-    for path in (q_path, float_path):
-        aug = work / f"augmented-{path.name}"
-        modify_model_output_intermediate_tensors(str(path), str(aug))
-        acts.append(collect_activations(str(aug), data_reader(batches)))
-    act_err = compute_activation_error(create_activation_matching(*acts))
-    w_err = compute_weight_error(create_weight_matching(str(float_path), str(q_path)))
-    scores: dict[str, float] = {}
-    fmodel = onnx.load(str(float_path), load_external_data=False)
-    for node in fmodel.graph.node:
-        if node.op_type not in COMPUTE_OPS:
-            continue
-        errs = [act_err[t]["qdq_err"] for t in node.input if t in act_err]
-        errs += [w_err[t] for t in node.input if t in w_err]
-        if errs:
-            scores[node.name] = float(min(errs))
-    return sorted(scores.items(), key=lambda kv: kv[1])
-
-
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -150,8 +122,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         onnx.save(fmodel, str(src))
         cache = work / "calibration.json"
 
-        def quantize(exclude: Sequence[str]) -> Path:
-            out = work / f"q{len(exclude)}.onnx"
+        def quantize(exclude: Sequence[str], only: str | None = None) -> Path:
+            out = work / (f"only-{only}.onnx" if only else f"q{len(exclude)}.onnx")
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
                     quantize_static(
@@ -160,6 +132,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
                         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                         activation_type=getattr(QuantType, QTYPES[cfg.activation_type]),
                         weight_type=getattr(QuantType, QTYPES[cfg.weight_type]),
+                        nodes_to_quantize=[only] if only else None,
                         nodes_to_exclude=list(exclude) or None,
                         calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]),
                         extra_options=extra, calibration_cache_path=str(cache))
@@ -176,8 +149,14 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
             cos = _cosine_vs_float(src, q_path, batches)
             details["cosine_all_int8"] = cos
             if cos < cfg.target_cosine and cfg.max_excluded > 0:
-                scores = _sensitivity(src, q_path, batches, work)
-                details["sensitivity_db"] = dict(scores[:20])
+                # each node's own damage: cosine loss when it alone is quantized
+                probe = batches[:4]
+                scores = sorted(
+                    ((n.name, 1.0 - _cosine_vs_float(src, quantize(exclude, only=n.name), probe))
+                     for n in fmodel.graph.node
+                     if n.op_type in (cfg.op_types or COMPUTE_OPS) and n.name not in exclude),
+                    key=lambda kv: -kv[1])
+                details["sensitivity"] = dict(scores[:20])
                 ranked = [n for n, _ in scores if n not in exclude]
                 limit, k = min(cfg.max_excluded, len(ranked)), 0
                 while cos < cfg.target_cosine and k < limit:

@@ -1,0 +1,101 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from _quant_models import conv_bn_net, messy
+from deploykit.errors import InputError
+from deploykit.recipe import make_step
+from deploykit.rewrite import StepContext
+from deploykit.rewrite.quantize_static import step
+from deploykit.verify import compare, run_ort
+
+
+def _ctx(tmp_path, synthetic=True, n=4):
+    rng = np.random.default_rng(0)
+    batch = lambda: {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}  # noqa: E731
+    return StepContext(feeds=batch(), calibration=tuple(batch() for _ in range(n)),
+                       calibration_is_synthetic=synthetic, workdir=tmp_path)
+
+
+def _cfg(**kw):
+    return make_step("quantize-static", kw).config
+
+
+def _inits(model):
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _producer(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_static_qdq_trio_u8s8_per_channel(tmp_path):
+    model, ctx = conv_bn_net(), _ctx(tmp_path)
+    res = step(model, _cfg(), ctx)
+    q = res.model
+    ops = {n.op_type for n in q.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    prod, inits = _producer(q), _inits(q)
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    for conv in convs:  # activations and weights both arrive through DequantizeLinear
+        assert prod[conv.input[0]].op_type == "DequantizeLinear"
+        wdq = prod[conv.input[1]]
+        assert wdq.op_type == "DequantizeLinear"
+        w = inits[wdq.input[0]]
+        assert w.data_type == onnx.TensorProto.INT8  # S8 weights
+        assert numpy_helper.to_array(inits[wdq.input[1]]).shape == (w.dims[0],)  # per channel
+    act_q = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert act_q and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in act_q)
+    fid = compare(run_ort(model, ctx.feeds), run_ort(q, ctx.feeds))
+    assert fid.cosine > 0.999 and fid.max_rel > 0  # really quantized, still close
+    onnx.checker.check_model(q, full_check=True)
+    assert res.fidelity_kind == "int8" and any("synthetic" in n for n in res.notes)
+
+
+def test_static_per_tensor_s8s8(tmp_path):
+    res = step(conv_bn_net(), _cfg(per_channel="false", activation_type="int8"), _ctx(tmp_path))
+    q, prod, inits = res.model, _producer(res.model), _inits(res.model)
+    conv = next(n for n in q.graph.node if n.op_type == "Conv")
+    assert numpy_helper.to_array(inits[prod[conv.input[1]].input[1]]).shape == ()
+    act_q = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert all(inits[n.input[2]].data_type == onnx.TensorProto.INT8 for n in act_q)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_static_calibration_methods(tmp_path, method):
+    model, ctx = conv_bn_net(), _ctx(tmp_path, synthetic=False, n=2)
+    res = step(model, _cfg(method=method), ctx)
+    assert res.details["method"] == method and not res.notes
+    assert compare(run_ort(model, ctx.feeds), run_ort(res.model, ctx.feeds)).cosine > 0.99
+
+
+def test_static_sensitive_nodes_kept_in_fp32_until_target(tmp_path):
+    model, ctx = conv_bn_net(), _ctx(tmp_path)
+    target = 0.99998
+    res = step(model, _cfg(target_cosine=str(target)), ctx)
+    d = res.details
+    assert d["cosine_all_int8"] < target <= d["cosine_vs_float"]
+    assert d["excluded_nodes"] and set(d["excluded_nodes"]) <= {"conv1", "conv2", "fc"}
+    assert list(d["sensitivity"])[0] == d["excluded_nodes"][0]  # worst node first
+    prod, inits = _producer(res.model), _inits(res.model)
+    for n in res.model.graph.node:  # excluded nodes keep float weights
+        if n.name in d["excluded_nodes"]:
+            assert inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+
+
+def test_static_skips_quantized_and_op_free_models(tmp_path):
+    ctx = _ctx(tmp_path)
+    q = step(conv_bn_net(), _cfg(), ctx).model
+    res = step(q, _cfg(), ctx)
+    assert res.model is None and res.skipped.startswith("already quantized")
+    res = step(messy(), _cfg(), StepContext(feeds={"x": np.ones((4, 8), np.float32)},
+                                            workdir=tmp_path))
+    assert res.model is None and "to quantize" in res.skipped
+
+
+@pytest.mark.parametrize("kw", [{"method": "kl"}, {"activation_type": "int4"},
+                                {"target_cosine": "1.5"}, {"percentile": "50"}])
+def test_static_bad_config(kw):
+    with pytest.raises(InputError, match="quantize-static"):
+        _cfg(**kw)
