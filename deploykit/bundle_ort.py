@@ -81,6 +81,8 @@ def build(model_path: Path, target: Target, out: Path, ort_platform: str) -> dic
                 raise TargetError(f"onnxruntime's converter did not write {p.name} "
                                   f"(log: {' | '.join(log.getvalue().split(chr(10))[-3:])})")
             shutil.copyfile(p, out / name)
+        config = out / "required_operators_and_types.config"  # names our temporary folder
+        config.write_text(config.read_text().replace(str(made["model.ort"]), "model.ort"))
     return {"graph_optimization_level": level, "platform": ort_platform,
             "onnxruntime_version": ort.__version__,
             "files": {"runtime_model": "model.ort", "optimized_onnx": "model.optimized.onnx",
