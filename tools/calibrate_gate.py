@@ -1,0 +1,199 @@
+"""Calibrate `deploykit check` on this machine: false-alarm rate, detection power, wall time.
+
+    .venv/bin/python tools/calibrate_gate.py [--aa 40] [--trials 20] [--slowdowns 5,10,20]
+
+1. Exports the bundled ~5 ms model (deploykit/examples/tinyresnet.py) unless --model is given.
+2. Injects slowdowns: an extra chain of `Sin` ops on a slice of the input, folded into the output
+   as y + 1e-30 * sum(chain) (so ORT cannot drop it, and outputs do not change). The cost of one
+   op is measured with an interleaved `deploykit profile --compare`, and the chain length is set
+   to cost 5% / 10% / 20% of the model's time. The slowdown actually injected is reported as the
+   median of the checks' own estimates.
+3. Records one baseline, then runs `deploykit check` as CI would (a fresh process each time) in
+   random order: A/A (the model against itself, interleaved), each injected slowdown, and a few
+   A/A checks against the stored samples (no interleaving) to show why interleaving matters.
+4. Prints a Markdown table for the README and writes every verdict to --out (JSON).
+Exact binomial (Clopper-Pearson) 95% intervals are given for every rate: with n trials and zero
+false alarms the upper bound is ~3.7/n, so say how many trials a figure rests on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "deploykit"]
+SLICE = 2048  # elements per injected op: ~2-4 us each, so 5% of 5 ms is dozens of ops
+
+
+def inject_chain(src: Path, dst: Path, n_ops: int) -> Path:
+    """Copy of `src` whose first output also depends on `n_ops` chained Sin ops on an input slice."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    x, y = g.input[0].name, g.output[0].name
+    for node in g.node:  # rename the producer of the output
+        node.output[:] = [f"{y}__orig" if o == y else o for o in node.output]
+    consts = {"inj_flat": [-1], "inj_start": [0], "inj_end": [SLICE], "inj_axes": [0]}
+    for name, v in consts.items():
+        g.initializer.append(helper.make_tensor(name, TensorProto.INT64, [1], v))
+    g.initializer.append(helper.make_tensor("inj_eps", TensorProto.FLOAT, [], [1e-30]))
+    nodes = [helper.make_node("Reshape", [x, "inj_flat"], ["inj_r"], name="inj_reshape"),
+             helper.make_node("Slice", ["inj_r", "inj_start", "inj_end", "inj_axes"], ["inj_0"],
+                              name="inj_slice")]
+    for i in range(n_ops):
+        nodes.append(helper.make_node("Sin", [f"inj_{i}"], [f"inj_{i + 1}"], name=f"inj_sin{i}"))
+    nodes += [helper.make_node("ReduceSum", [f"inj_{n_ops}"], ["inj_sum"], keepdims=0,
+                               name="inj_sum"),
+              helper.make_node("Mul", ["inj_sum", "inj_eps"], ["inj_tiny"], name="inj_scale"),
+              helper.make_node("Add", [f"{y}__orig", "inj_tiny"], [y], name="inj_add")]
+    g.node.extend(nodes)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def cli(*args: str, timeout: float = 300) -> tuple[int, float, str]:
+    t0 = time.perf_counter()
+    p = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, time.perf_counter() - t0, p.stderr.strip()
+
+
+def cost_per_op_ms(base: Path, work: Path, probe_ops: int, max_time: float) -> tuple[float, float]:
+    """(model median ms, ms per injected op) from an interleaved comparison."""
+    probe = inject_chain(base, work / "probe.onnx", probe_ops)
+    out = work / "probe.json"
+    rc, _, err = cli("profile", str(base), str(probe), "--compare", "--no-per-op", "--no-store",
+                     "-q", "--max-time", str(max_time), "--json", str(out))
+    if rc:
+        raise SystemExit(f"probe comparison failed: {err}")
+    from deploykit.core import LatencyReport
+    from deploykit.regress import interleaved_estimate
+
+    old, new = (LatencyReport.from_dict(i["report"]) for i in json.loads(out.read_text())["items"])
+    est = interleaved_estimate(old, new)  # per-round ratios: robust to the machine's drift
+    return old.median_ms, (est.ratio - 1) * old.median_ms / probe_ops
+
+
+def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    from scipy.stats import beta
+
+    a = (1 - conf) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help=".onnx model (default: export the bundled ~5 ms TinyResNet)")
+    ap.add_argument("--aa", type=int, default=40, help="interleaved A/A checks (default 40)")
+    ap.add_argument("--trials", type=int, default=20, help="checks per injected slowdown")
+    ap.add_argument("--stored-aa", type=int, default=8, help="A/A checks against stored samples")
+    ap.add_argument("--slowdowns", default="5,10,20", help="injected slowdowns in %% (5,10,20)")
+    ap.add_argument("--threshold", default="5%", help="check's --max-slowdown (default 5%%)")
+    ap.add_argument("--check-args", default="", help="extra arguments for every check")
+    ap.add_argument("--probe-ops", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="out/calibrate_gate.json")
+    ap.add_argument("--workdir", help="keep models and baseline here (default: a temp dir)")
+    args = ap.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="deploykit-cal-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        base = work / "base.onnx"
+        shutil.copy(args.model, base)
+    else:
+        base = work / "base.onnx"
+        rc, _, err = cli("export", "deploykit/examples/tinyresnet.py:build", "-o", str(base))
+        if rc:
+            raise SystemExit(f"export failed: {err}")
+    base_ms, op_ms = cost_per_op_ms(base, work, args.probe_ops, 15)
+    print(f"model median {base_ms:.3f} ms; one injected op costs {op_ms * 1e3:.2f} us",
+          flush=True)
+    if op_ms <= 0:
+        raise SystemExit("could not measure the injected op's cost (machine too noisy?)")
+    variants = {}
+    for s in (float(v) for v in args.slowdowns.split(",")):
+        n = max(1, round(s / 100 * base_ms / op_ms))
+        variants[f"+{s:g}%"] = inject_chain(base, work / f"slow{s:g}.onnx", n)
+        print(f"+{s:g}%: {n} ops", flush=True)
+    copy = work / "same.onnx"
+    shutil.copy(base, copy)
+    baseline = work / "baseline.json"
+    store = work / "cal.sqlite"
+    rc, wall, err = cli("baseline", str(base), "-o", str(baseline), "-q", "--store", str(store))
+    if rc:
+        raise SystemExit(f"baseline failed: {err}")
+    print(f"baseline recorded in {wall:.1f} s", flush=True)
+
+    jobs = [("A/A interleaved", str(copy), ["--against", str(base)])] * args.aa
+    jobs += [("A/A stored samples", str(base), [])] * args.stored_aa
+    for name, path in variants.items():
+        jobs += [(name, str(path), [])] * args.trials
+    random.Random(args.seed).shuffle(jobs)
+    results = []
+    for i, (cond, model, extra) in enumerate(jobs):
+        v = work / "v.json"
+        v.unlink(missing_ok=True)
+        rc, wall, err = cli("check", model, "--baseline", str(baseline), "--max-slowdown",
+                            args.threshold, "-q", "--store", str(store), "--json", str(v),
+                            *extra, *args.check_args.split())
+        row = {"condition": cond, "rc": rc, "wall_s": wall}
+        if v.exists() and rc in (0, 1):
+            d = json.loads(v.read_text())
+            row.update(status=d["status"], ratio=d["ratio"], ci=d["ratio_ci"], mode=d["mode"],
+                       n_units=d["n_units"])
+        else:
+            row.update(status="error", error=err)
+        results.append(row)
+        print(f"[{i + 1}/{len(jobs)}] {cond}: {row['status']} "
+              f"{row.get('ratio', float('nan')):.4f} {row.get('ci', '')} ({wall:.1f} s)",
+              flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"base_ms": base_ms, "op_us": op_ms * 1e3,
+                               "threshold": args.threshold, "results": results}, indent=1))
+    print(table(results, base_ms, args.threshold))
+    return 0
+
+
+def table(results: list[dict], base_ms: float, threshold: str) -> str:
+    order = ["A/A interleaved", "A/A stored samples"] + sorted(
+        {r["condition"] for r in results if r["condition"].startswith("+")},
+        key=lambda c: float(c[1:-1]))
+    lines = [f"Model {base_ms:.2f} ms (median), threshold {threshold}, 2 threads, shared machine.",
+             "", "| check | n | flagged as regression | rate (95% CI) | injected slowdown "
+             "measured (median) | median CI width | errors | median wall time |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for cond in order:
+        rows = [r for r in results if r["condition"] == cond]
+        if not rows:
+            continue
+        ok = [r for r in rows if r["status"] != "error"]
+        k = sum(r["status"] == "regression" for r in ok)
+        lo, hi = clopper_pearson(k, len(ok)) if ok else (float("nan"),) * 2
+        ratio = np.median([r["ratio"] for r in ok]) - 1 if ok else float("nan")
+        width = np.median([r["ci"][1] - r["ci"][0] for r in ok]) if ok else float("nan")
+        wall = np.median([r["wall_s"] for r in rows])
+        lines.append(f"| {cond} | {len(ok)} | {k} | {k / max(len(ok), 1):.0%} "
+                     f"({lo:.0%}–{hi:.0%}) | {ratio:+.1%} | {width:.1%} | "
+                     f"{len(rows) - len(ok)} | {wall:.1f} s |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
