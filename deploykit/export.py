@@ -410,11 +410,13 @@ def _fmt_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
     return ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in shapes.items())
 
 
-def _raise_if_failed(checks: Sequence[OutputCheck], reference: str) -> None:
+def _raise_if_failed(checks: Sequence[OutputCheck], reference: str,
+                     hints: Sequence[str] = ()) -> None:
     bad = [c for c in checks if not c.ok]
     if bad:
+        hint = f" (exporter said: {hints[0]})" if hints else ""
         raise VerificationError(f"output '{bad[0].output}' disagrees with {reference}: "
-                                f"{bad[0].failure}")
+                                f"{bad[0].failure}{hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +489,7 @@ def _from_torch(source, output, shapes, dynamic_batch, dynamic_axes, opset, simp
     out_names = [o.name for o in proto.graph.output]
     data = _serialize(proto)
     checks = _verify_torch(model, data, args, names, out_names, axes, seed)
-    _raise_if_failed(checks, "torch")
+    _raise_if_failed(checks, "torch", [w for w in warns if w.startswith("tracer:")])
     config = {"source": source, "source_sha256": sha256_file(path), "exporter": exporter,
               "opset": opset, "dynamic_axes": {n: {str(k): v for k, v in a.items()}
                                                for n, a in axes.items()},
@@ -535,7 +537,9 @@ def _from_onnx(path: Path, output: Path, shapes, opset, simplify, seed) -> Expor
         _raise_if_failed(checks, "the original ONNX model")
     config = {"source": str(path), "opset": opset, "simplify": simplify, "seed": seed}
     return _finish(model, data, output, sha256_file(path), config, "onnx", None, checks,
-                   "the original ONNX model (ONNX Runtime)", simplified, warns, dim_values={})
+                   "the original ONNX model (ONNX Runtime)", simplified, warns,
+                   dim_values={d: shapes[s.name][i] for s in ins if s.name in shapes
+                               for i, d in enumerate(s.shape) if isinstance(d, str)})
 
 
 def _convert_opset(model, opset: int):
