@@ -124,6 +124,24 @@ def test_op_openvino_cannot_convert_is_named(tmp_path):
     assert "\n" not in msg and "Det" in msg and "det.onnx" in msg
 
 
+def test_op_the_cpu_plugin_cannot_run_is_named(cnn, monkeypatch):
+    import openvino
+
+    def refuse(self, model, device, props=None):
+        raise RuntimeError("Exception from src/plugin.cpp:1:\nUnsupported operation")
+
+    def query(self, model, device, props=None):  # the plugin runs everything but Convolution
+        return {op.get_friendly_name(): device for op in model.get_ops()
+                if op.get_type_name() != "Convolution"}
+
+    monkeypatch.setattr(openvino.Core, "compile_model", refuse)
+    monkeypatch.setattr(openvino.Core, "query_model", query)
+    with pytest.raises(TargetError) as e:
+        targets.get("ov-cpu").compile(cnn)
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot run Convolution" in msg and "Parameter" not in msg
+
+
 def test_cli_exits_2_with_one_line_naming_the_op(tmp_path, capsys):
     path = det_model(tmp_path / "det.onnx")
     assert main(["profile", path, "--target", "ov-cpu", "--no-store", "-q"]) == 2
