@@ -37,6 +37,8 @@ def host_arch() -> str:
 
 
 def tvm_target_dict(target: Target) -> dict[str, Any]:
+    if hasattr(target, "tvm_target"):  # backends.tvm.TvmTarget resolves "mcpu = host" etc.
+        return dict(target.tvm_target)
     cfg = target.config
     found = cfg.get("tvm_target") or cfg.get("options", {}).get("target") or cfg.get("target")
     if not isinstance(found, Mapping):
@@ -140,26 +142,19 @@ def runner_command(arch: str, src: str, out: str, includes: list[str], libdir: s
             "-Wl,-rpath,$ORIGIN/../lib"]
 
 
-def build(proto, model: ModelRef, target: Target, stage: Path, *, shapes: Mapping[str, tuple],
+def build(model: ModelRef, target: Target, stage: Path, *,
           runtime_hint: str | None = None) -> dict[str, Any]:
-    """model.so, lib/, runner/ into `stage`; returns the manifest's "tvm" section."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
+    """model.so, lib/, runner/ into `stage`; returns the manifest's "tvm" section. The library is
+    the TVM backend's own build (its tuning database applied when one exists)."""
+    from .backends import tvm_build
+    from .backends.tvm_remote import export_library
 
     arch = target_arch(target)
-    tdict = tvm_target_dict(target)
     cxx = CXX.get(arch) if arch != host_arch() else None
     if cxx and not shutil.which(cxx):
         raise TargetError(f"cross compiler {cxx} not found (run tools/setup_system.sh)")
-    try:
-        mod = from_onnx(proto, shape_dict={k: list(v) for k, v in shapes.items()})
-        ex = relax.build(mod, tvm.target.Target(tdict))
-    except Exception as e:  # TVM raises its own error types per failing op
-        first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        raise TargetError(f"TVM cannot build {model.path} for {target.name}: {first}") from None
-    kwargs = {"fcompile": tvm.support.cc.cross_compiler(cxx)} if cxx else {}
-    ex.export_library(str(stage / "model.so"), **kwargs)
+    built = tvm_build.build(model, target)
+    shutil.copyfile(export_library(built, target, model), stage / "model.so")
 
     libs = _lib_paths(_libraries_dir(arch, runtime_hint))
     (stage / "lib").mkdir()
@@ -183,8 +178,11 @@ def build(proto, model: ModelRef, target: Target, stage: Path, *, shapes: Mappin
         + " ".join(_sh(a) for a in portable) + "\n")
     from importlib import metadata
 
-    return {"arch": arch, "tvm_target": tdict, "tvm_version": metadata.version("apache-tvm"),
-            "compiled_shapes": {k: list(v) for k, v in shapes.items()},
+    return {"arch": arch, "tvm_target": tvm_target_dict(target),
+            "tvm_version": metadata.version("apache-tvm"),
+            "compiled_shapes": {s.name: list(s.shape) for s in built.inputs},
+            "labels": list(built.labels), "tuning_records": built.tuning_records,
+            "build_ms": built.build_ms,
             "files": {"library": "model.so", "runner": RUNNER,
                       "runner_source": f"runner/{RUNNER_SOURCE.name}",
                       "runtime_libs": [f"lib/{n}" for n in RUNTIME_LIBS]},

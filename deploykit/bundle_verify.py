@@ -35,20 +35,16 @@ class VerifyResult:
 
 
 def _rpc_runner(device: str, tracker: str, timeout_s: int):
-    """A selftest runner that uploads the library to a device of `device` key and runs it there."""
+    """A selftest runner that uploads the library to a device of `device` key and runs it there.
+    Connects first, so that an unreachable tracker or device is a usage error (exit 2)."""
+    from .rpc import connect
+
+    remote, where = connect(device, tracker, None, session_timeout=timeout_s)
+
     def run(bundle: Path, manifest: Mapping[str, Any], feeds: Mapping[str, Any]):
         import tvm
-        from tvm import relax, rpc
+        from tvm import relax
 
-        host, _, port = tracker.rpartition(":")
-        if not host or not port.isdigit():
-            raise InputError(f"--tracker must be HOST:PORT, got {tracker!r}")
-        try:
-            remote = rpc.connect_tracker(host, int(port)).request(
-                device, priority=1, session_timeout=timeout_s)
-        except Exception as e:  # tvm raises RuntimeError/TVMError/socket errors
-            raise InputError(f"cannot get device '{device}' from tracker {tracker}: "
-                             f"{(str(e).strip().splitlines() or [type(e).__name__])[-1]}") from None
         lib = bundle / manifest["runtime"]["model"]
         remote.upload(str(lib))
         dev = remote.cpu()
@@ -56,7 +52,7 @@ def _rpc_runner(device: str, tracker: str, timeout_s: int):
         out = vm["main"](*[tvm.runtime.tensor(v, dev) for v in feeds.values()])
         return st.flatten_tvm(out)
 
-    return run
+    return run, where
 
 
 def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None = None,
@@ -76,9 +72,10 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
     if device:
         if backend != "tvm":
             raise InputError("--device/--tracker run TVM bundles over RPC; this is an ORT bundle")
-        problems, rows = st.selftest(bundle, _rpc_runner(device, tracker, timeout_s))
-        return VerifyResult(tuple(problems), tuple(rows), f"TVM RPC device '{device}' via "
-                            f"{tracker}", time.perf_counter() - t0)
+        run, where = _rpc_runner(device, tracker, timeout_s)
+        problems, rows = st.selftest(bundle, run)
+        return VerifyResult(tuple(problems), tuple(rows), f"TVM RPC device {where}",
+                            time.perf_counter() - t0)
     if backend == "ort" or python:
         if python and backend == "tvm":
             from .bundle_tvm import host_arch

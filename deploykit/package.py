@@ -151,10 +151,13 @@ def package(model_path: str | Path, target: Target, out: str | Path,
         raise InputError(f"{out} already exists (use --force to replace it)")
     model = ModelRef.from_path(model_path)
     ins, outs = io_specs(proto)
-    feeds = make_feeds(ins, opts.seed, dict(opts.shapes), opts.inputs_npz)
+    backend = target.config.get("backend")
+    shapes = dict(opts.shapes)
+    if backend == "tvm":
+        shapes = _tvm_static_shapes(ins, shapes)
+    feeds = make_feeds(ins, opts.seed, shapes, opts.inputs_npz)
     kind = fidelity_kind(proto)
     reference = run_ort(model_path, feeds)  # the input model on ORT: the runtime-free reference
-    backend = target.config.get("backend")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     stage.chmod(0o755)
@@ -183,9 +186,7 @@ def package(model_path: str | Path, target: Target, out: str | Path,
         elif backend == "tvm":
             from . import bundle_tvm
 
-            section = bundle_tvm.build(proto, model, target, stage,
-                                       shapes={k: v.shape for k, v in feeds.items()},
-                                       runtime_hint=opts.tvm_runtime)
+            section = bundle_tvm.build(model, target, stage, runtime_hint=opts.tvm_runtime)
             manifest["tvm"] = section
             manifest["runtime"] = {"backend": "tvm", "model": section["files"]["library"],
                                    "arch": section["arch"]}
@@ -242,6 +243,20 @@ def package(model_path: str | Path, target: Target, out: str | Path,
         if stage.exists():
             shutil.rmtree(stage)
     return manifest
+
+
+def _tvm_static_shapes(ins, shapes: dict) -> dict:
+    """TVM builds static code with symbolic dims fixed to 1 (backends.tvm_build): the golden
+    tensors must have exactly those shapes."""
+    from .onnxio import resolve_shape
+
+    static = {s.name: resolve_shape(s) for s in ins}
+    for name, shape in shapes.items():
+        if name in static and tuple(shape) != static[name]:
+            raise InputError(f"TVM targets build static shapes with symbolic dims set to 1: "
+                             f"input '{name}' is compiled as {list(static[name])}, not "
+                             f"{list(shape)}")
+    return static
 
 
 def _as_fidelity(row: Mapping[str, Any]):
