@@ -81,6 +81,12 @@ def test_skips_what_it_cannot_or_need_not_quantize(cnn_result):
     ctx = StepContext(feeds={})
     again = qn.step(res.model, qn.Config(), ctx)
     assert again.model is None and "already quantized" in again.skipped
+    relu = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])]))
+    nothing = qn.step(relu, qn.Config(), ctx)
+    assert nothing.model is None and "no Conv/MatMul/Gemm" in nothing.skipped
 
 
 def test_missing_nncf_is_a_skip_with_install_command(monkeypatch, cnn_result):
