@@ -261,9 +261,18 @@ def _export_dynamo(model, args, names, dynamic_axes, opset, n_outputs):
                                 for ax, dim in dynamic_axes.get(n, {}).items()} or None
                                for n in names)
     prog = torch.onnx.export(model, args, None, dynamo=True, input_names=names,
-                             output_names=_output_names(n_outputs), opset_version=opset, dynamic_shapes=dynamic_shapes,
-                             external_data=False)
-    return prog.model_proto
+                             output_names=_output_names(n_outputs), opset_version=opset,
+                             dynamic_shapes=dynamic_shapes, external_data=False)
+    proto = prog.model_proto
+    if opset is not None and _opset(proto) != opset:  # dynamo emits opset >= 18 only
+        import onnx
+
+        proto = onnx.version_converter.convert_version(proto, opset)
+    return proto
+
+
+def _opset(model) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _export_torchscript(model, args, names, dynamic_axes, opset, n_outputs):
@@ -282,29 +291,19 @@ def _export_torchscript(model, args, names, dynamic_axes, opset, n_outputs):
     return onnx.load_from_string(buf.getvalue())
 
 
-def _export(model, args, names, dynamic_axes, opset, n_outputs):
-    """(ModelProto, exporter, note, warnings): dynamo first, TorchScript when dynamo fails."""
+def _run_exporter(exporter: str, model, args, names, dynamic_axes, opset, n_outputs):
+    """(checked ModelProto with inferred shapes, warnings worth showing) from one exporter."""
     import torch
 
-    try:
-        with _captured():
-            proto = _export_dynamo(model, args, names, dynamic_axes, opset, n_outputs)
-        return proto, "dynamo", None, ()
-    except Exception as e:  # noqa: BLE001 - any dynamo failure means: try the other exporter
-        dynamo_err = _dynamo_reason(e)
-    try:
-        with _captured() as cap:
-            proto = _export_torchscript(model, args, names, dynamic_axes, opset, n_outputs)
-    except Exception as e:  # noqa: BLE001
-        raise ExportError(f"both exporters failed: dynamo: {dynamo_err}; torchscript: "
-                          f"{_one_line(e)}") from None
+    fn = _export_dynamo if exporter == "dynamo" else _export_torchscript
+    with _captured() as cap:
+        proto = fn(model, args, names, dynamic_axes, opset, n_outputs)
     tracer = [str(w.message).split(". ")[0] for w in cap.warnings
               if issubclass(w.category, torch.jit.TracerWarning)]
-    note = f"dynamo exporter failed ({dynamo_err}); used the TorchScript exporter"
-    return proto, "torchscript", note, tuple(dict.fromkeys(f"tracer: {t}" for t in tracer))
+    return _check(proto, "torch"), list(dict.fromkeys(f"tracer: {t}" for t in tracer))
 
 
-def _dynamo_reason(e: BaseException) -> str:
+def _root_cause(e: BaseException) -> str:
     """The root cause, not torch.onnx's 'step 1/3' banner."""
     while e.__cause__ is not None:
         e = e.__cause__
@@ -457,7 +456,8 @@ def _from_torch(source, output, shapes, dynamic_batch, dynamic_axes, opset, simp
     except Exception as e:  # noqa: BLE001
         raise InputError(f"factory {source} raised {_one_line(e)}") from None
     if not isinstance(model, torch.nn.Module):
-        raise InputError(f"factory {source} returned {type(model).__name__}, not a torch.nn.Module")
+        raise InputError(f"factory {source} returned {type(model).__name__}, "
+                         "not a torch.nn.Module")
     if weights is not None:
         _load_weights(model, weights, trust_pickle)
     model.eval()
@@ -465,8 +465,8 @@ def _from_torch(source, output, shapes, dynamic_batch, dynamic_axes, opset, simp
     try:
         ref = _run_torch(model, args)
     except Exception as e:  # noqa: BLE001 - the model rejects these inputs
-        raise InputError(f"model rejects inputs {_fmt_shapes({n: a.shape for n, a in zip(names, args)})}:"
-                         f" {_one_line(e)[:300]}") from None
+        given = _fmt_shapes({n: a.shape for n, a in zip(names, args)})
+        raise InputError(f"model rejects inputs {given}: {_one_line(e)[:300]}") from None
     if not ref:
         raise InputError(f"factory {source}'s model returns no tensors")
     axes = {n: dict(dynamic_axes.get(n, {})) for n in names} if dynamic_axes else {}
@@ -482,14 +482,32 @@ def _from_torch(source, output, shapes, dynamic_batch, dynamic_axes, opset, simp
     axes = {n: {ax % a.dim(): d for ax, d in axes.get(n, {}).items()}
             for n, a in zip(names, args) if axes.get(n)}
 
-    proto, exporter, note, warns = _export(model, args, names, axes, opset, len(ref))
-    warns = list(warns)
-    proto = _check(proto, "torch")
-    proto, simplified = _maybe_simplify(proto, simplify, warns)
-    out_names = [o.name for o in proto.graph.output]
-    data = _serialize(proto)
-    checks = _verify_torch(model, data, args, names, out_names, axes, seed)
-    _raise_if_failed(checks, "torch", [w for w in warns if w.startswith("tracer:")])
+    # An exporter "works" when its model passes the checker and agrees with torch.
+    failures: list[str] = []
+    verification_error = None
+    for exporter in ("dynamo", "torchscript"):
+        try:
+            proto, warns = _run_exporter(exporter, model, args, names, axes, opset, len(ref))
+        except Exception as e:  # noqa: BLE001 - any exporter failure means: try the next one
+            failures.append(f"{exporter} exporter failed ({_root_cause(e)})")
+            continue
+        proto, simplified = _maybe_simplify(proto, simplify, warns)
+        data = _serialize(proto)
+        try:
+            checks = _verify_torch(model, data, args, names,
+                                   [o.name for o in proto.graph.output], axes, seed)
+            _raise_if_failed(checks, "torch", [w for w in warns if w.startswith("tracer:")])
+            break
+        except VerificationError as e:
+            verification_error = e
+            failures.append(f"{exporter} exporter's model failed verification")
+    else:
+        if verification_error is not None:
+            others = [f for f in failures if "failed verification" not in f]
+            raise VerificationError(str(verification_error) + "".join(
+                f"; {f}" for f in others)) from None
+        raise ExportError("; ".join(failures))
+    note = f"{'; '.join(failures)}; used the {exporter} exporter" if failures else None
     config = {"source": source, "source_sha256": sha256_file(path), "exporter": exporter,
               "opset": opset, "dynamic_axes": {n: {str(k): v for k, v in a.items()}
                                                for n, a in axes.items()},
@@ -532,8 +550,8 @@ def _from_onnx(path: Path, output: Path, shapes, opset, simplify, seed) -> Expor
                              f"{_one_line(e)[:300]}") from None
         with _captured():
             got = run_ort(data, feeds)
-        checks = compare_outputs([o.name for o in model.graph.output], ref, got,
-                                 f"at input shapes {_fmt_shapes({k: v.shape for k, v in feeds.items()})}")
+        where = f"at input shapes {_fmt_shapes({k: v.shape for k, v in feeds.items()})}"
+        checks = compare_outputs([o.name for o in model.graph.output], ref, got, where)
         _raise_if_failed(checks, "the original ONNX model")
     config = {"source": str(path), "opset": opset, "simplify": simplify, "seed": seed}
     return _finish(model, data, output, sha256_file(path), config, "onnx", None, checks,

@@ -288,3 +288,22 @@ def test_cli_success_prints_tables_and_writes_json(models_py, tmp_path, capsys):
     assert d["exporter"] == "dynamo" and len(d["checks"]) == 2 and all(c["ok"] for c in d["checks"])
     assert d["facts"]["macs"] == 2 * (16 * 32 + 32 * 4)  # at the example batch of 2
     assert d["facts"]["assumed_dims"] == {"batch": 2} and d["model"]["sha256"]
+
+
+def test_dynamo_model_that_fails_verification_falls_back(models_py, tmp_path, monkeypatch):
+    """An exporter only "works" when its model agrees with torch: a wrong dynamo model (one
+    weight off by 1%) is dropped for the TorchScript exporter's."""
+    import deploykit.export as ex
+
+    real = ex._export_dynamo
+
+    def wrong(*a, **k):
+        proto = real(*a, **k)
+        w = next(i for i in proto.graph.initializer if len(i.dims) == 2)
+        w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) * 1.01, w.name))
+        return proto
+
+    monkeypatch.setattr(ex, "_export_dynamo", wrong)
+    r = export_model(f"{models_py}:mlp", tmp_path / "m.onnx")
+    assert r.exporter == "torchscript" and all(c.ok for c in r.checks)
+    assert r.exporter_note.startswith("dynamo exporter's model failed verification")

@@ -121,9 +121,10 @@ def test_symbolic_dims_are_pinned_and_reported(mlp_onnx):
 def test_unknown_shapes_are_listed_not_guessed():
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"], name="rs"),
              helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8]),
-                                       helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [_w("w", 8, 3)])
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8]),
+           helper.make_tensor_value_info("shape", TensorProto.INT64, [2])]
+    g = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                          None)], [_w("w", 8, 3)])
     f = model_facts(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     assert f["uncounted_nodes"] == ["mm"] and f["macs"] == 0
 
