@@ -1,0 +1,187 @@
+"""The candidate space of a search: recipes (step names + configs of `deploykit.recipe.STEPS`) and
+target options. Nothing here transforms a model: a candidate is only the recipe text that the
+recipe runner applies, so the search explores exactly what `deploykit compress` can produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .core import stable_hash
+
+# (family, [(step name, fields), ...]); a family applies when the model has the ops it needs.
+_QUANT_STATIC = [
+    {},  # per-channel, uint8 activations / int8 weights (U8S8: the fast one on x86)
+    {"per_channel": False},
+    {"method": "percentile"},
+]
+_QUANT_DYNAMIC = [{}, {"per_channel": False}]
+_PRUNE = [{"ratio": 0.25}, {"ratio": 0.5}, {"ratio": 0.5, "scope": "global"}]
+_LOWRANK = [{"ratio": 0.5}, {"ratio": 0.25}, {"ratio": 0.125}]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A point of the search space: a recipe (empty = the model as given) on a target variant."""
+
+    family: str  # "baseline", "int8", "prune", "lowrank", "compact", "prune+int8", ...
+    steps: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()  # target overrides: threads, graph_optimization_level
+
+    @property
+    def recipe(self) -> str:
+        """The recipe in `deploykit compress` syntax."""
+        parts = []
+        for name, fields in self.steps:
+            spec = ",".join(f"{k}={_fmt(v)}" for k, v in fields)
+            parts.append(name + (":" + spec if spec else ""))
+        return "; ".join(parts)
+
+    @property
+    def model_id(self) -> str:
+        return stable_hash("model", self.recipe)
+
+    @property
+    def id(self) -> str:
+        return stable_hash("candidate", self.recipe, list(self.options))
+
+    @property
+    def name(self) -> str:
+        base = self.recipe or "baseline"
+        if self.options:
+            base += " @ " + ",".join(f"{k}={v}" for k, v in self.options)
+        return base
+
+    def with_options(self, options: tuple[tuple[str, Any], ...]) -> "Candidate":
+        return Candidate(self.family, self.steps, options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "recipe": self.recipe, "options": dict(self.options),
+                "name": self.name, "id": self.id}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "|".join(map(str, v))
+    return str(v)
+
+
+def _step(name: str, fields: Mapping[str, Any]) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    return name, tuple(sorted(fields.items()))
+
+
+def model_traits(model) -> dict[str, bool]:
+    """Which families can apply, read from the op types and constant weights."""
+    inits = {t.name: t for t in model.graph.initializer}
+    conv = kxk = linear = False
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            conv = True
+            w = inits.get(n.input[1]) if len(n.input) > 1 else None
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            if w is not None and len(w.dims) == 4 and w.dims[2] * w.dims[3] > 1 and group == 1:
+                kxk = True
+        elif n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input[:2]):
+            linear = True
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
+                                  "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")
+                    for n in model.graph.node)
+    return {"conv": conv, "kxk": kxk, "linear": linear, "quantized": quantized}
+
+
+def available_steps(names: Sequence[str]) -> set[str]:
+    """Steps whose modules import here (a missing optional package removes a family)."""
+    from .errors import InputError
+    from .recipe import step_module
+
+    ok = set()
+    for n in names:
+        try:
+            step_module(n)
+            ok.add(n)
+        except InputError:
+            pass
+    return ok
+
+
+FAMILIES = ("int8", "prune", "lowrank", "tucker", "compact")
+
+
+def model_candidates(model, min_fidelity: float | None = None,
+                     families: Sequence[str] = ()) -> list[Candidate]:
+    """Every recipe worth trying on this model, cheapest families first; the baseline is first.
+    `families` (empty: all) keeps the candidates made only of those families."""
+    from .errors import InputError
+
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
+    out = _all_candidates(model, min_fidelity)
+    if families:
+        out = [c for c in out if c.family == "baseline" or set(c.family.split("+")) <= set(families)]
+    return out
+
+
+def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
+    t = model_traits(model)
+    have = available_steps(["quantize-static", "quantize-dynamic", "prune-channels", "lowrank",
+                            "tucker", "compact"])
+    out = [Candidate("baseline")]
+    if t["quantized"]:
+        return out  # an int8 model is not quantized again, nor pruned through its QDQ pairs
+    quant: list[tuple[str, tuple]] = []
+    if "quantize-static" in have and (t["conv"] or t["linear"]):
+        quant += [_step("quantize-static", f) for f in _QUANT_STATIC]
+        if min_fidelity:  # keep the most sensitive nodes in fp32 until the fidelity is met
+            quant.append(_step("quantize-static", {"target_cosine": min_fidelity}))
+    if "quantize-dynamic" in have and t["linear"]:
+        quant += [_step("quantize-dynamic", f) for f in _QUANT_DYNAMIC]
+    out += [Candidate("int8", (q,)) for q in quant]
+
+    structural: list[tuple[str, tuple]] = []
+    if "prune-channels" in have and t["conv"]:
+        structural += [("prune", _step("prune-channels", f)) for f in _PRUNE]
+    if "lowrank" in have and t["linear"]:
+        structural += [("lowrank", _step("lowrank", f)) for f in _LOWRANK]
+    if "tucker" in have and t["kxk"]:
+        structural.append(("tucker", _step("tucker", {})))
+    if "compact" in have and t["kxk"]:
+        structural.append(("compact", _step("compact", {})))
+    out += [Candidate(fam, (s,)) for fam, s in structural]
+
+    # compositions: each structural step followed by the default int8 of the model's kind
+    finish = []
+    if "quantize-static" in have and t["conv"]:
+        finish.append(_step("quantize-static", {}))
+    elif "quantize-dynamic" in have and t["linear"]:
+        finish.append(_step("quantize-dynamic", {}))
+    for fam, s in structural:
+        out += [Candidate(f"{fam}+int8", (s, q)) for q in finish]
+    return out
+
+
+def option_variants(target) -> list[tuple[tuple[str, Any], ...]]:
+    """Target options worth trying: fewer threads (a shared or SMT machine can favour them) and,
+    on ORT, the graph optimisation level below "all" (layout rewrites do not always pay)."""
+    variants: list[tuple[tuple[str, Any], ...]] = [()]
+    if target.threads > 1:
+        variants.append((("threads", 1),))
+    if target.config.get("backend") == "ort" and \
+            target.config.get("options", {}).get("graph_optimization_level", "all") == "all":
+        variants.append((("graph_optimization_level", "extended"),))
+    return variants
+
+
+def target_for(spec: str, base_config: Mapping[str, Any], options: tuple[tuple[str, Any], ...]):
+    """The target of a variant (`spec`: registry name or .toml path): `threads` and
+    `allow_spinning` are top-level keys, the rest are backend options."""
+    from . import targets
+
+    opts = dict(options)
+    over = {k: opts.pop(k) for k in ("threads", "allow_spinning") if k in opts}
+    if opts:
+        over["options"] = {**base_config.get("options", {}), **opts}
+    return targets.get(spec, **over)
+

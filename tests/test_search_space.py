@@ -1,0 +1,65 @@
+"""Candidate generation: recipes made of the recipe runner's step names and Config fields."""
+
+import onnx
+import pytest
+
+from deploykit import targets
+from deploykit.recipe import parse_recipe
+from deploykit.search_space import (Candidate, available_steps, model_candidates, model_traits,
+                                    option_variants, target_for)
+
+from _search_models import residual_cnn
+
+
+def test_cnn_with_linear_head_gets_every_available_family(tmp_path):
+    model = onnx.load(str(residual_cnn(tmp_path / "m.onnx")))
+    assert model_traits(model) == {"conv": True, "kxk": True, "linear": True, "quantized": False}
+    cands = model_candidates(model, min_fidelity=0.99)
+    assert cands[0] == Candidate("baseline") and cands[0].recipe == ""
+    assert len({c.id for c in cands}) == len(cands)
+    have = available_steps(["quantize-static", "quantize-dynamic", "prune-channels", "lowrank",
+                            "tucker", "compact"])
+    used = {name for c in cands for name, _ in c.steps}
+    assert used == have  # every installed family is tried, nothing else
+    for c in cands[1:]:
+        steps = parse_recipe(c.recipe)  # valid names and Config fields of the real steps
+        assert [s.name for s in steps] == [n for n, _ in c.steps]
+    fams = {c.family for c in cands}
+    assert {"baseline", "int8"} <= fams
+    if "prune-channels" in have:
+        assert {"prune", "prune+int8"} <= fams
+        assert any(c.recipe == "prune-channels:ratio=0.5; quantize-static" for c in cands)
+    assert any(c.recipe == "quantize-static:target_cosine=0.99" for c in cands)  # fp32 fallback
+    assert any(c.recipe == "quantize-static:per_channel=false" for c in cands)
+
+
+def test_linear_only_and_already_quantized_models(tmp_path):
+    from conftest import make_mlp
+    from onnxruntime.quantization import quantize_dynamic
+
+    mlp = make_mlp(tmp_path / "mlp.onnx", sizes=(64, 64, 8))
+    m = onnx.load(str(mlp))
+    fams = {c.family for c in model_candidates(m)}
+    assert "prune" not in fams and "tucker" not in fams and "compact" not in fams
+    recipes = [c.recipe for c in model_candidates(m)]
+    assert "quantize-dynamic" in recipes
+    assert not any("target_cosine" in r for r in recipes)  # no fidelity target given
+    if "lowrank" in available_steps(["lowrank"]):
+        assert "lowrank:ratio=0.125; quantize-dynamic" in recipes
+    quantize_dynamic(str(mlp), str(tmp_path / "q.onnx"))
+    assert model_candidates(onnx.load(str(tmp_path / "q.onnx"))) == [Candidate("baseline")]
+
+
+def test_target_option_variants():
+    t = targets.get("ort-cpu", threads=2)
+    variants = option_variants(t)
+    assert variants == [(), (("threads", 1),), (("graph_optimization_level", "extended"),)]
+    v = target_for("ort-cpu", t.config, (("graph_optimization_level", "extended"),
+                                         ("threads", 1)))
+    assert v.threads == 1 and v.config["options"]["graph_optimization_level"] == "extended"
+    assert v.config["options"]["providers"] == t.config["options"]["providers"]
+    assert option_variants(targets.get("ort-cpu", threads=1)) == \
+        [(), (("graph_optimization_level", "extended"),)]
+    c = Candidate("int8", (("quantize-static", ()),), (("threads", 1),))
+    assert c.name == "quantize-static @ threads=1" and c.model_id == c.with_options(()).model_id
+    assert c.id != c.with_options(()).id
