@@ -1,0 +1,72 @@
+"""Fixtures for the TVM tests: tiny models, a loopback RPC tracker, the emulated aarch64 device.
+
+Nothing here skips when system packages are missing: the emulated device installs them
+(tools/setup_system.sh) and builds itself (cached under ~/.cache/deploykit/arm-device).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import tvm_models as models
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def cnn_onnx(tmp_path_factory) -> Path:
+    return models.cnn(tmp_path_factory.mktemp("tvm") / "cnn.onnx")
+
+
+@pytest.fixture(scope="session")
+def block_onnx(tmp_path_factory) -> Path:
+    return models.transformer_block(tmp_path_factory.mktemp("tvm") / "block.onnx")
+
+
+@pytest.fixture(scope="session")
+def dense_onnx(tmp_path_factory) -> Path:
+    return models.dense_relu(tmp_path_factory.mktemp("tvm") / "dense.onnx")
+
+
+def kill_group(proc) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tracker():
+    """A TVM RPC tracker on a free loopback port: "127.0.0.1:PORT"."""
+    from deploykit import rpc
+
+    proc, port = rpc.start_tracker()
+    yield f"127.0.0.1:{port}"
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def load_arm_device():
+    spec = importlib.util.spec_from_file_location("arm_device", REPO / "tools" / "arm_device.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def emulated_device(tracker):
+    """The emulated aarch64 device (qemu-user), registered with the tracker as 'aarch64-emu';
+    built on first use (about a minute), cached afterwards."""
+    from deploykit import rpc
+
+    arm = load_arm_device()
+    proc, port = arm.start(port=rpc.free_port(), tracker=tracker, key="aarch64-emu")
+    yield {"tracker": tracker, "key": "aarch64-emu", "rpc": f"127.0.0.1:{port}"}
+    kill_group(proc)

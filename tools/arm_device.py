@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""An emulated aarch64 device for deploykit's TVM RPC path, built from registry packages only:
+Debian qemu-user (+ binfmt), a minimal arm64 rootfs with python3 (debootstrap), and the aarch64
+apache-tvm wheels (pip download). Cached under ~/.cache/deploykit/arm-device.
+
+    python tools/arm_device.py start [--port 9190] [--tracker HOST:PORT --key aarch64-emu]
+    python tools/arm_device.py setup | status | stop [--port 9190]
+
+`start` builds what is missing (about a minute the first time), then runs
+`python -m tvm.exec.rpc_server` under qemu on 127.0.0.1 and returns once it listens. SECURITY: an
+RPC server executes any library a client uploads; keep it on loopback (the default) or a
+trusted network, never on an untrusted one. Emulated latency is not the speed of a real board
+(~1000x off, noisy): deploykit labels it "emulated"; use it for correctness and the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SUITE = "bookworm"  # python3.11, matching the cp311 aarch64 wheels
+PYVER = "3.11"
+MIRROR = os.environ.get("DEPLOYKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEFAULT_PORT = 9190
+DEFAULT_KEY = "aarch64-emu"  # "emu" in a key makes deploykit label its timings "emulated"
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("DEPLOYKIT_ARM_DEVICE", Path(user_cache_dir("deploykit"))
+                               / "arm-device"))
+
+
+def _sudo() -> list[str]:
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo"):
+        return ["sudo", "-n"]
+    sys.exit("arm_device: needs root (or passwordless sudo) for debootstrap and binfmt")
+
+
+def _run(cmd: list[str], what: str, **kw) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+        sys.exit(f"arm_device: {what} failed ({r.returncode}): {' | '.join(tail)}")
+
+
+def ensure_system_packages() -> None:
+    need = ("qemu-aarch64", "aarch64-linux-gnu-g++", "debootstrap", "update-binfmts")
+    if all(shutil.which(t) or Path("/usr/sbin", t).exists() for t in need):
+        return
+    _run(["bash", str(REPO / "tools" / "setup_system.sh")], "tools/setup_system.sh")
+
+
+def ensure_binfmt() -> None:
+    """The RPC server re-executes its own (aarch64) interpreter: the kernel must hand aarch64
+    ELF files to qemu."""
+    misc = Path("/proc/sys/fs/binfmt_misc")
+    if (misc / "qemu-aarch64").exists():
+        return
+    if not (misc / "register").exists():
+        _run([*_sudo(), "mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)],
+             "mounting binfmt_misc")
+    _run([*_sudo(), "update-binfmts", "--enable", "qemu-aarch64"],
+         "registering the qemu-aarch64 binfmt handler")
+
+
+def ensure_rootfs(root: Path) -> Path:
+    """A minimal arm64 Debian with python3: debootstrap's first stage, then the .debs it only
+    downloaded unpacked in place (no second stage: nothing needs configuring)."""
+    rootfs = root / "rootfs"
+    if (rootfs / ".complete").exists():
+        return rootfs
+    tmp = root / "rootfs.partial"
+    if tmp.exists():
+        _run([*_sudo(), "rm", "-rf", str(tmp)], "removing a partial rootfs")
+    root.mkdir(parents=True, exist_ok=True)
+    _run([*_sudo(), "debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
+          "--include=python3", SUITE, str(tmp), MIRROR], "debootstrap")
+    debs = sorted((tmp / "var/cache/apt/archives").glob("*.deb"))
+    for deb in debs:
+        _run(["bash", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | {' '.join(_sudo())} tar -xf - "
+                            f"-C '{tmp}' --keep-directory-symlink"], f"unpacking {deb.name}")
+    for deb in debs:
+        deb.unlink()
+    if not (tmp / "usr/bin" / f"python{PYVER}").exists():
+        sys.exit(f"arm_device: the rootfs has no python{PYVER}")
+    _precompile(tmp / "usr/lib" / f"python{PYVER}")
+    (tmp / ".complete").write_text(SUITE + "\n")
+    tmp.rename(rootfs)
+    return rootfs
+
+
+def ensure_site(root: Path) -> Path:
+    """The aarch64 apache-tvm (same versions as this machine's) + numpy etc., installed into a
+    folder the emulated python gets on PYTHONPATH."""
+    site = root / "site"
+    if (site / ".complete").exists():
+        return site
+    wheels = root / "wheels"
+    pins = [f"apache-tvm=={metadata.version('apache-tvm')}",
+            f"apache-tvm-ffi=={metadata.version('apache-tvm-ffi')}",
+            f"numpy=={metadata.version('numpy')}", "psutil", "cloudpickle"]
+    plat = ["--platform", "manylinux_2_28_aarch64", "--python-version", PYVER,
+            "--only-binary=:all:"]
+    _run([sys.executable, "-m", "pip", "download", "-q", *plat, "-d", str(wheels), *pins],
+         "pip download of the aarch64 wheels")
+    tmp = root / "site.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
+          "--target", str(tmp), *plat, *map(str, sorted(wheels.glob("*.whl")))],
+         "installing the aarch64 wheels")
+    _precompile(tmp)
+    (tmp / ".complete").write_text("\n".join(pins) + "\n")
+    shutil.rmtree(site, ignore_errors=True)
+    tmp.rename(site)
+    return site
+
+
+def _precompile(folder: Path) -> None:
+    """Bytecode is the same on every architecture: compile natively here rather than have the
+    emulated python do it at every start (minutes under qemu on a busy machine)."""
+    if sys.version_info[:2] == tuple(map(int, PYVER.split("."))):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(folder)],
+                       capture_output=True)
+
+
+def setup() -> tuple[Path, Path]:
+    ensure_system_packages()
+    ensure_binfmt()
+    root = cache_dir()
+    return ensure_rootfs(root), ensure_site(root)
+
+
+def python_command(rootfs: Path) -> list[str]:
+    return [shutil.which("qemu-aarch64") or "qemu-aarch64", "-L", str(rootfs),
+            str(rootfs / "usr/bin" / f"python{PYVER}")]
+
+
+def pid_file(port: int) -> Path:
+    return cache_dir() / f"rpc-server-{port}.pid"
+
+
+def start(port: int = DEFAULT_PORT, tracker: str | None = None, key: str | None = None,
+          host: str = "127.0.0.1", timeout: float = 300):
+    """Set up if needed and start the emulated RPC server; returns (Popen, port)."""
+    from deploykit import rpc
+
+    rootfs, site = setup()
+    env = {"QEMU_LD_PREFIX": str(rootfs), "PYTHONPATH": str(site), "TVM_NUM_THREADS": "1"}
+    log = cache_dir() / f"rpc-server-{port}.log"
+    proc, port = rpc.start_server(key=key or (DEFAULT_KEY if tracker else None), tracker=tracker,
+                                  port=port, host=host, python=python_command(rootfs), env=env,
+                                  timeout=timeout, log_path=str(log))
+    pid_file(port).write_text(str(proc.pid))
+    return proc, port
+
+
+def stop(port: int = DEFAULT_PORT) -> bool:
+    f = pid_file(port)
+    if not f.exists():
+        return False
+    pid = int(f.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)  # its own session: the server and its forked workers
+    except ProcessLookupError:
+        pass
+    f.unlink()
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["setup", "start", "stop", "status"])
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default loopback; an RPC server runs uploaded code)")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker")
+    p.add_argument("--key", default=None, help=f"device key (default {DEFAULT_KEY})")
+    args = p.parse_args(argv)
+    if args.action == "setup":
+        t0 = time.perf_counter()
+        rootfs, site = setup()
+        print(f"emulated aarch64 device ready in {time.perf_counter() - t0:.0f} s: {rootfs}, {site}")
+    elif args.action == "start":
+        t0 = time.perf_counter()
+        proc, port = start(args.port, args.tracker, args.key, args.host)
+        where = f", registered with {args.tracker} as '{args.key or DEFAULT_KEY}'" \
+            if args.tracker else ""
+        print(f"emulated aarch64 RPC server pid {proc.pid} on {args.host}:{port}{where} "
+              f"(ready in {time.perf_counter() - t0:.0f} s); stop: python tools/arm_device.py "
+              f"stop --port {port}")
+    elif args.action == "stop":
+        print("stopped" if stop(args.port) else f"no server recorded on port {args.port}")
+    else:
+        f = pid_file(args.port)
+        alive = f.exists() and Path(f"/proc/{f.read_text().strip()}").exists()
+        print(f"cache {cache_dir()}: rootfs {'ready' if (cache_dir() / 'rootfs/.complete').exists() else 'missing'}, "
+              f"server on port {args.port} {'running' if alive else 'not running'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
