@@ -53,7 +53,7 @@ def build(model_path: Path, target: Target, out: Path, ort_platform: str) -> dic
         # The converter reads its level from this variable (its documented knob); restored below.
         old = os.environ.get("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL")
         os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = level
-        logging.getLogger("ort_format_model").setLevel(logging.WARNING)
+        logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # "Created config"
         ort.set_default_logger_severity(3)  # its NCHWc warning: the platform is recorded instead
         try:
             with contextlib.redirect_stdout(log):

@@ -56,7 +56,7 @@ def _rpc_runner(device: str, tracker: str, timeout_s: int):
 
 
 def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None = None,
-           python: bool = False, timeout_s: int = 600) -> VerifyResult:
+           python: bool = False, repeat: int = 1, timeout_s: int = 600) -> VerifyResult:
     """Run the self-test; raises InputError (exit 2) when the folder is not a usable bundle."""
     bundle = Path(bundle)
     try:
@@ -90,7 +90,7 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
     from .bundle_tvm import run_runner
 
     problems = st.check_integrity(bundle, manifest)
-    res = run_runner(bundle, manifest)
+    res = run_runner(bundle, manifest, repeat)
     if res["error"]:
         problems.append(f"runner failed on {manifest['runtime']['model']}: {res['error']}")
     labels = ("emulated",) if "emulated" in res["how"] else ()

@@ -120,7 +120,9 @@ def _finish_manifest(stage: Path, manifest: dict[str, Any]) -> None:
     files = sorted(p for p in stage.rglob("*") if p.is_file())
     manifest["files"] = {p.relative_to(stage).as_posix(): st.sha256_file(p) for p in files}
     sizes = {p.relative_to(stage).as_posix(): p.stat().st_size for p in files}
-    manifest["sizes"] = {"files": sizes, "total_bytes": sum(sizes.values())}
+    payload = manifest["runtime"]["payload"]
+    manifest["sizes"] = {"files": sizes, "total_bytes": sum(sizes.values()),
+                         "payload_bytes": sum(sizes[f] for f in payload)}
     manifest["manifest_sha256"] = st.manifest_digest(manifest)
     (stage / st.MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
 
@@ -180,7 +182,8 @@ def package(model_path: str | Path, target: Target, out: str | Path,
             section = bundle_ort.build(model_path, target, stage,
                                        opts.ort_platform or bundle_ort.host_platform())
             manifest["ort"] = section
-            manifest["runtime"] = {"backend": "ort", "model": section["files"]["runtime_model"]}
+            manifest["runtime"] = {"backend": "ort", "model": section["files"]["runtime_model"],
+                                   "payload": [section["files"]["runtime_model"]]}
             got = st.run_ort(stage, manifest, feeds)
             golden_from = "the bundle's model.ort on onnxruntime (this machine)"
         elif backend == "tvm":
@@ -188,8 +191,11 @@ def package(model_path: str | Path, target: Target, out: str | Path,
 
             section = bundle_tvm.build(model, target, stage, runtime_hint=opts.tvm_runtime)
             manifest["tvm"] = section
-            manifest["runtime"] = {"backend": "tvm", "model": section["files"]["library"],
-                                   "arch": section["arch"]}
+            files = section["files"]
+            manifest["runtime"] = {"backend": "tvm", "model": files["library"],
+                                   "arch": section["arch"],
+                                   "payload": [files["library"], files["runner"],
+                                               *files["runtime_libs"]]}
             got = None  # the library may be for another machine: checked by its runner below
             golden_from = "the input model on onnxruntime (this machine)"
         else:

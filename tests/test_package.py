@@ -50,6 +50,7 @@ def test_ort_bundle_contents_and_ort_file_matches_golden(bundle, model):
     assert m["outputs"][0]["name"] == "y"
     assert m["model"]["sha256"] == st.sha256_file(model)
     assert m["sizes"]["total_bytes"] == sum((bundle / f).stat().st_size for f in m["files"])
+    assert m["sizes"]["payload_bytes"] == (bundle / "model.ort").stat().st_size
     assert (bundle / "model.ort").read_bytes()[4:8] == b"ORTM"  # flatbuffer file identifier
     config = (bundle / "required_operators_and_types.config").read_text()
     assert "Conv" in config and "Gemm" in config and "deploykit-ort-" not in config
@@ -187,3 +188,25 @@ def test_measured_int8_bundle_records_latency_recipe_tolerance_and_original(mode
     assert lat["samples"] >= 10 and lat["ci95_ms"][0] <= lat["median_ms"] <= lat["ci95_ms"][1]
     assert lat["env"]["threads"] == 2 and lat["env"]["cpu_model"]
     assert main(["verify", str(out)]) == 0
+
+
+def test_lineage_and_recipe_come_from_the_store(model, tmp_path):
+    """A model that compress recorded in the store carries its recipe into the manifest."""
+    from deploykit.core import ModelRef
+    from deploykit.store import Store
+
+    child = tmp_path / "child.onnx"
+    conv_relu_gemm(child, seed=1)
+    db = tmp_path / "results.sqlite"
+    parent = ModelRef.from_path(model)
+    with Store(db) as store:
+        store.record_model(parent)
+        store.record_model(ModelRef.from_path(child, parent_sha256=parent.sha256,
+                                              transform="prune-channels",
+                                              config={"ratio": 0.5}))
+    out = tmp_path / "bundle"
+    assert main(["package", str(child), "-o", str(out), "--no-measure", "--store", str(db),
+                 *SHAPE]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert [x["sha256"] for x in m["model"]["lineage"]] == [st.sha256_file(child), parent.sha256]
+    assert m["recipe"] == [{"transform": "prune-channels", "config": {"ratio": 0.5}}]

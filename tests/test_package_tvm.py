@@ -77,7 +77,9 @@ def _perturb_weight(bundle: Path, model: Path) -> None:
 
 def test_aarch64_bundle_layout(bundle):
     m = json.loads((bundle / "manifest.json").read_text())
-    assert m["runtime"] == {"backend": "tvm", "model": "model.so", "arch": "aarch64"}
+    assert m["runtime"]["backend"] == "tvm" and m["runtime"]["arch"] == "aarch64"
+    assert m["sizes"]["payload_bytes"] == sum(m["sizes"]["files"][f] for f in (
+        "model.so", "runner/dk_runner", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so"))
     assert m["tvm"]["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
     for rel in ("model.so", "runner/dk_runner", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so"):
         assert _machine(bundle / rel) == EM_AARCH64, rel

@@ -57,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
                           ort_platform=args.ort_platform, atol_frac=args.atol_frac,
                           tvm_runtime=args.tvm_runtime, force=args.force, store=store)
     m = package(args.model, target, args.output, opts)
-    print(f"bundle {args.output} for {target.name} ({m['sizes']['total_bytes'] / 1e6:.2f} MB):")
+    sizes = m["sizes"]
+    print(f"bundle {args.output} for {target.name}: {sizes['total_bytes'] / 1e6:.2f} MB, of which "
+          f"{sizes['payload_bytes'] / 1e6:.2f} MB run on the device "
+          f"({', '.join(m['runtime']['payload'])}):")
     for rel, size in m["sizes"]["files"].items():
         print(f"  {rel:<40} {size:>12,d} B")
     lat = m.get("latency")

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracker", help="RPC tracker HOST:PORT")
     p.add_argument("--python", action="store_true",
                    help="TVM bundles: run with this machine's tvm Python runtime, not the runner")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="C++ runner: run the model N times and print the median (default 1)")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON")
 
 
@@ -27,7 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle_verify import verify
     from ..fsutil import write_text_atomic
 
-    res = verify(args.bundle, device=args.device, tracker=args.tracker, python=args.python)
+    from ..errors import InputError
+
+    if args.repeat < 1:
+        raise InputError(f"--repeat must be >= 1, got {args.repeat}")
+    res = verify(args.bundle, device=args.device, tracker=args.tracker, python=args.python,
+                 repeat=args.repeat)
     print(f"self-test of {args.bundle} with {res.how}:")
     lines = res.lines()
     for line in lines[:-1]:
