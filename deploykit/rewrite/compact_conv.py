@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
+from .lowrank_matmul import one_blas_thread
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def _rules(cfg: Config, layers: list, refused: dict):
             arr = w.const_value.numpy()
             dw, pw, err = separable(arr, cfg.multiplier)
             o, i, kh, kw = arr.shape
-            layers.append({"node": node.name, "weight": [o, i, kh, kw],
+            layers.append({"node": node.name, "initializer": w.name,
+                           "weight": [o, i, kh, kw],
                            "multiplier": dw.shape[0] // i, "rel_frobenius_error": round(err, 6),
                            "macs_per_pixel_before": o * i * kh * kw,
                            "macs_per_pixel_after": dw.shape[0] * (kh * kw + o)})
@@ -106,7 +108,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
 
     layers, refused = [], {}
     irm = ir.from_proto(model)
-    fired = _rules(cfg, layers, refused).apply_to_model(irm)
+    with one_blas_thread():
+        fired = _rules(cfg, layers, refused).apply_to_model(irm)
     RemoveUnusedNodesPass()(irm)
     if not fired:
         why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])

@@ -14,40 +14,39 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
-from .lowrank_matmul import choose_rank
+from .lowrank_matmul import choose_rank, one_blas_thread
 
 
 @dataclass(frozen=True)
 class Config:
     ratio: float = 0.5  # Ro = ratio * O and Ri = ratio * I, used when `energy` is None
     energy: float | None = None  # else: per mode, smallest rank keeping this fraction of energy
-    sweeps: int = 3  # HOOI refinement sweeps after HOSVD
+    sweeps: int = 2  # HOOI refinement sweeps after HOSVD
     min_channels: int = 8  # leave convs with fewer input or output channels alone
 
 
-def _leading(mat: np.ndarray, r: int) -> np.ndarray:
-    u, _, _ = np.linalg.svd(mat, full_matrices=False)
-    return u[:, :r]
+def _gram_svd(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors and values of a wide matrix via its small Gram matrix."""
+    evals, evecs = np.linalg.eigh(mat @ mat.T)
+    return evecs[:, ::-1], np.sqrt(np.clip(evals[::-1], 0, None))
 
 
 def tucker2(w: np.ndarray, ratio: float, energy: float | None, sweeps: int):
     """(U_out [O,Ro], core [Ro,Ri,kh,kw], U_in [I,Ri], relative Frobenius error)."""
     w64 = w.astype(np.float64)
     o, i = w.shape[:2]
-    unfold_o = w64.reshape(o, -1)
-    unfold_i = w64.transpose(1, 0, 2, 3).reshape(i, -1)
-    s_o = np.linalg.svd(unfold_o, compute_uv=False)
-    s_i = np.linalg.svd(unfold_i, compute_uv=False)
+    u_o, s_o = _gram_svd(w64.reshape(o, -1))
+    u_i, s_i = _gram_svd(w64.transpose(1, 0, 2, 3).reshape(i, -1))
     r_o, r_i = choose_rank(s_o, ratio, energy), choose_rank(s_i, ratio, energy)
-    u_o, u_i = _leading(unfold_o, r_o), _leading(unfold_i, r_i)
-    for _ in range(sweeps):
-        proj = np.einsum("oikl,is->oskl", w64, u_i)
-        u_o = _leading(proj.reshape(o, -1), r_o)
-        proj = np.einsum("oikl,or->rikl", w64, u_o)
-        u_i = _leading(proj.transpose(1, 0, 2, 3).reshape(i, -1), r_i)
-    core = np.einsum("oikl,or,is->rskl", w64, u_o, u_i)
-    approx = np.einsum("rskl,or,is->oikl", core, u_o, u_i)
-    err = float(np.linalg.norm(approx - w64) / max(np.linalg.norm(w64), 1e-300))
+    u_o, u_i = u_o[:, :r_o], u_i[:, :r_i]
+    for _ in range(sweeps):  # HOOI: each factor from the weight projected on the other
+        u_o = _gram_svd(np.tensordot(w64, u_i, ([1], [0])).reshape(o, -1))[0][:, :r_o]
+        proj = np.tensordot(u_o, w64, ([0], [0]))  # [Ro, I, kh, kw]
+        u_i = _gram_svd(proj.transpose(1, 0, 2, 3).reshape(i, -1))[0][:, :r_i]
+    core = np.tensordot(np.tensordot(u_o, w64, ([0], [0])), u_i, ([1], [0])).transpose(0, 3, 1, 2)
+    # orthonormal factors: ||W - W_hat||^2 = ||W||^2 - ||core||^2
+    norm2 = float((w64 ** 2).sum())
+    err = float(np.sqrt(max(norm2 - float((core ** 2).sum()), 0.0) / max(norm2, 1e-300)))
     return u_o.astype(np.float32), core.astype(np.float32), u_i.astype(np.float32), err
 
 
@@ -101,7 +100,8 @@ def _rules(cfg: Config, layers: list, refused: dict):
         def rewrite(self, op, x, w, out):
             node = out.producer()
             u_o, core, u_i, err, before, after = self.pending
-            layers.append({"node": node.name, "weight": list(w.const_value.numpy().shape),
+            layers.append({"node": node.name, "initializer": w.name,
+                           "weight": list(w.const_value.numpy().shape),
                            "ranks": [int(core.shape[0]), int(core.shape[1])],
                            "rel_frobenius_error": round(err, 6),
                            "macs_before": before, "macs_after": after})
@@ -133,7 +133,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
 
     layers, refused = [], {}
     irm = ir.from_proto(onnx.shape_inference.infer_shapes(model))
-    fired = _rules(cfg, layers, refused).apply_to_model(irm)
+    with one_blas_thread():
+        fired = _rules(cfg, layers, refused).apply_to_model(irm)
     RemoveUnusedNodesPass()(irm)
     if not fired:
         why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])

@@ -8,6 +8,7 @@ so both factors have similar ranges, which keeps a later int8 step accurate.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,16 @@ class Config:
     ratio: float = 0.25  # rank = ratio * min(K, N), used when `energy` is None
     energy: float | None = None  # else: smallest rank keeping this fraction of sum(s^2)
     min_size: int = 16  # leave weights with min(K, N) below this alone
+
+
+def one_blas_thread():
+    """Context running numpy's BLAS on one thread: the many small SVD/eigh calls here are
+    latency-bound, and OpenBLAS's spinning threads made them ~20x slower on a busy 2-core box."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def choose_rank(s: np.ndarray, ratio: float, energy: float | None) -> int:
@@ -87,7 +98,8 @@ def _rules(cfg: Config, layers: list, refused: dict):
             node = out.producer()
             a, b, r, err = self.pending
             k, n = a.shape[0], b.shape[1]
-            layers.append({"node": node.name, "weight": [k, n], "rank": r,
+            layers.append({"node": node.name, "initializer": w.name,
+                           "weight": [k, n], "rank": r,
                            "rel_frobenius_error": round(err, 6),
                            "macs_per_row_before": k * n, "macs_per_row_after": r * (k + n)})
             created.update((f"{w.name}_svd_u", f"{w.name}_svd_v"))
@@ -127,7 +139,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
 
     layers, refused = [], {}
     irm = ir.from_proto(model)
-    fired = _rules(cfg, layers, refused).apply_to_model(irm)
+    with one_blas_thread():
+        fired = _rules(cfg, layers, refused).apply_to_model(irm)
     RemoveUnusedNodesPass()(irm)
     if not fired:
         why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])
