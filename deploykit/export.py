@@ -18,9 +18,8 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -216,24 +215,21 @@ def _run_torch(model, args) -> list[np.ndarray]:
 
 @contextlib.contextmanager
 def _captured():
-    """Exporters print progress (some from C++) and warn freely: keep all of it off the terminal.
-
-    Yields the list of recorded warnings; the captured text is read from `.text` afterwards."""
-    box = type("Captured", (), {"text": "", "warnings": []})()
+    """Exporters print progress (some from C++, so fds 1 and 2 too) and warn freely: keep all of
+    it off the terminal. Yields the list the warnings are recorded into."""
     torch_log = logging.getLogger("torch")
     old_level = torch_log.level
     torch_log.setLevel(logging.ERROR)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as tmp, warnings.catch_warnings(record=True) as caught:
+    with open(os.devnull, "w") as null, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        py_out = io.StringIO()
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
         try:
-            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_out):
-                yield box
+            with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                yield caught
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -242,9 +238,6 @@ def _captured():
             for fd in saved:
                 os.close(fd)
             torch_log.setLevel(old_level)
-            tmp.seek(0)
-            box.text = tmp.read().decode(errors="replace") + py_out.getvalue()
-            box.warnings = list(caught)
 
 
 def _output_names(n: int) -> list[str]:
@@ -298,7 +291,7 @@ def _run_exporter(exporter: str, model, args, names, dynamic_axes, opset, n_outp
     fn = _export_dynamo if exporter == "dynamo" else _export_torchscript
     with _captured() as cap:
         proto = fn(model, args, names, dynamic_axes, opset, n_outputs)
-    tracer = [str(w.message).split(". ")[0] for w in cap.warnings
+    tracer = [str(w.message).split(". ")[0] for w in cap
               if issubclass(w.category, torch.jit.TracerWarning)]
     return _check(proto, "torch"), list(dict.fromkeys(f"tracer: {t}" for t in tracer))
 
@@ -394,7 +387,12 @@ def _verify_torch(model, proto_bytes: bytes, args, names, out_names, dynamic_axe
     for k, shapes in enumerate(shape_sets):
         gen = torch.Generator().manual_seed(seed + 1 + k)
         inputs = tuple(_random_like(a, shapes[n], gen) for a, n in zip(args, names))
-        ref = _run_torch(model, inputs)
+        try:
+            ref = _run_torch(model, inputs)
+        except Exception as e:  # noqa: BLE001 - e.g. a batch size baked into the model
+            raise InputError(f"the torch model itself fails at input shapes "
+                             f"{_fmt_shapes(shapes)} (needed to verify the dynamic axes): "
+                             f"{_one_line(e)[:300]}") from None
         try:
             with _captured():
                 got = run_ort(proto_bytes, {n: t.numpy() for n, t in zip(names, inputs)})
@@ -447,9 +445,9 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, *,
 
 def _from_torch(source, output, shapes, dynamic_batch, dynamic_axes, opset, simplify, seed,
                 weights, trust_pickle) -> ExportResult:
+    factory, example, path = _load_factory(source)
     import torch
 
-    factory, example, path = _load_factory(source)
     torch.manual_seed(seed)
     try:
         model = factory()

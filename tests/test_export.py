@@ -267,12 +267,13 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(models_py, mlp_onnx, tmp_
         assert set(tmp_path.rglob("*")) == before, case  # nothing written, no temp files
 
 
-def test_cli_subprocess_one_line_no_traceback(models_py, tmp_path):
+def test_cli_subprocess_one_line_no_traceback(tmp_path):
+    """The real entry point: exit code 2 and one line (the in-process test covers each case)."""
     out = tmp_path / "o.onnx"
-    p = subprocess.run([sys.executable, "-m", "deploykit", "export", f"{models_py}:boom",
+    p = subprocess.run([sys.executable, "-m", "deploykit", "export", f"{tmp_path}/no.py:build",
                         "-o", str(out)], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert p.stderr.strip().count("\n") == 0 and "raised ValueError" in p.stderr
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == f"deploykit: error: factory file not found: {tmp_path}/no.py\n"
     assert not out.exists()
 
 

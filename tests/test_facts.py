@@ -158,3 +158,18 @@ def test_elementwise_costs(op, cost):
     inits = [_w("g", 10)] if op == "LayerNormalization" else []
     m = _model([helper.make_node(op, ins, ["y"], name="n")], [("x", [3, 10])], ["y"], inits)
     assert model_facts(m)["flops"] == cost * 30
+
+
+def test_onnx_attention_op_4d_and_3d():
+    b, h, s, l_, e = 2, 4, 6, 9, 8
+    four = _model([helper.make_node("Attention", ["q", "k", "v"], ["o"], name="a")],
+                  [("q", [b, h, s, e]), ("k", [b, h, l_, e]), ("v", [b, h, l_, e])], ["o"],
+                  opset=23)
+    three = _model([helper.make_node("Attention", ["q", "k", "v"], ["o"], q_num_heads=h,
+                                     kv_num_heads=h, name="a")],
+                   [("q", [b, s, h * e]), ("k", [b, l_, h * e]), ("v", [b, l_, h * e])], ["o"],
+                   opset=23)
+    for m in (four, three):
+        f = model_facts(m)
+        assert f["macs"] == b * h * s * l_ * 2 * e  # Q K^T and P V
+        assert f["flops"] == 2 * f["macs"] + 5 * b * h * s * l_
