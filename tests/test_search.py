@@ -64,7 +64,8 @@ def test_search_end_to_end(cnn, tmp_path):
             assert r.fidelity >= 0.9 and r.table_ms > 0 and r.stats["params"] > 0
     assert any(r.cand.family == "int8" and r.status == "ok" for r in rows)
     measured = [r for r in rows if r.median is not None]
-    assert 2 <= len(measured) <= max(2, len(rows) // 4)  # <= 25% of the space measured whole
+    assert res.cost["candidates"] >= 10 and res.cost["measured_whole"] == len(measured)
+    assert 2 <= len(measured) <= max(2, res.cost["candidates"] // 4)  # <= 25% measured whole
     rec = res.recommendation
     assert rec is not None and rec["interleaved"] and rec["speedup_ci95"][0] <= rec["speedup"]
     best = min((r for r in measured if r.status == "ok"), key=lambda r: r.median)

@@ -1,0 +1,133 @@
+"""The search report: Markdown tables, a self-contained HTML that headless Chromium renders with
+the key numbers in its DOM and a non-blank screenshot, and the `deploykit report` verb."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit.report import candidate_table, load_search, render_markdown, write_report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium; installed with apt-get when missing (the report must be checked in CI)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["flock", "/tmp/apt.lock", *sudo, "sh", "-c",
+                        "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+                        "chromium"], check=True, env=env, capture_output=True, timeout=900)
+        exe = shutil.which("chromium")
+    assert exe, "chromium could not be installed"
+    return exe
+
+
+def _cand(i, name, family, median, fid, status="ok", predicted=None):
+    return {"id": f"c{i}", "name": name, "family": family, "recipe": "" if i == 0 else name,
+            "options": {}, "status": status, "reason": None if status == "ok" else "fidelity low",
+            "fidelity": fid, "stats": {"params": 1_200_000 - i * 100_000, "bytes": 4_800_000 // (i + 1),
+                                       "flops": 3.6e9 / (i + 1)},
+            "table_ms": median, "predicted_ms": predicted,
+            "measured": None if median is None else {"median_ms": median,
+                                                     "ci95_ms": [median * 0.98, median * 1.02],
+                                                     "n": 100, "stop_reason": "ci-reached"},
+            "reused": False, "notes": [], "metric": None, "fidelity_detail": {}}
+
+
+def synthetic_result() -> dict:
+    cands = [_cand(0, "baseline", "baseline", 17.5, 1.0),
+             _cand(1, "quantize-static", "int8", 5.731, 0.9993, predicted=5.2),
+             _cand(2, "prune-channels:ratio=0.5", "prune", 9.7, 0.95, predicted=10.1),
+             _cand(3, "prune-channels:ratio=0.5; quantize-static", "prune+int8", None, 0.94,
+                   predicted=3.9),
+             _cand(4, "lowrank:ratio=0.125", "lowrank", None, 0.42, status="rejected")]
+    rec = {"id": "c1", "name": "quantize-static", "recipe": "quantize-static", "options": {},
+           "median_ms": 5.731, "ci95_ms": [5.70, 5.76], "baseline_ms": 17.55,
+           "baseline_ci95_ms": [17.4, 17.7], "speedup": 3.062, "speedup_ci95": [3.01, 3.11],
+           "verdict": "realized", "fidelity": 0.9993, "path": "x.onnx", "sha256": "ab",
+           "interleaved": True}
+    per_op = {"baseline": [{"name": "c1", "op_type": "Conv", "total_ms": 15.25, "share": 0.9,
+                            "calls": 1}],
+              "recommendation": [{"name": "q1", "op_type": "QLinearConv", "total_ms": 4.875,
+                                  "share": 0.9, "calls": 1}]}
+    return {"schema": 1, "kind": "deploykit-search", "model": "/m/resnet18.onnx",
+            "target": "ort-cpu",
+            "config": {"budget_ms": None, "min_fidelity": 0.99, "time_limit_s": 600},
+            "candidates": cands, "pareto": ["c0", "c1", "c2"], "recommendation": rec,
+            "infeasible": None,
+            "predictor": {"measured_whole": 2, "mean_abs_rel_error": 0.0712,
+                          "max_abs_rel_error": 0.0933, "errors": []},
+            "cost": {"candidates": 5, "built": 5, "fidelity_ok": 4, "measured_whole": 3,
+                     "units_timed": 40, "units_reused": 12, "seconds": 81.0},
+            "env": {"cpu_model": "AMD EPYC 9R14", "threads": 2, "versions": {"onnxruntime": "1.x"}},
+            "per_op": per_op, "notes": ["time limit reached"]}
+
+
+def test_tables_and_markdown():
+    data = synthetic_result()
+    head, rows = candidate_table(data)
+    assert rows[0][0].startswith("quantize-static ★")  # measured rows first, fastest first
+    assert rows[0][7] == "3.06x [3.01, 3.11]" and rows[0][9] == "realized (interleaved)"
+    prune = next(r for r in rows if r[0].startswith("prune-channels:ratio=0.5 "))
+    assert prune[7] == "1.80x"  # 17.5 / 9.7
+    rejected = next(r for r in rows if r[0].startswith("lowrank"))
+    assert rejected[1] == "rejected" and rejected[5] == "-"
+    md = render_markdown(data)
+    for s in ("| quantize-static ★ (front) | ok | 1.10M | 2.29 MB | 1.80G | 5.731 [5.616, 5.846]",
+              "| QLinearConv | - | 4.875 |", "mean 7.1%, max 9.3%", "![Pareto plot](pareto.png)",
+              "3 measured whole (60%)", "AMD EPYC 9R14"):
+        assert s in md, s
+
+
+def test_html_renders_in_headless_chromium(tmp_path, chromium):
+    data = synthetic_result()
+    paths = write_report(data, tmp_path)
+    html = paths["html"].read_text()
+    assert "src=\"http" not in html and "<script" not in html  # self-contained
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--hide-scrollbars", "--no-first-run"]
+    dom = subprocess.run(cmd + ["--dump-dom", paths["html"].as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for key in ("3.06x [3.01, 3.11]", "5.731 [5.616, 5.846]", "quantize-static ★",
+                "17.550 ms", "fidelity 0.9993", "AMD EPYC 9R14", "4.875", "15.250"):
+        assert key in dom.stdout, key
+    shot = tmp_path / "shot.png"
+    r = subprocess.run(cmd + [f"--screenshot={shot}", "--window-size=1200,1600",
+                              paths["html"].as_uri()], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000, r.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(shot)
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    assert float(np.std(img[..., :3])) > 0.02  # not a blank page
+    # the embedded plot decodes to a real image too
+    plot = mpimg.imread(paths["png"])
+    assert plot.shape[1] > 500 and float(np.std(plot[..., :3])) > 0.02
+
+
+def test_report_cli_and_bad_input(tmp_path):
+    (tmp_path / "search.json").write_text(json.dumps(synthetic_result()))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "deploykit", "report", str(tmp_path), "-o",
+                        str(tmp_path / "rep")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rep" / "report.html").exists() and (tmp_path / "rep" / "report.md").exists()
+    (tmp_path / "bad.json").write_text("{}")
+    r = subprocess.run([sys.executable, "-m", "deploykit", "report", str(tmp_path / "bad.json")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "is not a deploykit search result" in r.stderr
+    assert "Traceback" not in r.stderr
+    with pytest.raises(Exception, match="search result not found"):
+        load_search(tmp_path / "nope")

@@ -1,0 +1,155 @@
+"""Benchmark of `deploykit search` on the bundled tinyresnet (not a unit test: live timings).
+
+1. Demo: `deploykit search tinyresnet.onnx --time-limit 4m` as a user runs it; wall time (< 5 min).
+2. Search cost: the same space searched exhaustively (every candidate measured whole, sharing the
+   demo's store and built candidates), then: latency of the demo's pick / best exhaustive latency
+   (target <= 1.05) and the share of the space the demo measured whole (target <= 25%); the
+   layer-table predictor's error over every candidate.
+3. The demo's recommendation vs the hand recipe of ../shared/FACTS.md (ORT quantize_static, QDQ,
+   per-channel, uint8 activations / int8 weights), interleaved in one run with the fp32 model.
+
+    .venv/bin/python tools/bench_search.py [--out DIR] [--demo-limit 4m]
+
+The machine is shared: timings move with other processes' load (recorded per block by the
+profiler); read the ratios, which come from interleaved runs, rather than absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def hand_int8(src: Path, dst: Path, calib) -> Path:
+    """What a user does by hand (FACTS.md): quantize_static QDQ per-channel U8S8."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from deploykit.calibration import data_reader
+
+    quantize_static(str(src), str(dst), data_reader(calib), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return dst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="tools/bench_out/search")
+    ap.add_argument("--demo-limit", default="4m")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    store_file = out / "bench.sqlite"
+
+    from deploykit.calibration import synthetic_calibration
+    from deploykit.core import ModelRef
+    from deploykit.export import export_model
+    from deploykit.measure import compare
+    from deploykit.onnxio import io_specs, load_onnx, make_feeds
+    from deploykit.search import FINAL_PLAN, Search, SearchConfig, write_outputs
+    from deploykit.search_space import target_for
+    from deploykit.store import Store
+    from deploykit import targets
+    from deploykit.verify import compare as fid_compare, run_ort
+
+    model = out / "tinyresnet.onnx"
+    if not model.exists():
+        export_model(f"{REPO}/deploykit/examples/tinyresnet.py:build", model)
+
+    # 1. the demo, as a user runs it
+    demo = out / "demo"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "deploykit", "search", str(model), "--time-limit",
+                        args.demo_limit, "-o", str(demo), "--store", str(store_file), "-q"],
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                       capture_output=True, text=True)
+    demo_s = time.monotonic() - t0
+    print(r.stdout)
+    if r.returncode != 0:
+        print(r.stderr, file=sys.stderr)
+        return 1
+    d = json.loads((demo / "search.json").read_text())
+
+    # 2. exhaustive search over the same space (same store, same built candidates)
+    specs, _ = io_specs(load_onnx(model))
+    feeds = make_feeds(specs, 0)
+    calib = synthetic_calibration(specs, seed=1)
+    with Store(store_file) as store:
+        t1 = time.monotonic()
+        ex = Search(model, "ort-cpu", SearchConfig(time_limit_s=3600, exhaustive=True), demo,
+                    store, feeds=feeds, calibration=calib, progress=False).run()
+        ex_s = time.monotonic() - t1
+    write_outputs(ex, out / "exhaustive")
+    lat = {r.cand.id: r.median for r in ex.rows if r.median is not None and r.status == "ok"}
+    best_id = min(lat, key=lat.get)
+    best_name = next(r.cand.name for r in ex.rows if r.cand.id == best_id)
+    pick = d["recommendation"]
+    pick_ratio = lat[pick["id"]] / lat[best_id] if pick else float("nan")
+
+    # 3. recommendation vs the hand recipe, interleaved with fp32
+    hand = hand_int8(model, out / "hand_int8.onnx", calib)
+    rec_path = demo / "recommended.onnx"
+    t = targets.get("ort-cpu")
+    rec_target = target_for("ort-cpu", t.config, tuple(sorted(pick["options"].items())))
+    arts = [t.compile(ModelRef.from_path(model)), t.compile(ModelRef.from_path(hand)),
+            rec_target.compile(ModelRef.from_path(rec_path))]
+    comp = compare(arts, [feeds] * 3, FINAL_PLAN, names=["fp32", "hand int8", "recommended"])
+    ref = run_ort(model, feeds)
+    fid = {n: fid_compare(ref, run_ort(p, feeds)).cosine
+           for n, p in (("hand int8", hand), ("recommended", rec_path))}
+    for a in arts:
+        a.close()
+
+    res = {
+        "demo_seconds": demo_s, "demo_limit": args.demo_limit,
+        "space": d["cost"]["candidates"], "demo_measured_whole": d["cost"]["measured_whole"],
+        "demo_measured_fraction": d["cost"]["measured_whole"] / d["cost"]["candidates"],
+        "demo_pick": pick["name"], "demo_pick_ms_in_exhaustive": lat[pick["id"]],
+        "exhaustive_best": best_name, "exhaustive_best_ms": lat[best_id],
+        "pick_over_best": pick_ratio, "exhaustive_seconds": ex_s,
+        "exhaustive_measured_whole": ex.to_dict()["cost"]["measured_whole"],
+        "predictor_exhaustive": {k: ex.predictor[k] for k in ("mean_abs_rel_error",
+                                                              "max_abs_rel_error",
+                                                              "measured_whole")},
+        "predictor_demo": {k: d["predictor"][k] for k in ("mean_abs_rel_error",
+                                                          "max_abs_rel_error", "measured_whole")},
+        "interleaved": {n: {"median_ms": rep.median_ms, "speedup_vs_fp32": comp.speedup(i, 0)}
+                        for i, (n, rep) in enumerate(zip(comp.names, comp.reports))},
+        "rec_vs_hand_speedup": comp.speedup(2, 1), "cosine": fid,
+        "contaminated_fraction": [rep.contaminated_fraction for rep in comp.reports],
+    }
+    (out / "bench_search.json").write_text(json.dumps(res, indent=1, default=float))
+    print("| figure | value | target |\n|---|---|---|")
+    print(f"| demo wall time | {demo_s:.0f} s (--time-limit {args.demo_limit}) | < 300 s |")
+    print(f"| demo measured whole | {res['demo_measured_whole']} / {res['space']} "
+          f"({res['demo_measured_fraction']:.0%}) | <= 25% |")
+    print(f"| demo pick / exhaustive best | {pick['name']} {lat[pick['id']]:.3f} ms / {best_name} "
+          f"{lat[best_id]:.3f} ms = {pick_ratio:.3f} | <= 1.05 |")
+    pe = res["predictor_exhaustive"]
+    if pe["mean_abs_rel_error"] is not None:
+        print(f"| predictor error (exhaustive, {pe['measured_whole']} candidates) | mean "
+              f"{pe['mean_abs_rel_error']:.1%}, max {pe['max_abs_rel_error']:.1%} | - |")
+    for n, v in res["interleaved"].items():
+        s, lo, hi = v["speedup_vs_fp32"]
+        print(f"| interleaved {n} | {v['median_ms']:.3f} ms, {s:.2f}x [{lo:.2f}, {hi:.2f}] "
+              f"| - |")
+    s, lo, hi = res["rec_vs_hand_speedup"]
+    print(f"| recommended vs hand int8 | {s:.2f}x [{lo:.2f}, {hi:.2f}], cosine "
+          f"{fid['recommended']:.5f} vs {fid['hand int8']:.5f} | >= 1.0 at >= fidelity |")
+    print(f"| foreign-load contaminated share of samples | "
+          f"{', '.join(f'{c:.0%}' for c in res['contaminated_fraction'])} | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
