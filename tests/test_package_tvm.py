@@ -116,6 +116,17 @@ def test_device_selftest_script_inside_arm64_rootfs(device, bundle, tmp_path):
     assert proc.returncode == 1 and "golden/outputs.npz: FAILED" in proc.stdout
 
 
+def test_python_selftest_inside_arm64_rootfs(device, bundle):
+    """python3 selftest.py where the device has Python and the aarch64 tvm runtime."""
+    _, rootfs, site = device
+    env = {**os.environ, "QEMU_LD_PREFIX": str(rootfs), "PYTHONPATH": str(site),
+           "TVM_NUM_THREADS": "1"}
+    py = [shutil.which("qemu-aarch64"), str(rootfs / "usr/bin/python3"), "selftest.py"]
+    proc = subprocess.run(py, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("PASS")
+
+
 def test_changed_weight_in_library_fails_by_hash_and_output(bundle, model, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(bundle, bad)

@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         labels = f" [{', '.join(lat['labels'])}]" if lat["labels"] else ""
         print(f"latency: median {lat['median_ms']:.3f} ms (95% CI {lo:.3f}-{hi:.3f}){labels}")
     for f in m["fidelity"]:
-        print(f"fidelity vs {f['against']}: max abs {f['max_abs']:.2e}, max rel {f['max_rel']:.2e}")
+        if "max_abs" in f:
+            print(f"fidelity vs {f['against']} ({f['measured_with']}): max abs {f['max_abs']:.2e}, "
+                  f"max rel {f['max_rel']:.2e}")
+        else:
+            print(f"fidelity vs {f['against']}: {f['note']}")
     print(f"self-test: {m['selftest']['command']}   (or: deploykit verify {args.output})")
     return 0
