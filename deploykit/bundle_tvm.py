@@ -51,60 +51,67 @@ def target_arch(target: Target) -> str:
     return triple.split("-")[0] if triple else host_arch()
 
 
-def _libraries_dir(arch: str, hint: str | None) -> Path:
-    """A folder holding libtvm_runtime.so and libtvm_ffi.so built for `arch`."""
+_ELF_MACHINE = {"x86_64": 0x3E, "aarch64": 0xB7}
+
+
+def runtime_libs(arch: str, hint: str | None = None) -> dict[str, Path]:
+    """libtvm_runtime.so and libtvm_ffi.so built for `arch`: this machine's own when the arch
+    matches; else from `hint`, $DEPLOYKIT_TVM_RUNTIME_<ARCH>, the emulated device's install
+    (tools/arm_device.py) or deploykit's cache, downloading the wheels with pip as a last resort."""
     if arch == host_arch():
         import tvm
         import tvm_ffi
 
-        site = Path(tvm.__file__).parent.parent
-        if Path(tvm_ffi.__file__).parent.parent != site:
-            raise TargetError("tvm and tvm_ffi are installed in different folders")
-        return _collect(site, arch)
-    from platformdirs import user_cache_dir
+        libs = {"libtvm_runtime.so": Path(tvm.__file__).parent / "lib" / "libtvm_runtime.so",
+                "libtvm_ffi.so": Path(tvm_ffi.__file__).parent / "lib" / "libtvm_ffi.so"}
+    else:
+        from platformdirs import user_cache_dir
 
-    cache = Path(user_cache_dir("deploykit")) / "tvm-runtime" / arch
-    for cand in filter(None, [hint, os.environ.get(f"DEPLOYKIT_TVM_RUNTIME_{arch.upper()}"),
-                              str(cache)]):
-        found = _find_libs(Path(cand), arch, cache)
-        if found:
-            return found
-    _download_wheels(arch, cache / "wheels")
-    found = _find_libs(cache, arch, cache)
-    if not found:
-        raise TargetError(f"no {arch} TVM runtime libraries in the downloaded wheels ({cache})")
-    return found
+        cache = Path(user_cache_dir("deploykit"))
+        extract = cache / "tvm-runtime" / arch
+        if hint:
+            libs = _find_libs(Path(hint), arch, extract)
+            if libs is None:
+                raise TargetError(f"--tvm-runtime {hint}: no {arch} libtvm_runtime.so and "
+                                  f"libtvm_ffi.so (flat, site-packages or wheels)")
+        else:
+            device = Path(os.environ.get("DEPLOYKIT_ARM_DEVICE", cache / "arm-device"))
+            cands = [os.environ.get(f"DEPLOYKIT_TVM_RUNTIME_{arch.upper()}"), extract,
+                     device / "site", device / "wheels"]
+            libs = next(filter(None, (_find_libs(Path(c), arch, extract) for c in cands if c)),
+                        None)
+            if libs is None:
+                _download_wheels(arch, extract / "wheels")
+                libs = _find_libs(extract / "wheels", arch, extract)
+    for name, path in (libs or {}).items():
+        if not path.is_file():
+            raise TargetError(f"{arch} TVM runtime library missing: {path}")
+        if _elf_machine(path) != _ELF_MACHINE.get(arch):
+            raise TargetError(f"{path} is not an {arch} library")
+    if not libs:
+        raise TargetError(f"no {arch} TVM runtime libraries found")
+    return libs
 
 
-def _find_libs(folder: Path, arch: str, cache: Path) -> Path | None:
-    """Flat folder, a site-packages folder, or a folder of wheels (extracted into `cache`)."""
-    if all((folder / n).is_file() for n in RUNTIME_LIBS):
-        return folder
-    if all((folder / rel).is_file() for rel in RUNTIME_LIBS.values()):
-        return _collect(folder, arch)
-    wheels = sorted(folder.glob(f"**/apache_tvm*{arch}*.whl")) if folder.is_dir() else []
-    out = cache / "lib"
-    for w in wheels:
+def _elf_machine(path: Path) -> int | None:
+    head = path.read_bytes()[:20] if path.stat().st_size >= 20 else b""
+    return int.from_bytes(head[18:20], "little") if head[:4] == b"\x7fELF" else None
+
+
+def _find_libs(folder: Path, arch: str, extract: Path) -> dict[str, Path] | None:
+    """Flat folder, site-packages folder, or folder of wheels (unpacked into `extract`)."""
+    for layout in ({n: folder / n for n in RUNTIME_LIBS},
+                   {n: folder / rel for n, rel in RUNTIME_LIBS.items()}):
+        if all(p.is_file() for p in layout.values()):
+            return layout
+    for w in sorted(folder.glob(f"apache_tvm*{arch}*.whl")) if folder.is_dir() else []:
         with zipfile.ZipFile(w) as z:
             for name, rel in RUNTIME_LIBS.items():
                 if rel in z.namelist():
-                    out.mkdir(parents=True, exist_ok=True)
-                    (out / name).write_bytes(z.read(rel))
-    return out if all((out / n).is_file() for n in RUNTIME_LIBS) else None
-
-
-def _collect(site: Path, arch: str) -> Path:
-    missing = [rel for rel in RUNTIME_LIBS.values() if not (site / rel).is_file()]
-    if missing:
-        raise TargetError(f"{arch} TVM runtime incomplete in {site}: no {', '.join(missing)}")
-    return site  # libraries addressed by RUNTIME_LIBS paths
-
-
-def _lib_paths(folder: Path) -> dict[str, Path]:
-    flat = {n: folder / n for n in RUNTIME_LIBS}
-    if all(p.is_file() for p in flat.values()):
-        return flat
-    return {n: folder / rel for n, rel in RUNTIME_LIBS.items()}
+                    extract.mkdir(parents=True, exist_ok=True)
+                    (extract / name).write_bytes(z.read(rel))
+    flat = {n: extract / n for n in RUNTIME_LIBS}
+    return flat if all(p.is_file() for p in flat.values()) else None
 
 
 def _download_wheels(arch: str, dest: Path) -> None:
@@ -156,7 +163,7 @@ def build(model: ModelRef, target: Target, stage: Path, *,
     built = tvm_build.build(model, target)
     shutil.copyfile(export_library(built, target, model), stage / "model.so")
 
-    libs = _lib_paths(_libraries_dir(arch, runtime_hint))
+    libs = runtime_libs(arch, runtime_hint)
     (stage / "lib").mkdir()
     for name, src in libs.items():
         shutil.copyfile(src, stage / "lib" / name)
