@@ -1,21 +1,27 @@
-"""`deploykit baseline`: record a model's latency (raw samples, env, per-op) in a file to commit."""
+"""`deploykit baseline`: record a model's latency (raw samples, env, per-op) in a file to commit.
+
+Also home of the gate's measurement, shared with `deploykit check`: rounds of fresh sessions.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from typing import Any, Mapping
+from dataclasses import replace
+from statistics import median
+from typing import Any, Mapping, Sequence
 
-from ..core import TimingPlan
+from ..core import LatencyReport, ModelRef, Target, TimingPlan
 from . import _common
 
 HELP = "record a latency baseline file for `deploykit check` (raw samples, env, per-op)"
 DESCRIPTION = """Measure MODEL on a target and write a baseline file meant to be committed next to
-it: raw samples in timed blocks, the environment fingerprint, model/artifact ids, input settings
-and the per-operator breakdown. `deploykit check` compares later models against it."""
+it: raw samples in timed rounds (a fresh session each), the environment fingerprint, model and
+artifact ids, input settings and the per-operator breakdown. `deploykit check` compares later
+models against it."""
 
-MIN_ROUNDS = 20  # timed blocks (rounds) every gate measurement gets, however fast the model
+MIN_ROUNDS = 10  # the gate always measures at least this many rounds, whatever the time cap
+ROUND_S = 0.5  # timed seconds per round, shared by the models of an interleaved check
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,24 +31,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
     _common.add_target_args(p)
     _common.add_input_args(p)
-    add_gate_plan_args(p)
+    add_gate_timing_args(p)
     _common.add_store_arg(p)
 
 
-def add_gate_plan_args(p: argparse.ArgumentParser) -> None:
-    """The profiler's plan options (same names as `_common.add_plan_args`) with gate defaults:
-    a tighter CI and a 20 s cap, so that a check of a ~5 ms model stays within a minute."""
-    g = p.add_argument_group("timing plan")
-    g.add_argument("--rel-ci", type=float, default=0.005,
-                   help="stop when each median's 95%% CI is within +/- this (default 0.005)")
+def add_gate_timing_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("timing")
     g.add_argument("--max-time", type=float, default=20.0,
-                   help="time cap in seconds for the timed phase (default 20)")
-    g.add_argument("--min-samples", type=int, default=TimingPlan.min_samples)
-    g.add_argument("--warmup-max", type=float, default=TimingPlan.warmup_max_s,
-                   help="longest warm-up in seconds (default 5)")
+                   help="seconds to spend measuring, in rounds of fresh sessions (default 20; "
+                        f"at least {MIN_ROUNDS} rounds are always measured)")
+    g.add_argument("--warmup-max", type=float, default=0.5,
+                   help="longest warm-up of each fresh session in seconds (default 0.5)")
 
 
-def gate_target(name: str, threads: int | None):
+def gate_target(name: str, threads: int | None) -> Target:
     """The target as the gate measures it: ORT spinning off, so that the old and new sessions
     can share one process without stealing each other's cores (FACTS.md), and baselines are
     measured exactly like checks."""
@@ -53,7 +55,6 @@ def gate_target(name: str, threads: int | None):
 
 def load_model(path: str):
     """(ModelRef, inputs, outputs) of an .onnx file, with one-line errors for bad files."""
-    from ..core import ModelRef
     from ..errors import InputError
     from ..onnxio import io_specs, load_onnx
 
@@ -72,25 +73,76 @@ def feeds_for(artifact, feeds_cfg: Mapping[str, Any]):
                       feeds_cfg.get("npz"))
 
 
-def gate_plan(args: argparse.Namespace, runners) -> TimingPlan:
-    """The user's plan with enough samples for MIN_ROUNDS blocks of each runner, and blocks short
-    enough for 2 x MIN_ROUNDS of them to fit the time cap: the gate's unit of evidence is the
-    block, so neither a fast model nor a short cap may end the run after a few blocks."""
-    from dataclasses import replace
+def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mapping[str, Any],
+                   max_time: float, warmup_max: float, progress: bool = False
+                   ) -> list[LatencyReport]:
+    """Time `models` in rounds; each round creates fresh sessions, warms them up and times one
+    interleaved block of each (`measure.compare`). Why fresh sessions: two ORT sessions of the
+    same model in one process can differ persistently by ~7% (measured here with 2 threads:
+    some sessions run like single-threaded ones), so a comparison of one session pair measures
+    the session lottery; with a new pair every round, that lottery becomes round-to-round noise
+    that the gate's rank test on rounds accounts for. Returns one report per model whose blocks
+    are the rounds."""
+    import scipy.stats  # noqa: F401  (import now, not inside the first timed round)
 
-    plan = _common.plan_from_args(args)
-    plan = replace(plan, block_s=min(plan.block_s, max(0.02, plan.max_time_s / (2 * MIN_ROUNDS))))
-    est = []
-    for fn in runners:
-        for _ in range(3):
-            fn()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            fn()
-        est.append((time.perf_counter() - t0) / 10 * 1e3)
-    per_block = plan.block_s / len(runners)
-    need = math.ceil(MIN_ROUNDS * per_block * 1e3 / max(min(est), 1e-3))
-    return replace(plan, min_samples=max(plan.min_samples, need))
+    from ..measure import compare
+
+    if max_time <= 0 or warmup_max <= 0:
+        from ..errors import InputError
+
+        raise InputError("--max-time and --warmup-max must be positive")
+    round_s = min(ROUND_S, max(0.02, max_time / (2 * MIN_ROUNDS)))  # short caps: shorter rounds
+    plan = TimingPlan(warmup_min_s=0.05, warmup_max_s=warmup_max, block_s=round_s,
+                      max_time_s=1e-9, min_samples=1)  # exactly one round per compare call
+    rounds: list[tuple[LatencyReport, ...]] = []
+    feeds = None
+    t0 = time.perf_counter()
+    with _progress(progress, max_time) as bar:
+        while True:
+            arts = [target.compile(m) for m in models]
+            feeds = feeds or [feeds_for(a, feeds_cfg) for a in arts]
+            rounds.append(compare(arts, feeds, plan).reports)
+            elapsed = time.perf_counter() - t0
+            if bar:
+                bar.update(bar.task_ids[0], completed=min(elapsed, max_time),
+                           info=f"{len(rounds)} rounds")
+            done = elapsed >= max_time and len(rounds) >= MIN_ROUNDS
+            if done:  # the breakdown comes from the last round's sessions
+                per_op = [a.per_op(f) for a, f in zip(arts, feeds)]
+            for a in arts:
+                a.close()
+            if done:
+                break
+    return [_merge([r[i] for r in rounds], per_op[i]) for i in range(len(models))]
+
+
+def _progress(enabled: bool, total: float):
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("measuring in rounds"), BarColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=True,
+                   console=Console(stderr=True))
+    bar.add_task("rounds", total=total, info="")
+    return bar
+
+
+def _merge(parts: Sequence[LatencyReport], per_op) -> LatencyReport:
+    """One report from per-round reports: samples concatenated, one block per round."""
+    samples: list[float] = []
+    blocks = []
+    for r in parts:
+        blocks += [replace(b, start=b.start + len(samples)) for b in r.blocks]
+        samples += r.samples_ms
+    return replace(parts[-1], samples_ms=tuple(samples), blocks=tuple(blocks),
+                   stop_reason="time-cap", per_op=tuple(per_op),
+                   session_create_ms=median(r.session_create_ms for r in parts),
+                   first_inference_ms=median(r.first_inference_ms for r in parts),
+                   warmup_samples=sum(r.warmup_samples for r in parts), created=parts[0].created)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,14 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
     model, inputs, outputs = load_model(args.model)
     target = gate_target(args.target, args.threads)
-    art = target.compile(model)
     feeds_cfg = {"seed": args.seed, "shapes": {k: list(v) for k, v in
                                                _common.parse_shapes(args.shape).items()},
                  "npz": args.inputs}
-    feeds = feeds_for(art, feeds_cfg)
-    plan = gate_plan(args, [art.timed_runner(feeds)])
-    report = target.profile(art, feeds, plan, per_op=True, progress=not args.quiet)
-    art.close()
+    (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
+                               progress=not args.quiet)
     make_baseline(report, inputs, outputs, feeds_cfg, args.output).save(args.output)
     if not args.no_store:
         from ..store import Store
@@ -117,5 +166,5 @@ def run(args: argparse.Namespace) -> int:
 
         print_report(report, top=5)
         print(f"baseline written to {args.output} ({len(report.samples_ms)} samples in "
-              f"{len(report.blocks)} blocks)")
+              f"{len(report.blocks)} rounds of fresh sessions)")
     return 0

@@ -8,16 +8,17 @@ import time
 from pathlib import Path
 
 from . import _common
-from .baseline import add_gate_plan_args, feeds_for, gate_plan, gate_target, load_model
+from .baseline import add_gate_timing_args, gate_target, load_model, measure_rounds
 
 HELP = "CI latency gate: is MODEL significantly slower than the baseline? (exit 1 if so)"
 DESCRIPTION = """Compare MODEL with a baseline file. When the old model is at hand (--against, or
-the model file the baseline points to, unchanged), both are measured in interleaved rounds in this
-run and the ratio of medians gets a rank-based confidence interval from per-round ratios (robust on
-a noisy machine). Otherwise the new run is compared with the stored samples, which requires the
-same CPU, threads and backend versions (or --allow-env-change). A regression needs both size and
-significance: the interval lies above 1, asv's Mann-Whitney test on raw samples agrees, and the
-slowdown reaches the threshold. Exit codes: 0 pass, 1 regression, 2 usage or input error."""
+the model file the baseline points to, unchanged), both are measured in interleaved rounds (fresh
+sessions each round) in this run, and the ratio of medians gets a rank-based confidence interval
+from the per-round ratios (robust on a noisy machine). Otherwise the new run is compared with the
+stored samples, which requires the same CPU, threads and backend versions (or
+--allow-env-change). A regression needs both size and significance: the interval lies above 1,
+asv's Mann-Whitney test on raw samples agrees, and the slowdown reaches the threshold.
+Exit codes: 0 pass, 1 regression, 2 usage or input error."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads (default: the baseline's)")
-    add_gate_plan_args(p)
+    add_gate_timing_args(p)
     _common.add_store_arg(p)
 
 
@@ -78,25 +79,15 @@ def run(args: argparse.Namespace) -> int:
                          "interleaved check, re-record the baseline on this machine, or pass "
                          "--allow-env-change")
 
-    new_art = target.compile(model)
-    feeds = feeds_for(new_art, base.feeds)
     if old_model is not None:
-        from ..measure import compare
-
-        old_art = target.compile(old_model)
-        old_feeds = feeds_for(old_art, base.feeds)
-        plan = gate_plan(args, [old_art.timed_runner(old_feeds), new_art.timed_runner(feeds)])
-        cmp = compare([old_art, new_art], [old_feeds, feeds], plan, progress=not args.quiet,
-                      per_op=True, names=("baseline", "new"))
-        old_rep, new_rep = cmp.reports
+        old_rep, new_rep = measure_rounds(target, [old_model, model], base.feeds, args.max_time,
+                                          args.warmup_max, progress=not args.quiet)
         estimate = interleaved_estimate(old_rep, new_rep)
-        old_art.close()
     else:
         old_rep = base.report
-        plan = gate_plan(args, [new_art.timed_runner(feeds)])
-        new_rep = target.profile(new_art, feeds, plan, per_op=True, progress=not args.quiet)
+        (new_rep,) = measure_rounds(target, [model], base.feeds, args.max_time, args.warmup_max,
+                                    progress=not args.quiet)
         estimate = stored_estimate(old_rep, new_rep)
-    new_art.close()
     verdict = decide(estimate, threshold)
     ops = per_op_diff(old_rep.per_op, new_rep.per_op, top=args.top)
     result = {
