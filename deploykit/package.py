@@ -96,11 +96,13 @@ def _latency(target: Target, model: ModelRef, feeds, plan: TimingPlan, store_pat
         with Store(store_path) as store:
             store.record_report(rep, label="package", model=model)
     lo, hi = rep.ci95_ms
-    return {"median_ms": rep.median_ms, "ci95_ms": [lo, hi], "p90_ms": rep.p90_ms,
-                    "p99_ms": rep.p99_ms, "cv": rep.cv, "samples": len(rep.samples_ms),
-                    "stop_reason": rep.stop_reason, "labels": list(rep.labels),
-                    "contaminated_fraction": rep.contaminated_fraction,
-                    "session_create_ms": rep.session_create_ms, "env": dict(rep.env)}
+    return {"measured": f"{model.path.name} compiled by target {target.name} "
+                        f"(the graph the bundle ships), deploykit's profile",
+            "median_ms": rep.median_ms, "ci95_ms": [lo, hi], "p90_ms": rep.p90_ms,
+            "p99_ms": rep.p99_ms, "cv": rep.cv, "samples": len(rep.samples_ms),
+            "stop_reason": rep.stop_reason, "labels": list(rep.labels),
+            "contaminated_fraction": rep.contaminated_fraction,
+            "session_create_ms": rep.session_create_ms, "env": dict(rep.env)}
 
 
 def _fidelity_row(ref: list[np.ndarray], got: list[np.ndarray], against: str,
@@ -155,6 +157,8 @@ def package(model_path: str | Path, target: Target, out: str | Path,
     model = ModelRef.from_path(model_path)
     ins, outs = io_specs(proto)
     backend = target.config.get("backend")
+    if backend not in ("ort", "tvm"):
+        raise InputError(f"package supports ORT and TVM targets, not backend '{backend}'")
     shapes = dict(opts.shapes)
     if backend == "tvm":
         shapes = _tvm_static_shapes(ins, shapes)
@@ -187,7 +191,7 @@ def package(model_path: str | Path, target: Target, out: str | Path,
                                    "payload": [section["files"]["runtime_model"]]}
             got = st.run_ort(stage, manifest, feeds)
             golden_from = "the bundle's model.ort on onnxruntime (this machine)"
-        elif backend == "tvm":
+        else:
             from . import bundle_tvm
 
             section = bundle_tvm.build(model, target, stage, runtime_hint=opts.tvm_runtime)
@@ -199,8 +203,6 @@ def package(model_path: str | Path, target: Target, out: str | Path,
                                                *files["runtime_libs"]]}
             got = None  # the library may be for another machine: checked by its runner below
             golden_from = "the input model on onnxruntime (this machine)"
-        else:
-            raise InputError(f"package supports ORT and TVM targets, not backend '{backend}'")
 
         golden = list(zip([s.name for s in outs], got if got is not None else reference))
         _save_npz(stage / GOLDEN_INPUTS, feeds)

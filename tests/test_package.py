@@ -210,3 +210,10 @@ def test_lineage_and_recipe_come_from_the_store(model, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert [x["sha256"] for x in m["model"]["lineage"]] == [st.sha256_file(child), parent.sha256]
     assert m["recipe"] == [{"transform": "prune-channels", "config": {"ratio": 0.5}}]
+
+
+def test_unsupported_backend_is_a_one_line_error(model, tmp_path, capsys):
+    assert main(["package", str(model), "-t", "ov-cpu", "-o", str(tmp_path / "b"),
+                 "--no-measure", "--no-store", *SHAPE]) == 2
+    assert "ORT and TVM targets" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
