@@ -26,75 +26,43 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 @dataclass(frozen=True)
 class ModelStats:
-    params: int  # weight elements (quantization scales / zero points not counted)
-    bytes: int  # file size on disk
-    flops: float | None  # 2 x MACs of Conv/MatMul/Gemm (and their integer forms), batch as fed
-    zero_fraction: float  # share of exactly-zero weight elements
+    params: int  # weight elements (deploykit.facts: scalars and index tensors not counted)
+    bytes: int  # file size on disk, external data included
+    flops: float | None  # deploykit.facts: 2 x MACs + elementwise work, at the fed shapes
+    zero_fraction: float  # share of exactly-zero elements in float weight matrices
     op_counts: Mapping[str, int]
 
 
-def _param_arrays(model):
-    from onnx import numpy_helper
-
-    qparam = {i for n in model.graph.node if n.op_type in QDQ for i in n.input[1:]}
-    for t in model.graph.initializer:
-        if t.name not in qparam:
-            yield numpy_helper.to_array(t)
-
-
-def count_flops(model, feeds: Mapping[str, np.ndarray]) -> float | None:
-    """2 x MACs of the compute ops, from ONNX shape inference at the fed shapes."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for inp in m.graph.input:
+def _dim_values(model, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Symbolic input dims pinned to the fed shapes (e.g. batch=8), for FLOP counting."""
+    dims: dict[str, int] = {}
+    for inp in model.graph.input:
         if inp.name in feeds:
-            dims = inp.type.tensor_type.shape.dim
-            for d, v in zip(dims, feeds[inp.name].shape):
-                d.Clear()
-                d.dim_value = int(v)
-    try:
-        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:  # onnx raises several types for models it cannot infer
-        return None
-    shapes: dict[str, tuple[int, ...]] = {}
-    for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = tuple(d.dim_value for d in dims)
-    for t in m.graph.initializer:
-        shapes[t.name] = tuple(t.dims)
-    macs = 0
-    for n in m.graph.node:
-        out = shapes.get(n.output[0]) if n.output else None
-        if out is None:
-            continue
-        if n.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            w = shapes.get(n.input[3 if n.op_type == "QLinearConv" else 1])
-            if w:
-                macs += int(np.prod(out)) * int(np.prod(w[1:]))
-        elif n.op_type in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul", "QGemm"):
-            a = shapes.get(n.input[0])
-            if a:
-                trans_a = any(at.name == "transA" and at.i for at in n.attribute)
-                k = a[0] if (n.op_type == "Gemm" and trans_a) else a[-1]
-                macs += int(np.prod(out)) * int(k)
-    return 2.0 * macs
+            for d, v in zip(inp.type.tensor_type.shape.dim, feeds[inp.name].shape):
+                if d.dim_param:
+                    dims[d.dim_param] = int(v)
+    return dims
 
 
 def model_stats(path: Path, feeds: Mapping[str, np.ndarray]) -> ModelStats:
+    """Sizes and FLOPs from deploykit.facts (the graph as compiled), at the fed shapes."""
+    from onnx import numpy_helper
+
+    from .facts import model_facts
     from .onnxio import load_onnx
 
     model = load_onnx(path)
-    arrays = list(_param_arrays(model))
-    params = sum(a.size for a in arrays)
-    zeros = sum(int(np.count_nonzero(a == 0)) for a in arrays if a.dtype.kind == "f")
-    ops: dict[str, int] = {}
-    for n in model.graph.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return ModelStats(params, Path(path).stat().st_size, count_flops(model, feeds),
-                      zeros / params if params else 0.0, ops)
+    facts = model_facts(model, dim_values=_dim_values(model, feeds), path=path)
+    qparams = {i for n in model.graph.node if n.op_type in QDQ for i in n.input[1:]}
+    zeros = total = 0
+    for t in model.graph.initializer:
+        if t.data_type == 1 and t.name not in qparams and len(t.dims) > 1:  # float weights
+            a = numpy_helper.to_array(t)
+            zeros += int(np.count_nonzero(a == 0))
+            total += a.size
+    return ModelStats(int(facts["parameters"]), int(facts["file_bytes"]),
+                      float(facts["flops"]) or None, zeros / total if total else 0.0,
+                      dict(facts["op_types"]))
 
 
 def verdict(lo: float, hi: float) -> str:
@@ -127,9 +95,11 @@ def explain(step: str, before: ModelStats, after: ModelStats, child: Path, targe
     if added.get("ConvInteger", 0) > 0:
         return ("dynamic quantization of Conv gives ConvInteger, which is unoptimised on ORT CPU; "
                 "use quantize-static (QDQ)")
-    if added.get("QuantizeLinear", 0) > 0 and "cpu" in target and _int8_activations(child):
-        return ("int8 activations (S8S8) run slowly on x86 ORT; use activation_type=uint8 "
-                "(U8S8)")
+    if any(added.get(op, 0) > 0 for op in ("DequantizeLinear", "MatMulInteger", "QLinearConv")):
+        if "cpu" in target and _int8_activations(child):
+            return ("int8 activations (S8S8) run slowly on x86 ORT; use activation_type=uint8 "
+                    "(U8S8)")
+        return None  # same FLOPs by design: int8 kernels, not fewer operations, make it faster
     if step == "fp16" and "cuda" not in target:
         return "no fp16 arithmetic on this CPU: ORT runs fp32 kernels behind Cast nodes"
     if (after.zero_fraction > before.zero_fraction + 0.05 and after.flops and before.flops
