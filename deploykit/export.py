@@ -546,8 +546,12 @@ def _from_onnx(path: Path, output: Path, shapes, opset, simplify, seed) -> Expor
             raise InputError(f"ONNX Runtime cannot run {path} at input shapes "
                              f"{_fmt_shapes({k: v.shape for k, v in feeds.items()})}: "
                              f"{_one_line(e)[:300]}") from None
-        with _captured():
-            got = run_ort(data, feeds)
+        try:
+            with _captured():
+                got = run_ort(data, feeds)
+        except Exception as e:  # noqa: BLE001
+            raise VerificationError(f"ONNX Runtime cannot run the processed model: "
+                                    f"{_one_line(e)[:300]}") from None
         where = f"at input shapes {_fmt_shapes({k: v.shape for k, v in feeds.items()})}"
         checks = compare_outputs([o.name for o in model.graph.output], ref, got, where)
         _raise_if_failed(checks, "the original ONNX model")
@@ -562,7 +566,9 @@ def _convert_opset(model, opset: int):
     import onnx
 
     try:
-        return onnx.version_converter.convert_version(model, opset)
+        converted = onnx.version_converter.convert_version(model, opset)
+        onnx.checker.check_model(converted, full_check=True)  # the converter can emit bad nodes
+        return converted
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot convert the model to opset {opset}: {_one_line(e)}") from None
 

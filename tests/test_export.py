@@ -183,6 +183,8 @@ def test_onnx_source_is_simplified_and_verified(mlp_onnx, tmp_path):
     assert r.exporter == "onnx" and r.simplified and r.model.parent_sha256
     assert [c.shape for c in r.checks] == [(3, 4)] and r.checks[0].max_abs < 1e-5
     assert r.facts["macs"] == 3 * (16 * 32 + 32 * 4)  # facts at the given batch
+    r18 = export_model(mlp_onnx, tmp_path / "o18.onnx", opset=18)
+    assert r18.facts["opset"] == 18 and r18.checks[0].max_abs < 1e-5
     r2 = export_model(mlp_onnx, tmp_path / "plain.onnx", simplify=False)
     assert not r2.simplified and all(c.max_abs == 0 for c in r2.checks)
     assert r2.facts["assumed_dims"] == {"batch": 1}
@@ -245,6 +247,7 @@ def _bad_inputs(tmp, models_py, mlp_onnx):
         "bad shape syntax": ([f"{models_py}:mlp", "--shape", "x=2,a"], "bad --shape"),
         "unknown input": ([f"{models_py}:mlp", "--shape", "y=2,16"], "unknown input"),
         "onnx wrong shape": ([str(mlp_onnx), "--shape", "x=2,15"], "model expects"),
+        "unconvertible opset": ([str(mlp_onnx), "--opset", "11"], "cannot convert .* opset 11"),
         "pickle checkpoint": ([f"{models_py}:mlp", "--weights", str(tmp / "pickled.pt")],
                               "needs pickle"),
         "missing checkpoint": ([f"{models_py}:mlp", "--weights", str(tmp / "no.pt")],
