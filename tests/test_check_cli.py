@@ -101,16 +101,7 @@ def test_ten_times_slower_model_fails_with_per_op_diff(models, baseline, tmp_pat
         assert [r.label for r in st.runs()] == ["check:regression"]
 
 
-def test_update_baseline_rewrites_it(models, baseline, tmp_path):
-    copy = tmp_path / "b.json"
-    shutil.copy(baseline, copy)
-    rc, _ = _check(models, copy, tmp_path, "copy", "--against", models["old"],
-                   "--max-slowdown", "50%", "--update-baseline")
-    assert rc == 0
-    assert json.loads(copy.read_text())["created"] > json.loads(baseline.read_text())["created"]
-
-
-def test_env_change_refuses_stored_comparison_unless_allowed(models, baseline, tmp_path, capsys):
+def test_env_change_refuses_stored_comparison_unless_allowed_and_update(models, baseline, tmp_path, capsys):
     d = json.loads(baseline.read_text())
     d["env"]["threads"] = d["report"]["env"]["threads"] = 64
     d["model"]["path"] = "/nowhere/old.onnx"  # no old model: stored mode
@@ -119,8 +110,10 @@ def test_env_change_refuses_stored_comparison_unless_allowed(models, baseline, t
     rc, _ = _check(models, changed, tmp_path, "old", "--threads", "2")
     assert rc == 2 and "environment differs" in capsys.readouterr().err
     rc, v = _check(models, changed, tmp_path, "old", "--threads", "2", "--allow-env-change",
-                   "--max-slowdown", "50%")
+                   "--max-slowdown", "50%", "--update-baseline")
     assert rc in (0, 1) and v["mode"] == "stored" and v["env_differences"]
+    rewritten = json.loads(changed.read_text())  # asked to: the baseline now holds this run
+    assert rewritten["env"]["threads"] == 2 and rewritten["created"] > d["created"]
 
 
 @pytest.mark.parametrize("case, message", [
