@@ -174,9 +174,9 @@ def _example_inputs(model, example: Callable | None, shapes: Mapping[str, Sequen
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i, name in enumerate(names):
-        if name in shapes:
-            dtype = args[i].dtype if args else torch.float32
-            out.append(_random_like(torch.empty(0, dtype=dtype), tuple(shapes[name]), gen))
+        if name in shapes:  # same dtype (and integer range) as the example, new shape
+            like = args[i] if args else torch.empty(0)
+            out.append(_random_like(like, tuple(shapes[name]), gen))
         else:
             out.append(args[i])
     return tuple(out), names
@@ -390,9 +390,9 @@ def _verify_torch(model, proto_bytes: bytes, args, names, out_names, dynamic_axe
         try:
             ref = _run_torch(model, inputs)
         except Exception as e:  # noqa: BLE001 - e.g. a batch size baked into the model
-            raise InputError(f"the torch model itself fails at input shapes "
-                             f"{_fmt_shapes(shapes)} (needed to verify the dynamic axes): "
-                             f"{_one_line(e)[:300]}") from None
+            why = " (needed to verify the dynamic axes)" if k else ""
+            raise InputError(f"the torch model itself fails on seeded inputs of shapes "
+                             f"{_fmt_shapes(shapes)}{why}: {_one_line(e)[:300]}") from None
         try:
             with _captured():
                 got = run_ort(proto_bytes, {n: t.numpy() for n, t in zip(names, inputs)})
@@ -435,7 +435,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, *,
     """
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     src = str(source)
-    if src.endswith(".onnx") or Path(src).suffix == ".onnx":
+    if src.endswith(".onnx"):
         if weights is not None or dynamic_batch or dynamic_axes:
             raise InputError("--weights / dynamic axes apply to torch sources, not .onnx files")
         return _from_onnx(Path(src), Path(output), shapes, opset, simplify, seed)
