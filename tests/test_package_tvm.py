@@ -173,6 +173,21 @@ def test_verify_over_rpc_on_emulated_device(bundle, model, tracker_with_device, 
     assert "model.so: sha256 mismatch" in out and "output y: MISMATCH" in out
 
 
+@pytest.mark.slow
+def test_measured_package_profiles_on_the_rpc_device(device, model, tracker_with_device,
+                                                     tmp_path):
+    """Latency through the target's own profile (time_evaluator on the device), labelled."""
+    _, _, site = device
+    out = tmp_path / "measured"
+    assert main(["package", str(model), "-t", "tvm-aarch64", "-o", str(out), "--no-store",
+                 "--tvm-runtime", str(site), "--device", "aarch64-emu", "--tracker",
+                 tracker_with_device, "--max-time", "2", "--min-samples", "5",
+                 "--warmup-max", "0.5"]) == 0
+    lat = json.loads((out / "manifest.json").read_text())["latency"]
+    assert "emulated" in lat["labels"]
+    assert lat["samples"] >= 5 and lat["ci95_ms"][0] <= lat["median_ms"] <= lat["ci95_ms"][1]
+
+
 def test_verify_with_tracker_down_exits_2(bundle, capsys):
     from deploykit import rpc
 
