@@ -142,7 +142,7 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
     lines.append(
         f"Search cost: {cost['candidates']} candidates, {cost['fidelity_ok']} passed fidelity, "
         f"{cost['measured_whole']} measured whole "
-        f"({cost['measured_whole'] / max(cost['candidates'], 1):.0%}), "
+        f"({cost['measured_whole'] / max(cost['fidelity_ok'], 1):.0%} of those that passed), "
         f"{cost['units_timed']} layer units timed ({cost['units_reused']} reused), "
         f"{cost['seconds']:.0f} s")
     if pred.get("mean_abs_rel_error") is not None:

@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -233,19 +234,20 @@ class Search:
                         "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction}
         return rep
 
-    def _time_unit(self, sig: str, path: Path, feeds: Mapping[str, np.ndarray]) -> float:
-        key = measurement_key("unit", sig, self.target, self.cfg.unit_plan, "unit")
-        art = self.target.compile(ModelRef.from_path(path))
+    def _time_unit(self, target: Target, sig: str, path: Path,
+                   feeds: Mapping[str, np.ndarray]) -> float:
+        key = measurement_key("unit", sig, target, self.cfg.unit_plan, "unit")
+        art = target.compile(ModelRef.from_path(path))
         try:
-            rep = self.target.profile(art, feeds, self.cfg.unit_plan, per_op=False)
+            rep = target.profile(art, feeds, self.cfg.unit_plan, per_op=False)
         finally:
             art.close()
         self.store.put_measurement(key, rep)
         return rep.median_ms
 
-    def _lookup_unit(self, sig: str) -> float | None:
+    def _lookup_unit(self, target: Target, sig: str) -> float | None:
         rep = self.store.get_measurement(
-            measurement_key("unit", sig, self.target, self.cfg.unit_plan, "unit"))
+            measurement_key("unit", sig, target, self.cfg.unit_plan, "unit"))
         return None if rep is None else rep.median_ms
 
     # ---- building candidates --------------------------------------------------------------
@@ -360,18 +362,16 @@ class Search:
             rows.append(r)
         n_space = len(models) * len(variants)
 
-        table = LayerTable(self._time_unit, self._lookup_unit, self.work / "units")
+        # one layer table per target variant: a unit's latency depends on threads and graph level
+        self._tables = {v: LayerTable(partial(self._time_unit, self.target_of(v)),
+                                      partial(self._lookup_unit, self.target_of(v)),
+                                      self.work / "units") for v in variants}
         bar = _Bar(self.progress, n_space)
         try:
-            # 1. the baseline (and its target variants) measured whole: the predictor's anchor
-            base_rep = self._measure_whole(base, self.cfg.whole_plan)
-            bar.advance(base)
-            base.table_ms = self._estimate(table, base)
-            factor = {(): 1.0}
-            for r in rows[1:]:
-                rep = self._measure_whole(r, self.cfg.whole_plan)
-                factor[r.cand.options] = rep.median_ms / base_rep.median_ms
-                r.table_ms = base.table_ms
+            # 1. the baseline measured whole: the predictor's anchor; its variants only tabled
+            self._measure_whole(base, self.cfg.whole_plan)
+            for r in rows:
+                r.table_ms = self._estimate(r)
                 bar.advance(r)
             points = [(base.table_ms, base.median)] if base.table_ms is not None else []
 
@@ -389,21 +389,24 @@ class Search:
                     row.reason = f"same model as {sha_seen[row.sha256].cand.name}"
                 if row.status == "ok":
                     sha_seen[row.sha256] = row
-                    row.table_ms = self._estimate(table, row)
+                    row.table_ms = self._estimate(row)
                 rows_by_model[cand.model_id] = row
                 rows.append(row)
                 for v in variants[1:]:
                     vr = Row(cand.with_options(v))
                     self._copy_build(row, vr)
+                    if vr.status == "ok":
+                        vr.table_ms = self._estimate(vr)
                     rows.append(vr)
                 bar.advance(row, len(variants))
                 self._status(bar, rows)
 
             # 3. measure whole what the calibrated table says could win
             timeable = [r for r in rows if r.status == "ok"]
+            # the cap counts only candidates that passed fidelity (what exhaustive search times)
+            min_whole = min(len(timeable), 3)  # anchor + two, even past the time limit
             max_whole = len(timeable) if self.cfg.exhaustive else \
-                max(len(variants) + 1, math.floor(self.cfg.whole_fraction * n_space))
-            min_whole = min(max_whole, len(variants) + 2)  # even past the time limit
+                max(min_whole, math.floor(self.cfg.whole_fraction * len(timeable)))
             errors: list[float] = []
             while True:
                 measured = [r for r in timeable if r.median is not None]
@@ -416,7 +419,7 @@ class Search:
                     break
                 for r in pool:
                     r.predicted_ms = None if r.table_ms is None or pred is None else \
-                        pred.predict(r.table_ms) * factor[r.cand.options]
+                        pred.predict(r.table_ms)
                 margin = max(0.05, float(np.mean(np.abs(errors))) if errors else 0.05)
                 explore = len(measured) < min_whole  # a few beyond the anchor, to judge the table
                 nxt = pool[0] if self.cfg.exhaustive else \
@@ -426,7 +429,7 @@ class Search:
                 self._measure_whole(nxt, self.cfg.whole_plan)
                 if nxt.predicted_ms is not None:
                     errors.append((nxt.predicted_ms - nxt.median) / nxt.median)
-                if not nxt.cand.options and nxt.table_ms is not None:
+                if nxt.table_ms is not None:
                     points.append((nxt.table_ms, nxt.median))
                 bar.advance(nxt, 0)
                 self._status(bar, rows)
@@ -452,7 +455,8 @@ class Search:
                 "fidelity_ok": len(timeable),
                 "measured_whole": sum(r.median is not None for r in rows),
                 "whole_measured_now": self.whole_now, "whole_reused": self.whole_reused,
-                "units_timed": table.timed, "units_reused": table.reused,
+                "units_timed": sum(t.timed for t in self._tables.values()),
+                "units_reused": sum(t.reused for t in self._tables.values()),
                 "seconds": time.monotonic() - self.t0, "exhaustive": self.cfg.exhaustive}
         from .envinfo import fingerprint
 
@@ -463,15 +467,16 @@ class Search:
 
     def _copy_build(self, src: Row, dst: Row) -> None:
         for k in ("status", "reason", "path", "sha256", "fidelity", "fidelity_detail", "metric",
-                  "stats", "notes", "table_ms"):
+                  "stats", "notes"):
             setattr(dst, k, getattr(src, k))
 
-    def _estimate(self, table, row: Row) -> float | None:
-        """Layer-table sum of a candidate; None (and a note) when its graph cannot be cut."""
+    def _estimate(self, row: Row) -> float | None:
+        """Layer-table sum of a candidate on its target variant; None (and a note) when its graph
+        cannot be cut."""
         import onnx
 
         try:
-            return table.estimate(onnx.load(row.path), self.feeds).total_ms
+            return self._tables[row.cand.options].estimate(onnx.load(row.path), self.feeds).total_ms
         except Exception as e:  # an uncuttable graph only costs the prediction, not the search
             self.notes.append(f"{row.cand.name}: no layer table ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); measured whole")
