@@ -75,6 +75,18 @@ def _perturb_weight(bundle: Path, model: Path) -> None:
                                       + blob[at + w.nbytes:])
 
 
+def test_x86_bundle_runs_natively_with_runner_and_python(model, tmp_path, capsys):
+    out = tmp_path / "x86"
+    assert main(["package", str(model), "-t", "tvm-x86", "-o", str(out), "--no-measure",
+                 "--no-store"]) == 0
+    assert _machine(out / "runner/dk_runner") == 0x3E  # x86-64, built with the host g++
+    assert main(["verify", str(out)]) == 0
+    assert "native" in capsys.readouterr().out
+    assert main(["verify", str(out), "--python"]) == 0
+    proc = subprocess.run(["sh", "selftest.sh"], cwd=out, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("PASS"), proc.stdout
+
+
 def test_aarch64_bundle_layout(bundle):
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["runtime"]["backend"] == "tvm" and m["runtime"]["arch"] == "aarch64"

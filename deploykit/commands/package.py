@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default: this machine's)")
     p.add_argument("--tvm-runtime", metavar="DIR",
                    help="folder with the device's libtvm_runtime.so and libtvm_ffi.so, a "
-                        "site-packages, or aarch64 apache-tvm wheels (default: download with pip)")
+                        "site-packages, or aarch64 apache-tvm wheels (default: "
+                        "$DEPLOYKIT_TVM_RUNTIME_AARCH64, the emulated device's install, "
+                        "deploykit's cache, else pip download)")
     p.add_argument("--atol-frac", type=float, default=None,
                    help="golden tolerance: atol = this x max|output| (default by dtype: fp32 1e-4, "
                         "fp16 1e-3, int8 1e-2)")
