@@ -98,6 +98,9 @@ def test_tinyresnet_export_is_verified(tinyresnet_export, tinyresnet_onnx):
     assert r.facts["flops"] > 9e8 and r.facts["parameters"] > 1e6
     assert r.facts["file_bytes"] == tinyresnet_onnx.stat().st_size
     assert "BatchNormalization" not in r.facts["op_types"]  # folded by export/onnxsim
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == len(names)  # nodes named after their torch modules
+    assert {"stem/Conv", "layers.1.down/Conv", "fc/Gemm"} <= set(names)
 
 
 def test_fallback_to_torchscript_keeps_control_flow(models_py, tmp_path):
