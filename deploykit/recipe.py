@@ -136,8 +136,9 @@ def make_step(name: str, values: Mapping[str, Any]) -> RecipeStep:
     kwargs = {}
     for key, raw in values.items():
         if key not in known:
+            hint = "; separate steps with ';'" if ":" in key else ""
             raise InputError(f"unknown field '{key}' for step '{name}' "
-                             f"(fields: {', '.join(known) or 'none'})")
+                             f"(fields: {', '.join(known) or 'none'}){hint}")
         kwargs[key] = _convert(raw, hints[key], f"{name}.{key}")
     try:
         return RecipeStep(name, mod.Config(**kwargs))
@@ -155,6 +156,9 @@ def parse_recipe(text: str) -> list[RecipeStep]:
         if not part:
             continue
         name, _, rest = part.partition(":")
+        if "," in name or "=" in name:
+            raise InputError(f"bad recipe step {name.strip()!r}: write steps as "
+                             "name:field=value,... and separate steps with ';'")
         values = {}
         for item in filter(None, (s.strip() for s in rest.split(","))):
             key, eq, val = item.partition("=")

@@ -36,6 +36,7 @@ def test_parse_converts_field_types():
 @pytest.mark.parametrize("text, match", [
     ("shrink", "unknown recipe step 'shrink'"),
     ("fold-bn:foo=1", "unknown field 'foo' for step 'fold-bn'"),
+    ("fold-bn,quantize-static:per_channel=true", "separate steps with ';'"),
     ("quantize-static:per_channel=maybe", "expected true/false"),
     ("quantize-static:max_excluded=2.5", "expected int"),
     ("quantize-static:target_cosine=high", "expected float"),
