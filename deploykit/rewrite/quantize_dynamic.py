@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DeployKitError, InputError
 from . import StepContext, StepResult
-from .quantize_static import QTYPES, quantized_ops
+from .quantize_static import QTYPES, preprocess, quantized_ops
 
 CONV_WARNING = ("WARNING: dynamic quantization of Conv gives ConvInteger, which is unoptimised "
                 "on ORT CPU and usually slower than fp32; use quantize-static for Conv")
@@ -37,7 +37,6 @@ class Config:
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     already = quantized_ops(model)
     if already:
@@ -52,12 +51,11 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         src, out = Path(tmp) / "float.onnx", Path(tmp) / "q.onnx"
         onnx.save(model, str(src))
         if cfg.preprocess:
-            try:
-                quant_pre_process(str(src), str(Path(tmp) / "pre.onnx"))
+            failure = preprocess(src, Path(tmp) / "pre.onnx")
+            if failure:
+                notes.append(failure)
+            else:
                 src = Path(tmp) / "pre.onnx"
-            except Exception as e:  # ORT raises bare exceptions from its optimisers
-                notes.append(f"quant_pre_process failed ({str(e).splitlines()[0][:120]}); "
-                             "quantized without it")
         try:
             quantize_dynamic(str(src), str(out), op_types_to_quantize=ops,
                              per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,

@@ -80,6 +80,21 @@ def name_nodes(model) -> None:
             used.add(name)
 
 
+def preprocess(src: Path, dst: Path) -> str | None:
+    """ORT's quant_pre_process; symbolic shape inference fails on some exported transformers,
+    so retry without it. Returns a note when the model had to be quantized unprocessed."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    errors = []
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            return None
+        except Exception as e:  # ORT raises bare exceptions from its optimisers
+            errors.append(str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+    return f"quant_pre_process failed ({errors[-1]}); quantized without it"
+
+
 def _cosine_vs_float(float_path: Path, q_path: Path,
                      batches: Sequence[Mapping[str, np.ndarray]]) -> float:
     from ..verify import compare, run_ort
@@ -94,7 +109,6 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     already = quantized_ops(model)
     if already:
@@ -111,12 +125,11 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         src = work / "float.onnx"
         onnx.save(model, str(src))
         if cfg.preprocess:
-            try:
-                quant_pre_process(str(src), str(work / "pre.onnx"))
+            failure = preprocess(src, work / "pre.onnx")
+            if failure:
+                notes.append(failure)
+            else:
                 src = work / "pre.onnx"
-            except Exception as e:  # ORT raises bare exceptions from its optimisers
-                notes.append(f"quant_pre_process failed ({str(e).splitlines()[0][:120]}); "
-                             "quantized without it")
         fmodel = onnx.load(str(src))
         name_nodes(fmodel)
         onnx.save(fmodel, str(src))
