@@ -11,7 +11,7 @@ from dataclasses import replace
 from statistics import median
 from typing import Any, Mapping, Sequence
 
-from ..core import LatencyReport, ModelRef, Target, TimingPlan
+from ..core import Block, LatencyReport, ModelRef, Target, TimingPlan
 from . import _common
 
 HELP = "record a latency baseline file for `deploykit check` (raw samples, env, per-op)"
@@ -21,7 +21,8 @@ artifact ids, input settings and the per-operator breakdown. `deploykit check` c
 models against it."""
 
 MIN_ROUNDS = 10  # the gate always measures at least this many rounds, whatever the time cap
-ROUND_S = 0.5  # timed seconds per round, shared by the models of an interleaved check
+ROUND_S = 1.0  # timed seconds per round, shared by the models of an interleaved check
+SUB_S = 0.05  # one alternation inside a round: every model runs ~SUB_S / n_models seconds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,13 +77,14 @@ def feeds_for(artifact, feeds_cfg: Mapping[str, Any]):
 def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mapping[str, Any],
                    max_time: float, warmup_max: float, progress: bool = False
                    ) -> list[LatencyReport]:
-    """Time `models` in rounds; each round creates fresh sessions, warms them up and times one
-    interleaved block of each (`measure.compare`). Why fresh sessions: two ORT sessions of the
-    same model in one process can differ persistently by ~7% (measured here with 2 threads:
-    some sessions run like single-threaded ones), so a comparison of one session pair measures
-    the session lottery; with a new pair every round, that lottery becomes round-to-round noise
-    that the gate's rank test on rounds accounts for. Returns one report per model whose blocks
-    are the rounds."""
+    """Time `models` in rounds; each round creates fresh sessions, warms them up and times them
+    for `round_s` seconds in short alternating blocks (`measure.compare`), so that the load of a
+    shared machine, which changes within a second, hits every model of the round alike.
+    Why fresh sessions each round: two ORT sessions of the same model in one process can differ
+    persistently by ~7% (measured here with 2 threads: some sessions run like single-threaded
+    ones), so one session pair measures the session lottery; with a new pair each round, that
+    lottery becomes round-to-round noise, which the gate's rank test on rounds accounts for.
+    Returns one report per model with one block per round."""
     import scipy.stats  # noqa: F401  (import now, not inside the first timed round)
 
     from ..measure import compare
@@ -91,9 +93,9 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
         from ..errors import InputError
 
         raise InputError("--max-time and --warmup-max must be positive")
-    round_s = min(ROUND_S, max(0.02, max_time / (2 * MIN_ROUNDS)))  # short caps: shorter rounds
-    plan = TimingPlan(warmup_min_s=0.05, warmup_max_s=warmup_max, block_s=round_s,
-                      max_time_s=1e-9, min_samples=1)  # exactly one round per compare call
+    round_s = min(ROUND_S, max(2 * SUB_S, max_time / (2 * MIN_ROUNDS)))  # short caps: shorter
+    plan = TimingPlan(warmup_min_s=0.05, warmup_max_s=warmup_max, block_s=SUB_S,
+                      max_time_s=round_s, min_samples=10**9)  # a round ends at its time cap
     rounds: list[tuple[LatencyReport, ...]] = []
     feeds = None
     t0 = time.perf_counter()
@@ -132,11 +134,14 @@ def _progress(enabled: bool, total: float):
 
 
 def _merge(parts: Sequence[LatencyReport], per_op) -> LatencyReport:
-    """One report from per-round reports: samples concatenated, one block per round."""
+    """One report from per-round reports: samples concatenated, one block per round (its foreign
+    load the time-weighted mean of its alternations)."""
     samples: list[float] = []
     blocks = []
     for r in parts:
-        blocks += [replace(b, start=b.start + len(samples)) for b in r.blocks]
+        n = len(r.samples_ms)
+        load = sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, n)
+        blocks.append(Block(len(samples), n, load, load > TimingPlan.contamination_threshold))
         samples += r.samples_ms
     return replace(parts[-1], samples_ms=tuple(samples), blocks=tuple(blocks),
                    stop_reason="time-cap", per_op=tuple(per_op),
