@@ -10,10 +10,12 @@ from . import _common
 HELP = "export a torch factory (file.py:build) or an .onnx file to a verified, simplified ONNX"
 DESCRIPTION = """Export a model to ONNX and verify it. SOURCE is path/to/file.py:factory (the
 factory returns an nn.Module; an optional example_inputs() in the same file gives the inputs,
-else --shape) or an .onnx file. The dynamo exporter is tried first, the TorchScript exporter is
-the fallback (the reason is shown). Then onnx.checker, shape inference and onnxsim (a failed
-simplification is a warning). torch and ONNX Runtime run the same seeded inputs; the export fails
-beyond fp32 tolerance (max error 1e-4 of the output's scale). Nothing is written on failure."""
+else --shape) or an .onnx file. Each model goes through onnx.checker, shape inference and onnxsim
+(a failed simplification is a warning), then torch and ONNX Runtime run the same seeded inputs
+(not the tracing inputs); beyond fp32 tolerance (max error 1e-4 of the output's scale) the export
+fails. The dynamo exporter is tried first; the TorchScript exporter is the fallback when dynamo
+fails or its model does not verify (the reason is shown). Nothing is written on failure.
+For an .onnx SOURCE, the simplified model is verified against the original on ONNX Runtime."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
