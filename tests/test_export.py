@@ -314,3 +314,16 @@ def test_dynamo_model_that_fails_verification_falls_back(models_py, tmp_path, mo
     r = export_model(f"{models_py}:mlp", tmp_path / "m.onnx")
     assert r.exporter == "torchscript" and all(c.ok for c in r.checks)
     assert r.exporter_note.startswith("dynamo exporter's model failed verification")
+
+
+def test_simplifier_failure_is_a_warning(mlp_onnx, tmp_path, monkeypatch):
+    import onnxsim
+
+    def broken(*a, **k):
+        raise RuntimeError("simplifier crashed\nsecond line")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    r = export_model(mlp_onnx, tmp_path / "m.onnx")
+    assert not r.simplified and (tmp_path / "m.onnx").exists()
+    assert r.warnings == ("onnxsim failed, kept the unsimplified model: "
+                          "RuntimeError: simplifier crashed",)
