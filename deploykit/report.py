@@ -89,7 +89,7 @@ def candidate_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
             name, c["status"], _si(st.get("params")), _bytes(st.get("bytes")), _si(st.get("flops")),
             f"{m['median_ms']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if m else "-",
             _num(c.get("predicted_ms")), speed,
-            _num(c.get("fidelity"), "{:.4f}"), verd,
+            _num(c.get("fidelity"), "{:.5f}"), verd,
             (c.get("reason") or "") + ("; reused from store" if c.get("reused") else ""),
         ])
     return head, rows
@@ -148,7 +148,9 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
     if pred.get("mean_abs_rel_error") is not None:
         lines.append(f"Layer-table predictor error vs whole-model measurements: mean "
                      f"{pred['mean_abs_rel_error']:.1%}, max {pred['max_abs_rel_error']:.1%} over "
-                     f"{pred['measured_whole']} candidates (each predicted before it was measured)")
+                     f"{pred['measured_whole']} candidates (each predicted before it was measured)"
+                     + ("" if pred.get("rank_correlation") is None else
+                        f"; rank correlation {pred['rank_correlation']:.2f}"))
     lines += list(data.get("notes", ()))
     return lines
 

@@ -440,14 +440,20 @@ class Search:
         recommendation, infeasible, per_op = self._recommend(rows, base)
         tested = [r for r in rows if r.median is not None and r.predicted_ms is not None]
         errs = [(r.predicted_ms - r.median) / r.median for r in tested]
-        a, b = Predictor(tuple(points)).coefficients() if points else (None, None)
+        rank = None
+        if len(tested) >= 3:
+            from scipy.stats import spearmanr
+
+            rank = float(spearmanr([r.predicted_ms for r in tested],
+                                   [r.median for r in tested]).statistic)
         predictor = {
             "measured_whole": len(tested),
             "mean_abs_rel_error": float(np.mean(np.abs(errs))) if errs else None,
             "max_abs_rel_error": float(np.max(np.abs(errs))) if errs else None,
             "errors": [{"id": r.cand.id, "predicted_ms": r.predicted_ms, "measured_ms": r.median}
                        for r in tested],
-            "fit": {"scale": a, "offset_ms": b},
+            "rank_correlation": rank,  # Spearman: does the table order candidates right?
+            "scale": Predictor(tuple(points)).scale() if points else None,
             "baseline_table_ms": base.table_ms, "baseline_measured_ms": base.median,
         }
         timeable = [r for r in rows if r.status == "ok"]

@@ -291,24 +291,18 @@ class LayerTable:
 
 @dataclass(frozen=True)
 class Predictor:
-    """Whole-model latency from a layer-table sum. Before three whole measurements exist it scales
-    the baseline's measured latency by the candidate's table ratio; afterwards it is the
-    least-squares line through all (table sum, measured) pairs, which absorbs the per-run overhead
-    and cross-layer fusion that isolated units cannot see."""
+    """Whole-model latency from a layer-table sum: table x the median of (measured whole / table)
+    over the candidates measured so far (the baseline first). A ratio through the origin, not a
+    fitted line: the measured candidates cluster at a few table sums, and on a shared machine a
+    line through such clusters extrapolates to nonsense (even negative latencies); the median
+    keeps one contaminated measurement from moving the scale."""
 
     points: tuple[tuple[float, float], ...]  # (table sum ms, measured whole ms); baseline first
 
-    def coefficients(self) -> tuple[float, float]:
+    def scale(self) -> float:
         if not self.points:
             raise ValueError("the predictor needs at least the baseline's measurement")
-        xs = np.array([p[0] for p in self.points])
-        ys = np.array([p[1] for p in self.points])
-        if len(xs) >= 3 and np.ptp(xs) > 1e-9:
-            a, b = np.polyfit(xs, ys, 1)
-            if a > 0:
-                return float(a), float(b)
-        return float(ys[0] / xs[0]), 0.0
+        return float(np.median([y / x for x, y in self.points if x > 0]))
 
     def predict(self, table_ms: float) -> float:
-        a, b = self.coefficients()
-        return max(a * table_ms + b, 1e-6)
+        return self.scale() * table_ms
