@@ -151,7 +151,8 @@ def _example_inputs(model, example: Callable | None, shapes: Mapping[str, Sequen
 
     if example is not None:
         try:
-            args = example()
+            with torch.random.fork_rng(devices=[]):
+                args = example()
         except Exception as e:  # noqa: BLE001
             raise InputError(f"example_inputs() raised {_one_line(e)}") from None
         args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
@@ -470,9 +471,10 @@ def _from_torch(source, output, shapes, dynamic_batch, dynamic_axes, opset, simp
     factory, example, path = _load_factory(source)
     import torch
 
-    torch.manual_seed(seed)
     try:
-        model = factory()
+        with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG state untouched
+            torch.manual_seed(seed)
+            model = factory()
     except Exception as e:  # noqa: BLE001
         raise InputError(f"factory {source} raised {_one_line(e)}") from None
     if not isinstance(model, torch.nn.Module):
