@@ -100,6 +100,9 @@ def explain(step: str, before: ModelStats, after: ModelStats, child: Path, targe
             return ("int8 activations (S8S8) run slowly on x86 ORT; use activation_type=uint8 "
                     "(U8S8)")
         return None  # same FLOPs by design: int8 kernels, not fewer operations, make it faster
+    if step in ("fold-bn", "cleanup") and target.startswith("ort"):
+        return ("ORT already folds BatchNormalization and constants when it creates the session; "
+                "this step helps runtimes and later steps that do not")
     if step == "fp16" and "cuda" not in target:
         return "no fp16 arithmetic on this CPU: ORT runs fp32 kernels behind Cast nodes"
     if (after.zero_fraction > before.zero_fraction + 0.05 and after.flops and before.flops

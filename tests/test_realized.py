@@ -108,6 +108,8 @@ def test_explain_reasons(tmp_path):
     msg = realized.explain("prune-unstructured", b, realized.model_stats(sp, FEEDS), sp, "ort-cpu")
     assert msg.startswith("unstructured sparsity")
     assert "fp16" in realized.explain("fp16", b, b, parent, "ort-cpu")
+    assert "already folds" in realized.explain("fold-bn", b, b, parent, "ort-cpu")
+    assert realized.explain("fold-bn", b, b, parent, "tvm-x86").startswith("FLOPs and bytes")
 
 
 def test_cli_compress_measures_interleaved_and_stores(tmp_path, capsys):
