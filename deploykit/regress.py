@@ -313,12 +313,12 @@ class Baseline:
 
     def to_dict(self) -> dict[str, Any]:
         r = self.report
-        spec = lambda s: {"name": s.name, "shape": list(s.shape), "dtype": s.dtype}  # noqa: E731
         return {"kind": BASELINE_KIND, "schema": BASELINE_SCHEMA, "deploykit": __version__,
                 "created": self.created,
                 "model": {"path": self.model_path, "sha256": r.model_sha256,
-                          "id": r.model_sha256[:16], "inputs": [spec(s) for s in self.inputs],
-                          "outputs": [spec(s) for s in self.outputs]},
+                          "id": r.model_sha256[:16],
+                          "inputs": [_spec_dict(s) for s in self.inputs],
+                          "outputs": [_spec_dict(s) for s in self.outputs]},
                 "artifact_id": r.artifact_id, "target": r.target,
                 "target_config": dict(r.target_config), "env": dict(r.env),
                 "feeds": dict(self.feeds), "report": r.to_dict()}
@@ -327,6 +327,14 @@ class Baseline:
         from .fsutil import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1, default=str) + "\n")
+
+
+def _spec_dict(s: TensorSpec) -> dict[str, Any]:
+    return {"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
+
+
+def _spec(d: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])
 
 
 def make_baseline(report: LatencyReport, inputs: Sequence[TensorSpec],
@@ -366,14 +374,13 @@ def load_baseline(path: str | Path) -> Baseline:
                             f"deploykit, or {redo}")
     try:
         m = d["model"]
-        spec = lambda s: TensorSpec(s["name"], tuple(s["shape"]), s["dtype"])  # noqa: E731
         report = LatencyReport.from_dict(d["report"])
         if not report.samples_ms:
             raise ValueError("no samples")
         if report.model_sha256 != m["sha256"]:
             raise ValueError("model sha256 does not match its report")
-        return Baseline(report, str(m["path"]), tuple(spec(s) for s in m["inputs"]),
-                        tuple(spec(s) for s in m["outputs"]), dict(d.get("feeds") or {}),
+        return Baseline(report, str(m["path"]), tuple(_spec(s) for s in m["inputs"]),
+                        tuple(_spec(s) for s in m["outputs"]), dict(d.get("feeds") or {}),
                         float(d.get("created", report.created)), p)
     except (KeyError, TypeError, ValueError) as e:
         raise BaselineError(f"baseline file {p} is incomplete or corrupt ({type(e).__name__}: "

@@ -101,7 +101,8 @@ def test_ten_times_slower_model_fails_with_per_op_diff(models, baseline, tmp_pat
         assert [r.label for r in st.runs()] == ["check:regression"]
 
 
-def test_env_change_refuses_stored_comparison_unless_allowed_and_update(models, baseline, tmp_path, capsys):
+def test_env_change_refuses_stored_comparison_unless_allowed_and_update(models, baseline,
+                                                                        tmp_path, capsys):
     d = json.loads(baseline.read_text())
     d["env"]["threads"] = d["report"]["env"]["threads"] = 64
     d["model"]["path"] = "/nowhere/old.onnx"  # no old model: stored mode

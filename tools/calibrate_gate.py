@@ -5,7 +5,7 @@
 1. Exports the bundled ~5 ms model (deploykit/examples/tinyresnet.py) unless --model is given.
 2. Injects slowdowns: an extra chain of `Sin` ops on a slice of the input, folded into the output
    as y + 1e-30 * sum(chain) (so ORT cannot drop it, and outputs do not change). The cost of one
-   op is measured with an interleaved `deploykit profile --compare`, and the chain length is set
+   op is measured with the gate's own interleaved rounds, and the chain length is set
    to cost 5% / 10% / 20% of the model's time. The slowdown actually injected is reported as the
    median of the checks' own estimates.
 3. Records one baseline, then runs `deploykit check` as CI would (a fresh process each time) in
@@ -36,7 +36,8 @@ SLICE = 2048  # elements per injected op: ~2-4 us each, so 5% of 5 ms is dozens 
 
 
 def inject_chain(src: Path, dst: Path, n_ops: int) -> Path:
-    """Copy of `src` whose first output also depends on `n_ops` chained Sin ops on an input slice."""
+    """Copy of `src` whose first output also depends on `n_ops` chained Sin ops on an input
+    slice."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -71,18 +72,15 @@ def cli(*args: str, timeout: float = 300) -> tuple[int, float, str]:
 
 
 def cost_per_op_ms(base: Path, work: Path, probe_ops: int, max_time: float) -> tuple[float, float]:
-    """(model median ms, ms per injected op) from an interleaved comparison."""
-    probe = inject_chain(base, work / "probe.onnx", probe_ops)
-    out = work / "probe.json"
-    rc, _, err = cli("profile", str(base), str(probe), "--compare", "--no-per-op", "--no-store",
-                     "-q", "--max-time", str(max_time), "--json", str(out))
-    if rc:
-        raise SystemExit(f"probe comparison failed: {err}")
-    from deploykit.core import LatencyReport
+    """(model median ms, ms per injected op), from the gate's own interleaved rounds."""
+    from deploykit.commands.baseline import gate_target, load_model, measure_rounds
     from deploykit.regress import interleaved_estimate
 
-    old, new = (LatencyReport.from_dict(i["report"]) for i in json.loads(out.read_text())["items"])
-    est = interleaved_estimate(old, new)  # per-round ratios: robust to the machine's drift
+    probe = inject_chain(base, work / "probe.onnx", probe_ops)
+    old, new = measure_rounds(gate_target("ort-cpu", None),
+                              [load_model(str(base))[0], load_model(str(probe))[0]], {},
+                              max_time, 0.5)
+    est = interleaved_estimate(old, new)
     return old.median_ms, (est.ratio - 1) * old.median_ms / probe_ops
 
 

@@ -144,9 +144,9 @@ def _rows(r: dict) -> list[tuple[str, str]]:
     rows = [("verdict", r["summary"]),
             ("median old -> new", f"{r['old_median_ms']:.3f} -> {r['new_median_ms']:.3f} ms"),
             ("ratio new/old", f"{r['ratio']:.4f}  ({r['conf']:.0%} CI {lo:.4f} – {hi:.4f})"),
-            ("mode", f"{r['mode']} ({r['n_units']} {'rounds' if r['mode'] == 'interleaved' else 'blocks'})"),
-            ("tests", f"rank test on {'rounds' if r['mode'] == 'interleaved' else 'blocks'} "
-                      f"p={r['p_units']:.2g}; Mann-Whitney on raw samples p={r['p_raw']:.2g}"),
+            ("mode", f"{r['mode']} ({r['n_units']} rounds of fresh sessions)"),
+            ("tests", f"rank test on rounds p={r['p_units']:.2g}; "
+                      f"Mann-Whitney on raw samples p={r['p_raw']:.2g}"),
             ("threshold", f"{r['threshold']:.1%}"),
             ("wall time", f"{r['wall_s']:.1f} s")]
     if r["note"]:
