@@ -4,20 +4,13 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from mnist_cnn import build
 
 from deploykit.compress import distill as kd
 from deploykit.compress import lowrank, prune
 from deploykit.errors import InputError
 
 mnist = pytest.importorskip("deploykit.compress.mnist")
-
-
-def _cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 16, 5, 2, 2), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(32 * 49, 10))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def one_thread():
 
 def test_distillation_recovers_a_pruned_low_rank_student(data, one_thread):
     xtr, ytr, xte, yte = data
-    teacher = _cnn()
+    teacher = build()
     kd.train(teacher, xtr, ytr, epochs=2, lr=3e-3, seed=0)
     acc_teacher = kd.accuracy(teacher, xte, yte)
     assert acc_teacher > 0.93  # a real classifier, so the comparison below means something
@@ -63,7 +56,7 @@ def test_distillation_recovers_a_pruned_low_rank_student(data, one_thread):
 
 def test_soft_targets_alone_work_without_labels(data, one_thread):
     xtr, _, xte, yte = data
-    teacher = _cnn()
+    teacher = build()
     kd.train(teacher, xtr, data[1], epochs=1, lr=3e-3)
     student = copy.deepcopy(teacher)
     prune.prune_filters(student, 0.75)

