@@ -69,6 +69,8 @@ def candidate_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
         "median_ms", 0.0), c["status"] != "ok"))
     rows = []
     for c in order:
+        if c["options"] and c["status"] != "ok":
+            continue  # a model that failed fidelity fails it under every target option too
         m = c["measured"]
         st = c.get("stats") or {}
         speed = verd = "-"

@@ -76,7 +76,11 @@ def synthetic_result() -> dict:
 
 def test_tables_and_markdown():
     data = synthetic_result()
+    variant = _cand(5, "lowrank:ratio=0.125 @ threads=1", "lowrank", None, 0.42, status="rejected")
+    variant["options"] = {"threads": 1}
+    data["candidates"].append(variant)
     head, rows = candidate_table(data)
+    assert len(rows) == 5  # rejected target-option variants of a rejected model are folded
     assert rows[0][0].startswith("quantize-static ★")  # measured rows first, fastest first
     assert rows[0][7] == "3.06x [3.01, 3.11]" and rows[0][9] == "realized (interleaved)"
     prune = next(r for r in rows if r[0].startswith("prune-channels:ratio=0.5 "))

@@ -9,6 +9,7 @@
    per-channel, uint8 activations / int8 weights), interleaved in one run with the fp32 model.
 
     .venv/bin/python tools/bench_search.py [--out DIR] [--demo-limit 4m]
+    .venv/bin/python tools/bench_search.py --minilm 600   # all-MiniLM-L6-v2 vs its hand recipe
 
 The machine is shared: timings move with other processes' load (recorded per block by the
 profiler); read the ratios, which come from interleaved runs, rather than absolute figures.
@@ -42,13 +43,66 @@ def hand_int8(src: Path, dst: Path, calib) -> Path:
     return dst
 
 
+def minilm(out: Path, limit_s: float) -> int:
+    """all-MiniLM-L6-v2 (real weights, real sentences): search vs the hand recipe at equal or
+    better fidelity (quantize_dynamic per-channel; per-tensor falls below cosine 0.99)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from bench_compress import build_minilm, hand_dynamic, minilm_inputs
+
+    from deploykit import targets
+    from deploykit.core import ModelRef
+    from deploykit.measure import compare
+    from deploykit.search import FINAL_PLAN, Search, SearchConfig, write_outputs
+    from deploykit.search_space import target_for
+    from deploykit.store import Store
+    from deploykit.verify import compare as fid_compare, run_ort
+
+    model = build_minilm(out)
+    batches = minilm_inputs(8)
+    feeds = batches[0]
+    with Store(out / "bench.sqlite") as store:
+        t0 = time.monotonic()
+        res = Search(model, "ort-cpu", SearchConfig(time_limit_s=limit_s), out / "minilm", store,
+                     feeds=feeds, calibration=batches[1:], calibration_is_synthetic=False,
+                     progress=False).run()
+        secs = time.monotonic() - t0
+    write_outputs(res, out / "minilm")
+    rec = res.recommendation
+    hand = hand_dynamic(model, out / "minilm_hand_dyn_pc.onnx", [], per_channel=True)
+    t = targets.get("ort-cpu")
+    arts = [t.compile(ModelRef.from_path(model)), t.compile(ModelRef.from_path(hand)),
+            target_for("ort-cpu", t.config, tuple(sorted(rec["options"].items()))).compile(
+                ModelRef.from_path(rec["path"]))]
+    comp = compare(arts, [feeds] * 3, FINAL_PLAN, names=["fp32", "hand dynamic pc", "recommended"])
+    cos = {}
+    for name, p in (("hand dynamic pc", hand), ("recommended", Path(rec["path"]))):
+        cos[name] = min(fid_compare(run_ort(model, b), run_ort(p, b)).cosine for b in batches)
+    for a in arts:
+        a.close()
+    d = res.to_dict()
+    print(f"| MiniLM search | {secs:.0f} s, {d['cost']['measured_whole']} of "
+          f"{d['cost']['fidelity_ok']} measured whole; pick {rec['name']} | - |")
+    for i, n in enumerate(comp.names):
+        s_, lo, hi = comp.speedup(i, 0)
+        print(f"| MiniLM interleaved {n} | {comp.reports[i].median_ms:.3f} ms, {s_:.2f}x "
+              f"[{lo:.2f}, {hi:.2f}] | - |")
+    s_, lo, hi = comp.speedup(2, 1)
+    print(f"| MiniLM recommended vs hand | {s_:.2f}x [{lo:.2f}, {hi:.2f}], embedding cosine "
+          f"{cos['recommended']:.4f} vs {cos['hand dynamic pc']:.4f} | >= 1.0 at >= fidelity |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="tools/bench_out/search")
     ap.add_argument("--demo-limit", default="4m")
+    ap.add_argument("--minilm", type=float, default=None, metavar="SECONDS",
+                    help="only the all-MiniLM-L6-v2 case, searched for this long")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.minilm:
+        return minilm(out, args.minilm)
     store_file = out / "bench.sqlite"
 
     from deploykit.calibration import synthetic_calibration
