@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_mutually_exclusive_group(required=True)
     s.add_argument("--student", metavar="FILE.py:FACTORY", help="factory returning the student")
     s.add_argument("--student-recipe", metavar="RECIPE",
-                   help="compress a copy of the teacher, e.g. 'prune-filters:ratio=0.5; lowrank:ratio=0.5'")
+                   help="compress a copy of the teacher, e.g. "
+                        "'prune-filters:ratio=0.5; lowrank:ratio=0.5'")
     p.add_argument("--data", required=True, metavar="mnist|FILE.npz",
                    help="'mnist' or an .npz with x (inputs) and optional y (labels)")
     p.add_argument("--test-fraction", type=float, default=0.2,
@@ -48,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", "-T", type=float, default=d.temperature,
                    help=f"softmax temperature of the soft targets (default {d.temperature})")
     p.add_argument("--alpha", type=float, default=d.alpha,
-                   help=f"weight of the hard-label loss, 0..1 (default {d.alpha}; 0 without labels)")
+                   help=f"weight of the hard-label loss, 0..1 (default {d.alpha}; "
+                        "0 for data without labels)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,6 @@ the exported graph with the `prune-channels` recipe step, which groups them corr
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..errors import InputError
 from ._modules import replace

@@ -29,6 +29,8 @@ class Config:
     scope: str = "layer"  # "layer": every group loses `ratio`; "global": one ranking for all
     round_to: int = 1  # kept channel counts are multiples of this (8 suits SIMD kernels)
     min_channels: int = 1
+    residual: bool = True  # also prune groups joined by Add/Mul (residual streams); False keeps
+    # them whole and prunes only single-producer groups (e.g. bottleneck interiors)
 
 
 @dataclass
@@ -39,7 +41,7 @@ class _Seg:
 
 @dataclass
 class _Param:
-    """A constant whose `axis` indexes the channels of `segs` (repeated `spatial` times, if flat)."""
+    """A constant whose `axis` indexes the channels of `segs` (each `spatial` times, if flat)."""
 
     value: object  # ir.Value (an initializer)
     axis: int
@@ -164,8 +166,8 @@ class ChannelGraph:
                 slope = self._const(ins[1])
                 if slope is None or not self._const_param(ins[1], slope, xs, _rank(x)):
                     return False
-            elif any(v is not None and v not in self.segs and self._scalar(v) is None
-                     for v in ins[1:]):
+            elif any(v in self.segs or v in self.flat or self._scalar(v) is None
+                     for v in ins[1:] if v is not None):
                 return False
             self.segs[out] = xs
             return True
@@ -235,6 +237,7 @@ class ChannelGraph:
         return all(d == 1 for i, d in enumerate(c.shape) if i != axis)
 
     def _scalar(self, v):
+        """A scalar constant's value; 0.0 for an absent optional input; None otherwise."""
         if v is None:
             return 0.0
         from onnx_ir import convenience
@@ -288,9 +291,6 @@ class ChannelGraph:
         """Root spaces with at least one group-1 Conv producer and nothing that pins them."""
         roots = {self.find(s) for s, _ in self.producers}
         return sorted(r for r in roots if r not in self.blocked)
-
-    def members(self, root: int) -> list[int]:
-        return [s for s in range(len(self.parent)) if self.find(s) == root]
 
     def l1_importance(self, root: int) -> np.ndarray:
         """Per-channel L1 norm of all producing filters of the group, summed."""
@@ -397,7 +397,7 @@ def param_count(model) -> int:
 
 def choose_keep(cg: ChannelGraph, cfg: Config) -> dict[int, np.ndarray]:
     """Kept channel indices per prunable group, lowest group-summed L1 norm removed first."""
-    roots = cg.prunable()
+    roots = [r for r in cg.prunable() if cfg.residual or len(cg.producer_names(r)) == 1]
     scores = {r: cg.l1_importance(r) for r in roots}
     n_keep = {}
     if cfg.scope == "layer":

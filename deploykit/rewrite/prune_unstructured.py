@@ -1,4 +1,4 @@
-"""Unstructured magnitude pruning: zero the smallest weights of Conv/Gemm/MatMul, per layer or global.
+"""Unstructured magnitude pruning: zero the smallest Conv/Gemm/MatMul weights (per layer / global).
 
 Zeros stored in a dense tensor change neither the shapes nor the kernels, so on ORT CPU this
 brings no speedup and no smaller file (measured: no gain at 50% or 90% zeros; see FACTS.md), and
@@ -60,7 +60,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     if not 0.0 < cfg.ratio < 1.0:
         raise InputError(f"prune-unstructured: ratio must be in (0, 1), got {cfg.ratio}")
     if cfg.scope not in ("layer", "global"):
-        raise InputError(f"prune-unstructured: scope must be 'layer' or 'global', got {cfg.scope!r}")
+        raise InputError("prune-unstructured: scope must be 'layer' or 'global', "
+                         f"got {cfg.scope!r}")
     import onnx
     import onnx_ir as ir
 

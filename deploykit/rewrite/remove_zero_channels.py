@@ -62,8 +62,10 @@ def zero_masks(cg: ChannelGraph, tol: float) -> dict[object, np.ndarray]:
             shift = bias - mean * scale / np.sqrt(var + eps)
             m = masks[ins[0]] & (np.abs(shift) <= tol)
         elif op == "Clip" and ins[0] in masks:
-            lo, hi = (cg._scalar(v) for v in (ins + [None, None])[1:3])  # absent -> 0.0
-            if lo <= 0 <= hi or (lo <= 0 and len(ins) < 3):
+            lo, hi = (node.attributes.get_float(k, d) if v is None else cg._scalar(v)
+                      for k, d, v in (("min", -np.inf, (ins + [None])[1]),
+                                      ("max", np.inf, (ins + [None, None])[2])))
+            if lo is not None and hi is not None and lo <= 0 <= hi:
                 m = masks[ins[0]]
         elif op in _KEEPS_ZERO and op != "Concat" and ins[0] in masks:
             m = masks[ins[0]]
@@ -135,6 +137,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     notes = () if cfg.tolerance == 0 else (
         f"tolerance {cfg.tolerance}: near-zero channels removed, outputs may change slightly",)
     return StepResult(out, notes=notes, details={
-        "groups": groups, "channels_removed": int(sum(cg.size[r] - len(k) for r, k in keep.items())),
+        "groups": groups,
+        "channels_removed": int(sum(cg.size[r] - len(k) for r, k in keep.items())),
         "params_before": before, "params_after": after,
         "compression": round(before / max(after, 1), 3)})

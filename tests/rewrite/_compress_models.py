@@ -106,7 +106,8 @@ def bn_concat_net(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["fl", "fc_w", "fc_b"], ["y"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "bn_concat_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        nodes, "bn_concat_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

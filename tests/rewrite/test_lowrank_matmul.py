@@ -23,8 +23,9 @@ def _mlp(rank1: int | None = 8, rank2: int | None = 6, seed: int = 0):
              helper.make_node("Relu", ["y"], ["z"], name="relu"),
              helper.make_node("Gemm", ["z", "W2", "b2"], ["out"], transB=1, alpha=0.5, beta=2.0,
                               name="fc")]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 80])], inits)
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 80])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

@@ -71,6 +71,15 @@ def test_keeps_filters_with_largest_l1_norm():
     np.testing.assert_array_equal(kept, w0[top])
 
 
+def test_residual_false_keeps_joined_groups_whole():
+    model = load("tinyresnet")
+    cg, keep = _plan(model, pc.Config(ratio=0.5, residual=False))
+    assert sorted(len(cg.producer_names(r)) for r in keep) == [1, 1, 1, 1]  # the 4 conv1 groups
+    res = pc.step(model, pc.Config(ratio=0.5, residual=False), CTX)
+    x = image()
+    assert rel_err(run(zeroed_parent(model, keep, cg), x), run(res.model, x)) < 1e-4
+
+
 def test_round_to_and_min_channels():
     model = load("tinyresnet")
     cg, keep = _plan(model, pc.Config(ratio=0.7, round_to=8))
