@@ -426,7 +426,12 @@ class Search:
                     self._next(pool, [] if explore else measured, margin)
                 if nxt is None:
                     break
-                self._measure_whole(nxt, self.cfg.whole_plan)
+                try:
+                    self._measure_whole(nxt, self.cfg.whole_plan)
+                except DeployKitError as e:  # e.g. a runtime that cannot load this model
+                    nxt.status, nxt.reason = "failed", str(e)
+                    timeable.remove(nxt)
+                    continue
                 if nxt.predicted_ms is not None:
                     errors.append((nxt.predicted_ms - nxt.median) / nxt.median)
                 if nxt.table_ms is not None:

@@ -162,15 +162,33 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     return out
 
 
+# Other runtimes tried for the same CPU when they are installed; fp32 ones only, because
+# fidelity is verified on ORT and a bf16 runtime would change the outputs it was verified on.
+CPU_ALTERNATIVES = ("ov-cpu",)
+
+
 def option_variants(target) -> list[tuple[tuple[str, Any], ...]]:
-    """Target options worth trying: fewer threads (a shared or SMT machine can favour them) and,
-    on ORT, the graph optimisation level below "all" (layout rewrites do not always pay)."""
+    """Target options worth trying: fewer threads (a shared or SMT machine can favour them), on
+    ORT the graph optimisation level below "all" (layout rewrites do not always pay), and for an
+    ORT CPU target the other CPU runtimes that are available here (OpenVINO runs QDQ int8)."""
+    from . import targets
+    from .errors import TargetError
+
     variants: list[tuple[tuple[str, Any], ...]] = [()]
     if target.threads > 1:
         variants.append((("threads", 1),))
-    if target.config.get("backend") == "ort" and \
-            target.config.get("options", {}).get("graph_optimization_level", "all") == "all":
+    opts = target.config.get("options", {})
+    if target.config.get("backend") == "ort" and opts.get("graph_optimization_level",
+                                                          "all") == "all":
         variants.append((("graph_optimization_level", "extended"),))
+    if target.config.get("backend") == "ort" and \
+            list(opts.get("providers", ["CPUExecutionProvider"]))[0] == "CPUExecutionProvider":
+        for name in CPU_ALTERNATIVES:
+            try:
+                targets.get(name, threads=target.threads)
+            except TargetError:
+                continue
+            variants.append((("target", name),))
     return variants
 
 
@@ -180,6 +198,9 @@ def target_for(spec: str, base_config: Mapping[str, Any], options: tuple[tuple[s
     from . import targets
 
     opts = dict(options)
+    if "target" in opts:  # another runtime: its own configuration, the same thread count
+        return targets.get(opts.pop("target"), threads=opts.pop("threads", base_config.get(
+            "threads")), **opts)
     over = {k: opts.pop(k) for k in ("threads", "allow_spinning") if k in opts}
     if opts:
         over["options"] = {**base_config.get("options", {}), **opts}

@@ -53,12 +53,17 @@ def test_linear_only_and_already_quantized_models(tmp_path):
 def test_target_option_variants():
     t = targets.get("ort-cpu", threads=2)
     variants = option_variants(t)
-    assert variants == [(), (("threads", 1),), (("graph_optimization_level", "extended"),)]
+    assert variants[:3] == [(), (("threads", 1),), (("graph_optimization_level", "extended"),)]
+    for extra in variants[3:]:  # other CPU runtimes, when installed: same threads, fp32
+        assert extra[0][0] == "target"
+        other = target_for("ort-cpu", t.config, extra)
+        assert other.name == extra[0][1] and other.threads == 2
+        assert other.unavailable_reason() is None
     v = target_for("ort-cpu", t.config, (("graph_optimization_level", "extended"),
                                          ("threads", 1)))
     assert v.threads == 1 and v.config["options"]["graph_optimization_level"] == "extended"
     assert v.config["options"]["providers"] == t.config["options"]["providers"]
-    assert option_variants(targets.get("ort-cpu", threads=1)) == \
+    assert option_variants(targets.get("ort-cpu", threads=1))[:2] == \
         [(), (("graph_optimization_level", "extended"),)]
     c = Candidate("int8", (("quantize-static", ()),), (("threads", 1),))
     assert c.name == "quantize-static @ threads=1" and c.model_id == c.with_options(()).model_id
