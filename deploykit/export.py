@@ -9,16 +9,13 @@ the reason recorded. Nothing is written unless every check passed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import inspect
 import io
-import logging
 import os
 import re
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -28,6 +25,7 @@ import numpy as np
 from .core import ModelRef, TensorSpec
 from .errors import ExportError, InputError, VerificationError
 from .fsutil import atomic_path, sha256_file
+from .onnxio import quiet
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -214,33 +212,6 @@ def _run_torch(model, args) -> list[np.ndarray]:
 # Exporters
 
 
-@contextlib.contextmanager
-def _captured():
-    """Exporters print progress (some from C++, so fds 1 and 2 too) and warn freely: keep all of
-    it off the terminal. Yields the list the warnings are recorded into."""
-    torch_log = logging.getLogger("torch")
-    old_level = torch_log.level
-    torch_log.setLevel(logging.ERROR)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, "w") as null, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        os.dup2(null.fileno(), 1)
-        os.dup2(null.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-                yield caught
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            torch_log.setLevel(old_level)
-
-
 def _output_names(n: int) -> list[str]:
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
@@ -312,7 +283,7 @@ def _run_exporter(exporter: str, model, args, names, dynamic_axes, opset, n_outp
     import torch
 
     fn = _export_dynamo if exporter == "dynamo" else _export_torchscript
-    with _captured() as cap:
+    with quiet() as cap:
         proto = fn(model, args, names, dynamic_axes, opset, n_outputs)
     tracer = [str(w.message).split(". ")[0] for w in cap
               if issubclass(w.category, torch.jit.TracerWarning)]
@@ -353,7 +324,7 @@ def _maybe_simplify(model, simplify: bool, warns: list[str]) -> tuple[Any, bool]
     if not simplify:
         return model, False
     try:
-        with _captured():
+        with quiet():
             simple, _ = onnxsim.simplify(model, check_n=0)
         onnx.checker.check_model(simple)
         return simple, True
@@ -417,7 +388,7 @@ def _verify_torch(model, proto_bytes: bytes, args, names, out_names, dynamic_axe
             raise InputError(f"the torch model itself fails on seeded inputs of shapes "
                              f"{_fmt_shapes(shapes)}{why}: {_one_line(e)[:300]}") from None
         try:
-            with _captured():
+            with quiet():
                 got = run_ort(proto_bytes, {n: t.numpy() for n, t in zip(names, inputs)})
         except Exception as e:  # noqa: BLE001
             raise VerificationError(f"ONNX Runtime cannot run the exported model at input shapes "
@@ -564,14 +535,14 @@ def _from_onnx(path: Path, output: Path, shapes, opset, simplify, seed) -> Expor
     if data != original.SerializeToString():
         feeds = make_feeds(ins, seed, shapes)
         try:
-            with _captured():
+            with quiet():
                 ref = run_ort(original, feeds)
         except Exception as e:  # noqa: BLE001
             raise InputError(f"ONNX Runtime cannot run {path} at input shapes "
                              f"{_fmt_shapes({k: v.shape for k, v in feeds.items()})}: "
                              f"{_one_line(e)[:300]}") from None
         try:
-            with _captured():
+            with quiet():
                 got = run_ort(data, feeds)
         except Exception as e:  # noqa: BLE001
             raise VerificationError(f"ONNX Runtime cannot run the processed model: "

@@ -110,6 +110,8 @@ def infer_shapes(model, dim_values: Mapping[str, int] | None = None
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.value_info[:]
+    for vi in m.graph.output:  # declared symbolic dims would shadow the inferred ones
+        vi.type.tensor_type.ClearField("shape")
     assumed: dict[str, int] = {}
     inits = {i.name for i in m.graph.initializer}
     for vi in m.graph.input:
@@ -126,6 +128,17 @@ def infer_shapes(model, dim_values: Mapping[str, int] | None = None
         m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - partial shapes are still useful; unknowns get reported
         pass
+    shapes = _known_shapes(m)
+    if any(_unknown(shapes.get(o)) for n in m.graph.node for o in n.output if o):
+        shapes.update({k: v for k, v in _shapes_by_folding(m).items() if not _unknown(v)})
+    return shapes, assumed
+
+
+def _unknown(shape) -> bool:
+    return shape is None or None in shape
+
+
+def _known_shapes(m) -> dict[str, tuple[int | None, ...]]:
     shapes: dict[str, tuple[int | None, ...]] = {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         t = vi.type.tensor_type
@@ -139,7 +152,30 @@ def infer_shapes(model, dim_values: Mapping[str, int] | None = None
             for a in node.attribute:
                 if a.name == "value":
                     shapes[node.output[0]] = tuple(a.t.dims)
-    return shapes, assumed
+    return shapes
+
+
+def _shapes_by_folding(m) -> dict[str, tuple[int | None, ...]]:
+    """Shapes that need values to infer (Range over a Shape, as in exported attention masks):
+    onnxsim constant-folds the shape computations of the pinned model. Tensor names survive
+    folding, so the shapes apply to the original nodes."""
+    import onnx
+    import onnxsim
+
+    from .onnxio import quiet
+
+    light = onnx.ModelProto()
+    light.CopyFrom(m)
+    big = [t for t in light.graph.initializer if math.prod(t.dims) > 4096]
+    for t in big:  # weights become typed inputs: shapes stay known, nothing heavy gets folded
+        light.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+        light.graph.initializer.remove(t)
+    try:
+        with quiet():
+            folded, _ = onnxsim.simplify(light, perform_optimization=False)
+    except Exception:  # noqa: BLE001 - e.g. > 2 GB or an op onnxsim cannot run
+        return {}
+    return _known_shapes(folded)
 
 
 def _attr(node, name: str, default=None):

@@ -1,4 +1,5 @@
-"""Loading ONNX files safely, and reading their input/output specs.
+"""Loading ONNX files safely, reading their input/output specs, and keeping the chatter of
+native ONNX tools (exporters, onnxsim) off the terminal.
 
 Refuses what a user should hear about before anything runs: missing or truncated files, protobuf
 that is not an ONNX model, and external-data paths that escape the model's folder.
@@ -6,6 +7,11 @@ that is not an ONNX model, and external-data paths that escape the model's folde
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +33,10 @@ def check_external_data(model, folder: Path) -> None:
             continue
         loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (base / loc).resolve()
-        if Path(loc).is_absolute() or base not in target.parents and target != base:
-            raise InputError(
-                f"external data of tensor '{tensor.name}' points outside the model's folder: {loc!r}")
-        if not target.exists():
+        if Path(loc).is_absolute() or base not in target.parents:
+            raise InputError(f"external data of tensor '{tensor.name}' points outside the "
+                             f"model's folder: {loc!r}")
+        if not target.is_file():
             raise InputError(f"external data file of tensor '{tensor.name}' is missing: {target}")
 
 
@@ -65,7 +71,10 @@ def load_onnx(path: str | Path, load_external: bool = True):
     if load_external:
         from onnx.external_data_helper import load_external_data_for_model
 
-        load_external_data_for_model(model, str(p.parent))
+        try:
+            load_external_data_for_model(model, str(p.parent))
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read the external data of {p}: {e}") from None
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -132,7 +141,8 @@ def load_npz_feeds(specs: list[TensorSpec], npz: str | Path) -> dict[str, np.nda
     feeds = {}
     for s in specs:
         if s.name not in arrays:
-            raise InputError(f"{p} has no array named '{s.name}' (has: {', '.join(arrays) or 'none'})")
+            raise InputError(f"{p} has no array named '{s.name}' "
+                             f"(has: {', '.join(arrays) or 'none'})")
         a = arrays[s.name]
         check_shape(s, a.shape)
         feeds[s.name] = a.astype(s.dtype, copy=False)
@@ -144,3 +154,30 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
             isinstance(d, int) and d != got for d, got in zip(spec.shape, shape)):
         raise InputError(f"input '{spec.name}' has shape {list(shape)}, model expects "
                          f"{list(spec.shape)}")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Exporters and onnxsim print progress (some from C++, so fds 1 and 2 too) and warn freely:
+    keep all of it off the terminal. Yields the list the warnings are recorded into."""
+    torch_log = logging.getLogger("torch")
+    old_level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                yield caught
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            torch_log.setLevel(old_level)

@@ -173,3 +173,23 @@ def test_onnx_attention_op_4d_and_3d():
         f = model_facts(m)
         assert f["macs"] == b * h * s * l_ * 2 * e  # Q K^T and P V
         assert f["flops"] == 2 * f["macs"] + 5 * b * h * s * l_
+
+
+def test_shapes_that_need_values_are_folded(monkeypatch):
+    """Range over a Shape (how exported attention masks are built) defeats ONNX shape
+    inference; constant folding of the pinned model recovers the shapes."""
+    import deploykit.facts as facts
+
+    i64 = lambda n, v: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0, name="gather"),
+             helper.make_node("Range", ["zero", "n", "step"], ["r"], name="range"),
+             helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Unsqueeze", ["rf", "axes"], ["col"], name="unsqueeze"),
+             helper.make_node("MatMul", ["col", "w"], ["z"], name="mm")]
+    m = _model(nodes, [("x", ["batch", 8])], ["z"],
+               [i64("zero", 0), i64("step", 1), i64("axes", [1]), _w("w", 1, 4)])
+    f = model_facts(m, dim_values={"batch": 3})
+    assert f["uncounted_nodes"] == [] and _node(f, "mm")["macs"] == 3 * 4
+    monkeypatch.setattr(facts, "_shapes_by_folding", lambda m: {})
+    assert model_facts(m, dim_values={"batch": 3})["uncounted_nodes"] == ["mm"]

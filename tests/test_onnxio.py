@@ -96,3 +96,10 @@ def test_external_data_symlink_escaping_folder_refused(tmp_path):
     (p.parent / "weights.bin").symlink_to(tmp_path / "secret.bin")
     with pytest.raises(InputError, match="outside the model's folder"):
         load_onnx(p)
+
+
+def test_short_external_data_file(tmp_path):
+    p = _external_model(tmp_path, "weights.bin")
+    (p.parent / "weights.bin").write_bytes(b"\0" * 10)  # 64 bytes expected
+    with pytest.raises(InputError, match="cannot read the external data"):
+        load_onnx(p)
