@@ -343,7 +343,7 @@ def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequen
     from .verify import compare, judge
 
     if len(ref) != len(got):
-        raise VerificationError(f"ONNX model has {len(got)} outputs, torch gave {len(ref)}")
+        raise VerificationError(f"ONNX model has {len(got)} outputs, the reference {len(ref)}")
     checks = []
     for name, r, g in zip(names, ref, got):
         fid = compare([r], [g])
