@@ -38,13 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common.add_store_arg(p)
 
 
-def _roofline(model_path: Path, threads: int):
-    """(flops, roofline_ms) of a model, from graph facts and this machine's cached ceilings."""
+def _roofline(model_path: Path, threads: int, specs, feeds):
+    """(flops, roofline_ms) of a model at the shapes actually fed, from graph facts and this
+    machine's cached ceilings."""
     from .. import roofline
     from ..facts import model_facts
     from ..onnxio import load_onnx
 
-    facts = model_facts(load_onnx(model_path))
+    dims = {d: int(feeds[s.name].shape[i]) for s in specs for i, d in enumerate(s.shape)
+            if isinstance(d, str)}
+    facts = model_facts(load_onnx(model_path), dim_values=dims)
     return facts.get("flops"), roofline.model_roofline_ms(facts, roofline.ceilings(threads))
 
 
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         rep = art.target.profile(art, feeds[0], plan, per_op=not args.no_per_op,
                                  progress=not args.quiet, trace_path=args.trace)
         if not args.no_roofline and art.target.config.get("backend") == "ort":
-            flops, roof = _roofline(art.model.path, art.target.threads)
+            flops, roof = _roofline(art.model.path, art.target.threads, art.inputs, feeds[0])
             rep = replace(rep, flops=flops, roofline_ms=roof)
         reports = [rep]
         payload = rep.to_dict()
