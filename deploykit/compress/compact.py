@@ -16,7 +16,6 @@ def separable_conv(model, multiplier: int = 1, min_channels: int = 8) -> list[di
     from torch import nn
 
     from ..rewrite.compact_conv import separable
-    from ..rewrite.lowrank_matmul import one_blas_thread
 
     if multiplier < 1:
         raise InputError(f"depth multiplier must be >= 1, got {multiplier}")
@@ -29,8 +28,7 @@ def separable_conv(model, multiplier: int = 1, min_channels: int = 8) -> list[di
         if i * m * (kh * kw + o) >= o * i * kh * kw:
             layers.append({"layer": name, "skipped": f"multiplier {m} does not reduce MACs"})
             continue
-        with one_blas_thread():
-            dw, pw, err = separable(conv.weight.detach().cpu().numpy(), m)
+        dw, pw, err = separable(conv.weight.detach().cpu().numpy(), m)
         depth = nn.Conv2d(i, i * m, (kh, kw), conv.stride, conv.padding, conv.dilation, groups=i,
                           bias=False, padding_mode=conv.padding_mode)
         point = nn.Conv2d(i * m, o, 1, bias=conv.bias is not None)

@@ -19,7 +19,7 @@ def svd_linear(model, ratio: float = 0.25, energy: float | None = None,
     import torch
     from torch import nn
 
-    from ..rewrite.lowrank_matmul import one_blas_thread, svd_split
+    from ..rewrite.lowrank_matmul import svd_split
 
     _check(ratio, energy)
     layers = []
@@ -28,8 +28,7 @@ def svd_linear(model, ratio: float = 0.25, energy: float | None = None,
         k, n = w.shape
         if min(k, n) < min_size:
             continue
-        with one_blas_thread():
-            a, b, r, err = svd_split(w, ratio, energy)
+        a, b, r, err = svd_split(w, ratio, energy)
         if r * (k + n) >= k * n:
             layers.append({"layer": name, "skipped": f"rank {r} does not reduce FLOPs"})
             continue
@@ -51,7 +50,6 @@ def tucker_conv(model, ratio: float = 0.5, energy: float | None = None, sweeps: 
     from torch import nn
 
     from ..rewrite.lowrank_conv import tucker2
-    from ..rewrite.lowrank_matmul import one_blas_thread
 
     _check(ratio, energy)
     layers = []
@@ -59,9 +57,7 @@ def tucker_conv(model, ratio: float = 0.5, energy: float | None = None, sweeps: 
         o, i, kh, kw = conv.weight.shape
         if conv.groups != 1 or min(o, i) < min_channels or conv.padding_mode != "zeros":
             continue
-        with one_blas_thread():
-            u_o, core, u_i, err = tucker2(conv.weight.detach().cpu().numpy(), ratio, energy,
-                                          sweeps)
+        u_o, core, u_i, err = tucker2(conv.weight.detach().cpu().numpy(), ratio, energy, sweeps)
         r_o, r_i = core.shape[:2]
         s = int(np.prod(conv.stride))
         if i * r_i * s + r_i * r_o * kh * kw + r_o * o >= o * i * kh * kw:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
-from .lowrank_matmul import one_blas_thread
+from .lowrank_matmul import blas_threads_for
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,10 @@ def separable(w: np.ndarray, m: int):
     dw = np.zeros((i * m, 1, kh, kw))
     pw = np.zeros((o, i * m))
     lost = 0.0
-    for c in range(i):
-        u, s, vt = np.linalg.svd(w[:, c].reshape(o, kh * kw).astype(np.float64),
-                                 full_matrices=False)
+    with blas_threads_for(min(o, kh * kw)):
+        svds = [np.linalg.svd(w[:, c].reshape(o, kh * kw).astype(np.float64),
+                              full_matrices=False) for c in range(i)]
+    for c, (u, s, vt) in enumerate(svds):
         root = np.sqrt(s[:m])
         dw[c * m:(c + 1) * m, 0] = (root[:, None] * vt[:m]).reshape(m, kh, kw)
         pw[:, c * m:(c + 1) * m] = u[:, :m] * root
@@ -108,8 +109,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
 
     layers, refused = [], {}
     irm = ir.from_proto(model)
-    with one_blas_thread():
-        fired = _rules(cfg, layers, refused).apply_to_model(irm)
+    fired = _rules(cfg, layers, refused).apply_to_model(irm)
     RemoveUnusedNodesPass()(irm)
     if not fired:
         why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])

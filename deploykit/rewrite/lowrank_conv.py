@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
-from .lowrank_matmul import choose_rank, one_blas_thread
+from .lowrank_matmul import blas_threads_for, choose_rank
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Config:
 
 def _gram_svd(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Left singular vectors and values of a wide matrix via its small Gram matrix."""
-    evals, evecs = np.linalg.eigh(mat @ mat.T)
+    with blas_threads_for(mat.shape[0]):
+        evals, evecs = np.linalg.eigh(mat @ mat.T)
     return evecs[:, ::-1], np.sqrt(np.clip(evals[::-1], 0, None))
 
 
@@ -133,8 +134,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
 
     layers, refused = [], {}
     irm = ir.from_proto(onnx.shape_inference.infer_shapes(model))
-    with one_blas_thread():
-        fired = _rules(cfg, layers, refused).apply_to_model(irm)
+    fired = _rules(cfg, layers, refused).apply_to_model(irm)
     RemoveUnusedNodesPass()(irm)
     if not fired:
         why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])

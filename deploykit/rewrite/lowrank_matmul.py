@@ -24,14 +24,15 @@ class Config:
     min_size: int = 16  # leave weights with min(K, N) below this alone
 
 
-def one_blas_thread():
-    """Context running numpy's BLAS on one thread: the many small SVD/eigh calls here are
-    latency-bound, and OpenBLAS's spinning threads made them ~20x slower on a busy 2-core box."""
+def blas_threads_for(n: int):
+    """One BLAS thread for a decomposition of size `n` below 512: such small SVD/eigh calls are
+    latency-bound and OpenBLAS's spinning threads made them ~20x slower on a busy 2-core box;
+    large ones keep every thread."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    return threadpool_limits(1, user_api="blas") if n < 512 else contextlib.nullcontext()
 
 
 def choose_rank(s: np.ndarray, ratio: float, energy: float | None) -> int:
@@ -43,7 +44,8 @@ def choose_rank(s: np.ndarray, ratio: float, energy: float | None) -> int:
 
 def svd_split(w: np.ndarray, ratio: float, energy: float | None):
     """(U_r*sqrt(s), sqrt(s)*V_r, rank, relative Frobenius error) of a 2-D weight."""
-    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    with blas_threads_for(min(w.shape)):
+        u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
     r = choose_rank(s, ratio, energy)
     root = np.sqrt(s[:r])
     err = float(np.sqrt((s[r:] ** 2).sum() / max((s ** 2).sum(), 1e-300)))
@@ -139,8 +141,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
 
     layers, refused = [], {}
     irm = ir.from_proto(model)
-    with one_blas_thread():
-        fired = _rules(cfg, layers, refused).apply_to_model(irm)
+    fired = _rules(cfg, layers, refused).apply_to_model(irm)
     RemoveUnusedNodesPass()(irm)
     if not fired:
         why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])
