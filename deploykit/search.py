@@ -373,7 +373,11 @@ class Search:
             for r in rows:
                 r.table_ms = self._estimate(r)
                 bar.advance(r)
-            points = [(base.table_ms, base.median)] if base.table_ms is not None else []
+            # (table sum, measured) per target variant: a variant's scale can differ (two threads
+            # suffer more than one from foreign load; another runtime fuses differently)
+            points: dict[tuple, list[tuple[float, float]]] = {v: [] for v in variants}
+            if base.table_ms is not None:
+                points[()].append((base.table_ms, base.median))
 
             # 2. build, verify and table-estimate every model candidate (cheap families first)
             sha_seen = {base.sha256: base}
@@ -403,8 +407,10 @@ class Search:
 
             # 3. measure whole what the calibrated table says could win
             timeable = [r for r in rows if r.status == "ok"]
-            # the cap counts only candidates that passed fidelity (what exhaustive search times)
-            min_whole = min(len(timeable), 3)  # anchor + two, even past the time limit
+            # the cap counts only candidates that passed fidelity (what exhaustive search times);
+            # the anchor, one candidate per variant and one more are measured even past the time
+            # limit: the predictor needs them, and the report judges it on them
+            min_whole = min(len(timeable), len(variants) + 2)
             max_whole = len(timeable) if self.cfg.exhaustive else \
                 max(min_whole, math.floor(self.cfg.whole_fraction * len(timeable)))
             errors: list[float] = []
@@ -413,17 +419,24 @@ class Search:
                 if len(measured) >= max_whole or (self.time_left() <= 0
                                                   and len(measured) >= min_whole):
                     break
-                pred = Predictor(tuple(points)) if points else None
+                everywhere = [p for pts in points.values() for p in pts]
                 pool = [r for r in timeable if r.median is None]
                 if not pool:
                     break
                 for r in pool:
-                    r.predicted_ms = None if r.table_ms is None or pred is None else \
-                        pred.predict(r.table_ms)
+                    pts = points[r.cand.options] or everywhere
+                    r.predicted_ms = None if r.table_ms is None or not pts else \
+                        Predictor(tuple(pts)).predict(r.table_ms)
                 margin = max(0.05, float(np.mean(np.abs(errors))) if errors else 0.05)
-                explore = len(measured) < min_whole  # a few beyond the anchor, to judge the table
-                nxt = pool[0] if self.cfg.exhaustive else \
-                    self._next(pool, [] if explore else measured, margin)
+                # calibrate every variant first: its most promising candidate, measured whole
+                fresh = [r for r in pool if not points[r.cand.options]
+                         and r.predicted_ms is not None]
+                if self.cfg.exhaustive:
+                    nxt = pool[0]
+                elif fresh:
+                    nxt = min(fresh, key=lambda r: r.predicted_ms)
+                else:
+                    nxt = self._next(pool, measured if len(measured) >= min_whole else [], margin)
                 if nxt is None:
                     break
                 try:
@@ -435,7 +448,7 @@ class Search:
                 if nxt.predicted_ms is not None:
                     errors.append((nxt.predicted_ms - nxt.median) / nxt.median)
                 if nxt.table_ms is not None:
-                    points.append((nxt.table_ms, nxt.median))
+                    points[nxt.cand.options].append((nxt.table_ms, nxt.median))
                 bar.advance(nxt, 0)
                 self._status(bar, rows)
         finally:
@@ -446,7 +459,7 @@ class Search:
         tested = [r for r in rows if r.median is not None and r.predicted_ms is not None]
         errs = [(r.predicted_ms - r.median) / r.median for r in tested]
         rank = None
-        if len(tested) >= 3:
+        if len(tested) >= 5:  # fewer points give a rank correlation of pure chance
             from scipy.stats import spearmanr
 
             rank = float(spearmanr([r.predicted_ms for r in tested],
@@ -458,7 +471,8 @@ class Search:
             "errors": [{"id": r.cand.id, "predicted_ms": r.predicted_ms, "measured_ms": r.median}
                        for r in tested],
             "rank_correlation": rank,  # Spearman: does the table order candidates right?
-            "scale": Predictor(tuple(points)).scale() if points else None,
+            "scale": {",".join(f"{k}={v}" for k, v in opts) or "default":
+                      Predictor(tuple(pts)).scale() for opts, pts in points.items() if pts},
             "baseline_table_ms": base.table_ms, "baseline_measured_ms": base.median,
         }
         timeable = [r for r in rows if r.status == "ok"]
@@ -490,14 +504,16 @@ class Search:
             return self._tables[row.cand.options].estimate(onnx.load(row.path), self.feeds).total_ms
         except Exception as e:  # an uncuttable graph only costs the prediction, not the search
             self.notes.append(f"{row.cand.name}: no layer table ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); measured whole")
+                              f"{str(e).splitlines()[0] if str(e) else ''}); measured whole "
+                              "only if no predicted candidate is left")
             return None
 
     def _next(self, pool: list[Row], measured: list[Row], margin: float) -> Row | None:
         """The unmeasured candidate most likely to beat the incumbent, or None."""
         unknown = [r for r in pool if r.predicted_ms is None]
-        if unknown:
-            return unknown[0]
+        pool = [r for r in pool if r.predicted_ms is not None]
+        if not pool:  # no table for these (e.g. a runtime that cannot run a unit alone)
+            return unknown[0] if unknown else None
         best = self._best(measured)
         if self.cfg.budget_ms is None:
             r = min(pool, key=lambda r: r.predicted_ms)
