@@ -77,11 +77,20 @@ def tuning_dir(model_sha256: str, tdict: Mapping[str, Any], override: str | None
 
 
 def record_count(db_dir: Path) -> int:
+    """Measured candidates in a MetaSchedule JSON database (failed builds/runs, stored with a
+    run time of 1e10 s or none, do not count: they tune nothing)."""
+    import json
+
     f = Path(db_dir) / "database_tuning_record.json"
     if not f.exists():
         return 0
+    n = 0
     with open(f) as fh:
-        return sum(1 for line in fh if line.strip())
+        for line in fh:
+            if line.strip():
+                run_secs = json.loads(line)[1][1] or []
+                n += bool(run_secs) and max(float(x) for x in run_secs) < 1e9
+    return n
 
 
 def build(model: ModelRef, target) -> Built:

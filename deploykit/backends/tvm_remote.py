@@ -132,8 +132,12 @@ class RemoteTvmArtifact(Artifact):
         return []  # the VM's instrument hook is a local callback; it cannot run on the device
 
     def close(self) -> None:
-        """Release the device (the tracker hands it to the next request)."""
-        self.vm = self._main = self.session = None
+        """Release the device (the tracker hands it to the next request): the connection closes
+        when the last remote object of the session is gone."""
+        import gc
+
+        self.vm = self._main = self.session = self.dev = None
+        gc.collect()
 
 
 def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],

@@ -15,6 +15,27 @@ from ..errors import InputError, TargetError
 from . import tvm_build
 
 
+def cpu_tensor_intrinsics_only() -> None:
+    """Register only the CPU tensor intrinsics. `import tvm.s_tir.tensor_intrin` registers every
+    backend's (CUDA's alone take 30-90 s on 2 busy cores), and MetaSchedule does that import in
+    the tuner and again in each builder process; an llvm target needs x86's and arm's only.
+    Runs in this process and, as the builder's initializer, in its workers."""
+    import importlib
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        import tvm.s_tir
+
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+        pkg.__package__ = name
+        sys.modules[name] = pkg
+        for sub in ("x86", "arm_cpu"):
+            importlib.import_module(f"{name}.{sub}")
+
+
 @dataclass(frozen=True)
 class TuneResult:
     db: Path
@@ -40,6 +61,9 @@ def tune(model: ModelRef, target, trials: int, db: str | None = None,
         raise InputError(f"{target.name}: tuning runs candidates on this machine; tuning over RPC "
                          f"is not supported (tune a local target such as tvm-x86)")
     tdict = target.tvm_target
+    cpu = tdict["kind"] == "llvm"
+    if cpu:
+        cpu_tensor_intrinsics_only()
     mod, _, _ = tvm_build.import_model(model, target.name)
     mod = tvm_build.prepare(mod, tdict)
     tvm_target = tvm.target.Target(dict(tdict))
@@ -65,7 +89,9 @@ def tune(model: ModelRef, target, trials: int, db: str | None = None,
         ms.relax_integration.tune_relax(
             mod, {}, tvm_target, str(work_dir), max_trials_global=trials,
             max_trials_per_task=per_task or trials, num_trials_per_iter=min(64, trials),
-            builder=ms.builder.LocalBuilder(max_workers=cores, timeout_sec=120),
+            builder=ms.builder.LocalBuilder(
+                max_workers=cores, timeout_sec=120,
+                initializer=cpu_tensor_intrinsics_only if cpu else None),
             runner=ms.runner.LocalRunner(timeout_sec=60),
             measure_callbacks=[*ms.MeasureCallback.create("default"), _Progress()], seed=seed)
     except Exception as e:
