@@ -42,13 +42,36 @@ def choose_rank(s: np.ndarray, ratio: float, energy: float | None) -> int:
     return int(min(len(s), np.searchsorted(cum / cum[-1], energy - 1e-12) + 1))
 
 
+def _randomized_svd(w: np.ndarray, r: int, seed: int = 0):
+    """Top-r SVD by randomized range finding (Halko et al. 2011; 2 power iterations): O(K*N*r)
+    instead of a full SVD's O(K*N*min(K,N)), i.e. seconds instead of minutes for 4096 x 4096."""
+    k = min(r + 16, min(w.shape))
+    q, _ = np.linalg.qr(w @ np.random.default_rng(seed).standard_normal((w.shape[1], k)))
+    for _ in range(2):
+        q, _ = np.linalg.qr(w.T @ q)
+        q, _ = np.linalg.qr(w @ q)
+    ub, s, vt = np.linalg.svd(q.T @ w, full_matrices=False)
+    return (q @ ub)[:, :r], s[:r], vt[:r]
+
+
 def svd_split(w: np.ndarray, ratio: float, energy: float | None):
-    """(U_r*sqrt(s), sqrt(s)*V_r, rank, relative Frobenius error) of a 2-D weight."""
+    """(U_r*sqrt(s), sqrt(s)*V_r, rank, relative Frobenius error) of a 2-D weight.
+
+    By ratio on large weights the top-r SVD is randomized; the error is still exact, because the
+    factors are an orthogonal projection of W: ||W - W_r||^2 = ||W||^2 - sum(s_r^2).
+    """
+    w64 = w.astype(np.float64)
+    norm2 = float((w64 ** 2).sum())
     with blas_threads_for(min(w.shape)):
-        u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
-    r = choose_rank(s, ratio, energy)
+        if energy is None and min(w.shape) >= 512:  # fp32 range finding: 2x faster, ample
+            r = choose_rank(np.ones(min(w.shape)), ratio, None)
+            u, s, vt = _randomized_svd(w.astype(np.float32), r)
+            s = s.astype(np.float64)
+        else:
+            u, s, vt = np.linalg.svd(w64, full_matrices=False)
+            r = choose_rank(s, ratio, energy)
     root = np.sqrt(s[:r])
-    err = float(np.sqrt((s[r:] ** 2).sum() / max((s ** 2).sum(), 1e-300)))
+    err = float(np.sqrt(max(norm2 - float((s[:r] ** 2).sum()), 0.0) / max(norm2, 1e-300)))
     return ((u[:, :r] * root).astype(np.float32), (root[:, None] * vt[:r]).astype(np.float32),
             r, err)
 
