@@ -76,3 +76,16 @@ def test_nothing_to_factorize_and_bad_config():
     for cfg in (lm.Config(ratio=0.0), lm.Config(energy=1.5)):
         with pytest.raises(InputError):
             lm.step(_mlp(), cfg, CTX)
+
+
+def test_large_weights_use_randomized_svd_with_exact_error():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((640, 24)) @ rng.standard_normal((24, 520))
+         + 0.05 * rng.standard_normal((640, 520))).astype(np.float32)
+    a, b, r, err = lm.svd_split(w, 0.05, None)  # min side >= 512: randomized range finder
+    assert r == 26 and a.shape == (640, 26) and b.shape == (26, 520)
+    real = np.linalg.norm(a @ b - w) / np.linalg.norm(w)
+    assert err == pytest.approx(real, rel=1e-3)
+    best = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    optimal = np.sqrt((best[26:] ** 2).sum() / (best ** 2).sum())
+    assert real < optimal * 1.01  # as good as the exact truncated SVD
