@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         cache = work / "calibration.json"
 
         def quantize(exclude: Sequence[str], only: str | None = None) -> Path:
-            out = work / (f"only-{only}.onnx" if only else f"q{len(exclude)}.onnx")
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", only or "")  # node names may hold '/'
+            out = work / (f"only-{safe}.onnx" if only else f"q{len(exclude)}.onnx")
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
                     quantize_static(

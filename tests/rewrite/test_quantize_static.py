@@ -72,11 +72,12 @@ def test_static_calibration_methods(tmp_path, method):
 
 def test_static_sensitive_nodes_kept_in_fp32_until_target(tmp_path):
     model, ctx = conv_bn_net(), _ctx(tmp_path)
+    model.graph.node[3].name = "block/conv2"  # exported names hold '/'
     target = 0.99998
     res = step(model, _cfg(target_cosine=str(target)), ctx)
     d = res.details
     assert d["cosine_all_int8"] < target <= d["cosine_vs_float"]
-    assert d["excluded_nodes"] and set(d["excluded_nodes"]) <= {"conv1", "conv2", "fc"}
+    assert d["excluded_nodes"] and set(d["excluded_nodes"]) <= {"conv1", "block/conv2", "fc"}
     assert list(d["sensitivity"])[0] == d["excluded_nodes"][0]  # worst node first
     prod, inits = _producer(res.model), _inits(res.model)
     for n in res.model.graph.node:  # excluded nodes keep float weights
