@@ -36,10 +36,12 @@ def export_library(built: tvm_build.Built, target, model: ModelRef) -> Path:
     kw = {"fcompile": cc.cross_compiler(cxx)} if cxx else {}
     try:
         with atomic_path(out) as tmp:
-            tmp.unlink()
-            lib = tmp.with_suffix(".so")
-            built.executable.export_library(str(lib), **kw)
-            lib.replace(tmp)
+            lib = tmp.with_suffix(".so")  # the exporter picks its output format by suffix
+            try:
+                built.executable.export_library(str(lib), **kw)
+                lib.replace(tmp)
+            finally:
+                lib.unlink(missing_ok=True)
     except DeployKitError:
         raise
     except Exception as e:

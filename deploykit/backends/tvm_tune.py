@@ -70,6 +70,8 @@ def tune(model: ModelRef, target, trials: int, db: str | None = None,
     tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
     if not tasks:
         raise TargetError(f"{target.name}: {model.path.name} has no tunable kernels")
+    # Spread the budget over the kernels (MetaSchedule would give it all to the first one).
+    per_task = per_task or max(1, -(-trials // len(tasks)))
     work_dir = tvm_build.tuning_dir(model.sha256, tdict, db or target.config.get("tuning_db"))
     work_dir.mkdir(parents=True, exist_ok=True)
     before = tvm_build.record_count(work_dir)
@@ -88,7 +90,7 @@ def tune(model: ModelRef, target, trials: int, db: str | None = None,
     try:
         ms.relax_integration.tune_relax(
             mod, {}, tvm_target, str(work_dir), max_trials_global=trials,
-            max_trials_per_task=per_task or trials, num_trials_per_iter=min(64, trials),
+            max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
             builder=ms.builder.LocalBuilder(
                 max_workers=cores, timeout_sec=120,
                 initializer=cpu_tensor_intrinsics_only if cpu else None),

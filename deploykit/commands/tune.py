@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, required=True,
                    help="measured candidates over all kernels (e.g. 8 per kernel)")
     p.add_argument("--per-task", type=int, default=None, metavar="N",
-                   help="at most N trials per kernel (default: no per-kernel cap)")
+                   help="at most N trials per kernel (default: --trials spread evenly)")
     p.add_argument("--db", metavar="DIR", default=None,
                    help="tuning database folder (default: per-user cache, keyed by model+target); "
                         "pass the same DIR to later builds with a target file's tuning_db")
