@@ -209,6 +209,8 @@ class Artifact:
         self.session_create_ms = session_create_ms
         self.id = stable_hash(model.sha256, target.name, dict(target.config))
         self.labels: tuple[str, ...] = ()
+        # backend facts that belong in the report's environment (e.g. the precision OpenVINO ran)
+        self.env: dict[str, Any] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError

@@ -19,7 +19,7 @@ import importlib
 import time
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,9 +46,6 @@ STEPS: dict[str, str] = {
 LIST_SEP = "|"
 # Steps that approximate their parent by design: when such a step reports the default "fp32"
 # fidelity kind, it is judged "lossy" (measured and reported; fails only on broken output).
-APPROXIMATE = frozenset({"prune-unstructured", "prune-channels", "lowrank", "tucker", "compact"})
-
-
 @dataclass(frozen=True)
 class RecipeStep:
     name: str
@@ -305,10 +302,8 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
         t0 = time.perf_counter()
         parent_model = load_onnx(current.path)
         res: StepResult = step_module(rs.name).step(parent_model, rs.config, ctx)
-        kind = "lossy" if rs.name in APPROXIMATE and res.fidelity_kind == "fp32" \
-            else res.fidelity_kind
         common = dict(index=i, name=rs.name, spec=rs.spec(), parent=current, notes=res.notes,
-                      details=res.details, fidelity_kind=kind)
+                      details=res.details, fidelity_kind=res.fidelity_kind)
         skipped = res.skipped
         if res.model is None and not skipped:
             skipped = "step returned no model"
@@ -327,7 +322,7 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
         child = ModelRef.from_path(out_path, parent_sha256=current.sha256, transform=rs.name,
                                    config=dataclasses.asdict(rs.config))
         fid = fidelity_over(current.path, child.path, batches)
-        reason = judge(fid, kind, tolerances)
+        reason = judge(fid, res.fidelity_kind, tolerances)
         if reason:
             raise VerificationError(f"{where} fails verification against its parent: {reason} "
                                     f"({fid.summary()})")

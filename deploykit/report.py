@@ -177,7 +177,6 @@ def pareto_png(data: Mapping[str, Any]) -> bytes:
 
     cands = data["candidates"]
     front = set(data.get("pareto", ()))
-    rec_id = (data.get("recommendation") or {}).get("id")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for c in cands:
         if c.get("fidelity") is None:

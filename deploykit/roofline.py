@@ -26,7 +26,6 @@ class Ceilings:
 
 
 def _gemm_model(n: int, int8: bool):
-    import onnx
     from onnx import TensorProto, helper
 
     if int8:

@@ -49,6 +49,7 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel=1e-4),
     "fp16": Tolerance(min_cosine=0.999),
+    "bf16": Tolerance(min_cosine=0.99),
     "int8": Tolerance(min_cosine=0.98),
     "lossy": Tolerance(),
 }

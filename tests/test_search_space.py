@@ -34,7 +34,7 @@ def test_cnn_with_linear_head_gets_every_available_family(tmp_path):
 
 
 def test_linear_only_and_already_quantized_models(tmp_path):
-    from conftest import make_mlp
+    from onnx_models import make_mlp
     from onnxruntime.quantization import quantize_dynamic
 
     mlp = make_mlp(tmp_path / "mlp.onnx", sizes=(64, 64, 8))

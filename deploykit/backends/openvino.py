@@ -8,7 +8,6 @@ report's env, so a bf16 figure can never be reported as fp32.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
@@ -17,14 +16,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core import Artifact, LatencyReport, ModelRef, OpTime, Target, TimingPlan
+from ..core import Artifact, ModelRef, OpTime, Target
 from ..errors import TargetError
-from ..verify import Tolerance
 
 INSTALL_HINT = "openvino not installed: pip install 'deploykit[openvino]'"
 PRECISIONS = ("f32", "bf16")
 # bf16 keeps 8 mantissa bits: element-wise 1e-4 is out of reach, a wrong kernel still fails this.
-BF16_TOLERANCE = Tolerance(min_cosine=0.99)
 _UNCONVERTED = re.compile(r"No conversion rule found for operations?:\s*(.+)")
 
 
@@ -89,7 +86,7 @@ class OpenVinoArtifact(Artifact):
         from ..verify import compare, judge, run_ort
 
         fid = compare(run_ort(self.model.path, feeds), self.run(feeds))
-        return fid, judge(fid, self.fidelity_kind, {"bf16": BF16_TOLERANCE})
+        return fid, judge(fid, self.fidelity_kind)
 
     def _bind(self, request, feeds: Mapping[str, np.ndarray]) -> list:
         """Point the request's inputs at the feed arrays (no copy); returns what must stay alive."""
@@ -204,15 +201,6 @@ class OpenVinoTarget(Target):
         create_ms = (time.perf_counter() - t0) * 1e3
         proto = onnx.load(str(model.path), load_external_data=False)
         return OpenVinoArtifact(model, self, core, ov_model, compiled, proto, create_ms)
-
-    def profile(self, artifact: Artifact, feeds: Mapping[str, np.ndarray],
-                plan: TimingPlan = TimingPlan(), *, per_op: bool = True, progress: bool = False,
-                trace_path: str | None = None) -> LatencyReport:
-        """deploykit's methodology, plus the precision OpenVINO really used in the report's env."""
-        report = super().profile(artifact, feeds, plan, per_op=per_op, progress=progress,
-                                 trace_path=trace_path)
-        env = {**report.env, **getattr(artifact, "env", {})}
-        return dataclasses.replace(report, env=env)
 
 
 def _conversion_failure(e: RuntimeError) -> str:

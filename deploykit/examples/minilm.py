@@ -6,7 +6,6 @@ which matches sentence-transformers exactly. Needs `transformers` (the `bench` e
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 SENTENCES = [

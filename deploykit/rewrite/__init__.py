@@ -34,5 +34,7 @@ class StepResult:
     skipped: str | None = None
     notes: tuple[str, ...] = ()  # warnings a user must see ("synthetic calibration data")
     details: Mapping[str, Any] = field(default_factory=dict)  # e.g. per-layer errors, rule counts
-    # how outputs should be judged against the parent: "fp32" (tight) or "int8"/"fp16" (cosine)
+    # how outputs are judged against the parent (deploykit.verify.TOLERANCES): "fp32" for exact
+    # rewrites (tight), "int8" / "fp16" / "bf16" (cosine floors), "lossy" for approximations
+    # (pruning, low-rank: reported, failing only on broken output)
     fidelity_kind: str = "fp32"

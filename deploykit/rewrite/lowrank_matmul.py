@@ -173,7 +173,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     out = ir.to_proto(irm)
     onnx.checker.check_model(out, full_check=True)
     done = {d["node"] for d in layers}
-    return StepResult(out, details={
+    return StepResult(out, fidelity_kind="lossy", details={
         "rule_firings": fired, "layers": layers,
         "refused": {k: v for k, v in refused.items() if k not in done},
         "max_rel_frobenius_error": max(d["rel_frobenius_error"] for d in layers)})

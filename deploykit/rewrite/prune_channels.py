@@ -440,7 +440,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     cg.apply(keep)
     out = save_ir(irm)
     before, after = param_count(model), param_count(out)
-    return StepResult(out, details={
+    return StepResult(out, fidelity_kind="lossy", details={
         "groups": groups, "pinned_groups": len({cg.find(s) for s, _ in cg.producers}
                                                - set(cg.prunable())),
         "params_before": before, "params_after": after,

@@ -87,6 +87,6 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         zeros, total = zeros + nz, total + a.size
     out = ir.to_proto(irm)
     onnx.checker.check_model(out, full_check=True)
-    return StepResult(out, notes=(NO_SPEEDUP,), details={
+    return StepResult(out, fidelity_kind="lossy", notes=(NO_SPEEDUP,), details={
         "scope": cfg.scope, "sparsity": round(zeros / total, 4), "pruned_weights": total,
         "layers": layers, "expected_speedup_on_dense_kernels": False})
