@@ -214,4 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from deploykit.errors import DeployKitError
+
+    try:
+        sys.exit(main())
+    except DeployKitError as e:
+        sys.exit(f"arm_device: {e}")
