@@ -86,6 +86,7 @@ def tune(model: ModelRef, target, trials: int, db: str | None = None,
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # our bar, not logs
     cores = int(tdict.get("num-cores", target.threads))
+    runner = ms.runner.LocalRunner(timeout_sec=60)
     t0 = time.perf_counter()
     try:
         ms.relax_integration.tune_relax(
@@ -94,11 +95,13 @@ def tune(model: ModelRef, target, trials: int, db: str | None = None,
             builder=ms.builder.LocalBuilder(
                 max_workers=cores, timeout_sec=120,
                 initializer=cpu_tensor_intrinsics_only if cpu else None),
-            runner=ms.runner.LocalRunner(timeout_sec=60),
+            runner=runner,
             measure_callbacks=[*ms.MeasureCallback.create("default"), _Progress()], seed=seed)
     except Exception as e:
         from .tvm import first_line
 
         raise TargetError(f"{target.name}: MetaSchedule tuning failed: {first_line(e)}") from None
+    finally:
+        runner.pool.shutdown()  # its worker process outlives us otherwise
     return TuneResult(work_dir, len(tasks), done[0], before, tvm_build.record_count(work_dir),
                       time.perf_counter() - t0)
