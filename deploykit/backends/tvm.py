@@ -122,6 +122,8 @@ class TvmArtifact(Artifact):
         self.built = built
         self.build_ms = built.build_ms
         self.labels = built.labels
+        self.env = {"tvm_target": target.tvm_target, "tvm_build_ms": built.build_ms,
+                    "tuning_db": built.tuning_db, "tuning_records": built.tuning_records}
         tvm = _tvm(target.threads)
         from tvm import relax
 

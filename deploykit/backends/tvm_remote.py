@@ -88,12 +88,20 @@ class RemoteTvmArtifact(Artifact):
             session_timeout=float(cfg.get("session_timeout", 0)),
             notify=lambda msg: print(f"deploykit: {msg}", file=sys.stderr))
         self.connect_ms = (time.perf_counter() - t0) * 1e3
+        tdict = self.target.tvm_target
+        self.env = {"machine": str(tdict.get("mtriple", "")).split("-")[0] or None,
+                    "cpu_model": f"remote {tdict.get('mcpu', '?')} ({self.where})",
+                    "tvm_target": tdict, "tvm_build_ms": self.build_ms,
+                    "tuning_records": self.built.tuning_records,
+                    "remote": {"where": self.where, "emulated": self.emulated,
+                               "connect_ms": self.connect_ms}}
         t0 = time.perf_counter()
         try:
             self.session.upload(str(self.lib))
         except Exception as e:
             raise self._fail(f"upload of {self.lib.name}", e) from None
         self.upload_ms = (time.perf_counter() - t0) * 1e3
+        self.env["remote"]["upload_ms"] = self.upload_ms
         try:
             rlib = self.session.load_module(self.lib.name)
             self.dev = self.session.cpu(0)
@@ -190,11 +198,8 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
         if time.perf_counter() - start > plan.max_time_s:
             break
     t = a.target
-    env = fingerprint(t.name, t.config, t.threads)
-    env.update(machine=str(t.tvm_target.get("mtriple", "")).split("-")[0] or env["machine"],
-               cpu_model=f"remote {t.tvm_target.get('mcpu', '?')} ({a.where})",
-               remote={"where": a.where, "emulated": a.emulated,
-                       "connect_ms": a.connect_ms, "upload_ms": a.upload_ms})
+    env = {**fingerprint(t.name, t.config, t.threads),
+           **{k: v for k, v in a.env.items() if v is not None}}
     batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
     return LatencyReport(
         samples_ms=tuple(samples), target=t.name, target_config=dict(t.config),
