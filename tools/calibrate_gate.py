@@ -122,7 +122,7 @@ def main() -> int:
             raise SystemExit(f"export failed: {err}")
     variants = {}
     if args.chain_ops:
-        base_ms = float("nan")
+        base_ms = op_ms = float("nan")
         for n in (int(v) for v in args.chain_ops.split(",")):
             variants[f"{n} ops"] = inject_chain(base, work / f"chain{n}.onnx", n)
     else:
