@@ -158,7 +158,8 @@ def start_tracker(port: int | None = None, host: str = DEFAULT_HOST,
     port = port or free_port(host)
     proc = subprocess.Popen([python, "-m", "tvm.exec.rpc_tracker", "--host", host,
                              "--port", str(port), "--port-end", str(port + 1)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # kill its group: it runs in a worker
     wait_port(host, port, proc, 60, "RPC tracker")
     return proc, port
 

@@ -34,12 +34,12 @@ def dense_onnx(tmp_path_factory) -> Path:
 
 
 def kill_group(proc) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
+    """Kill a server and everything it started (its own session): the group can outlive it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +49,7 @@ def tracker():
 
     proc, port = rpc.start_tracker()
     yield f"127.0.0.1:{port}"
-    proc.kill()
-    proc.wait(timeout=10)
+    kill_group(proc)
 
 
 def load_arm_device():
