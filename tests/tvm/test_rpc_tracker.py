@@ -42,6 +42,7 @@ def test_two_servers_queue_kill_and_retry(tracker, remote_x86, cnn_onnx, capsys)
     model = ModelRef.from_path(cnn_onnx)
     a, _ = rpc.start_server(key=KEY, tracker=tracker)
     try:
+        _wait(lambda: KEY in _devices(tracker) and _devices(tracker)[KEY].free == 1)
         assert cli.main(["devices", "--tracker", tracker, "--json"]) == 0
         rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)}
         assert rows[KEY]["total"] == 1 and rows[KEY]["free"] == 1
