@@ -67,11 +67,11 @@ class TimingPlan:
     warmup_tolerance: float = 0.02  # running median of successive windows within 2%
     target_rel_ci: float = 0.01
     min_samples: int = 30
+    min_blocks: int = 8  # clean blocks needed before the CI may stop the run
     max_samples: int = 100_000
     max_time_s: float = 30.0
     block_s: float = 0.5  # foreign-load bookkeeping granularity
     contamination_threshold: float = 0.25  # foreign CPU share (of all cores) that taints a block
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ class LatencyReport:
 
     @property
     def ci95_ms(self) -> tuple[float, float]:
-        return stats.median_ci(self.samples_ms, 0.95)
+        """95% CI of the median with timed blocks as the units (see stats.blocked_median_ci)."""
+        return stats.blocked_median_ci(self.samples_ms, self.blocks, 0.95)
 
     @property
     def rel_ci_halfwidth(self) -> float:

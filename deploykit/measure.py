@@ -13,6 +13,7 @@ drift of a shared machine hits all of them alike and their ratio stays honest.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -101,12 +102,19 @@ def warm_up(fn: Callable[[], object], plan: TimingPlan) -> tuple[int, float]:
     return len(durations), float(np.median(durations[-w:]))
 
 
-def _converged(samples: Sequence[float], plan: TimingPlan) -> bool:
-    if len(samples) < plan.min_samples:
+def _converged(series: "_Series", plan: TimingPlan) -> bool:
+    """Stop when the 95% CI of the median over clean blocks is within +/- target_rel_ci.
+
+    Blocks, not samples, are the units: consecutive samples share the machine's momentary state,
+    so a CI over raw samples would be far too narrow. Contaminated blocks do not count."""
+    if len(series.samples) < plan.min_samples:
         return False
-    lo, hi = stats.median_ci(samples)
-    med = float(np.median(samples))
-    return (hi - lo) / 2 <= plan.target_rel_ci * med
+    clean = [b for b in series.blocks if not b.contaminated and b.n > 0]
+    if len(clean) < plan.min_blocks:
+        return False
+    meds = stats.block_medians(series.samples, clean, drop_contaminated=False)
+    lo, hi = stats.median_ci(meds)
+    return (hi - lo) / 2 <= plan.target_rel_ci * float(np.median(meds))
 
 
 class _Series:
@@ -119,23 +127,26 @@ class _Series:
         self.blocks: list[Block] = []
         self.first_ms = 0.0
         self.warmup_n = 0
-        self.est_ms = 1.0
 
     def prepare(self) -> None:
         self.first_ms = _time_once(self.fn)
-        self.warmup_n, self.est_ms = warm_up(self.fn, self.plan)
+        self.warmup_n, _ = warm_up(self.fn, self.plan)
 
     def block(self, seconds: float, monitor: LoadMonitor) -> None:
-        n = max(1, int(seconds * 1e3 / max(self.est_ms, 1e-3)))
+        """Run for `seconds` of wall time (at least once), recording every call."""
         start = len(self.samples)
-        fn, out = self.fn, self.samples
+        fn, out, clock = self.fn, self.samples, time.perf_counter_ns
+        end = clock() + int(seconds * 1e9)
         monitor.start()
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
+        while True:
+            t0 = clock()
             fn()
-            out.append((time.perf_counter_ns() - t0) / 1e6)
+            t1 = clock()
+            out.append((t1 - t0) / 1e6)
+            if t1 >= end:
+                break
         foreign = monitor.stop()
-        self.est_ms = float(np.median(out[start:]))
+        n = len(out) - start
         self.blocks.append(Block(start, n, foreign, foreign > self.plan.contamination_threshold))
 
     def timing(self, stop_reason: str) -> Timing:
@@ -159,6 +170,8 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
                  progress: bool = False, description: str = "timing") -> list[Timing]:
     """Time callables in interleaved rounds (rotating order) until every one's median CI is
     within target, or a cap is hit. With one callable this is plain adaptive timing."""
+    from scipy.stats import binom  # noqa: F401  (imported now, not inside the first timed round)
+
     series = [_Series(fn, plan) for fn in fns]
     for s in series:
         s.prepare()
@@ -175,7 +188,7 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
                 s.block(per_block, monitor)
             rnd += 1
             elapsed = time.perf_counter() - t0
-            if all(_converged(s.samples, plan) for s in series):
+            if all(_converged(s, plan) for s in series):
                 reason = "ci-reached"
                 break
             if elapsed >= plan.max_time_s:
@@ -187,8 +200,9 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
             if bar:
                 widths = []
                 for s in series:
-                    lo, hi = stats.median_ci(s.samples)
-                    widths.append(f"{np.median(s.samples):.3f} ms ±{(hi - lo) / 2 / np.median(s.samples):.1%}")
+                    lo, hi = stats.blocked_median_ci(s.samples, s.blocks)
+                    med = float(np.median(s.samples))
+                    widths.append(f"{med:.3f} ms ±{(hi - lo) / 2 / med:.1%}")
                 bar.update(task, completed=min(elapsed, plan.max_time_s), info=" | ".join(widths))
     return [s.timing(reason) for s in series]
 
@@ -237,8 +251,23 @@ class Comparison:
     names: tuple[str, ...]
 
     def ratio(self, i: int, j: int = 0, conf: float = 0.95) -> tuple[float, float, float]:
-        return stats.ratio_of_medians_ci(self.reports[i].samples_ms, self.reports[j].samples_ms,
-                                         conf)
+        """median(i) / median(j) from per-round log ratios of block medians (drift within a
+        round hits both alike): Hodges-Lehmann estimate with the Wilcoxon signed-rank interval.
+        Rounds where either block had foreign load are dropped when >= 8 clean ones remain."""
+        from .regress import MIN_UNITS, paired_log_ratio_ci
+
+        a, b = self.reports[i], self.reports[j]
+        xa, xb = np.asarray(a.samples_ms), np.asarray(b.samples_ms)
+        pairs = [(p, q) for p, q in zip(a.blocks, b.blocks) if p.n and q.n]
+        clean = [(p, q) for p, q in pairs if not (p.contaminated or q.contaminated)]
+        if len(clean) >= MIN_UNITS:
+            pairs = clean
+        if i == j or not pairs:
+            return 1.0, (1.0 if i == j else float("nan")), (1.0 if i == j else float("nan"))
+        d = [math.log(np.median(xa[p.start:p.start + p.n]) / np.median(xb[q.start:q.start + q.n]))
+             for p, q in pairs]
+        est, lo, hi, _ = paired_log_ratio_ci(d, conf)
+        return math.exp(est), math.exp(lo), math.exp(hi)
 
     def speedup(self, i: int, j: int = 0) -> tuple[float, float, float]:
         """How many times faster i is than j: median(j) / median(i), with CI."""

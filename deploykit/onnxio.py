@@ -113,7 +113,16 @@ def resolve_shape(spec: TensorSpec, overrides: dict[str, tuple[int, ...]] | None
 def make_feeds(specs: list[TensorSpec], seed: int = 0,
                overrides: dict[str, tuple[int, ...]] | None = None,
                npz: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Seeded random inputs of the model's shapes, or the arrays of a user .npz (checked)."""
+    """Seeded random inputs of the model's shapes, or the arrays of a user .npz (checked).
+
+    `overrides` (from --shape) must name model inputs and agree with their fixed dims."""
+    unknown = sorted(set(overrides or {}) - {s.name for s in specs})
+    if unknown:
+        raise InputError(f"--shape names no model input: {', '.join(unknown)} "
+                         f"(inputs: {', '.join(s.name for s in specs)})")
+    for s in specs:
+        if overrides and s.name in overrides:
+            check_shape(s, tuple(overrides[s.name]))
     if npz is not None:
         return load_npz_feeds(specs, npz)
     rng = np.random.default_rng(seed)

@@ -170,7 +170,7 @@ def parse_recipe(text: str) -> list[RecipeStep]:
 
 
 def parse_recipe_file(path: str | Path) -> list[RecipeStep]:
-    import tomllib
+    from .targets import tomllib
 
     p = Path(path)
     if not p.exists():

@@ -82,6 +82,9 @@ def get(name_or_path: str, *, require_available: bool = True, **overrides: Any) 
         desc = all_targets[name_or_path]
     config = {k: v for k, v in desc.items() if not k.startswith("_")}
     config.update({k: v for k, v in overrides.items() if v is not None})
+    if not isinstance(config.get("threads", 1), int) or config.get("threads", 1) < 1:
+        raise TargetError(f"target '{desc['name']}': threads must be a positive integer, "
+                          f"got {config.get('threads')!r}")
     module, cls = BACKENDS[desc["backend"]].split(":")
     target = getattr(importlib.import_module(module), cls)(desc["name"], config)
     if require_available:

@@ -55,7 +55,7 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
@@ -71,7 +71,7 @@ def compare(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> Fidelity:
     if len(ref) != len(got):
         return Fidelity(float("inf"), float("inf"), 0.0, None, True, False)
     max_abs = max_rel = 0.0
-    cosine = 1.0
+    cos = 1.0
     top1: float | None = None
     finite = all(np.all(np.isfinite(np.asarray(g, dtype=np.float64))) for g in got
                  if np.issubdtype(np.asarray(g).dtype, np.number))
@@ -81,17 +81,17 @@ def compare(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> Fidelity:
             return Fidelity(float("inf"), float("inf"), 0.0, None, finite, False)
         if not np.issubdtype(r.dtype, np.floating):
             same = float(np.mean(r == g)) if r.size else 1.0
-            cosine = min(cosine, same)
+            cos = min(cos, same)
             continue
         diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0
         scale = float(np.max(np.abs(r))) if r.size else 0.0
         max_abs = max(max_abs, diff)
         max_rel = max(max_rel, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")))
-        cosine = min(cosine, _cosine(r, g))
+        cos = min(cos, cosine(r, g))
         if r.ndim == 2 and r.shape[1] > 1:
             agree = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
             top1 = agree if top1 is None else min(top1, agree)
-    return Fidelity(max_abs, max_rel, cosine, top1, finite, True)
+    return Fidelity(max_abs, max_rel, cos, top1, finite, True)
 
 
 def judge(fid: Fidelity, kind: str, overrides: Mapping[str, Tolerance] | None = None

@@ -48,7 +48,8 @@ def test_stops_when_ci_reached_and_keeps_raw_samples(clock):
     plan = TimingPlan(warmup_min_s=0.05, target_rel_ci=0.01, max_time_s=60)
     t = measure.measure_callable(clock.workload(durations), plan)
     assert t.stop_reason == "ci-reached"
-    lo, hi = measure.stats.median_ci(t.samples_ms)
+    assert len(t.blocks) >= plan.min_blocks  # one block is never enough evidence
+    lo, hi = measure.stats.blocked_median_ci(t.samples_ms, t.blocks)
     med = np.median(t.samples_ms)
     assert (hi - lo) / 2 <= 0.01 * med
     assert med == pytest.approx(2.0, rel=0.02)
@@ -73,9 +74,82 @@ def test_interleaved_rounds_rotate_and_report_each(clock):
     assert len(ta.blocks) == len(tb.blocks) >= 1
 
 
-def test_load_monitor_reports_a_share(monkeypatch):
+def test_contaminated_blocks_do_not_count_towards_convergence(clock, monkeypatch):
+    # every block sees heavy foreign load: the CI rule must not stop the run; the cap does
+    monkeypatch.setattr(measure.LoadMonitor, "stop", lambda self: 0.9)
+    rng = np.random.default_rng(5)
+    durations = list(rng.lognormal(np.log(2.0), 0.01, 200_000))
+    t = measure.measure_callable(clock.workload(durations),
+                                 TimingPlan(warmup_min_s=0.02, max_time_s=8.0))
+    assert t.stop_reason == "time-cap" and all(b.contaminated for b in t.blocks)
+
+
+def test_load_monitor_known_ticks(monkeypatch):
+    """Foreign share = (busy - own CPU) / (wall x cores), from /proc/stat and os.times()."""
+    busy = iter([100.0, 101.5])  # 1.5 CPU-seconds busy on the machine during the block
+    own = iter([10.0, 10.5])  # of which 0.5 s are this process's own
+    wall = iter([0.0, 1.0])
+    monkeypatch.setattr(measure.LoadMonitor, "_busy_s", staticmethod(lambda: next(busy)))
+    monkeypatch.setattr(measure.LoadMonitor, "_own_s", staticmethod(lambda: next(own)))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(wall))
+    monkeypatch.setattr(measure, "_NCPU", 2)
     m = measure.LoadMonitor()
     m.start()
-    sum(i * i for i in range(200_000))
-    share = m.stop()
-    assert 0.0 <= share <= 1.0
+    assert m.stop() == pytest.approx(0.5)  # 1.0 foreign CPU-second over 2 cores x 1 s
+
+
+def _blocks(sizes):
+    from deploykit.core import Block
+
+    out, start = [], 0
+    for n in sizes:
+        out.append(Block(start, n, 0.0, False))
+        start += n
+    return tuple(out)
+
+
+def _report(samples, blocks):
+    from deploykit.core import LatencyReport
+
+    return LatencyReport(samples_ms=tuple(samples), target="t", target_config={}, artifact_id="a",
+                         model_sha256="m", model_path="p", env={}, stop_reason="ci-reached",
+                         blocks=blocks)
+
+
+def test_comparison_ratio_pairs_rounds_and_survives_drift():
+    # 30 rounds; the machine's speed drifts by up to 1.7x between rounds, hitting A and B alike;
+    # B is truly 1.10x slower. Raw-sample statistics would be swamped by the drift.
+    rng = np.random.default_rng(7)
+    drift = rng.uniform(1.0, 1.7, 30)
+    a = np.concatenate([d * rng.lognormal(0, 0.05, 50) for d in drift])
+    b = np.concatenate([1.1 * d * rng.lognormal(0, 0.05, 50) for d in drift])
+    blocks = _blocks([50] * 30)
+    c = measure.Comparison((_report(a, blocks), _report(b, blocks)), ("a", "b"))
+    r, lo, hi = c.ratio(1, 0)
+    assert lo < 1.1 < hi and lo > 1.05 and hi < 1.15
+    s, slo, shi = c.speedup(1, 0)
+    assert s == pytest.approx(1 / r, rel=1e-6)
+
+
+def test_comparison_aa_interval_covers_one():
+    rng = np.random.default_rng(8)
+    misses = 0
+    for _ in range(100):
+        drift = rng.uniform(1.0, 1.7, 12)
+        a = np.concatenate([d * rng.lognormal(0, 0.1, 40) for d in drift])
+        b = np.concatenate([d * rng.lognormal(0, 0.1, 40) for d in drift])
+        blocks = _blocks([40] * 12)
+        _, lo, hi = measure.Comparison((_report(a, blocks), _report(b, blocks)), ("a", "b")).ratio(1)
+        misses += not (lo <= 1.0 <= hi)
+    assert misses <= 10  # nominal 5%
+
+
+def test_report_ci_uses_blocks_not_raw_samples():
+    # 10 blocks whose medians differ by +-10%: a raw-sample CI would be ~1% wide
+    rng = np.random.default_rng(9)
+    level = np.linspace(0.9, 1.1, 10)
+    x = np.concatenate([lv * rng.lognormal(0, 0.01, 500) for lv in level])
+    r = _report(x, _blocks([500] * 10))
+    lo, hi = r.ci95_ms
+    raw_lo, raw_hi = measure.stats.median_ci(x)
+    assert hi - lo > 5 * (raw_hi - raw_lo)

@@ -38,7 +38,7 @@ def test_compare_reports_ratio_with_ci(onnx_file, tmp_path):
     assert d["mode"] == "interleaved" and len(d["items"]) == 2
     lo, hi = d["items"][1]["ratio_ci95"]
     assert lo <= d["items"][1]["ratio_to_first"] <= hi
-    assert d["items"][0]["report"]["target_config"]["allow_spinning"] is False
+    assert d["items"][0]["report"]["target_config"]["options"]["allow_spinning"] is False
 
 
 def test_npz_inputs_checked(onnx_file, tmp_path):
@@ -52,7 +52,8 @@ def _cli(*args):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "unknown-target", "bad-npz", "bad-shape",
-                                  "not-onnx"])
+                                  "not-onnx", "shape-vs-fixed-dim", "shape-unknown-input",
+                                  "zero-threads", "negative-min-samples"])
 def test_bad_input_one_line_exit_2_nothing_written(case, onnx_file, tmp_path):
     out = tmp_path / "r.json"
     model, extra = onnx_file, []
@@ -72,6 +73,14 @@ def test_bad_input_one_line_exit_2_nothing_written(case, onnx_file, tmp_path):
         extra = ["--shape", "x=1,3,abc"]
     elif case == "not-onnx":
         model = str(tmp_path / "model.py")
+    elif case == "shape-vs-fixed-dim":
+        extra = ["--shape", "x=1,3,17,16"]  # dims 2, 3 are fixed at 16
+    elif case == "shape-unknown-input":
+        extra = ["--shape", "y=1,10"]
+    elif case == "zero-threads":
+        extra = ["--threads", "0"]
+    elif case == "negative-min-samples":
+        extra = ["--min-samples", "-3"]
     r = _cli("profile", model, "--json", str(out), "--no-store", *FAST, *extra)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()

@@ -53,10 +53,15 @@ def _recipe_result(tmp_path, text, model=None):
     return recipe.run_recipe(src, recipe.parse_recipe(text), ctx)
 
 
-def _report(samples, path):
+def _report(samples, path, rounds=20):
+    """Interleaved rounds as Comparison sees them: equal blocks, block k = round k."""
+    from deploykit.core import Block
+
+    n = len(samples) // rounds
     return LatencyReport(samples_ms=tuple(samples), target="ort-cpu", target_config={},
                          artifact_id="a", model_sha256="s", model_path=str(path), env={},
-                         stop_reason="ci-reached")
+                         stop_reason="ci-reached",
+                         blocks=tuple(Block(k * n, n, 0.0, False) for k in range(rounds)))
 
 
 def test_report_rows_from_synthetic_samples(tmp_path):

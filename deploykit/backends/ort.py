@@ -10,7 +10,6 @@ import time
 from collections import defaultdict
 from typing import Mapping
 
-import numpy as np
 
 from ..core import Artifact, ModelRef, OpTime, Target
 from ..errors import TargetError
@@ -42,7 +41,7 @@ def session_options(config: Mapping, *, profiling: bool = False):
 
 
 class OrtArtifact(Artifact):
-    """An ORT InferenceSession; `run` binds the feeds once and reuses them."""
+    """An ORT InferenceSession; the timed runner holds the output names and feeds dict once."""
 
     def __init__(self, model: ModelRef, target: "OrtTarget", session, inputs, outputs,
                  create_ms: float):
@@ -66,14 +65,8 @@ class OrtArtifact(Artifact):
         so = session_options(self.target.config, profiling=True)
         sess = ort.InferenceSession(str(self.model.path), so, providers=list(self.providers))
         f = dict(feeds)
-        for _ in range(3):
+        for _ in range(3):  # warm-up runs, dropped by aggregate_node_events
             sess.run(None, f)
-        sess.end_profiling()  # drop warm-up events
-        so2 = session_options(self.target.config, profiling=True)
-        sess = ort.InferenceSession(str(self.model.path), so2, providers=list(self.providers))
-        for _ in range(3):
-            sess.run(None, f)
-        t_start = sess.get_profiling_start_time_ns()
         for _ in range(runs):
             sess.run(None, f)
         path = sess.end_profiling()
@@ -87,11 +80,10 @@ class OrtArtifact(Artifact):
                     shutil.copyfile(path, tmp)
         finally:
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-        return aggregate_node_events(events, runs_skip=3, runs=runs, t_start_ns=t_start)
+        return aggregate_node_events(events, runs_skip=3, runs=runs)
 
 
-def aggregate_node_events(events: list[dict], runs: int, runs_skip: int = 0,
-                          t_start_ns: int | None = None) -> list[OpTime]:
+def aggregate_node_events(events: list[dict], runs: int, runs_skip: int = 0) -> list[OpTime]:
     """Per-node mean time per inference from ORT profiler events (cat "Node", *_kernel_time).
 
     Events of the first `runs_skip` model runs are dropped (they are warm-up); the rest must be
@@ -169,9 +161,3 @@ class OrtTarget(Target):
 def _cuda_device_present() -> bool:
     return any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia/version"))
 
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    d = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / d) if d else float(np.array_equal(a, b))

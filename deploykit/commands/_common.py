@@ -46,9 +46,14 @@ def plan_from_args(args: argparse.Namespace) -> TimingPlan:
         raise InputError(f"--rel-ci must be in (0, 1), got {args.rel_ci}")
     if args.max_time <= 0:
         raise InputError(f"--max-time must be positive, got {args.max_time}")
+    if args.min_samples < 1:
+        raise InputError(f"--min-samples must be >= 1, got {args.min_samples}")
+    if args.warmup_max < 0:
+        raise InputError(f"--warmup-max must be >= 0, got {args.warmup_max}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     return TimingPlan(target_rel_ci=args.rel_ci, max_time_s=args.max_time,
-                      min_samples=args.min_samples, warmup_max_s=args.warmup_max,
-                      seed=getattr(args, "seed", 0))
+                      min_samples=args.min_samples, warmup_max_s=args.warmup_max)
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:

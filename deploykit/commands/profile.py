@@ -69,9 +69,6 @@ def run(args: argparse.Namespace) -> int:
     names = args.target or ["ort-cpu"]
     compare = args.compare or len(args.models) > 1 or len(names) > 1
     overrides = {"threads": args.threads, "device": args.device, "tracker": args.tracker}
-    if compare:
-        # Two spinning ORT thread pools in one process steal each other's cores (FACTS.md).
-        overrides["allow_spinning"] = False
     tlist = [targets.get(n, **overrides) for n in names]
     if (args.device or args.tracker) and any(t.config.get("backend") != "tvm" for t in tlist):
         raise InputError("--device/--tracker apply only to remote (TVM RPC) targets")

@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration import SYNTHETIC_WARNING, load_calibration, synthetic_calibration
     from ..errors import InputError
     from ..onnxio import io_specs, load_onnx, make_feeds
+    from .. import targets
     from ..search import Search, SearchConfig, load_eval, write_outputs
+    from ..search_space import FAMILIES
     from ..store import Store
 
     if not args.model.endswith(".onnx"):
@@ -79,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
                        target_options=not args.no_target_options,
                        families=tuple(f.strip() for f in (args.families or "").split(",")
                                       if f.strip()))
+    unknown = set(cfg.families) - set(FAMILIES)
+    if unknown:  # checked before anything is created under OUTDIR
+        raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
+    targets.get(args.target, threads=args.threads)
     model = load_onnx(args.model)
     specs, _ = io_specs(model)
     shapes = _common.parse_shapes(args.shape)

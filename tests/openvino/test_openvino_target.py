@@ -12,7 +12,7 @@ pytest.importorskip("openvino")
 
 from deploykit import targets  # noqa: E402
 from deploykit.backends.openvino import INSTALL_HINT, OpenVinoArtifact  # noqa: E402
-from deploykit.backends.ort import cosine  # noqa: E402
+from deploykit.verify import cosine  # noqa: E402
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef, OpTime, TimingPlan  # noqa: E402
 from deploykit.errors import TargetError  # noqa: E402
