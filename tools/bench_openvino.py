@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploykit import targets  # noqa: E402
-from deploykit.backends.ort import cosine  # noqa: E402
+from deploykit.verify import cosine  # noqa: E402
 from deploykit.calibration import data_reader  # noqa: E402
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 from deploykit.measure import compare, measure_callable  # noqa: E402
