@@ -30,19 +30,6 @@ def median_ci(samples: Sequence[float], conf: float = 0.95) -> tuple[float, floa
     return (float(x[j]), float(x[k]))
 
 
-def ratio_of_medians_ci(a: Sequence[float], b: Sequence[float], conf: float = 0.95,
-                        n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """median(a) / median(b) with a percentile-bootstrap interval: (ratio, lo, hi)."""
-    xa = np.asarray(a, dtype=float)
-    xb = np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, len(xa), size=(n_boot, len(xa)))
-    ib = rng.integers(0, len(xb), size=(n_boot, len(xb)))
-    boot = np.median(xa[ia], axis=1) / np.median(xb[ib], axis=1)
-    lo, hi = np.quantile(boot, [(1 - conf) / 2, 1 - (1 - conf) / 2])
-    return float(np.median(xa) / np.median(xb)), float(lo), float(hi)
-
-
 def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Mann-Whitney U p-value (asv's significance test on raw samples)."""
     from scipy.stats import mannwhitneyu

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploykit import envinfo, stats, targets  # noqa: E402
+from deploykit import envinfo, targets  # noqa: E402
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 
 OUT = ROOT / "tools" / "bench_out"
@@ -300,16 +300,21 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool) -> dict:
 
     print(f"  timing {len(variants)} variants interleaved...", file=sys.stderr)
     timings = measure_many([v.run for v in variants], plan, progress=sys.stderr.isatty())
-    base = timings[1].samples_ms
-    for v, t in zip(variants, timings):
-        med = float(np.median(t.samples_ms))
-        lo, hi = stats.median_ci(t.samples_ms)
-        sp, slo, shi = stats.ratio_of_medians_ci(base, t.samples_ms)
+    from deploykit.core import LatencyReport
+    from deploykit.measure import Comparison
+
+    reports = tuple(LatencyReport(samples_ms=t.samples_ms, target=v.target, target_config={},
+                                  artifact_id=v.name, model_sha256="", model_path=str(v.path),
+                                  env={}, stop_reason=t.stop_reason, blocks=t.blocks)
+                    for v, t in zip(variants, timings))
+    comp = Comparison(reports, tuple(v.name for v in variants))
+    for i, (v, t, rep) in enumerate(zip(variants, timings, reports)):
+        med = rep.median_ms
+        lo, hi = rep.ci95_ms
+        sp, slo, shi = comp.speedup(i, 1)  # vs ORT fp32, paired over interleaved rounds
         v.result.update(median_ms=med, ci95_ms=[lo, hi], n=len(t.samples_ms),
-                        stop_reason=t.stop_reason, speedup_vs_ort_fp32=sp,
-                        speedup_ci95=[slo, shi],
-                        contaminated=float(sum(b.n for b in t.blocks if b.contaminated)
-                                           / max(1, len(t.samples_ms))))
+                        rounds=len(t.blocks), stop_reason=t.stop_reason, speedup_vs_ort_fp32=sp,
+                        speedup_ci95=[slo, shi], contaminated=rep.contaminated_fraction)
         if v.result.get("roofline_ms"):
             v.result["roofline_efficiency"] = v.result["roofline_ms"] / med
     return {"model": name, "export_s": export_s, "exporter": exp.exporter,
@@ -333,10 +338,11 @@ def write_markdown(results: list[dict], env: dict, cmd: str, path: Path) -> None
              f"Machine: {env['cpu_model']}, {env['logical_cores']} logical cores, "
              f"flags {' '.join(env['cpu_flags'])}; threads 2; versions "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".", "",
-             "Method: all variants of a model run in interleaved blocks in one process until each "
-             "median's 95% CI is within ±1% or the time cap; speedup = median(ORT fp32) / "
-             "median(variant) with a bootstrap 95% CI; `contaminated` = share of samples taken "
-             "while other processes used > 25% of the cores.", ""]
+             "Method: all variants of a model run in interleaved rounds (one block each, rotating "
+             "order) in one process until each median's 95% CI (over block medians) is within "
+             "±1% or the time cap; speedup = ORT fp32 / variant from per-round paired log ratios "
+             "(Hodges-Lehmann estimate, Wilcoxon signed-rank 95% CI); `contaminated` = share of "
+             "samples taken while other processes used > 25% of the cores.", ""]
     for r in results:
         lines += [f"## {r['model']}", "",
                   f"Export: {r['exporter']} exporter, {r['export_s']:.1f} s, max rel error vs torch "
