@@ -56,11 +56,12 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
     console = console or Console()
     t = Table(title="interleaved comparison (ratio = median / median of the first row)")
     for col in ("model @ target", "median ms", "95% CI", "ratio", "ratio 95% CI", "samples",
-                "contaminated"):
+                "contaminated", "notes"):
         t.add_column(col)
     for i, (name, r) in enumerate(zip(c.names, c.reports)):
         ratio, lo, hi = c.ratio(i, 0)
         clo, chi = r.ci95_ms
         t.add_row(name, _ms(r.median_ms), f"{_ms(clo)} – {_ms(chi)}", f"{ratio:.3f}",
-                  f"{lo:.3f} – {hi:.3f}", str(len(r.samples_ms)), f"{r.contaminated_fraction:.0%}")
+                  f"{lo:.3f} – {hi:.3f}", str(len(r.samples_ms)), f"{r.contaminated_fraction:.0%}",
+                  "[yellow]" + "; ".join(r.labels) + "[/yellow]" if r.labels else "")
     console.print(t)
