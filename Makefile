@@ -7,11 +7,11 @@ EXTRAS ?= dev,tvm,openvino,report
 
 .PHONY: install demo test clean
 
-$(STAMP): pyproject.toml constraints.txt tools/setup_system.sh
+$(STAMP): pyproject.toml tools/constraints.txt tools/setup_system.sh
 	bash tools/setup_system.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt "torch==2.13.0" -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q -c tools/constraints.txt "torch==2.13.0" -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
