@@ -80,7 +80,7 @@ def fingerprint(target_name: str | None = None, target_config: Mapping[str, Any]
 
 
 # What must match for two measurements to be comparable without an interleaved re-run.
-COMPARABLE_KEYS = ("cpu_model", "threads", "machine", "target")
+COMPARABLE_KEYS = ("cpu_model", "threads", "machine", "target", "affinity_cores")
 
 
 def comparable_part(env: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,4 +89,7 @@ def comparable_part(env: Mapping[str, Any]) -> dict[str, Any]:
     vers = env.get("versions") or {}
     part["backend_versions"] = {k: v for k, v in vers.items()
                                 if k in ("onnxruntime", "onnxruntime-gpu", "apache-tvm", "openvino")}
+    # the target's settings (optimisation level, providers, spinning, precision), not its prose
+    part["target_config"] = {k: v for k, v in (env.get("target_config") or {}).items()
+                             if k not in ("description", "_file")}
     return part

@@ -231,16 +231,16 @@ def parse_threshold(text: str) -> float:
 
 def env_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """What differs between two fingerprints in the parts that change latency (CPU model,
-    threads, machine, backend versions); empty when stored samples are comparable."""
+    threads, cores, machine, backend versions, target settings); empty when comparable."""
     from .envinfo import comparable_part
 
     a, b = comparable_part(old), comparable_part(new)
     out = []
     for key in a:
-        if key == "backend_versions":
-            for pkg in sorted(set(a[key]) | set(b[key])):
-                if a[key].get(pkg) != b[key].get(pkg):
-                    out.append(f"{pkg} {a[key].get(pkg)} -> {b[key].get(pkg)}")
+        if key in ("backend_versions", "target_config"):
+            for sub in sorted(set(a[key]) | set(b[key])):
+                if a[key].get(sub) != b[key].get(sub):
+                    out.append(f"{sub} {a[key].get(sub)} -> {b[key].get(sub)}")
         elif a[key] != b[key]:
             out.append(f"{key} {a[key]!r} -> {b[key]!r}")
     return out

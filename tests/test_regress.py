@@ -188,6 +188,9 @@ def test_env_differences_name_what_matters():
     diffs = env_differences(a, c)
     assert any(d.startswith("threads 2 -> 4") for d in diffs)
     assert "onnxruntime 1.23.0 -> 1.24.0" in diffs
+    d = dict(a, target_config={"options": {"graph_optimization_level": "all"}, "description": "x"})
+    e = dict(a, target_config={"options": {"graph_optimization_level": "basic"}, "description": "y"})
+    assert [x.split(" ")[0] for x in env_differences(d, e)] == ["options"]  # prose is ignored
 
 
 def test_per_op_diff_ranks_nodes_that_got_slower():
