@@ -102,17 +102,17 @@ def warm_up(fn: Callable[[], object], plan: TimingPlan) -> tuple[int, float]:
     return len(durations), float(np.median(durations[-w:]))
 
 
-def _converged(series: "_Series", plan: TimingPlan) -> bool:
+def converged(samples: Sequence[float], blocks: Sequence[Block], plan: TimingPlan) -> bool:
     """Stop when the 95% CI of the median over clean blocks is within +/- target_rel_ci.
 
     Blocks, not samples, are the units: consecutive samples share the machine's momentary state,
     so a CI over raw samples would be far too narrow. Contaminated blocks do not count."""
-    if len(series.samples) < plan.min_samples:
+    if len(samples) < plan.min_samples:
         return False
-    clean = [b for b in series.blocks if not b.contaminated and b.n > 0]
+    clean = [b for b in blocks if not b.contaminated and b.n > 0]
     if len(clean) < plan.min_blocks:
         return False
-    meds = stats.block_medians(series.samples, clean, drop_contaminated=False)
+    meds = stats.block_medians(samples, clean, drop_contaminated=False)
     lo, hi = stats.median_ci(meds)
     return (hi - lo) / 2 <= plan.target_rel_ci * float(np.median(meds))
 
@@ -188,7 +188,7 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
                 s.block(per_block, monitor)
             rnd += 1
             elapsed = time.perf_counter() - t0
-            if all(_converged(s, plan) for s in series):
+            if all(converged(s.samples, s.blocks, plan) for s in series):
                 reason = "ci-reached"
                 break
             if elapsed >= plan.max_time_s:

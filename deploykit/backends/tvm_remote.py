@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..core import Artifact, LatencyReport, ModelRef, OpTime, TimingPlan, stable_hash
+from ..core import Artifact, Block, LatencyReport, ModelRef, OpTime, TimingPlan, stable_hash
 from ..errors import DeployKitError, TargetError
 from . import tvm_build
 from .tvm import EMULATED_LABEL, _to_numpy, first_line
@@ -152,10 +152,11 @@ class RemoteTvmArtifact(Artifact):
 
 def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
                    plan: TimingPlan = TimingPlan(), progress: bool = False) -> LatencyReport:
-    """Device-side timing: `time_evaluator` repeats (number=1), one sample per repeat, in blocks
-    until the median's 95% CI is within plan.target_rel_ci or a cap is hit."""
-    from .. import stats
+    """Device-side timing: `time_evaluator` repeats (number=1), one sample per repeat, one block
+    per call, until the CI over block medians is within plan.target_rel_ci (measure.converged)
+    or a cap is hit."""
     from ..envinfo import fingerprint
+    from ..measure import converged
 
     if not isinstance(artifact, RemoteTvmArtifact):
         raise TargetError(f"{artifact.target.name}: expected a remote TVM artifact")
@@ -170,6 +171,7 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
         raise a._fail("timing warm-up", e) from None
 
     samples: list[float] = []
+    blocks: list[Block] = []  # one per time_evaluator call; the device's load is not observable
     start = time.perf_counter()
     per_block = 5
     stop = "time-cap"
@@ -181,17 +183,16 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
                                       repeat=per_block)("main")
         except Exception as e:
             raise a._fail(f"timing (after {len(samples)} samples)", e) from None
+        blocks.append(Block(len(samples), len(res.results), 0.0, False))
         samples.extend(float(x) * 1e3 for x in res.results)
         took = time.perf_counter() - t0
         per_block = int(min(max(5, per_block * plan.block_s / max(took, 1e-6)), 1000))
         if shown:
             shown(len(samples))
         n = len(samples)
-        if n >= plan.min_samples:
-            lo, hi = stats.median_ci(samples)
-            if (hi - lo) / 2 / float(np.median(samples)) <= plan.target_rel_ci:
-                stop = "ci-reached"
-                break
+        if converged(samples, blocks, plan):
+            stop = "ci-reached"
+            break
         if n >= plan.max_samples:
             stop = "sample-cap"
             break
@@ -205,7 +206,7 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
         samples_ms=tuple(samples), target=t.name, target_config=dict(t.config),
         artifact_id=a.id, model_sha256=a.model.sha256, model_path=str(a.model.path), env=env,
         stop_reason=stop, session_create_ms=a.session_create_ms, first_inference_ms=a.first_ms,
-        warmup_samples=1, batch=batch, labels=tuple(a.labels))
+        warmup_samples=1, batch=batch, blocks=tuple(blocks), labels=tuple(a.labels))
 
 
 def _progress(enabled: bool, what: str):
