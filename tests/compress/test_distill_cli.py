@@ -7,7 +7,7 @@ import pytest
 
 from deploykit.cli import main
 
-FACTORY = str(Path(__file__).with_name("mnist_cnn.py")) + ":build"
+FACTORY = str(Path(__file__).resolve().parents[2] / "deploykit" / "examples" / "mnist_cnn.py") + ":build"
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from mnist_cnn import build
+from deploykit.examples.mnist_cnn import build
 
 from deploykit.compress import distill as kd
 from deploykit.compress import lowrank, prune
