@@ -15,5 +15,5 @@ def test_roofline_known_answer():
 
 def test_measure_ceilings_small():
     plan = TimingPlan(warmup_min_s=0.01, warmup_max_s=0.1, max_time_s=0.3, min_samples=5)
-    c = roofline.measure_ceilings(threads=1, n=128, plan=plan)
+    c = roofline.measure_ceilings(threads=1, sizes=(96, 128), plan=plan)
     assert c.fp32_gflops > 0.1 and c.int8_gops > 0.1 and c.mem_gbps > 0.1
