@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
+from ._factorize import apply_rules
 from .lowrank_matmul import blas_threads_for
 
 
@@ -103,22 +104,9 @@ def _rules(cfg: Config, layers: list, refused: dict):
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     if cfg.multiplier < 1:
         raise InputError(f"compact: multiplier must be >= 1, got {cfg.multiplier}")
-    import onnx
     import onnx_ir as ir
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
 
     layers, refused = [], {}
     irm = ir.from_proto(model)
-    fired = _rules(cfg, layers, refused).apply_to_model(irm)
-    RemoveUnusedNodesPass()(irm)
-    if not fired:
-        why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])
-        return StepResult(None, skipped="no standard kxk Conv to make separable"
-                          + (f" ({why})" if why else ""))
-    out = ir.to_proto(irm)
-    onnx.checker.check_model(out, full_check=True)
-    done = {d["node"] for d in layers}
-    return StepResult(out, fidelity_kind="lossy", details={
-        "rule_firings": fired, "layers": layers,
-        "refused": {k: v for k, v in refused.items() if k not in done},
-        "max_rel_frobenius_error": max(d["rel_frobenius_error"] for d in layers)})
+    return apply_rules(irm, _rules(cfg, layers, refused), layers, refused,
+                       "no standard kxk Conv to make separable")

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
+from ._factorize import apply_rules
 from .lowrank_matmul import blas_threads_for, choose_rank
 
 
@@ -130,19 +131,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         raise InputError(f"tucker: sweeps must be >= 0, got {cfg.sweeps}")
     import onnx
     import onnx_ir as ir
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
 
     layers, refused = [], {}
     irm = ir.from_proto(onnx.shape_inference.infer_shapes(model))
-    fired = _rules(cfg, layers, refused).apply_to_model(irm)
-    RemoveUnusedNodesPass()(irm)
-    if not fired:
-        why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])
-        return StepResult(None, skipped="no Conv to factorize" + (f" ({why})" if why else ""))
-    out = ir.to_proto(irm)
-    onnx.checker.check_model(out, full_check=True)
-    done = {d["node"] for d in layers}
-    return StepResult(out, fidelity_kind="lossy", details={
-        "rule_firings": fired, "layers": layers,
-        "refused": {k: v for k, v in refused.items() if k not in done},
-        "max_rel_frobenius_error": max(d["rel_frobenius_error"] for d in layers)})
+    return apply_rules(irm, _rules(cfg, layers, refused), layers, refused,
+                       "no Conv to factorize")

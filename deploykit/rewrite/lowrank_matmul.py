@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
+from ._factorize import apply_rules
 
 
 @dataclass(frozen=True)
@@ -158,22 +159,9 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         raise InputError(f"lowrank: ratio must be in (0, 1], got {cfg.ratio}")
     if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
         raise InputError(f"lowrank: energy must be in (0, 1], got {cfg.energy}")
-    import onnx
     import onnx_ir as ir
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
 
     layers, refused = [], {}
     irm = ir.from_proto(model)
-    fired = _rules(cfg, layers, refused).apply_to_model(irm)
-    RemoveUnusedNodesPass()(irm)
-    if not fired:
-        why = "; ".join(f"{k}: {v}" for k, v in list(refused.items())[:3])
-        return StepResult(None, skipped="no MatMul/Gemm with a constant weight to factorize"
-                          + (f" ({why})" if why else ""))
-    out = ir.to_proto(irm)
-    onnx.checker.check_model(out, full_check=True)
-    done = {d["node"] for d in layers}
-    return StepResult(out, fidelity_kind="lossy", details={
-        "rule_firings": fired, "layers": layers,
-        "refused": {k: v for k, v in refused.items() if k not in done},
-        "max_rel_frobenius_error": max(d["rel_frobenius_error"] for d in layers)})
+    return apply_rules(irm, _rules(cfg, layers, refused), layers, refused,
+                       "no MatMul/Gemm with a constant weight to factorize")
