@@ -42,42 +42,10 @@ from deploykit.rewrite import quantize_nncf  # noqa: E402
 
 
 def resnet50():
-    """torchvision's ResNet-50 layout (bottlenecks 3-4-6-3, 64..2048 channels), seeded weights."""
-    import torch
-    from torch import nn
+    """torchvision's ResNet-50 layout with seeded weights (the one tools/bench.py uses)."""
+    from deploykit.examples.resnet import resnet50 as build
 
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, mid, stride):
-            super().__init__()
-            cout = mid * 4
-            self.body = nn.Sequential(
-                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid),
-                nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-            self.relu = nn.ReLU(inplace=True)
-
-        def forward(self, x):
-            return self.relu(self.body(x) + (x if self.down is None else self.down(x)))
-
-    torch.manual_seed(0)
-    layers, cin = [], 64
-    for i, (mid, n) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)]):
-        for j in range(n):
-            layers.append(Bottleneck(cin, mid, 2 if (j == 0 and i > 0) else 1))
-            cin = mid * 4
-    model = nn.Sequential(
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, 2, 1), *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval(), (1, 3, 224, 224)
+    return build(), (1, 3, 224, 224)
 
 
 def encoder():
