@@ -28,3 +28,14 @@ def apply_rules(irm, rules, layers: list[dict[str, Any]], refused: dict[str, str
         "rule_firings": fired, "layers": layers,
         "refused": {k: v for k, v in refused.items() if k not in done},
         "max_rel_frobenius_error": max(d["rel_frobenius_error"] for d in layers)})
+
+
+def conv_weight(w, node, refuse):
+    """(weight array, None) for a group-1 2-D Conv with a constant weight, else
+    (None, refusal) — the common gate of the Conv factorization rules."""
+    if w.const_value is None or w.is_graph_input():
+        return None, refuse("weight is not a constant")
+    arr = w.const_value.numpy()
+    if arr.ndim != 4 or node.attributes.get_int("group", 1) != 1:
+        return None, refuse("not a standard 2-D convolution (group 1)")
+    return arr, None

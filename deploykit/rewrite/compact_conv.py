@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import StepContext, StepResult
-from ._factorize import apply_rules
+from ._factorize import apply_rules, conv_weight
 from .lowrank_matmul import blas_threads_for
 
 
@@ -63,11 +63,9 @@ def _rules(cfg: Config, layers: list, refused: dict):
                 refused[node.name] = reason
                 return result.fail(reason)
 
-            if w.const_value is None or w.is_graph_input():
-                return refuse("weight is not a constant")
-            arr = w.const_value.numpy()
-            if arr.ndim != 4 or node.attributes.get_int("group", 1) != 1:
-                return refuse("not a standard 2-D convolution (group 1)")
+            arr, refusal = conv_weight(w, node, refuse)
+            if refusal is not None:
+                return refusal
             o, i, kh, kw = arr.shape
             if kh * kw == 1:
                 return refuse("1x1 kernel is already pointwise")
