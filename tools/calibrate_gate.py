@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -108,55 +109,83 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/calibrate_gate.json")
     ap.add_argument("--workdir", help="keep models and baseline here (default: a temp dir)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run (same --workdir, --out, --seed and counts)")
+    ap.add_argument("--summarize", metavar="JSON",
+                    help="only print the table of an earlier (or still running) run's --out file")
     args = ap.parse_args()
+    if args.summarize:
+        d = json.loads(Path(args.summarize).read_text())
+        print(table(d["results"], d["base_ms"], d["threshold"]))
+        return 0
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="deploykit-cal-"))
     work.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        base = work / "base.onnx"
-        shutil.copy(args.model, base)
-    else:
-        base = work / "base.onnx"
-        rc, _, err = cli("export", "deploykit/examples/tinyresnet.py:build", "-o", str(base))
-        if rc:
-            raise SystemExit(f"export failed: {err}")
-    variants = {}
-    if args.chain_ops:
-        base_ms = op_ms = float("nan")
-        for n in (int(v) for v in args.chain_ops.split(",")):
-            variants[f"{n} ops"] = inject_chain(base, work / f"chain{n}.onnx", n)
-    else:
-        base_ms, op_ms = cost_per_op_ms(base, work, args.probe_ops, 15)
-        print(f"model median {base_ms:.3f} ms; one injected op costs {op_ms * 1e3:.2f} us",
-              flush=True)
-        if op_ms <= 0:
-            raise SystemExit("could not measure the injected op's cost (machine too noisy?)")
-        for s in (float(v) for v in args.slowdowns.split(",")):
-            n = max(1, round(s / 100 * base_ms / op_ms))
-            variants[f"+{s:g}%"] = inject_chain(base, work / f"slow{s:g}.onnx", n)
-            print(f"+{s:g}%: {n} ops", flush=True)
-    copy = work / "same.onnx"
-    shutil.copy(base, copy)
+    base = work / "base.onnx"
+    out = Path(args.out)
     baseline = work / "baseline.json"
     store = work / "cal.sqlite"
-    rc, wall, err = cli("baseline", str(base), "-o", str(baseline), "-q", "--store", str(store))
-    if rc:
-        raise SystemExit(f"baseline failed: {err}")
-    print(f"baseline recorded in {wall:.1f} s", flush=True)
-
-    jobs = [("A/A interleaved", str(copy), ["--against", str(base)])] * args.aa
+    results: list[dict] = []
+    if args.resume:  # same workdir, --out, seed and counts: continue the shuffled job list
+        d = json.loads(out.read_text())
+        base_ms, op_ms, results = d["base_ms"], d["op_us"] / 1e3, d["results"]
+        variants = {k: Path(v) for k, v in d["variants"].items()}
+        if not baseline.exists() or not all(v.exists() for v in variants.values()):
+            raise SystemExit(f"--resume: {work} lacks the baseline or the injected models")
+        print(f"resuming after {len(results)} checks", flush=True)
+    else:
+        if args.model:
+            shutil.copy(args.model, base)
+        else:
+            rc, _, err = cli("export", "deploykit/examples/tinyresnet.py:build", "-o", str(base))
+            if rc:
+                raise SystemExit(f"export failed: {err}")
+        variants = {}
+        if args.chain_ops:
+            base_ms = op_ms = float("nan")
+            for n in (int(v) for v in args.chain_ops.split(",")):
+                variants[f"{n} ops"] = inject_chain(base, work / f"chain{n}.onnx", n)
+        else:
+            base_ms, op_ms = cost_per_op_ms(base, work, args.probe_ops, 15)
+            print(f"model median {base_ms:.3f} ms; one injected op costs {op_ms * 1e3:.2f} us",
+                  flush=True)
+            if op_ms <= 0:
+                raise SystemExit("could not measure the injected op's cost (machine too noisy?)")
+            for s in (float(v) for v in args.slowdowns.split(",")):
+                n = max(1, round(s / 100 * base_ms / op_ms))
+                variants[f"+{s:g}%"] = inject_chain(base, work / f"slow{s:g}.onnx", n)
+                print(f"+{s:g}%: {n} ops", flush=True)
+        shutil.copy(base, work / "same.onnx")
+        rc, wall, err = cli("baseline", str(base), "-o", str(baseline), "-q", "--store", str(store))
+        if rc:
+            raise SystemExit(f"baseline failed: {err}")
+        print(f"baseline recorded in {wall:.1f} s", flush=True)
+    jobs = [("A/A interleaved", str(work / "same.onnx"), ["--against", str(base)])] * args.aa
     jobs += [("A/A stored samples", str(base), [])] * args.stored_aa
     for name, path in variants.items():
         jobs += [(name, str(path), [])] * args.trials
     random.Random(args.seed).shuffle(jobs)
-    results = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every check, so an interrupted run still leaves its verdicts
+        out.write_text(json.dumps({"base_ms": base_ms, "op_us": op_ms * 1e3,
+                                   "threshold": args.threshold, "variants": {
+                                       k: str(v) for k, v in variants.items()},
+                                   "results": results}, indent=1))
+
     for i, (cond, model, extra) in enumerate(jobs):
+        if i < len(results):
+            continue
+        while (work / "PAUSE").exists():  # `touch WORKDIR/PAUSE` frees the machine between checks
+            time.sleep(2)
+        load1 = os.getloadavg()[0]
         v = work / "v.json"
         v.unlink(missing_ok=True)
         rc, wall, err = cli("check", model, "--baseline", str(baseline), "--max-slowdown",
                             args.threshold, "-q", "--store", str(store), "--json", str(v),
                             *extra, *args.check_args.split())
-        row = {"condition": cond, "rc": rc, "wall_s": wall}
+        row = {"condition": cond, "rc": rc, "wall_s": wall,
+               "loadavg": [load1, os.getloadavg()[0]]}
         if v.exists() and rc in (0, 1):
             d = json.loads(v.read_text())
             row.update(status=d["status"], ratio=d["ratio"], ci=d["ratio_ci"], mode=d["mode"],
@@ -164,14 +193,11 @@ def main() -> int:
         else:
             row.update(status="error", error=err)
         results.append(row)
+        save()
         print(f"[{i + 1}/{len(jobs)}] {cond}: {row['status']} "
               f"{row.get('ratio', float('nan')):.4f} {row.get('ci', '')} ({wall:.1f} s)",
               flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"base_ms": base_ms, "op_us": op_ms * 1e3,
-                               "threshold": args.threshold, "results": results}, indent=1))
     print(table(results, base_ms, args.threshold))
     return 0
 
@@ -196,9 +222,11 @@ def table(results: list[dict], base_ms: float, threshold: str) -> str:
         ratio = np.median([r["ratio"] for r in ok]) - 1 if ok else float("nan")
         width = np.median([r["ci"][1] - r["ci"][0] for r in ok]) if ok else float("nan")
         wall = np.median([r["wall_s"] for r in rows])
+        loads = [max(r["loadavg"]) for r in rows if "loadavg" in r]
+        load = f"{np.median(loads):.1f}, {max(loads):.1f}" if loads else "—"
         lines.append(f"| {cond} | {len(ok)} | {k} | {k / max(len(ok), 1):.0%} "
                      f"({lo:.0%}–{hi:.0%}) | {ratio:+.1%} | {width:.1%} | "
-                     f"{len(rows) - len(ok)} | {wall:.1f} s |")
+                     f"{len(rows) - len(ok)} | {wall:.1f} s | {load} |")
     return "\n".join(lines)
 
 

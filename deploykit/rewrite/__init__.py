@@ -38,3 +38,34 @@ class StepResult:
     # rewrites (tight), "int8" / "fp16" / "bf16" (cosine floors), "lossy" for approximations
     # (pruning, low-rank: reported, failing only on broken output)
     fidelity_kind: str = "fp32"
+
+
+def per_layer(items: tuple[str, ...], step: str, lo: float, hi: float,
+              hi_open: bool = True) -> dict[str, float]:
+    """A step's `layers` field ("NAME:VALUE" items; the last ':' splits, since exported names
+    like "onnx::Conv_12" contain colons) as {name: value}, each value in [lo, hi) (or [lo, hi])."""
+    from ..errors import InputError
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, raw = item.rpartition(":")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not sep or not name or not (lo <= value < hi or (not hi_open and value == hi)):
+            raise InputError(f"{step}: bad layers item {item!r}: expected NAME:VALUE with VALUE "
+                             f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}")
+        out[name] = value
+    return out
+
+
+def unknown_layers(step: str, names, known) -> None:
+    """One-line error for `layers` names the model does not have, listing some it does."""
+    from ..errors import InputError
+
+    missing = sorted(set(names) - set(known))
+    if missing:
+        some = ", ".join(sorted(known)[:6]) or "none"
+        raise InputError(f"{step}: layers {', '.join(missing[:3])} not found among the "
+                         f"{len(set(known))} eligible weights (e.g. {some})")

@@ -23,6 +23,9 @@ class Config:
     ratio: float = 0.25  # rank = ratio * min(K, N), used when `energy` is None
     energy: float | None = None  # else: smallest rank keeping this fraction of sum(s^2)
     min_size: int = 16  # leave weights with min(K, N) below this alone
+    # per-weight rank ratios "WEIGHT:RATIO" overriding ratio/energy for that weight; with
+    # ratio=0 (and no energy) only the listed weights are factorized (NetAdapt's moves)
+    layers: tuple[str, ...] = ()
 
 
 def blas_threads_for(n: int):
@@ -77,11 +80,29 @@ def svd_split(w: np.ndarray, ratio: float, energy: float | None):
             r, err)
 
 
+def linear_layers(model) -> list[tuple[str, int, int]]:
+    """(weight name, K, N) of every MatMul/Gemm with a constant 2-D weight (onnx.ModelProto):
+    the names `layers` accepts."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            dims = list(inits[n.input[1]].dims)
+            if len(dims) == 2:
+                trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+                k, m = (dims[1], dims[0]) if trans else dims
+                out.append((n.input[1], k, m))
+    return out
+
+
 def _rules(cfg: Config, layers: list, refused: dict):
     from onnxscript import ir
     from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
     created: set[str] = set()
+    from . import per_layer
+
+    ratios = per_layer(cfg.layers, "lowrank", 0.0, 1.0, hi_open=False)
 
     class _Split(RewriteRuleClassBase):
         """Shared check: constant 2-D weight, and the rank-r form has fewer FLOPs."""
@@ -109,10 +130,14 @@ def _rules(cfg: Config, layers: list, refused: dict):
                 refused[node.name] = "Gemm with transA"
                 return result.fail(refused[node.name])
             k, n = w.const_value.numpy().shape
+            ratio = ratios.get(w.name, cfg.ratio)
+            energy = None if w.name in ratios else cfg.energy
+            if ratio == 0 and energy is None:
+                return result.fail("not selected")
             if min(k, n) < cfg.min_size:
                 refused[node.name] = f"{k}x{n} weight is below min_size {cfg.min_size}"
                 return result.fail(refused[node.name])
-            a, b, r, err = svd_split(self.weight(node), cfg.ratio, cfg.energy)
+            a, b, r, err = svd_split(self.weight(node), ratio, energy)
             if r * (k + n) >= k * n:
                 refused[node.name] = (f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
                                       f"({r * (k + n)} >= {k * n} MACs per row)")
@@ -155,12 +180,17 @@ def _rules(cfg: Config, layers: list, refused: dict):
 
 
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    if not 0.0 < cfg.ratio <= 1.0:
-        raise InputError(f"lowrank: ratio must be in (0, 1], got {cfg.ratio}")
+    if not 0.0 <= cfg.ratio <= 1.0 or (cfg.ratio == 0 and not cfg.layers and cfg.energy is None):
+        raise InputError(f"lowrank: ratio must be in (0, 1] (0 only with layers=...), "
+                         f"got {cfg.ratio}")
     if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
         raise InputError(f"lowrank: energy must be in (0, 1], got {cfg.energy}")
     import onnx_ir as ir
 
+    from . import per_layer, unknown_layers
+
+    unknown_layers("lowrank", per_layer(cfg.layers, "lowrank", 0.0, 1.0, hi_open=False),
+                   [name for name, _, _ in linear_layers(model)])
     layers, refused = [], {}
     irm = ir.from_proto(model)
     return apply_rules(irm, _rules(cfg, layers, refused), layers, refused,

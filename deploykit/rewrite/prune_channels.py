@@ -31,6 +31,9 @@ class Config:
     min_channels: int = 1
     residual: bool = True  # also prune groups joined by Add/Mul (residual streams); False keeps
     # them whole and prunes only single-producer groups (e.g. bottleneck interiors)
+    # per-group ratios "WEIGHT:RATIO" (any producer Conv's weight names its group), overriding
+    # `ratio` for that group; with ratio=0 only the listed groups are pruned (NetAdapt's moves)
+    layers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -395,17 +398,41 @@ def param_count(model) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
 
+def group_ratios(cg: ChannelGraph, roots: list[int], cfg: Config) -> dict[int, float]:
+    """`cfg.layers` as {group root: ratio}; one-line errors for names of no prunable group."""
+    from . import per_layer, unknown_layers
+
+    wanted = per_layer(cfg.layers, "prune-channels", 0.0, 1.0)
+    by_name = {name: r for r in roots for name in cg.producer_names(r)}
+    unknown_layers("prune-channels", wanted, by_name)
+    out: dict[int, float] = {}
+    for name, ratio in wanted.items():
+        if out.setdefault(by_name[name], ratio) != ratio:
+            raise InputError(f"prune-channels: layers {name} and another weight of its group "
+                             f"(joined by a residual Add/Mul) ask for different ratios")
+    return out
+
+
+def prunable_layers(model, residual: bool = True) -> list[tuple[str, int, list[str]]]:
+    """(name for `layers`, channels, producer weights) of each prunable group of an ONNX model:
+    the moves a per-layer search can make."""
+    cg = ChannelGraph(load_ir(model))
+    return [(cg.producer_names(r)[0], cg.size[r], cg.producer_names(r)) for r in cg.prunable()
+            if residual or len(cg.producer_names(r)) == 1]
+
+
 def choose_keep(cg: ChannelGraph, cfg: Config) -> dict[int, np.ndarray]:
     """Kept channel indices per prunable group, lowest group-summed L1 norm removed first."""
     roots = [r for r in cg.prunable() if cfg.residual or len(cg.producer_names(r)) == 1]
     scores = {r: cg.l1_importance(r) for r in roots}
     n_keep = {}
     if cfg.scope == "layer":
+        ratios = group_ratios(cg, roots, cfg)
         for r in roots:
-            n_keep[r] = cg.size[r] - int(round(cfg.ratio * cg.size[r]))
+            n_keep[r] = cg.size[r] - int(round(ratios.get(r, cfg.ratio) * cg.size[r]))
     else:  # one threshold over scores normalised by each group's mean, so layers compare
         norm = np.concatenate([scores[r] / max(scores[r].mean(), 1e-12) for r in roots])
-        cut = np.quantile(norm, cfg.ratio) if norm.size else 0.0
+        cut = np.quantile(norm, cfg.ratio) if norm.size and cfg.ratio > 0 else -np.inf
         for r in roots:
             n_keep[r] = int((scores[r] / max(scores[r].mean(), 1e-12) > cut).sum())
     keep = {}
@@ -418,10 +445,12 @@ def choose_keep(cg: ChannelGraph, cfg: Config) -> dict[int, np.ndarray]:
 
 
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    if not 0.0 < cfg.ratio < 1.0:
-        raise InputError(f"prune-channels: ratio must be in (0, 1), got {cfg.ratio}")
+    if not 0.0 <= cfg.ratio < 1.0:
+        raise InputError(f"prune-channels: ratio must be in [0, 1), got {cfg.ratio}")
     if cfg.scope not in ("layer", "global"):
         raise InputError(f"prune-channels: scope must be 'layer' or 'global', got {cfg.scope!r}")
+    if cfg.layers and cfg.scope != "layer":
+        raise InputError("prune-channels: per-layer ratios (layers=...) need scope=layer")
     if cfg.round_to < 1 or cfg.min_channels < 1:
         raise InputError("prune-channels: round_to and min_channels must be >= 1")
     irm = load_ir(model)
@@ -432,7 +461,9 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
                           + (f" ({'; '.join(reasons)})" if reasons else ""))
     keep = choose_keep(cg, cfg)
     if not keep:
-        return StepResult(None, skipped=f"ratio {cfg.ratio} removes no channel from any group")
+        return StepResult(None, skipped=f"ratio {cfg.ratio}"
+                          + (" and layers=..." if cfg.layers else "")
+                          + " remove no channel from any group")
     groups = [{"producers": cg.producer_names(r), "channels": cg.size[r],
                "kept": int(len(keep.get(r, range(cg.size[r])))),
                "removed": sorted(set(range(cg.size[r])) - set(keep[r].tolist()))

@@ -73,7 +73,8 @@ def test_nothing_to_factorize_and_bad_config():
     del model.graph.node[:]
     model.graph.node.append(helper.make_node("Identity", ["x"], ["out"]))
     assert lm.step(model, lm.Config(), CTX).skipped.startswith("no MatMul/Gemm")
-    for cfg in (lm.Config(ratio=0.0), lm.Config(energy=1.5)):
+    for cfg in (lm.Config(ratio=0.0), lm.Config(energy=1.5), lm.Config(layers=("W9:0.5",)),
+                lm.Config(layers=("W1:1.5",))):
         with pytest.raises(InputError):
             lm.step(_mlp(), cfg, CTX)
 
@@ -89,3 +90,15 @@ def test_large_weights_use_randomized_svd_with_exact_error():
     best = np.linalg.svd(w.astype(np.float64), compute_uv=False)
     optimal = np.sqrt((best[26:] ** 2).sum() / (best ** 2).sum())
     assert real < optimal * 1.01  # as good as the exact truncated SVD
+
+
+def test_per_layer_ranks_override_the_ratio():
+    model = _mlp(None, None)
+    assert [n for n, _, _ in lm.linear_layers(model)] == ["W1", "W2"]
+    assert lm.linear_layers(model)[1][1:] == (96, 80)  # Gemm transB: K x N as x @ W sees it
+    only = lm.step(model, lm.Config(ratio=0.0, layers=("W1:0.25",)), CTX)
+    assert [(d["initializer"], d["rank"]) for d in only.details["layers"]] == [("W1", 16)]
+    assert "W2" in {t.name for t in only.model.graph.initializer}
+    both = lm.step(model, lm.Config(ratio=0.25, layers=("W2:0.5",)), CTX)
+    assert [(d["initializer"], d["rank"]) for d in both.details["layers"]] == [("W1", 16),
+                                                                               ("W2", 40)]

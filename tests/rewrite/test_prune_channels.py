@@ -100,8 +100,45 @@ def test_channels_reaching_graph_output_are_pinned():
     assert res.model is None and "graph output" in res.skipped
 
 
-@pytest.mark.parametrize("cfg", [pc.Config(ratio=0.0), pc.Config(ratio=1.0),
-                                 pc.Config(scope="net"), pc.Config(round_to=0)])
+@pytest.mark.parametrize("cfg", [pc.Config(ratio=-0.1), pc.Config(ratio=1.0),
+                                 pc.Config(scope="net"), pc.Config(round_to=0),
+                                 pc.Config(layers=("w0:1.0",)), pc.Config(layers=("w0",)),
+                                 pc.Config(layers=("nope:0.5",)),
+                                 pc.Config(scope="global", layers=("w0:0.5",))])
 def test_bad_config_is_an_input_error(cfg):
     with pytest.raises(InputError):
         pc.step(bn_concat_net(), cfg, CTX)
+
+
+def test_per_layer_ratios_prune_only_the_named_groups():
+    model = load("tinyresnet")
+    layers = pc.prunable_layers(model)
+    assert len(layers) == 8 and all(ch > 0 and name in ws for name, ch, ws in layers)
+    (a, ch_a, _), (b, ch_b, ws_b) = layers[0], layers[-1]
+    # a group may be named by any of its producers' weights
+    cfg = pc.Config(ratio=0.0, layers=(f"{a}:0.5", f"{ws_b[-1]}:0.25"))
+    cg, keep = _plan(model, cfg)
+    sizes = {cg.producer_names(r)[0]: len(k) for r, k in keep.items()}
+    assert sizes == {a: ch_a - round(0.5 * ch_a), b: ch_b - round(0.25 * ch_b)}
+    res = pc.step(model, cfg, CTX)
+    full_check(res.model)
+    kept = [g["kept"] for g in res.details["groups"]]
+    assert sum(k < g["channels"] for k, g in zip(kept, res.details["groups"])) == 2
+    x = image()
+    assert rel_err(run(zeroed_parent(model, keep, cg), x), run(res.model, x)) < 1e-4
+    # unnamed groups take `ratio`
+    _, keep_all = _plan(model, pc.Config(ratio=0.5, layers=(f"{a}:0.25",)))
+    assert len(keep_all) == 8
+    assert pc.step(model, pc.Config(ratio=0.0), CTX).skipped.endswith("remove no channel "
+                                                                        "from any group")
+
+
+def test_layers_field_parses_names_with_colons_from_a_recipe():
+    from deploykit.recipe import parse_recipe
+
+    (st,) = parse_recipe("prune-channels:ratio=0,layers=onnx::Conv_12:0.5|conv.weight:0.25")
+    assert st.config.layers == ("onnx::Conv_12:0.5", "conv.weight:0.25")
+    from deploykit.rewrite import per_layer
+
+    assert per_layer(st.config.layers, "prune-channels", 0, 1) == {"onnx::Conv_12": 0.5,
+                                                                   "conv.weight": 0.25}
