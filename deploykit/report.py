@@ -153,6 +153,12 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
                      f"{pred['measured_whole']} candidates (each predicted before it was measured)"
                      + ("" if pred.get("rank_correlation") is None else
                         f"; rank correlation {pred['rank_correlation']:.2f}"))
+    na = cost.get("netadapt")
+    if na:
+        kept = [it["chosen"] for it in na["iterations"] if it["chosen"]]
+        lines.append(f"NetAdapt per-layer loop: {len(kept)} cuts kept from {na['proposals']} "
+                     f"proposals over {na['layers']} layers"
+                     + (f" ({'; '.join(kept)})" if kept else ""))
     lines += list(data.get("notes", ()))
     return lines
 

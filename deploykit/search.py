@@ -35,6 +35,7 @@ UNIT_PLAN = TimingPlan(warmup_min_s=0.01, warmup_max_s=0.05, target_rel_ci=0.03,
 WHOLE_PLAN = TimingPlan(warmup_min_s=0.1, warmup_max_s=1.0, target_rel_ci=0.02, min_samples=30,
                         max_time_s=2.0, block_s=0.25)
 BUILD_SHARE = 0.6  # of the time limit for building candidates; the rest is for measuring whole
+NETADAPT_SHARE = 0.8  # per-layer (NetAdapt) moves may run until this share of the time limit
 FINAL_PLAN = TimingPlan(warmup_min_s=0.2, warmup_max_s=2.0, target_rel_ci=0.01, min_samples=50,
                         max_time_s=8.0, block_s=0.5)
 
@@ -47,6 +48,7 @@ class SearchConfig:
     whole_fraction: float = 0.25  # measure at most this share of the candidates whole
     exhaustive: bool = False  # measure every candidate whole (to judge the predictor)
     target_options: bool = True  # also try thread counts / graph optimisation levels
+    netadapt: bool = True  # also per-layer pruning ratios / ranks chosen by the layer table
     families: tuple[str, ...] = ()  # restrict the space ("int8", "prune", ...); empty: all
     unit_plan: TimingPlan = UNIT_PLAN
     whole_plan: TimingPlan = WHOLE_PLAN
@@ -197,6 +199,7 @@ class Search:
         self.notes: list[str] = []
         self._targets: dict[tuple, Target] = {(): self.target}
         self._base_metric: float | None = None
+        self.netadapt_log: dict[str, Any] | None = None
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -393,14 +396,19 @@ class Search:
                     row.table_ms = self._estimate(row)
                 rows_by_model[cand.model_id] = row
                 rows.append(row)
-                for v in variants[1:]:
-                    vr = Row(cand.with_options(v))
-                    self._copy_build(row, vr)
-                    if vr.status == "ok":
-                        vr.table_ms = self._estimate(vr)
-                    rows.append(vr)
+                rows += self._variant_rows(row, variants)
                 bar.advance(row, len(variants))
                 self._status(bar, rows)
+
+            # 2b. NetAdapt: per-layer cuts, each iteration keeping the most faithful proposal
+            # that meets its latency goal on the layer table; then int8 on the last ones
+            if self.cfg.netadapt and base.table_ms is not None:
+                na_rows, kept = self._netadapt(base, sha_seen, bar)
+                for row in na_rows:  # other target variants only for the states it kept
+                    rows.append(row)
+                    if row in kept:
+                        rows += self._variant_rows(row, variants)
+                n_space += len(na_rows) + len(kept) * (len(variants) - 1)
 
             # 3. measure whole what the calibrated table says could win
             timeable = [r for r in rows if r.status == "ok"]
@@ -479,13 +487,91 @@ class Search:
                 "whole_measured_now": self.whole_now, "whole_reused": self.whole_reused,
                 "units_timed": sum(t.timed for t in self._tables.values()),
                 "units_reused": sum(t.reused for t in self._tables.values()),
-                "seconds": time.monotonic() - self.t0, "exhaustive": self.cfg.exhaustive}
+                "seconds": time.monotonic() - self.t0, "exhaustive": self.cfg.exhaustive,
+                "netadapt": self.netadapt_log}
         from .envinfo import fingerprint
 
         return SearchResult(self.cfg, str(self.source.path), self.target.name, rows,
                             recommendation, infeasible, predictor, cost,
                             fingerprint(self.target.name, self.target.config, self.target.threads),
                             per_op, self.notes)
+
+    def _variant_rows(self, row: Row, variants: Sequence[tuple]) -> list[Row]:
+        """The candidate on every other target variant (same model, own table estimate)."""
+        out = []
+        for v in variants[1:]:
+            vr = Row(row.cand.with_options(v))
+            self._copy_build(row, vr)
+            if vr.status == "ok":
+                vr.table_ms = self._estimate(vr)
+            out.append(vr)
+        return out
+
+    def _netadapt(self, base: Row, sha_seen: dict[str, Row], bar: "_Bar"
+                  ) -> tuple[list[Row], list[Row]]:
+        """(every row the NetAdapt loop (search_netadapt) built, the ones it kept): its proposals,
+        and the int8 composition of the last accepted states."""
+        import onnx
+
+        from .search_netadapt import NetAdaptConfig, layer_costs, layers_of, netadapt
+        from .search_space import Candidate, available_steps, int8_finish, model_traits
+
+        source = onnx.load(str(self.source.path))
+        traits = model_traits(source)
+        kinds = {k for k in ("prune", "lowrank")
+                 if not self.cfg.families or k in self.cfg.families}
+        have = available_steps(["prune-channels", "lowrank", "quantize-static",
+                                "quantize-dynamic"])
+        kinds &= {k for k, st in (("prune", "prune-channels"), ("lowrank", "lowrank"))
+                  if st in have}
+        if traits["quantized"] or not kinds:
+            return [], []
+        layers = layers_of(source, kinds)
+        if not layers:
+            return [], []
+        out: list[Row] = []
+        limit = (1 - NETADAPT_SHARE) * self.cfg.time_limit_s
+
+        def add(cand: Candidate) -> Row:
+            row = Row(cand)
+            self.build(row)
+            if row.status == "ok" and row.sha256 in sha_seen:
+                seen = sha_seen[row.sha256]
+                row.status, row.reason = "duplicate", f"same model as {seen.cand.name}"
+                row.table_ms = seen.table_ms  # the loop may still step past it
+            elif row.status == "ok":
+                sha_seen[row.sha256] = row
+                row.table_ms = self._estimate(row)
+            out.append(row)
+            bar.grow(row)
+            self._status(bar, out)
+            return row
+
+        def propose(state: dict) -> Row:
+            from .search_netadapt import state_steps
+
+            family = "+".join(sorted({f"{k}/layer" for k, _ in state}))
+            return add(Candidate(family, state_steps(state)))
+
+        def costs(row: Row | None) -> dict[str, float]:
+            m = source if row is None else onnx.load(row.path)
+            return layer_costs(m, self._tables[()].estimate(m, self.feeds), layers)
+
+        def done(row: Row) -> bool:  # the budget, on the baseline-calibrated table
+            return self.cfg.budget_ms is not None and base.median is not None and \
+                row.table_ms * base.median / base.table_ms <= self.cfg.budget_ms
+
+        accepted, log = netadapt(base.table_ms, layers, NetAdaptConfig(), propose, costs, done,
+                                 lambda: self.time_left() > limit)
+        finish = int8_finish(traits, have)
+        kept = list(accepted)
+        for row in accepted[-2:] if finish else []:  # the two deepest cuts, made int8
+            if self.time_left() <= limit:
+                break
+            kept.append(add(Candidate(row.cand.family + "+int8", row.cand.steps + tuple(finish))))
+        self.netadapt_log = {"layers": len(layers), "proposals": len(out),
+                             "iterations": [asdict(it) for it in log]}
+        return out, kept
 
     def _copy_build(self, src: Row, dst: Row) -> None:
         for k in ("status", "reason", "path", "sha256", "fidelity", "fidelity_detail", "metric",
@@ -629,6 +715,12 @@ class _Bar:
     def advance(self, row: Row, n: int = 1) -> None:
         if self._p:
             self._p.advance(self._task, n)
+
+    def grow(self, row: Row) -> None:
+        """One more candidate than the space counted at the start (a NetAdapt proposal)."""
+        if self._p:
+            task = self._p.tasks[0]
+            self._p.update(self._task, total=(task.total or 0) + 1, advance=1)
 
     def describe(self, text: str) -> None:
         if self._p:

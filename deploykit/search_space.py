@@ -152,14 +152,20 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     out += [Candidate(fam, (s,)) for fam, s in structural]
 
     # compositions: each structural step followed by the default int8 of the model's kind
-    finish = []
-    if "quantize-static" in have and t["conv"]:
-        finish.append(_step("quantize-static", {}))
-    elif "quantize-dynamic" in have and t["linear"]:
-        finish.append(_step("quantize-dynamic", {}))
+    finish = int8_finish(t, have)
     for fam, s in structural:
         out += [Candidate(f"{fam}+int8", (s, q)) for q in finish]
     return out
+
+
+def int8_finish(traits: Mapping[str, bool], have: set[str]) -> list[tuple[str, tuple]]:
+    """The int8 step that ends a structural composition: static QDQ for CNNs, dynamic for
+    Linear-only models (empty when neither applies or is installed)."""
+    if "quantize-static" in have and traits["conv"]:
+        return [_step("quantize-static", {})]
+    if "quantize-dynamic" in have and traits["linear"]:
+        return [_step("quantize-dynamic", {})]
+    return []
 
 
 # Other runtimes tried for the same CPU when they are installed; fp32 ones only, because
@@ -170,17 +176,17 @@ CPU_ALTERNATIVES = ("ov-cpu",)
 def option_variants(target) -> list[tuple[tuple[str, Any], ...]]:
     """Target options worth trying: fewer threads (a shared or SMT machine can favour them), on
     ORT the graph optimisation level below "all" (layout rewrites do not always pay), and for an
-    ORT CPU target the other CPU runtimes that are available here (OpenVINO runs QDQ int8)."""
+    ORT CPU target the other CPU runtimes that are available here (OpenVINO runs QDQ int8); then
+    each of the latter combined with fewer threads (what wins alone need not win together)."""
     from . import targets
     from .errors import TargetError
 
-    variants: list[tuple[tuple[str, Any], ...]] = [()]
-    if target.threads > 1:
-        variants.append((("threads", 1),))
+    fewer = [(("threads", 1),)] if target.threads > 1 else []
+    other: list[tuple[tuple[str, Any], ...]] = []
     opts = target.config.get("options", {})
     if target.config.get("backend") == "ort" and opts.get("graph_optimization_level",
                                                           "all") == "all":
-        variants.append((("graph_optimization_level", "extended"),))
+        other.append((("graph_optimization_level", "extended"),))
     if target.config.get("backend") == "ort" and \
             list(opts.get("providers", ["CPUExecutionProvider"]))[0] == "CPUExecutionProvider":
         for name in CPU_ALTERNATIVES:
@@ -188,8 +194,8 @@ def option_variants(target) -> list[tuple[tuple[str, Any], ...]]:
                 targets.get(name, threads=target.threads)
             except TargetError:
                 continue
-            variants.append((("target", name),))
-    return variants
+            other.append((("target", name),))
+    return [(), *fewer, *other, *(tuple(sorted(o + f)) for o in other for f in fewer)]
 
 
 def target_for(spec: str, base_config: Mapping[str, Any], options: tuple[tuple[str, Any], ...]):

@@ -161,3 +161,24 @@ def test_resume_after_sigkill_does_not_measure_again(cnn, tmp_path):
     assert len(labels) == len(set(labels)) == len(after)  # nothing was measured twice
     cost = json.loads((out / "search.json").read_text())["cost"]
     assert cost["units_reused"] + cost["whole_reused"] >= 1
+
+
+def test_netadapt_per_layer_moves_inside_a_search(cnn, tmp_path):
+    from deploykit.recipe import parse_recipe
+
+    cfg = SearchConfig(min_fidelity=0.8, time_limit_s=40, families=("prune", "lowrank"),
+                       target_options=False, **FAST)
+    res = _search(cnn, tmp_path, cfg)
+    log = res.cost["netadapt"]
+    assert log["layers"] == 4 and log["proposals"] >= 3
+    chosen = [it for it in log["iterations"] if it["chosen"]]
+    assert chosen, log
+    per_layer = [r for r in res.rows if r.cand.family.endswith("/layer")]
+    assert len(per_layer) >= log["proposals"] - 2  # (the last ones may be their int8 forms)
+    for it in chosen:  # each kept state met its goal on the table, above the fidelity floor
+        assert it["table_ms"] <= it["goal_ms"] and it["fidelity"] >= 0.8
+    for r in per_layer:
+        assert parse_recipe(r.cand.recipe)  # an ordinary recipe `deploykit compress` can run
+        if r.status == "ok":
+            assert r.fidelity >= 0.8 and r.table_ms > 0
+    assert any(r.cand.family.endswith("+int8") for r in res.rows)

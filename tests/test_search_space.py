@@ -54,11 +54,17 @@ def test_target_option_variants():
     t = targets.get("ort-cpu", threads=2)
     variants = option_variants(t)
     assert variants[:3] == [(), (("threads", 1),), (("graph_optimization_level", "extended"),)]
-    for extra in variants[3:]:  # other CPU runtimes, when installed: same threads, fp32
+    alone = [v for v in variants[3:] if len(v) == 1]
+    for extra in alone:  # other CPU runtimes, when installed: same threads, fp32
         assert extra[0][0] == "target"
         other = target_for("ort-cpu", t.config, extra)
         assert other.name == extra[0][1] and other.threads == 2
         assert other.unavailable_reason() is None
+    # then each option combined with fewer threads
+    assert variants[3 + len(alone):] == [tuple(sorted(v + (("threads", 1),)))
+                                         for v in variants[2:3 + len(alone)]]
+    for combo in variants[3 + len(alone):]:
+        assert target_for("ort-cpu", t.config, combo).threads == 1
     v = target_for("ort-cpu", t.config, (("graph_optimization_level", "extended"),
                                          ("threads", 1)))
     assert v.threads == 1 and v.config["options"]["graph_optimization_level"] == "extended"

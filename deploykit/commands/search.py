@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tucker, compact (default: all)")
     p.add_argument("--no-target-options", action="store_true",
                    help="do not try other thread counts / graph optimisation levels")
+    p.add_argument("--no-netadapt", action="store_true",
+                   help="do not search per-layer pruning ratios / SVD ranks (NetAdapt loop)")
     p.add_argument("-o", "--out", default="search-out", metavar="OUTDIR",
                    help="where search.json, recommended.onnx and the report go (default search-out)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = SearchConfig(budget_ms=args.budget_ms, min_fidelity=args.min_fidelity,
                        time_limit_s=parse_duration(args.time_limit), exhaustive=args.exhaustive,
                        target_options=not args.no_target_options,
+                       netadapt=not args.no_netadapt,
                        families=tuple(f.strip() for f in (args.families or "").split(",")
                                       if f.strip()))
     unknown = set(cfg.families) - set(FAMILIES)

@@ -413,12 +413,18 @@ def group_ratios(cg: ChannelGraph, roots: list[int], cfg: Config) -> dict[int, f
     return out
 
 
-def prunable_layers(model, residual: bool = True) -> list[tuple[str, int, list[str]]]:
-    """(name for `layers`, channels, producer weights) of each prunable group of an ONNX model:
-    the moves a per-layer search can make."""
+def prunable_layers(model, residual: bool = True
+                    ) -> list[tuple[str, int, list[str], list[str]]]:
+    """(name for `layers`, channels, producer weights, weights reading the channels) of each
+    prunable group of an ONNX model: the moves a per-layer search can make."""
     cg = ChannelGraph(load_ir(model))
-    return [(cg.producer_names(r)[0], cg.size[r], cg.producer_names(r)) for r in cg.prunable()
-            if residual or len(cg.producer_names(r)) == 1]
+    out = []
+    for r in cg.prunable():
+        if residual or len(cg.producer_names(r)) == 1:
+            readers = [p.value.name for p in cg.consumers
+                       if any(cg.find(s.space) == r for s in p.segs)]
+            out.append((cg.producer_names(r)[0], cg.size[r], cg.producer_names(r), readers))
+    return out
 
 
 def choose_keep(cg: ChannelGraph, cfg: Config) -> dict[int, np.ndarray]:

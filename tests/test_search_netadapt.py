@@ -1,0 +1,88 @@
+"""The NetAdapt loop on a synthetic cost model (no timing), and inside a real search on a small CNN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploykit.search_netadapt import Layer, NetAdaptConfig, layers_of, netadapt, state_steps
+
+
+@dataclass
+class _Row:
+    status: str
+    table_ms: float | None
+    fidelity: float | None
+
+
+# three layers: each removed share saves cost[layer] * share ms and loses loss[layer] * share
+COST = {"a": 10.0, "b": 6.0, "c": 1.0}
+LOSS = {"a": 0.08, "b": 0.02, "c": 0.001}
+MOVES = (0.25, 0.5, 0.75)
+
+
+def _layers():
+    return [Layer("prune", n, MOVES, frozenset({n})) for n in COST]
+
+
+def _propose(log):
+    def propose(state):
+        log.append(dict(state))
+        ms = sum(COST.values()) - sum(COST[n] * v for (_, n), v in state.items())
+        fid = 1 - sum(LOSS[n] * v for (_, n), v in state.items())
+        return _Row("ok" if fid >= 0.95 else "rejected", ms, fid)
+    return propose
+
+
+def test_each_iteration_keeps_the_most_faithful_proposal_that_meets_the_goal():
+    proposed = []
+    rows, log = netadapt(sum(COST.values()), _layers(), NetAdaptConfig(step=0.1, top_layers=2),
+                         _propose(proposed), lambda row: dict(COST), lambda row: False,
+                         lambda: True)
+    # iteration 1, goal 15.3 ms: 'a' needs 0.25 (fid 0.98), 'b' needs 0.5 (fid 0.99) -> b
+    assert log[0].chosen == "prune b -> 0.5" and log[0].goal_ms == pytest.approx(15.3)
+    assert proposed[:3] == [{("prune", "a"): 0.25}, {("prune", "b"): 0.25},
+                            {("prune", "b"): 0.5}]
+    for it, row in zip(log, rows):
+        assert row.table_ms <= it.goal_ms and row.fidelity >= 0.95
+    assert [r.table_ms for r in rows] == sorted((r.table_ms for r in rows), reverse=True)
+    # it stops when no layer meets the goal within the fidelity floor
+    assert log[-1].chosen is None and len(rows) == len(log) - 1
+    assert 1 - rows[-1].fidelity <= 0.05
+
+
+def test_stops_at_the_budget_and_on_time():
+    rows, log = netadapt(17.0, _layers(), NetAdaptConfig(step=0.1), _propose([]),
+                         lambda row: dict(COST), lambda row: row.table_ms < 14, lambda: True)
+    assert rows[-1].table_ms < 14 and all(r.table_ms >= 14 for r in rows[:-1])
+    rows, log = netadapt(17.0, _layers(), NetAdaptConfig(), _propose([]), lambda row: dict(COST),
+                         lambda row: False, lambda: False)
+    assert rows == [] and log == []
+
+
+def test_state_steps_are_recipes():
+    from deploykit.recipe import make_step
+
+    steps = state_steps({("lowrank", "onnx::MatMul_9"): 0.25, ("prune", "w1"): 0.5,
+                         ("prune", "w0"): 0.125})
+    assert [name for name, _ in steps] == ["prune-channels", "lowrank"]
+    built = [make_step(name, dict(fields)).config for name, fields in steps]
+    assert built[0].layers == ("w0:0.125", "w1:0.5") and built[0].ratio == 0.0
+    assert built[1].layers == ("onnx::MatMul_9:0.25",)
+
+
+def test_layers_of_a_cnn_with_a_linear_head(tmp_path):
+    import onnx
+
+    from _search_models import residual_cnn
+
+    model = onnx.load(residual_cnn(tmp_path / "cnn.onnx"))
+    layers = {(la.kind, la.name): la for la in layers_of(model, {"prune", "lowrank"})}
+    # conv2 and the skip share the residual Add's group (named by its first producer); fc1
+    # (16 -> 64) is worth factorizing down to rank 1, fc2 (64 -> 10) is below min_size
+    assert set(layers) == {("prune", "w0"), ("prune", "w1"), ("prune", "w2"),
+                           ("lowrank", "fc1")}
+    assert layers[("prune", "w1")].weights >= {"w1", "w2"}  # conv2 reads conv1's channels
+    assert layers[("lowrank", "fc1")].moves == (0.5, 0.375, 0.25, 0.125, 0.0625)
