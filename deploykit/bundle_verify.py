@@ -40,11 +40,14 @@ def _rpc_runner(device: str, tracker: str, timeout_s: int):
     from .rpc import connect
 
     remote, where = connect(device, tracker, None, session_timeout=timeout_s)
+    held = {"remote": remote}
+    del remote
 
     def run(bundle: Path, manifest: Mapping[str, Any], feeds: Mapping[str, Any]):
         import tvm
         from tvm import relax
 
+        remote = held["remote"]
         lib = bundle / manifest["runtime"]["model"]
         remote.upload(str(lib))
         dev = remote.cpu()
@@ -52,7 +55,15 @@ def _rpc_runner(device: str, tracker: str, timeout_s: int):
         out = vm["main"](*[tvm.runtime.tensor(v, dev) for v in feeds.values()])
         return st.flatten_tvm(out)
 
-    return run, where
+    def release() -> None:
+        """Hand the device back now: the session ends when its last remote object is gone (a
+        leaked one holds the device, and every later request queues, until its timeout)."""
+        import gc
+
+        held.clear()
+        gc.collect()
+
+    return run, release, where
 
 
 def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None = None,
@@ -72,8 +83,11 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
     if device:
         if backend != "tvm":
             raise InputError("--device/--tracker run TVM bundles over RPC; this is an ORT bundle")
-        run, where = _rpc_runner(device, tracker, timeout_s)
-        problems, rows = st.selftest(bundle, run)
+        run, release, where = _rpc_runner(device, tracker, timeout_s)
+        try:
+            problems, rows = st.selftest(bundle, run)
+        finally:
+            release()
         return VerifyResult(tuple(problems), tuple(rows), f"TVM RPC device {where}",
                             time.perf_counter() - t0)
     if backend == "ort" or python:

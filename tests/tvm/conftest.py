@@ -60,12 +60,21 @@ def load_arm_device():
 
 
 @pytest.fixture(scope="session")
-def emulated_device(tracker):
+def arm_device():
+    """(tools/arm_device.py as a module, arm64 rootfs, aarch64 site-packages): set up on first
+    use (about a minute, installing what is missing), cached afterwards; fails loudly."""
+    arm = load_arm_device()
+    rootfs, site = arm.setup()
+    return arm, rootfs, site
+
+
+@pytest.fixture(scope="session")
+def emulated_device(arm_device, tracker):
     """The emulated aarch64 device (qemu-user), registered with the tracker as 'aarch64-emu';
-    built on first use (about a minute), cached afterwards."""
+    one server for the whole session (its start under qemu costs tens of seconds)."""
     from deploykit import rpc
 
-    arm = load_arm_device()
+    arm = arm_device[0]
     proc, port = arm.start(port=rpc.free_port(), tracker=tracker, key="aarch64-emu")
     yield {"tracker": tracker, "key": "aarch64-emu", "rpc": f"127.0.0.1:{port}"}
     kill_group(proc)

@@ -5,7 +5,6 @@ emulated server) passes, and a changed weight in the library fails by hash and b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,23 +21,12 @@ from deploykit.cli import main  # noqa: E402
 
 from onnx_models import conv_relu_gemm  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 EM_AARCH64 = 0xB7  # ELF e_machine
 
 
-def _arm_device():
-    spec = importlib.util.spec_from_file_location("arm_device", REPO / "tools" / "arm_device.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def device():
-    """(arm_device module, rootfs, site): set up once (cached), exits loudly if it cannot be."""
-    arm = _arm_device()
-    rootfs, site = arm.setup()
-    return arm, rootfs, site
+def device(arm_device):
+    return arm_device
 
 
 @pytest.fixture(scope="module")
@@ -149,21 +137,9 @@ def test_changed_weight_in_library_fails_by_hash_and_output(bundle, model, tmp_p
 
 
 @pytest.fixture(scope="module")
-def tracker_with_device(device):
-    """A tracker and the emulated aarch64 RPC server registered with it, on loopback."""
-    from deploykit import rpc
-
-    arm, _, _ = device
-    tracker, port = rpc.start_tracker()
-    address = f"127.0.0.1:{port}"
-    server_port = rpc.free_port()
-    try:
-        arm.start(server_port, tracker=address, key="aarch64-emu")
-        yield address
-    finally:
-        arm.stop(server_port)
-        tracker.terminate()
-        tracker.wait(10)
+def tracker_with_device(emulated_device):
+    """The session's loopback tracker with the emulated aarch64 server registered."""
+    return emulated_device["tracker"]
 
 
 @pytest.mark.slow
