@@ -147,6 +147,16 @@ def parse_recipe(text: str) -> list[RecipeStep]:
     """Steps from recipe syntax, or from a TOML file when `text` names one."""
     if text.strip().endswith(".toml"):
         return parse_recipe_file(text.strip())
+    steps = [make_step(name, values) for name, values in split_recipe(text)]
+    if not steps:
+        raise InputError("empty recipe: give steps like 'fold-bn; quantize-static:per_channel=true'")
+    return steps
+
+
+def split_recipe(text: str) -> list[tuple[str, dict[str, str]]]:
+    """Recipe syntax 'name:field=value,...; name2' -> [(name, {field: raw text})], the names
+    and fields not yet checked (the ONNX steps here and `deploykit distill`'s torch steps share
+    the syntax)."""
     steps = []
     for part in text.split(";"):
         part = part.strip()
@@ -163,9 +173,7 @@ def parse_recipe(text: str) -> list[RecipeStep]:
                 raise InputError(f"bad recipe field {item!r} in step '{name.strip()}': "
                                  "expected field=value")
             values[key.strip()] = val.strip()
-        steps.append(make_step(name.strip(), values))
-    if not steps:
-        raise InputError("empty recipe: give steps like 'fold-bn; quantize-static:per_channel=true'")
+        steps.append((name.strip(), values))
     return steps
 
 

@@ -101,25 +101,22 @@ def _data(spec: str):
 
 
 def parse_recipe(text: str) -> list[tuple[str, dict]]:
-    """'prune-filters:ratio=0.5; lowrank:energy=0.9' -> [(name, {field: number}), ...]."""
+    """'prune-filters:ratio=0.5; lowrank:energy=0.9' -> [(name, {field: number}), ...]
+    (the recipe syntax of `deploykit compress`, with the torch-side steps)."""
     from ..errors import InputError
+    from ..recipe import split_recipe
 
     steps = []
-    for item in filter(None, (s.strip() for s in text.split(";"))):
-        name, _, rest = item.partition(":")
-        name = name.strip()
+    for name, values in split_recipe(text):
         if name not in _TORCH_STEPS:
             raise InputError(f"unknown student-recipe step '{name}' (known: "
                              f"{', '.join(_TORCH_STEPS)})")
         kwargs = {}
-        for field in filter(None, (f.strip() for f in rest.split(","))):
-            key, sep, value = field.partition("=")
-            if not sep:
-                raise InputError(f"bad field {field!r} in step '{name}': expected key=value")
+        for key, value in values.items():
             try:
-                kwargs[key.strip()] = int(value) if value.strip().isdigit() else float(value)
+                kwargs[key] = int(value) if value.isdigit() else float(value)
             except ValueError:
-                kwargs[key.strip()] = value.strip()
+                kwargs[key] = value
         steps.append((name, kwargs))
     if not steps:
         raise InputError("empty --student-recipe")
