@@ -24,39 +24,15 @@ def _bn_init(model, seed: int) -> None:
 
 
 def resnet50_like(width: int = 64, num_classes: int = 1000, seed: int = 0):
-    """ResNet-50 layout (bottlenecks 3-4-6-3, expansion 4, projection shortcuts); `width`=64 is
-    the real network (25.6 M parameters)."""
+    """The ResNet-50 of deploykit/examples/resnet.py (bottlenecks 3-4-6-3, expansion 4,
+    projection shortcuts) at stem width `width` (64: the real network, 25.6 M parameters), with
+    non-trivial BatchNorm statistics."""
     import torch
-    from torch import nn
 
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, mid, stride):
-            super().__init__()
-            cout = mid * 4
-            self.body = nn.Sequential(
-                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid),
-                nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            idt = x if self.down is None else self.down(x)
-            return torch.relu(self.body(x) + idt)
+    from ..examples.resnet import Bottleneck, ResNet
 
     torch.manual_seed(seed)
-    layers = [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-              nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
-    cin = width
-    for i, blocks in enumerate((3, 4, 6, 3)):
-        mid = width * 2 ** i
-        for b in range(blocks):
-            layers.append(Bottleneck(cin, mid, 2 if b == 0 and i > 0 else 1))
-            cin = mid * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
-    model = nn.Sequential(*layers)
+    model = ResNet(Bottleneck, [3, 4, 6, 3], num_classes, base=width)
     _bn_init(model, seed)
     return model.eval()
 

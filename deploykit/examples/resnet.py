@@ -54,15 +54,17 @@ class Basic(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, num_classes: int = 1000):
+    """`base` is the stem's channel count (64 in the real networks; smaller for quick tests)."""
+
+    def __init__(self, block, layers, num_classes: int = 1000, base: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        stages, cin = [], 64
+        stages, cin = [], base
         for i, n in enumerate(layers):
-            width = 64 * 2**i
+            width = base * 2**i
             blocks = []
             for j in range(n):
                 blocks.append(block(cin, width, 2 if (j == 0 and i > 0) else 1))
