@@ -113,8 +113,9 @@ def test_bad_config_is_an_input_error(cfg):
 def test_per_layer_ratios_prune_only_the_named_groups():
     model = load("tinyresnet")
     layers = pc.prunable_layers(model)
-    assert len(layers) == 8 and all(ch > 0 and name in ws for name, ch, ws in layers)
-    (a, ch_a, _), (b, ch_b, ws_b) = layers[0], layers[-1]
+    assert len(layers) == 8 and all(ch > 0 and name == ws[0] and readers
+                                    for name, ch, ws, readers in layers)
+    (a, ch_a, _, _), (b, ch_b, ws_b, _) = layers[0], next(x for x in layers if len(x[2]) == 2)
     # a group may be named by any of its producers' weights
     cfg = pc.Config(ratio=0.0, layers=(f"{a}:0.5", f"{ws_b[-1]}:0.25"))
     cg, keep = _plan(model, cfg)
