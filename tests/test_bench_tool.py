@@ -2,6 +2,7 @@
 for the search pick and TVM (timed and skipped) from a synthetic results dict. No timing."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,3 +90,36 @@ def test_provenance_names_a_different_environment():
     line = bench_report._provenance_line(prov, ENV)
     assert "different environment" in line and "onnxruntime 0.9" in line
     assert "different" not in bench_report._provenance_line({**prov, "env": ENV}, ENV)
+
+
+def test_tvm_static_copy_fixes_symbolic_dims_and_chunked_outputs(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    absent = [k for k in ("OMP_WAIT_POLICY", "TVM_THREAD_POOL_SPIN_COUNT") if k not in os.environ]
+    import bench
+
+    for k in absent:  # bench sets them for its own process; not for the rest of this session
+        os.environ.pop(k, None)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [x], [y]))
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    feeds = {"x": np.zeros((8, 4), np.float32)}
+    dst = bench._static_copy(src, feeds, tmp_path / "m.static.onnx")
+    dims = onnx.load(str(dst)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [8, 4]
+    assert bench._static_copy(dst, feeds, tmp_path / "again.onnx") == dst  # already static
+
+    calls = []
+
+    def run(f):  # a batch-2 build
+        calls.append(f["x"].shape)
+        return [f["x"] * 2]
+
+    out = bench._in_chunks(run, 2)({"x": np.arange(12, dtype=np.float32).reshape(6, 2)})
+    assert calls == [(2, 2)] * 3
+    assert np.array_equal(out[0], np.arange(12, dtype=np.float32).reshape(6, 2) * 2)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """deploykit's benchmark suite: deploykit against what a user does by hand, on real models.
 
-    .venv/bin/python tools/bench.py            # full suite (~30 min), writes BENCHMARKS.md
-    .venv/bin/python tools/bench.py --quick --out /tmp/bq --markdown /tmp/bq/B.md  # CI smoke (< 5 min)
+    .venv/bin/python tools/bench.py            # full suite (~45 min, ~35 with tuning reused)
+    .venv/bin/python tools/bench.py --quick    # CI smoke (< 5 min), into /tmp/deploykit-bench-quick
     .venv/bin/python tools/bench.py --models mlp,resnet50 --max-time 40   # re-run two models
     .venv/bin/python tools/bench.py --report-only   # BENCHMARKS.md + plots from results.json
 
@@ -25,6 +25,7 @@ os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from deploykit import envinfo, targets  # noqa: E402
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 
 OUT = ROOT / "tools" / "bench_out"
+QUICK_OUT = Path(tempfile.gettempdir()) / "deploykit-bench-quick"
 
 
 @dataclass
@@ -332,7 +334,8 @@ def _tvm_tune(model: ModelRef, trials: int, work: Path) -> tuple[str, dict]:
 
 def tvm_variants(src: Path, feeds, work: Path, plan: TimingPlan, trials: int
                  ) -> tuple[list[Variant], dict]:
-    """TVM on tvm-x86, untuned and tuned with `trials` MetaSchedule trials. Each build is checked
+    """TVM on tvm-x86, untuned and tuned with `trials` MetaSchedule trials (0: untuned only,
+    with a row saying so). Each build is checked
     against ORT when it compiles. A build whose one run takes longer than a timing block would
     stretch every interleaved round: it gets a row with that run's time instead of a timing,
     and only a model whose untuned build fits is tuned (the others are far from ORT anyway)."""
@@ -373,7 +376,8 @@ def tvm_variants(src: Path, feeds, work: Path, plan: TimingPlan, trials: int
     v = build(untuned, str(work / "tvm-no-database"))
     out.append(v)
     if trials <= 0:
-        out.append(skipped("TVM tuned", "tvm", "tvm-x86", "not tuned (--tvm-trials 0)"))
+        out.append(skipped("TVM tuned", "tvm", "tvm-x86", "not tuned here (--tvm-trials 0, or "
+                           "the model is not in --tvm-tune)"))
         return out, info
     if v.skipped:
         out.append(skipped(tuned, "tvm", "tvm-x86", "not tuned: the untuned build is not timed "
@@ -414,12 +418,14 @@ def fidelity(metric: str, ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
 
 @dataclass(frozen=True)
 class Columns:
-    """The costly columns: the search pick (0 s: no search) and TVM (trials 0: untuned only)."""
+    """The costly columns: the search pick (0 s: no search) and TVM, tuned with tvm_trials
+    MetaSchedule trials on the models in tvm_tune only (each trial costs seconds)."""
 
-    search_limit_s: float = 120.0
+    search_limit_s: float = 90.0
     min_fidelity: float = 0.99
     tvm: bool = True
-    tvm_trials: int = 32
+    tvm_trials: int = 16
+    tvm_tune: tuple[str, ...] = ("mlp_small", "mlp", "tinyresnet", "mnist")
 
 
 def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
@@ -497,8 +503,9 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
     else:
         variants.append(skipped(SEARCH_NAME, "search", "ort-cpu", "not run (--search-limit 0)"))
     if cols.tvm:
-        print(f"  TVM (tvm-x86, {cols.tvm_trials} tuning trials)...", file=sys.stderr)
-        tvs, extra["tvm"] = tvm_variants(fp32, feeds, work, plan, cols.tvm_trials)
+        trials = cols.tvm_trials if name in cols.tvm_tune else 0
+        print(f"  TVM (tvm-x86, {trials} tuning trials)...", file=sys.stderr)
+        tvs, extra["tvm"] = tvm_variants(fp32, feeds, work, plan, trials)
         variants += tvs
     else:
         variants.append(skipped("TVM", "tvm", "tvm-x86", "not run (--no-tvm)"))
@@ -611,7 +618,7 @@ def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict
     skipped_rows = []
     if cols.tvm:
         tvs, _ = tvm_variants(rows[0]["path"], {in_name: xte[:1]}, work / "tvm", plan,
-                              cols.tvm_trials)
+                              cols.tvm_trials if "mnist" in cols.tvm_tune else 0)
         for v in tvs:
             if v.skipped:
                 skipped_rows.append({"name": f"fp32 (teacher) on {v.name}", "skipped": v.skipped,
@@ -657,21 +664,28 @@ def main(argv=None) -> int:
     ap.add_argument("--max-time", type=float, default=None, help="timing cap per model (s)")
     ap.add_argument("--search-limit", type=float, default=None, metavar="SECONDS",
                     help="`deploykit search --time-limit` per model (default 90, --quick 20; "
-                         "0: no search column)")
+                         "0: no search, its row says so)")
     ap.add_argument("--min-fidelity", type=float, default=0.99,
                     help="the search's least output cosine vs fp32 (default 0.99)")
     ap.add_argument("--tvm-trials", type=int, default=None, metavar="N",
-                    help="MetaSchedule trials per model for the tuned TVM column (default 32; "
+                    help="MetaSchedule trials per model for the tuned TVM column (default 16; "
                          "--quick 0: untuned only, tuning costs minutes)")
-    ap.add_argument("--no-tvm", action="store_true")
+    ap.add_argument("--tvm-tune", default=",".join(Columns.tvm_tune), metavar="MODELS",
+                    help="models to tune (default %(default)s): each trial is built and "
+                         "measured, 5-20 s apiece on 2 cores, so big models are left untuned")
+    ap.add_argument("--no-tvm", action="store_true", help="no TVM builds (a row says so)")
     ap.add_argument("--no-openvino", action="store_true")
-    ap.add_argument("--out", default=str(OUT), metavar="DIR",
-                    help="results.json, plots and built models (default tools/bench_out)")
-    ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="results.json, plots and built models (default tools/bench_out; "
+                         f"--quick: {QUICK_OUT})")
+    ap.add_argument("--markdown", default=None,
+                    help=f"default BENCHMARKS.md; --quick: {QUICK_OUT}/BENCHMARKS.md (a smoke run "
+                         "never overwrites the published figures unless told to)")
     ap.add_argument("--report-only", action="store_true",
                     help="measure nothing: regenerate the markdown and plots from results.json")
     args = ap.parse_args(argv)
-    out, md = Path(args.out), Path(args.markdown)
+    out = Path(args.out or (QUICK_OUT if args.quick else OUT))
+    md = Path(args.markdown or (QUICK_OUT / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md"))
     out.mkdir(parents=True, exist_ok=True)
     data = bench_report.load_results(out / "results.json")
     if not args.report_only:
@@ -682,7 +696,7 @@ def main(argv=None) -> int:
         cols = Columns(search_limit_s=args.search_limit if args.search_limit is not None
                        else (20 if q else 90), min_fidelity=args.min_fidelity,
                        tvm=not args.no_tvm, tvm_trials=args.tvm_trials if args.tvm_trials is not None
-                       else (0 if q else 32))
+                       else (0 if q else 16), tvm_tune=tuple(args.tvm_tune.split(",")))
         with_ov = not args.no_openvino and \
             targets.get("ov-cpu", require_available=False).unavailable_reason() is None
         results = []
