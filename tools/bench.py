@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import os
 
-# torch beside ORT in one process: passive OpenMP waits, or torch's spinning pool slows ORT 8x;
-# TVM's pool likewise sleeps at once (deploykit measures with spinning off everywhere).
+# torch beside ORT in one process: passive OpenMP waits, or torch's spinning pool slows ORT 8x.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import argparse
 import json
@@ -332,10 +330,10 @@ def _tvm_tune(model: ModelRef, trials: int, work: Path) -> tuple[str, dict]:
     return str(db), {**info, "reused": False}
 
 
-def tvm_variants(src: Path, feeds, work: Path, plan: TimingPlan, trials: int
-                 ) -> tuple[list[Variant], dict]:
-    """TVM on tvm-x86, untuned and tuned with `trials` MetaSchedule trials (0: untuned only,
-    with a row saying so). Each build is checked
+def tvm_variants(src: Path, feeds, work: Path, plan: TimingPlan, trials: int,
+                 no_tune: str | None = None) -> tuple[list[Variant], dict]:
+    """TVM on tvm-x86, untuned and tuned with `trials` MetaSchedule trials (untuned only when
+    `no_tune` says why, in a row of its own). Each build is checked
     against ORT when it compiles. A build whose one run takes longer than a timing block would
     stretch every interleaved round: it gets a row with that run's time instead of a timing,
     and only a model whose untuned build fits is tuned (the others are far from ORT anyway)."""
@@ -375,13 +373,12 @@ def tvm_variants(src: Path, feeds, work: Path, plan: TimingPlan, trials: int
     # tuned earlier for this model in the per-user cache
     v = build(untuned, str(work / "tvm-no-database"))
     out.append(v)
-    if trials <= 0:
-        out.append(skipped("TVM tuned", "tvm", "tvm-x86", "not tuned here (--tvm-trials 0, or "
-                           "the model is not in --tvm-tune)"))
+    if no_tune:
+        out.append(skipped("TVM tuned", "tvm", "tvm-x86", f"not tuned here ({no_tune})"))
         return out, info
     if v.skipped:
-        out.append(skipped(tuned, "tvm", "tvm-x86", "not tuned: the untuned build is not timed "
-                           "here (see the row above)"))
+        out.append(skipped("TVM tuned", "tvm", "tvm-x86", "not tuned: the untuned build is not "
+                           "timed here (see the row above)"))
         return out, info
     try:
         db, info["tuning"] = _tvm_tune(model, trials, work)
@@ -426,6 +423,12 @@ class Columns:
     tvm: bool = True
     tvm_trials: int = 16
     tvm_tune: tuple[str, ...] = ("mlp_small", "mlp", "tinyresnet", "mnist")
+
+    def no_tune(self, model: str) -> str | None:
+        """Why `model` gets no tuned TVM row, or None."""
+        if self.tvm_trials <= 0:
+            return "--tvm-trials 0"
+        return None if model in self.tvm_tune else "not in --tvm-tune"
 
 
 def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
@@ -503,9 +506,9 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
     else:
         variants.append(skipped(SEARCH_NAME, "search", "ort-cpu", "not run (--search-limit 0)"))
     if cols.tvm:
-        trials = cols.tvm_trials if name in cols.tvm_tune else 0
-        print(f"  TVM (tvm-x86, {trials} tuning trials)...", file=sys.stderr)
-        tvs, extra["tvm"] = tvm_variants(fp32, feeds, work, plan, trials)
+        print("  TVM (tvm-x86)...", file=sys.stderr)
+        tvs, extra["tvm"] = tvm_variants(fp32, feeds, work, plan, cols.tvm_trials,
+                                         cols.no_tune(name))
         variants += tvs
     else:
         variants.append(skipped("TVM", "tvm", "tvm-x86", "not run (--no-tvm)"))
@@ -618,7 +621,7 @@ def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict
     skipped_rows = []
     if cols.tvm:
         tvs, _ = tvm_variants(rows[0]["path"], {in_name: xte[:1]}, work / "tvm", plan,
-                              cols.tvm_trials if "mnist" in cols.tvm_tune else 0)
+                              cols.tvm_trials, cols.no_tune("mnist"))
         for v in tvs:
             if v.skipped:
                 skipped_rows.append({"name": f"fp32 (teacher) on {v.name}", "skipped": v.skipped,

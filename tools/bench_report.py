@@ -190,7 +190,9 @@ def plot(results: list[dict], out_dir: Path) -> None:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
         names = [v["name"] for v in vs]
         sp = [v["speedup_vs_ort_fp32"] for v in vs]
-        err = np.array([[s - v["speedup_ci95"][0], v["speedup_ci95"][1] - s] for s, v in zip(sp, vs)]).T
+        # the CI over block medians need not contain the all-sample median: clip, do not fail
+        err = np.clip([[s - v["speedup_ci95"][0], v["speedup_ci95"][1] - s]
+                       for s, v in zip(sp, vs)], 0, None).T
         ax1.barh(names, sp, xerr=err, color=[COLORS.get(v["kind"], "tab:blue") for v in vs])
         ax1.axvline(1.0, color="k", lw=0.8)
         ax1.set_xlabel("speedup vs ORT fp32 (95% CI)")
@@ -200,9 +202,9 @@ def plot(results: list[dict], out_dir: Path) -> None:
         for v in vs:
             f = v["fidelity"]
             y = f.get("top1_agreement", f.get("nn_agreement", f["cosine_min"]))
-            ax2.errorbar(v["median_ms"], y, xerr=[[v["median_ms"] - v["ci95_ms"][0]],
-                                                  [v["ci95_ms"][1] - v["median_ms"]]],
-                         fmt="o", color=COLORS.get(v["kind"], "tab:blue"))
+            m, (lo, hi) = v["median_ms"], v["ci95_ms"]
+            ax2.errorbar(m, y, xerr=[[max(m - lo, 0)], [max(hi - m, 0)]], fmt="o",
+                         color=COLORS.get(v["kind"], "tab:blue"))
             ax2.annotate(v["name"], (v["median_ms"], y), fontsize=7, xytext=(3, 3),
                          textcoords="offset points")
         ax2.set_xlabel("median latency ms (95% CI)")
