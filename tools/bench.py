@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """deploykit's benchmark suite: deploykit against what a user does by hand, on real models.
 
-    .venv/bin/python tools/bench.py            # full suite (~45 min, ~35 with tuning reused)
+    .venv/bin/python tools/bench.py            # full suite: ~40 min, ~30 once TVM tuning is stored
     .venv/bin/python tools/bench.py --quick    # CI smoke (< 5 min), into /tmp/deploykit-bench-quick
     .venv/bin/python tools/bench.py --models mlp,resnet50 --max-time 40   # re-run two models
     .venv/bin/python tools/bench.py --report-only   # BENCHMARKS.md + plots from results.json
