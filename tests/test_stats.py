@@ -28,3 +28,23 @@ def test_mann_whitney_detects_shift_not_noise():
     base = rng.lognormal(0, 0.1, 300)
     assert stats.mann_whitney_p(base * 1.1, rng.lognormal(0, 0.1, 300)) < 1e-6
     assert stats.mann_whitney_p(rng.lognormal(0, 0.1, 300), base) > 0.001
+
+
+def test_report_median_lies_inside_its_ci_when_loaded_blocks_are_dropped():
+    """9 clean blocks around 1.0 ms and 7 contaminated ones at 1.5 ms, each of 50 samples: the
+    median of all samples would be pulled up and out of the CI built on the clean blocks."""
+    from deploykit.core import Block, LatencyReport
+
+    rng = np.random.default_rng(0)
+    samples, blocks = [], []
+    for i in range(16):
+        slow = i % 2 == 1 and i < 14
+        blocks.append(Block(len(samples), 50, 0.5 if slow else 0.0, slow))
+        samples += list((1.5 if slow else 1.0) + 0.002 * rng.standard_normal(50))
+    rep = LatencyReport(tuple(samples), "t", {}, "a", "", "", {}, "ci-reached",
+                        blocks=tuple(blocks))
+    lo, hi = rep.ci95_ms
+    assert lo <= rep.median_ms <= hi and rep.median_ms < 1.1
+    assert not lo <= float(np.median(samples)) <= hi  # what the pooled median would have shown
+    unblocked = LatencyReport((1.0, 2.0, 3.0), "t", {}, "a", "", "", {}, "sample-cap")
+    assert unblocked.median_ms == 2.0
