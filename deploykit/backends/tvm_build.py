@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core import ModelRef, TensorSpec, stable_hash
 from ..errors import TargetError, VerificationError
-from ..onnxio import io_specs, load_onnx, make_feeds, resolve_shape
+from ..onnxio import io_specs, load_onnx, make_feeds, quiet, resolve_shape
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,37 @@ def import_model(model: ModelRef, target_name: str):
         raise TargetError(f"{target_name}: TVM's ONNX frontend cannot import op {n.op_type} "
                           f"(node '{n.name or n.output[0]}'"
                           + (f", and {len(bad) - 1} more node(s)" if len(bad) > 1 else "") + ")")
+    shapes = {s.name: list(s.shape) for s in static}
+    dtypes = {s.name: s.dtype for s in static}
     try:
-        mod = from_onnx(onnx_model, shape_dict={s.name: list(s.shape) for s in static},
-                        dtype_dict={s.name: s.dtype for s in static})
+        mod = from_onnx(onnx_model, shape_dict=shapes, dtype_dict=dtypes)
     except Exception as e:  # the frontend raises many types; the message names the op
         from .tvm import first_line
 
-        raise TargetError(f"{target_name}: TVM could not import {model.path.name}: "
-                          f"{first_line(e)}") from None
+        # shape arithmetic the frontend cannot follow (e.g. a Reshape fed by Shape/Gather/Concat
+        # on a fixed batch > 1): fold it with onnxsim at the static shapes, and import again
+        folded = _fold_shapes(onnx_model, shapes)
+        try:
+            if folded is None:
+                raise e
+            mod = from_onnx(folded, shape_dict=shapes, dtype_dict=dtypes)
+        except Exception:  # noqa: BLE001 - report the original model's error
+            raise TargetError(f"{target_name}: TVM could not import {model.path.name}: "
+                              f"{first_line(e)}") from None
     return mod, static, tuple(outputs)
+
+
+def _fold_shapes(onnx_model, shapes: Mapping[str, list]):
+    """onnxsim's simplification at fixed input shapes (shape subgraphs become constants), or
+    None when it fails."""
+    import onnxsim
+
+    try:
+        with quiet():
+            folded, ok = onnxsim.simplify(onnx_model, check_n=0, overwrite_input_shapes=shapes)
+        return folded if ok else None
+    except Exception:  # noqa: BLE001 - onnxsim raises many types; the caller reports the import
+        return None
 
 
 def prepare(mod, tdict: Mapping[str, Any]):

@@ -100,3 +100,31 @@ def test_cuda_build_matches_ort(cnn_onnx):
     plan = TimingPlan(warmup_min_s=0.05, warmup_max_s=0.2, max_time_s=0.3, min_samples=5)
     rep = t.profile(art, make_feeds(list(art.inputs)), plan, per_op=True)
     assert rep.per_op and rep.median_ms > 0
+
+
+def test_shape_arithmetic_the_frontend_cannot_follow_is_folded_first(x86, tmp_path):
+    """Reshape(x, Concat(Shape(x)[0] * 2, 16)), as exporters write for a batch dim: TVM's
+    frontend refuses the computed shape; import_model folds it at the static shape and builds."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    n = helper.make_node
+    consts = {"i0": [0], "two": [2], "sixteen": [16]}
+    graph = helper.make_graph(
+        [n("Shape", ["x"], ["s"]), n("Gather", ["s", "i0"], ["b"], axis=0),
+         n("Mul", ["b", "two"], ["b2"]), n("Concat", ["b2", "sixteen"], ["shp"], axis=0),
+         n("Reshape", ["x", "shp"], ["r"]), n("Relu", ["r"], ["y"])], "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 16])],
+        [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "reshape.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(Exception, match="Reshape requires the input new shape"):
+        from_onnx(model, shape_dict={"x": [8, 4, 8]})
+    art = x86.compile(ModelRef.from_path(path))
+    assert art.check["max_rel_err"] <= 1e-4
+    x = np.random.default_rng(0).standard_normal((8, 4, 8)).astype(np.float32)
+    np.testing.assert_allclose(art.run({"x": x})[0], np.maximum(x.reshape(16, 16), 0), rtol=1e-6)
