@@ -4,6 +4,7 @@ recipe runner applies, so the search explores exactly what `deploykit compress` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -132,12 +133,14 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     if t["quantized"]:
         return out  # an int8 model is not quantized again, nor pruned through its QDQ pairs
     quant: list[tuple[str, tuple]] = []
+    # keep the most sensitive nodes in fp32 until the fidelity floor is met (as a cosine target;
+    # an --eval floor of 1 or more has no cosine counterpart)
+    keep = {"target_cosine": min(math.ceil(round(min_fidelity * 1e6, 3)) / 1e6, 0.999999)} \
+        if min_fidelity and min_fidelity < 1 else None
     if "quantize-static" in have and (t["conv"] or t["linear"]):
-        quant += [_step("quantize-static", f) for f in _QUANT_STATIC]
-        if min_fidelity:  # keep the most sensitive nodes in fp32 until the fidelity is met
-            quant.append(_step("quantize-static", {"target_cosine": min_fidelity}))
+        quant += [_step("quantize-static", f) for f in _QUANT_STATIC + ([keep] if keep else [])]
     if "quantize-dynamic" in have and t["linear"]:
-        quant += [_step("quantize-dynamic", f) for f in _QUANT_DYNAMIC]
+        quant += [_step("quantize-dynamic", f) for f in _QUANT_DYNAMIC + ([keep] if keep else [])]
     out += [Candidate("int8", (q,)) for q in quant]
 
     structural: list[tuple[str, tuple]] = []

@@ -44,6 +44,11 @@ def test_linear_only_and_already_quantized_models(tmp_path):
     recipes = [c.recipe for c in model_candidates(m)]
     assert "quantize-dynamic" in recipes
     assert not any("target_cosine" in r for r in recipes)  # no fidelity target given
+    floor = [c.recipe for c in model_candidates(m, min_fidelity=0.99213)]
+    # the fp32 fallback for the dynamic int8 of a Linear model, never below the floor
+    assert "quantize-dynamic:target_cosine=0.99213" in floor
+    assert not any("target_cosine" in r for r in
+                   (c.recipe for c in model_candidates(m, min_fidelity=1.2)))  # an --eval floor
     if "lowrank" in available_steps(["lowrank"]):
         assert "lowrank:ratio=0.125; quantize-dynamic" in recipes
     quantize_dynamic(str(mlp), str(tmp_path / "q.onnx"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DeployKitError, InputError
 from . import StepContext, StepResult
-from .quantize_static import QTYPES, preprocess, quantized_ops
+from .quantize_static import QTYPES, keep_sensitive_fp32, name_nodes, preprocess, quantized_ops
 
 CONV_WARNING = ("WARNING: dynamic quantization of Conv gives ConvInteger, which is unoptimised "
                 "on ORT CPU and usually slower than fp32; use quantize-static for Conv")
@@ -27,16 +27,24 @@ class Config:
     include_conv: bool = False
     preprocess: bool = True  # onnxruntime's quant_pre_process (shape inference + optimisation)
     exclude: tuple[str, ...] = ()
+    target_cosine: float = 0.0  # > 0: keep the most sensitive MatMul/Gemm in fp32 until reached
+    max_excluded: int = 16
 
     def __post_init__(self):
         if self.weight_type not in QTYPES:
             raise InputError(f"quantize-dynamic: weight_type must be uint8 or int8, "
                              f"got '{self.weight_type}'")
+        if not 0.0 <= self.target_cosine < 1.0:
+            raise InputError(f"quantize-dynamic: target_cosine must be in [0, 1), "
+                             f"got {self.target_cosine}")
+        if self.max_excluded < 0:
+            raise InputError("quantize-dynamic: max_excluded must be >= 0")
 
 
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.onnx_model import ONNXModel
 
     already = quantized_ops(model)
     if already:
@@ -48,7 +56,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         return StepResult(None, skipped=f"no {'/'.join(ops)} node to quantize{hint}")
     notes = [CONV_WARNING] if cfg.include_conv and "Conv" in present else []
     with tempfile.TemporaryDirectory(prefix="dk-qdyn-", dir=ctx.workdir) as tmp:
-        src, out = Path(tmp) / "float.onnx", Path(tmp) / "q.onnx"
+        src = Path(tmp) / "float.onnx"
         onnx.save(model, str(src))
         if cfg.preprocess:
             failure = preprocess(src, Path(tmp) / "pre.onnx")
@@ -56,18 +64,40 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
                 notes.append(failure)
             else:
                 src = Path(tmp) / "pre.onnx"
-        try:
-            quantize_dynamic(str(src), str(out), op_types_to_quantize=ops,
-                             per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                             weight_type=getattr(QuantType, QTYPES[cfg.weight_type]),
-                             nodes_to_exclude=list(cfg.exclude) or None)
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise DeployKitError(f"quantize-dynamic failed: {str(e).splitlines()[0]}") from None
-        qmodel = onnx.load(str(out))
+        fmodel = onnx.load(str(src))
+        # the dynamic quantizer first turns Gemm into MatMul (+ Add) under new names; do it here,
+        # so that exclusions and the sensitivity probe name the nodes it will quantize
+        ONNXModel(fmodel).replace_gemm_with_matmul()
+        name_nodes(fmodel)
+        onnx.save(fmodel, str(src))
+
+        def quantize(exclude, only: str | None = None) -> Path:
+            dst = Path(tmp) / ("only.onnx" if only else f"q{len(exclude)}.onnx")
+            try:
+                quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops,
+                                 per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                                 weight_type=getattr(QuantType, QTYPES[cfg.weight_type]),
+                                 nodes_to_quantize=[only] if only else None,
+                                 nodes_to_exclude=list(exclude) or None)
+            except (ValueError, RuntimeError, KeyError) as e:
+                raise DeployKitError(f"quantize-dynamic failed: {str(e).splitlines()[0]}") \
+                    from None
+            return dst
+
+        exclude = list(cfg.exclude)
+        q_path = quantize(exclude)
+        details: dict = {"per_channel": cfg.per_channel, "weight_type": cfg.weight_type}
+        if cfg.target_cosine > 0:
+            batches = list(ctx.calibration) or [dict(ctx.feeds)]
+            q_path, exclude, note = keep_sensitive_fp32(
+                src, q_path, quantize, [n.name for n in fmodel.graph.node if n.op_type in ops],
+                exclude, batches, cfg.target_cosine, cfg.max_excluded, details)
+            notes += [note] if note else []
+        details["excluded_nodes"] = exclude
+        qmodel = onnx.load(str(q_path))
     if not quantized_ops(qmodel):
         return StepResult(None, skipped="onnxruntime quantized no node (weights not constant?)")
     counts = {op: sum(n.op_type == op for n in qmodel.graph.node)
               for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")}
-    return StepResult(qmodel, notes=tuple(notes), fidelity_kind="int8",
-                      details={"per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
-                               "ops": {k: v for k, v in counts.items() if v}})
+    details["ops"] = {k: v for k, v in counts.items() if v}
+    return StepResult(qmodel, notes=tuple(notes), fidelity_kind="int8", details=details)

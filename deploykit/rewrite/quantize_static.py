@@ -106,6 +106,33 @@ def _cosine_vs_float(float_path: Path, q_path: Path,
     return cos
 
 
+def keep_sensitive_fp32(src: Path, q_path: Path, quantize, nodes: Sequence[str],
+                        exclude: list[str], batches, target: float, max_excluded: int,
+                        details: dict) -> tuple[Path, list[str], str | None]:
+    """Keep the nodes that hurt most in fp32 until the outputs reach cosine `target` against the
+    float model: each node's own damage is measured by quantizing it alone
+    (`quantize(exclude, only=name) -> path`), then the worst 1, 2, 4, ... are excluded.
+    Returns (model path, excluded nodes, a note when the target is not met); fills `details`."""
+    cos = _cosine_vs_float(src, q_path, batches)
+    details["cosine_all_int8"] = cos
+    if cos < target and max_excluded > 0:
+        probe = batches[:4]
+        scores = sorted(((n, 1.0 - _cosine_vs_float(src, quantize(exclude, only=n), probe))
+                         for n in nodes if n not in exclude), key=lambda kv: -kv[1])
+        details["sensitivity"] = dict(scores[:20])
+        ranked = [n for n, _ in scores]
+        limit, k = min(max_excluded, len(ranked)), 0
+        while cos < target and k < limit:
+            k = min(max(1, 2 * k), limit)
+            q_path = quantize(exclude + ranked[:k])
+            cos = _cosine_vs_float(src, q_path, batches)
+        exclude = exclude + ranked[:k]
+    details["cosine_vs_float"] = cos
+    note = None if cos >= target else (f"target cosine {target} not met: {cos:.5f} with "
+                                       f"{len(exclude)} node(s) kept in fp32")
+    return q_path, exclude, note
+
+
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -161,28 +188,11 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
                          "method": cfg.method, "per_channel": cfg.per_channel,
                          "calibration_batches": len(batches)}
         if cfg.target_cosine > 0:
-            cos = _cosine_vs_float(src, q_path, batches)
-            details["cosine_all_int8"] = cos
-            if cos < cfg.target_cosine and cfg.max_excluded > 0:
-                # each node's own damage: cosine loss when it alone is quantized
-                probe = batches[:4]
-                scores = sorted(
-                    ((n.name, 1.0 - _cosine_vs_float(src, quantize(exclude, only=n.name), probe))
-                     for n in fmodel.graph.node
-                     if n.op_type in (cfg.op_types or COMPUTE_OPS) and n.name not in exclude),
-                    key=lambda kv: -kv[1])
-                details["sensitivity"] = dict(scores[:20])
-                ranked = [n for n, _ in scores if n not in exclude]
-                limit, k = min(cfg.max_excluded, len(ranked)), 0
-                while cos < cfg.target_cosine and k < limit:
-                    k = min(max(1, 2 * k), limit)
-                    q_path = quantize(exclude + ranked[:k])
-                    cos = _cosine_vs_float(src, q_path, batches)
-                exclude += ranked[:k]
-            details["cosine_vs_float"] = cos
-            if cos < cfg.target_cosine:
-                notes.append(f"target cosine {cfg.target_cosine} not met: {cos:.5f} with "
-                             f"{len(exclude)} node(s) kept in fp32")
+            q_path, exclude, note = keep_sensitive_fp32(
+                src, q_path, quantize, [n.name for n in fmodel.graph.node
+                                        if n.op_type in (cfg.op_types or COMPUTE_OPS)],
+                exclude, batches, cfg.target_cosine, cfg.max_excluded, details)
+            notes += [note] if note else []
         details["excluded_nodes"] = list(exclude)
         qmodel = onnx.load(str(q_path))
     return StepResult(qmodel, notes=tuple(notes), details=details, fidelity_kind="int8")

@@ -44,6 +44,28 @@ def test_dynamic_skips_already_quantized(tmp_path):
     assert res.model is None and "already quantized" in res.skipped
 
 
-def test_dynamic_bad_weight_type():
-    with pytest.raises(InputError, match="weight_type"):
-        _cfg(weight_type="fp8")
+def test_dynamic_keeps_sensitive_matmuls_in_fp32_until_target_cosine(tmp_path):
+    model = mlp()
+    rng = np.random.default_rng(0)
+    ctx = StepContext(feeds={"x": rng.standard_normal((4, 64)).astype(np.float32)},
+                      calibration=tuple({"x": rng.standard_normal((4, 64)).astype(np.float32)}
+                                        for _ in range(2)), workdir=tmp_path)
+    plain = step(model, _cfg(), ctx)
+    all_int8 = min(compare(run_ort(model, b), run_ort(plain.model, b)).cosine
+                   for b in ctx.calibration)
+    target = 1 - (1 - all_int8) * 0.6  # out of reach with both MatMuls in int8
+    res = step(model, _cfg(target_cosine=str(target)), ctx)
+    d = res.details
+    assert d["cosine_all_int8"] == pytest.approx(all_int8)
+    assert d["cosine_all_int8"] < target <= d["cosine_vs_float"]
+    assert d["excluded_nodes"] and list(d["sensitivity"])[0] == d["excluded_nodes"][0]
+    ops = [n.op_type for n in res.model.graph.node]
+    assert ops.count("MatMul") == len(d["excluded_nodes"]) == 1  # the worst one stays float
+    assert ops.count("MatMulInteger") == 1 and not res.notes
+
+
+@pytest.mark.parametrize("kw", [{"weight_type": "fp8"}, {"target_cosine": "1.5"},
+                                {"max_excluded": "-1"}])
+def test_dynamic_bad_config(kw):
+    with pytest.raises(InputError, match="quantize-dynamic"):
+        _cfg(**kw)
