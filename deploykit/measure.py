@@ -201,7 +201,8 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
                 widths = []
                 for s in series:
                     lo, hi = stats.blocked_median_ci(s.samples, s.blocks)
-                    med = float(np.median(s.samples))
+                    meds = stats.block_medians(s.samples, s.blocks)  # as LatencyReport.median_ms
+                    med = float(np.median(meds if len(meds) >= 2 else s.samples))
                     widths.append(f"{med:.3f} ms ±{(hi - lo) / 2 / med:.1%}")
                 bar.update(task, completed=min(elapsed, plan.max_time_s), info=" | ".join(widths))
     return [s.timing(reason) for s in series]

@@ -404,11 +404,14 @@ class Search:
             # that meets its latency goal on the layer table; then int8 on the last ones
             if self.cfg.netadapt and base.table_ms is not None:
                 na_rows, kept = self._netadapt(base, sha_seen, bar)
-                for row in na_rows:  # other target variants only for the states it kept
+                kept_ids = {id(r) for r in kept}
+                for row in na_rows:  # other target variants only for the deepest kept states
                     rows.append(row)
-                    if row in kept:
-                        rows += self._variant_rows(row, variants)
-                n_space += len(na_rows) + len(kept) * (len(variants) - 1)
+                    if id(row) in kept_ids and self.time_left() > 0:
+                        variant_rows = self._variant_rows(row, variants)
+                        rows += variant_rows
+                        n_space += len(variant_rows)
+                n_space += len(na_rows)
 
             # 3. measure whole what the calibrated table says could win
             timeable = [r for r in rows if r.status == "ok"]
@@ -509,14 +512,26 @@ class Search:
 
     def _netadapt(self, base: Row, sha_seen: dict[str, Row], bar: "_Bar"
                   ) -> tuple[list[Row], list[Row]]:
-        """(every row the NetAdapt loop (search_netadapt) built, the ones it kept): its proposals,
-        and the int8 composition of the last accepted states."""
+        """(every row the NetAdapt loop (search_netadapt) built, the deepest ones it kept): its
+        proposals, and the int8 composition of the last two accepted states. A failure inside
+        the loop (e.g. a graph shape inference cannot follow) ends only the loop, with a note."""
+        out: list[Row] = []
+        try:
+            return out, self._netadapt_loop(base, sha_seen, bar, out)
+        except Exception as e:  # the rows built so far stay; the search goes on without it
+            self.notes.append(f"NetAdapt per-layer loop stopped: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}")
+            return out, []
+
+    def _netadapt_loop(self, base: Row, sha_seen: dict[str, Row], bar: "_Bar",
+                       out: list[Row]) -> list[Row]:
         import onnx
 
+        from .onnxio import load_onnx
         from .search_netadapt import NetAdaptConfig, layer_costs, layers_of, netadapt
         from .search_space import Candidate, available_steps, int8_finish, model_traits
 
-        source = onnx.load(str(self.source.path))
+        source = load_onnx(self.source.path)
         traits = model_traits(source)
         kinds = {k for k in ("prune", "lowrank")
                  if not self.cfg.families or k in self.cfg.families}
@@ -525,11 +540,10 @@ class Search:
         kinds &= {k for k, st in (("prune", "prune-channels"), ("lowrank", "lowrank"))
                   if st in have}
         if traits["quantized"] or not kinds:
-            return [], []
+            return []
         layers = layers_of(source, kinds)
         if not layers:
-            return [], []
-        out: list[Row] = []
+            return []
         limit = (1 - NETADAPT_SHARE) * self.cfg.time_limit_s
 
         def add(cand: Candidate) -> Row:
@@ -563,15 +577,16 @@ class Search:
 
         accepted, log = netadapt(base.table_ms, layers, NetAdaptConfig(), propose, costs, done,
                                  lambda: self.time_left() > limit)
-        finish = int8_finish(traits, have)
-        kept = list(accepted)
-        for row in accepted[-2:] if finish else []:  # the two deepest cuts, made int8
+        self.netadapt_log = {"layers": len(layers), "proposals": len(out),
+                             "iterations": [asdict(it) for it in log]}
+        finish = int8_finish(traits, have) if not self.cfg.families or \
+            "int8" in self.cfg.families else []
+        kept = accepted[-2:]  # the two deepest cuts, and those made int8
+        for row in accepted[-2:] if finish else []:
             if self.time_left() <= limit:
                 break
             kept.append(add(Candidate(row.cand.family + "+int8", row.cand.steps + tuple(finish))))
-        self.netadapt_log = {"layers": len(layers), "proposals": len(out),
-                             "iterations": [asdict(it) for it in log]}
-        return out, kept
+        return kept
 
     def _copy_build(self, src: Row, dst: Row) -> None:
         for k in ("status", "reason", "path", "sha256", "fidelity", "fidelity_detail", "metric",

@@ -35,26 +35,46 @@ class Layer:
 
 
 def layers_of(model, kinds: set[str]) -> list[Layer]:
-    """The per-layer moves that apply to an onnx model (`kinds`: "prune", "lowrank")."""
+    """The per-layer moves that apply to an onnx model (`kinds`: "prune", "lowrank"): each move
+    changes the layer (moves that would keep the same channel count or rank are dropped), and
+    only names that survive the recipe syntax (no ',', ';', '|', no edge spaces) are used."""
     out: list[Layer] = []
     if "prune" in kinds:
-        from .rewrite.prune_channels import prunable_layers
+        from .rewrite.prune_channels import Config as PruneConfig, prunable_layers
 
         for name, channels, producers, readers in prunable_layers(model):
-            moves = tuple(m for m in PRUNE_MOVES if round(m * channels) >= 1)
-            if moves:
+            moves = _distinct(PRUNE_MOVES, lambda m: max(PruneConfig.min_channels,
+                                                         channels - round(m * channels)),
+                              unchanged=channels)
+            if moves and _recipe_safe(name):
                 out.append(Layer("prune", name, moves, frozenset(producers + readers)))
     if "lowrank" in kinds:
         from .rewrite.lowrank_matmul import Config, linear_layers
 
-        for name, k, n in linear_layers(model):
+        for name, k, n in dict.fromkeys(linear_layers(model)):  # a tied weight: one layer
+            if min(k, n) < Config.min_size or not _recipe_safe(name):
+                continue
             # only ranks that cut FLOPs: r * (K + N) < K * N
-            moves = tuple(m for m in RANK_MOVES if min(k, n) >= Config.min_size
-                          and 1 <= round(m * min(k, n)) and round(m * min(k, n)) * (k + n) < k * n)
+            moves = tuple(m for m in _distinct(RANK_MOVES, lambda m: round(m * min(k, n)))
+                          if 1 <= round(m * min(k, n)) and round(m * min(k, n)) * (k + n) < k * n)
             if moves:
                 out.append(Layer("lowrank", name, moves,
                                  frozenset({name, f"{name}_svd_u", f"{name}_svd_v"})))
     return out
+
+
+def _distinct(moves: tuple[float, ...], result, unchanged=None) -> tuple[float, ...]:
+    """The first move of each distinct `result(move)`, leaving out those giving `unchanged`."""
+    seen, out = {unchanged}, []
+    for m in moves:
+        if result(m) not in seen:
+            seen.add(result(m))
+            out.append(m)
+    return tuple(out)
+
+
+def _recipe_safe(name: str) -> bool:
+    return name == name.strip() and not any(c in name for c in ",;|")
 
 
 def state_steps(state: Mapping[tuple[str, str], float]
@@ -90,6 +110,7 @@ class Iteration:
     chosen: str | None  # "prune conv1.weight -> 0.25"
     table_ms: float | None
     fidelity: float | None
+    stop: str | None = None  # why the loop ended here: "no layer meets the goal", "time", ...
 
 
 def netadapt(base_table_ms: float, layers: list[Layer], cfg: NetAdaptConfig,
@@ -109,7 +130,9 @@ def netadapt(base_table_ms: float, layers: list[Layer], cfg: NetAdaptConfig,
             break
         goal = current_ms * (1 - cfg.step)
         cost = costs(current)
-        ranked = sorted((la for la in layers if _next_moves(la, state)),
+        # a layer whose units cost less than the reduction asked cannot meet the goal alone
+        ranked = sorted((la for la in layers if _next_moves(la, state)
+                         and cost.get(la.name, 0.0) >= current_ms - goal),
                         key=lambda la: -cost.get(la.name, 0.0))[:cfg.top_layers]
         proposals, tried = [], 0
         for layer in ranked:
@@ -124,7 +147,9 @@ def netadapt(base_table_ms: float, layers: list[Layer], cfg: NetAdaptConfig,
                     proposals.append((row, layer, value))
                     break
         if not proposals:
-            log.append(Iteration(goal, tried, None, None, None))
+            log.append(Iteration(goal, tried, None, None, None,
+                                 "time limit" if not time_left() else
+                                 "no layer meets the goal above the fidelity floor"))
             break
         row, layer, value = max(proposals, key=lambda p: (p[0].fidelity, -p[0].table_ms))
         state[(layer.kind, layer.name)] = value
@@ -133,7 +158,13 @@ def netadapt(base_table_ms: float, layers: list[Layer], cfg: NetAdaptConfig,
         log.append(Iteration(goal, tried, f"{layer.kind} {layer.name} -> {value:g}",
                              row.table_ms, row.fidelity))
         if done(row):
+            log[-1].stop = "budget met"
             break
+    else:
+        if log:
+            log[-1].stop = f"{cfg.max_iters} iterations"
+    if log and log[-1].stop is None:
+        log[-1].stop = "time limit"
     return accepted, log
 
 

@@ -166,7 +166,8 @@ def test_resume_after_sigkill_does_not_measure_again(cnn, tmp_path):
 def test_netadapt_per_layer_moves_inside_a_search(cnn, tmp_path):
     from deploykit.recipe import parse_recipe
 
-    cfg = SearchConfig(min_fidelity=0.8, time_limit_s=40, families=("prune", "lowrank"),
+    # a limit it does not reach: a restart must then repeat the same decisions from the cache
+    cfg = SearchConfig(min_fidelity=0.8, time_limit_s=150, families=("prune", "lowrank", "int8"),
                        target_options=False, **FAST)
     res = _search(cnn, tmp_path, cfg)
     log = res.cost["netadapt"]
@@ -181,4 +182,12 @@ def test_netadapt_per_layer_moves_inside_a_search(cnn, tmp_path):
         assert parse_recipe(r.cand.recipe)  # an ordinary recipe `deploykit compress` can run
         if r.status == "ok":
             assert r.fidelity >= 0.8 and r.table_ms > 0
-    assert any(r.cand.family.endswith("+int8") for r in res.rows)
+    assert any(r.cand.family.endswith("/layer+int8") for r in res.rows)
+    assert log["iterations"][-1]["stop"]
+    again = _search(cnn, tmp_path, cfg)  # same outdir and store: nothing is measured again
+    assert again.cost["netadapt"]["iterations"] == log["iterations"]
+    assert again.cost["units_timed"] == 0 and again.cost["whole_measured_now"] == 0
+    assert again.recommendation["id"] == res.recommendation["id"]
+    only = _search(cnn, tmp_path / "no-int8", SearchConfig(
+        min_fidelity=0.8, time_limit_s=150, families=("prune",), target_options=False, **FAST))
+    assert not any("int8" in r.cand.family for r in only.rows)  # --families is obeyed

@@ -38,7 +38,7 @@ def _propose(log):
 
 def test_each_iteration_keeps_the_most_faithful_proposal_that_meets_the_goal():
     proposed = []
-    rows, log = netadapt(sum(COST.values()), _layers(), NetAdaptConfig(step=0.1, top_layers=2),
+    rows, log = netadapt(sum(COST.values()), _layers(), NetAdaptConfig(step=0.1, top_layers=3),
                          _propose(proposed), lambda row: dict(COST), lambda row: False,
                          lambda: True)
     # iteration 1, goal 15.3 ms: 'a' needs 0.25 (fid 0.98), 'b' needs 0.5 (fid 0.99) -> b
@@ -48,8 +48,11 @@ def test_each_iteration_keeps_the_most_faithful_proposal_that_meets_the_goal():
     for it, row in zip(log, rows):
         assert row.table_ms <= it.goal_ms and row.fidelity >= 0.95
     assert [r.table_ms for r in rows] == sorted((r.table_ms for r in rows), reverse=True)
-    # it stops when no layer meets the goal within the fidelity floor
+    # it stops when no layer meets the goal within the fidelity floor, and says so
     assert log[-1].chosen is None and len(rows) == len(log) - 1
+    assert log[-1].stop == "no layer meets the goal above the fidelity floor"
+    # 'c' (1 ms of units) cannot save the 1.7 ms asked first: never among its proposals
+    assert log[0].tried == 3
     assert 1 - rows[-1].fidelity <= 0.05
 
 
@@ -57,6 +60,7 @@ def test_stops_at_the_budget_and_on_time():
     rows, log = netadapt(17.0, _layers(), NetAdaptConfig(step=0.1), _propose([]),
                          lambda row: dict(COST), lambda row: row.table_ms < 14, lambda: True)
     assert rows[-1].table_ms < 14 and all(r.table_ms >= 14 for r in rows[:-1])
+    assert log[-1].stop == "budget met"
     rows, log = netadapt(17.0, _layers(), NetAdaptConfig(), _propose([]), lambda row: dict(COST),
                          lambda row: False, lambda: False)
     assert rows == [] and log == []
@@ -86,3 +90,28 @@ def test_layers_of_a_cnn_with_a_linear_head(tmp_path):
                            ("lowrank", "fc1")}
     assert layers[("prune", "w1")].weights >= {"w1", "w2"}  # conv2 reads conv1's channels
     assert layers[("lowrank", "fc1")].moves == (0.5, 0.375, 0.25, 0.125, 0.0625)
+
+
+def test_tied_weights_unsafe_names_and_moves_that_change_nothing(tmp_path):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {name: numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), name)
+         for name in ("tied", "a,b")}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "tied"], ["h"]),
+         helper.make_node("MatMul", ["h", "tied"], ["h2"]),
+         helper.make_node("MatMul", ["h2", "a,b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], list(w.values()))
+    layers = layers_of(helper.make_model(graph), {"lowrank"})
+    # one layer for the weight used twice; 'a,b' would not survive the recipe syntax
+    assert [la.name for la in layers] == ["tied"]
+    # ranks 24, 16, 8, 4 (rank 32 of a 64x64 weight saves no FLOPs)
+    assert layers[0].moves == (0.375, 0.25, 0.125, 0.0625)
+    from deploykit.search_netadapt import PRUNE_MOVES, _distinct
+
+    # a 2-channel group: every cut leaves 1 channel, so one move; a 1-channel group has none
+    assert _distinct(PRUNE_MOVES, lambda m: max(1, 2 - round(m * 2)), unchanged=2) == (0.375,)
+    assert _distinct(PRUNE_MOVES, lambda m: max(1, 1 - round(m * 1)), unchanged=1) == ()

@@ -72,6 +72,8 @@ def minilm(out: Path, limit_s: float) -> int:
         secs = time.monotonic() - t0
     write_outputs(res, out / "minilm")
     rec = res.recommendation
+    if rec is None:  # max-speed searches keep the baseline, so this means a broken search
+        raise SystemExit(f"no recommendation: {res.infeasible}")
     t = targets.get("ort-cpu")
     arts = [t.compile(ModelRef.from_path(model)), t.compile(ModelRef.from_path(hand)),
             target_for("ort-cpu", t.config, tuple(sorted(rec["options"].items()))).compile(
@@ -167,6 +169,8 @@ def main() -> int:
                     calibration=calib, progress=False).run()
         eq_s = time.monotonic() - t2
     write_outputs(eq, out / "at_hand_fidelity")
+    if pick is None or eq.recommendation is None:  # max-speed searches keep the baseline
+        raise SystemExit(f"no recommendation: {d['infeasible'] or eq.infeasible}")
     picks = {"recommended": (pick, demo / "recommended.onnx"),
              "recommended at hand fidelity": (eq.recommendation,
                                               out / "at_hand_fidelity" / "recommended.onnx")}

@@ -126,8 +126,15 @@ def main() -> int:
     baseline = work / "baseline.json"
     store = work / "cal.sqlite"
     results: list[dict] = []
+    plan = {"seed": args.seed, "aa": args.aa, "stored_aa": args.stored_aa,
+            "trials": args.trials, "threshold": args.threshold}
     if args.resume:  # same workdir, --out, seed and counts: continue the shuffled job list
+        if not out.exists():
+            raise SystemExit(f"--resume: {out} does not exist (nothing to resume)")
         d = json.loads(out.read_text())
+        if any(d.get("plan", plan).get(k) != v for k, v in plan.items()):
+            raise SystemExit(f"--resume: {out} was written with {d['plan']}; give the same "
+                             f"--seed/--aa/--stored-aa/--trials/--threshold")
         base_ms, op_ms, results = d["base_ms"], d["op_us"] / 1e3, d["results"]
         variants = {k: Path(v) for k, v in d["variants"].items()}
         if not baseline.exists() or not all(v.exists() for v in variants.values()):
@@ -168,10 +175,16 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every check, so an interrupted run still leaves its verdicts
-        out.write_text(json.dumps({"base_ms": base_ms, "op_us": op_ms * 1e3,
-                                   "threshold": args.threshold, "variants": {
-                                       k: str(v) for k, v in variants.items()},
-                                   "results": results}, indent=1))
+        from deploykit.fsutil import write_text_atomic
+
+        write_text_atomic(out, json.dumps({"base_ms": base_ms, "op_us": op_ms * 1e3,
+                                           "threshold": args.threshold, "plan": plan,
+                                           "variants": {k: str(v) for k, v in variants.items()},
+                                           "results": results}, indent=1))
+
+    if any(r["condition"] != job[0] for r, job in zip(results, jobs)):
+        raise SystemExit(f"--resume: the verdicts in {out} do not follow this job order")
+    save()  # from the start: a run killed during its first check can be resumed
 
     for i, (cond, model, extra) in enumerate(jobs):
         if i < len(results):

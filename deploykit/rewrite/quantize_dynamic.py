@@ -67,7 +67,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         fmodel = onnx.load(str(src))
         # the dynamic quantizer first turns Gemm into MatMul (+ Add) under new names; do it here,
         # so that exclusions and the sensitivity probe name the nodes it will quantize
-        ONNXModel(fmodel).replace_gemm_with_matmul()
+        gemms = {n.name for n in fmodel.graph.node if n.op_type == "Gemm" and n.name}
+        ONNXModel(fmodel).replace_gemm_with_matmul()  # Gemm 'g' -> MatMul 'g_MatMul' (+ Add)
         name_nodes(fmodel)
         onnx.save(fmodel, str(src))
 
@@ -84,7 +85,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
                     from None
             return dst
 
-        exclude = list(cfg.exclude)
+        exclude = [f"{e}_MatMul" if e in gemms else e for e in cfg.exclude]
         q_path = quantize(exclude)
         details: dict = {"per_channel": cfg.per_channel, "weight_type": cfg.weight_type}
         if cfg.target_cosine > 0:
@@ -96,6 +97,9 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         details["excluded_nodes"] = exclude
         qmodel = onnx.load(str(q_path))
     if not quantized_ops(qmodel):
+        if cfg.target_cosine > 0 and exclude:
+            return StepResult(None, skipped=f"target cosine {cfg.target_cosine} needs every "
+                                            f"quantizable node in fp32 ({len(exclude)} kept)")
         return StepResult(None, skipped="onnxruntime quantized no node (weights not constant?)")
     counts = {op: sum(n.op_type == op for n in qmodel.graph.node)
               for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")}

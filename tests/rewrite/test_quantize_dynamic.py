@@ -69,3 +69,27 @@ def test_dynamic_keeps_sensitive_matmuls_in_fp32_until_target_cosine(tmp_path):
 def test_dynamic_bad_config(kw):
     with pytest.raises(InputError, match="quantize-dynamic"):
         _cfg(**kw)
+
+
+def test_dynamic_excludes_a_gemm_by_its_own_name(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "w2")]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    ctx = StepContext(feeds={"x": rng.standard_normal((4, 64)).astype(np.float32)},
+                      workdir=tmp_path)
+    res = step(model, _cfg(exclude="fc", preprocess="false"), ctx)
+    nodes = {n.op_type: n for n in res.model.graph.node}
+    assert [n.op_type for n in res.model.graph.node].count("MatMulInteger") == 1
+    assert nodes["MatMul"].input[1] == "w1"  # the Gemm's weight stays float
+    assert res.details["excluded_nodes"] == ["fc_MatMul"]
