@@ -21,7 +21,8 @@ RANK_MOVES = (0.5, 0.375, 0.25, 0.125, 0.0625)  # rank as a share of min(K, N)
 
 @dataclass(frozen=True)
 class NetAdaptConfig:
-    step: float = 0.08  # latency reduction asked of each iteration (share of the current table)
+    step: float = 0.08  # latency reduction asked of each iteration (share of the current table;
+    # at most half of the costliest layer's table time)
     max_iters: int = 10
     top_layers: int = 6  # layers tried per iteration: those with the most table time
 
@@ -128,11 +129,14 @@ def netadapt(base_table_ms: float, layers: list[Layer], cfg: NetAdaptConfig,
     for _ in range(cfg.max_iters):
         if not time_left() or current_ms is None:
             break
-        goal = current_ms * (1 - cfg.step)
         cost = costs(current)
-        # a layer whose units cost less than the reduction asked cannot meet the goal alone
-        ranked = sorted((la for la in layers if _next_moves(la, state)
-                         and cost.get(la.name, 0.0) >= current_ms - goal),
+        movable = [la for la in layers if _next_moves(la, state)]
+        # the reduction asked: `step` of the current latency, but at most half of what the
+        # costliest layer's units take (with many small layers, e.g. a transformer's MatMuls,
+        # no single layer could save 8%); a layer whose units cost less cannot meet it alone
+        top = max((cost.get(la.name, 0.0) for la in movable), default=0.0)
+        goal = current_ms - min(cfg.step * current_ms, 0.5 * top)
+        ranked = sorted((la for la in movable if cost.get(la.name, 0.0) >= current_ms - goal),
                         key=lambda la: -cost.get(la.name, 0.0))[:cfg.top_layers]
         proposals, tried = [], 0
         for layer in ranked:

@@ -115,3 +115,18 @@ def test_tied_weights_unsafe_names_and_moves_that_change_nothing(tmp_path):
     # a 2-channel group: every cut leaves 1 channel, so one move; a 1-channel group has none
     assert _distinct(PRUNE_MOVES, lambda m: max(1, 2 - round(m * 2)), unchanged=2) == (0.375,)
     assert _distinct(PRUNE_MOVES, lambda m: max(1, 1 - round(m * 1)), unchanged=1) == ()
+
+
+def test_many_small_layers_get_a_goal_one_layer_can_meet():
+    """20 layers of 1 ms each: 8% of 20 ms is more than any one layer holds, so the goal is half
+    of the costliest layer's time instead, and the loop makes progress."""
+    cost = {f"l{i}": 1.0 for i in range(20)}
+
+    def propose(state):
+        return _Row("ok", 20.0 - sum(v for v in state.values()), 0.999)
+
+    rows, log = netadapt(20.0, [Layer("lowrank", n, MOVES, frozenset({n})) for n in cost],
+                         NetAdaptConfig(max_iters=3), propose, lambda row: cost,
+                         lambda row: False, lambda: True)
+    assert log[0].goal_ms == pytest.approx(19.5) and len(rows) == 3
+    assert rows[0].table_ms == pytest.approx(19.5)  # the smallest move that meets it

@@ -89,7 +89,8 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         q_path = quantize(exclude)
         details: dict = {"per_channel": cfg.per_channel, "weight_type": cfg.weight_type}
         if cfg.target_cosine > 0:
-            batches = list(ctx.calibration) or [dict(ctx.feeds)]
+            # the inputs the recipe runner verifies on, and every calibration batch
+            batches = [dict(ctx.feeds)] + list(ctx.calibration)
             q_path, exclude, note = keep_sensitive_fp32(
                 src, q_path, quantize, [n.name for n in fmodel.graph.node if n.op_type in ops],
                 exclude, batches, cfg.target_cosine, cfg.max_excluded, details)
