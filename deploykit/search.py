@@ -545,6 +545,7 @@ class Search:
         if not layers:
             return []
         limit = (1 - NETADAPT_SHARE) * self.cfg.time_limit_s
+        estimates: dict[str, Any] = {}  # model path -> its layer-table estimate
 
         def add(cand: Candidate) -> Row:
             row = Row(cand)
@@ -555,7 +556,7 @@ class Search:
                 row.table_ms = seen.table_ms  # the loop may still step past it
             elif row.status == "ok":
                 sha_seen[row.sha256] = row
-                row.table_ms = self._estimate(row)
+                row.table_ms = self._estimate(row, estimates)
             out.append(row)
             bar.grow(row)
             self._status(bar, out)
@@ -567,9 +568,10 @@ class Search:
             family = "+".join(sorted({f"{k}/layer" for k, _ in state}))
             return add(Candidate(family, state_steps(state)))
 
-        def costs(row: Row | None) -> dict[str, float]:
+        def costs(row: Row | None) -> dict[str, float]:  # a kept row was estimated when built
             m = source if row is None else onnx.load(row.path)
-            return layer_costs(m, self._tables[()].estimate(m, self.feeds), layers)
+            est = None if row is None else estimates.get(row.path)
+            return layer_costs(m, est or self._tables[()].estimate(m, self.feeds), layers)
 
         def done(row: Row) -> bool:  # the budget, on the baseline-calibrated table
             return self.cfg.budget_ms is not None and base.median is not None and \
@@ -593,13 +595,17 @@ class Search:
                   "stats", "notes"):
             setattr(dst, k, getattr(src, k))
 
-    def _estimate(self, row: Row) -> float | None:
+    def _estimate(self, row: Row, keep: dict | None = None) -> float | None:
         """Layer-table sum of a candidate on its target variant; None (and a note) when its graph
-        cannot be cut."""
+        cannot be cut. `keep` collects the per-unit estimate by model path (NetAdapt ranks
+        layers by it)."""
         import onnx
 
         try:
-            return self._tables[row.cand.options].estimate(onnx.load(row.path), self.feeds).total_ms
+            est = self._tables[row.cand.options].estimate(onnx.load(row.path), self.feeds)
+            if keep is not None:
+                keep[row.path] = est
+            return est.total_ms
         except Exception as e:  # an uncuttable graph only costs the prediction, not the search
             self.notes.append(f"{row.cand.name}: no layer table ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); measured whole "
