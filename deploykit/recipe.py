@@ -41,6 +41,7 @@ STEPS: dict[str, str] = {
     "quantize-static": "deploykit.rewrite.quantize_static",
     "quantize-dynamic": "deploykit.rewrite.quantize_dynamic",
     "nncf-int8": "deploykit.rewrite.quantize_nncf",
+    "nncf-weights": "deploykit.rewrite.compress_weights_nncf",
     "fp16": "deploykit.rewrite.convert_fp16",
 }
 LIST_SEP = "|"

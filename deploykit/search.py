@@ -12,6 +12,7 @@ point continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -34,6 +35,8 @@ UNIT_PLAN = TimingPlan(warmup_min_s=0.01, warmup_max_s=0.05, target_rel_ci=0.03,
                        max_time_s=0.1, block_s=0.03)
 WHOLE_PLAN = TimingPlan(warmup_min_s=0.1, warmup_max_s=1.0, target_rel_ci=0.02, min_samples=30,
                         max_time_s=2.0, block_s=0.25)
+# --eval mode: a runtime other than ORT must give the same file's outputs within this cosine
+RUNTIME_AGREEMENT = 0.99
 BUILD_SHARE = 0.6  # of the time limit for building candidates; the rest is for measuring whole
 NETADAPT_SHARE = 0.8  # per-layer (NetAdapt) moves may run until this share of the time limit
 FINAL_PLAN = TimingPlan(warmup_min_s=0.2, warmup_max_s=2.0, target_rel_ci=0.01, min_samples=50,
@@ -164,6 +167,32 @@ def _feeds_digest(feeds: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def reference_runtime(target: Target) -> bool:
+    """Does `target` compute like the verification runtime (ORT's CPU provider)?"""
+    providers = list(target.config.get("options", {}).get("providers", ["CPUExecutionProvider"]))
+    return target.config.get("backend") == "ort" and providers[:1] == ["CPUExecutionProvider"]
+
+
+def code_id() -> str:
+    """The deploykit version and the library versions a built candidate depends on: a build
+    made by other code is rebuilt, not reused from OUTDIR/.work."""
+    from importlib import metadata
+
+    from . import __version__
+
+    versions = []
+    for dist in ("onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "nncf", "numpy"):
+        try:
+            versions.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist}=-")
+    here = Path(__file__).parent
+    sources = sorted([here / "recipe.py", here / "calibration.py", here / "verify.py",
+                      *(here / "rewrite").glob("*.py")])
+    return stable_hash(__version__, versions,
+                       [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sources])
+
+
 def measurement_key(kind: str, what: str, target: Target, plan: TimingPlan, feeds_id: str) -> str:
     """Store key of one measurement: what was timed, where, how, on which inputs."""
     return f"search:{kind}:" + stable_hash(what, _target_fp(target), asdict(plan), feeds_id, n=32)
@@ -200,6 +229,10 @@ class Search:
         self._targets: dict[tuple, Target] = {(): self.target}
         self._base_metric: float | None = None
         self.netadapt_log: dict[str, Any] | None = None
+        # a built candidate is reused only for the same source, inputs, calibration and code
+        self.build_key = stable_hash(self.source.sha256, self.feeds_id, self.synthetic,
+                                     [_feeds_digest(b) for b in self.calibration], code_id())
+        self._ref_outputs: list[list[np.ndarray]] | None = None
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -217,25 +250,79 @@ class Search:
                                                 tuple(sorted(opts.items())))
         return self._targets[options]
 
-    def _measure_whole(self, row: Row, plan: TimingPlan) -> LatencyReport:
+    def _measure_whole(self, row: Row, plan: TimingPlan) -> LatencyReport | None:
+        """Time the candidate whole on its target variant; None (row rejected, nothing timed)
+        when its outputs on a runtime other than the reference one miss the fidelity floor."""
         target = self.target_of(row.cand.options)
-        key = measurement_key("whole", row.sha256, target, plan, self.feeds_id)
-        rep = self.store.get_measurement(key)
-        if rep is not None:
-            self.whole_reused += 1
-            row.reused = True
-        else:
-            art = target.compile(ModelRef.from_path(row.path))
-            try:
+        art = None
+        try:
+            if not reference_runtime(target):
+                art = self._runtime_fidelity(row, target)
+                if row.status != "ok":
+                    return None
+            key = measurement_key("whole", row.sha256, target, plan, self.feeds_id)
+            rep = self.store.get_measurement(key)
+            if rep is not None:
+                self.whole_reused += 1
+                row.reused = True
+            else:
+                art = art or target.compile(ModelRef.from_path(row.path))
                 rep = target.profile(art, self.feeds, plan, per_op=False)
-            finally:
+                self.store.put_measurement(key, rep, model=ModelRef.from_path(row.path))
+                self.whole_now += 1
+        finally:
+            if art is not None:
                 art.close()
-            self.store.put_measurement(key, rep, model=ModelRef.from_path(row.path))
-            self.whole_now += 1
         row.measured = {"median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
                         "n": len(rep.samples_ms), "stop_reason": rep.stop_reason,
                         "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction}
         return rep
+
+    def _verify_batches(self) -> list[dict[str, np.ndarray]]:
+        return [self.feeds] + (list(self.calibration[:2]) if not self.synthetic else [])
+
+    def _runtime_fidelity(self, row: Row, target: Target):
+        """Fidelity of the candidate as `target` runs it: ORT (the verification runtime) and,
+        say, OpenVINO's CPU plugin need not compute the same int8 model alike (OpenVINO
+        quantizes the activations of int8-weight MatMuls at run time). Cosine mode: the outputs
+        against the original model's on ORT become the row's fidelity, and a row below the
+        floor is rejected before it is timed. --eval mode (the metric runs on ORT): the runtime
+        must agree with ORT on the same file (cosine >= RUNTIME_AGREEMENT). Returns the compiled
+        artifact (reused for timing), or None when the result came from OUTDIR/.work."""
+        from .fsutil import write_text_atomic
+        from .verify import Fidelity, compare, run_ort, worst
+
+        cache = self.work / "runtime-fidelity" / (
+            stable_hash(row.sha256, _target_fp(target), self.build_key) + ".json")
+        art = None
+        if cache.exists():
+            fid = Fidelity(**json.loads(cache.read_text()))
+        else:
+            art = target.compile(ModelRef.from_path(row.path))
+            batches = self._verify_batches()
+            if self.eval_fn is None:
+                if self._ref_outputs is None:
+                    self._ref_outputs = [run_ort(self.source.path, b) for b in batches]
+                refs = self._ref_outputs
+            else:
+                refs = [run_ort(row.path, b) for b in batches]
+            fid = worst([compare(r, art.run(b)) for r, b in zip(refs, batches)])
+            write_text_atomic(cache, json.dumps(asdict(fid), default=_json_default))
+        against = "the original on ORT" if self.eval_fn is None else "the same file on ORT"
+        row.fidelity_detail = {**row.fidelity_detail,
+                               "runtime": {"target": target.name, "against": against,
+                                           **fid.to_dict()}}
+        if row.cand.steps == () and not row.cand.options:
+            return art  # the baseline as the user's target runs it: the reference point
+        floor = self.cfg.min_fidelity if self.eval_fn is None else RUNTIME_AGREEMENT
+        if not fid.finite or not fid.shapes_match or not fid.cosine >= floor:
+            row.status = "rejected"
+            row.reason = (f"on {target.name}: cosine {fid.cosine:.4f} vs {against} "
+                          f"< {floor}")
+        elif self.eval_fn is None:
+            row.fidelity = min(row.fidelity, fid.cosine) if row.fidelity is not None \
+                else fid.cosine
+        return art
 
     def _time_unit(self, target: Target, sig: str, path: Path,
                    feeds: Mapping[str, np.ndarray]) -> float:
@@ -259,8 +346,7 @@ class Search:
         """Fidelity vs the original: user metric ratio, else cosine over the verify batches."""
         from .recipe import fidelity_over
 
-        batches = [self.feeds] + (list(self.calibration[:2]) if not self.synthetic else [])
-        fid = fidelity_over(self.source.path, Path(row.path), batches)
+        fid = fidelity_over(self.source.path, Path(row.path), self._verify_batches())
         row.fidelity_detail = fid.to_dict()
         if not fid.finite or not fid.shapes_match:
             row.status, row.reason = "rejected", "outputs are not finite or have the wrong shape"
@@ -282,7 +368,8 @@ class Search:
         """Apply the recipe (cached in .work), then check fidelity; sets row.status."""
         from .realized import model_stats
 
-        cache = self.work / row.cand.model_id / "candidate.json"
+        cache = self.work / stable_hash("build", row.cand.model_id, self.build_key) / \
+            "candidate.json"
         if not row.cand.steps:
             row.path, row.sha256 = str(self.source.path), self.source.sha256
         elif cache.exists():
@@ -448,7 +535,9 @@ class Search:
                 if nxt is None:
                     break
                 try:
-                    self._measure_whole(nxt, self.cfg.whole_plan)
+                    if self._measure_whole(nxt, self.cfg.whole_plan) is None:
+                        timeable.remove(nxt)  # below the floor on its own runtime
+                        continue
                 except DeployKitError as e:  # e.g. a runtime that cannot load this model
                     nxt.status, nxt.reason = "failed", str(e)
                     timeable.remove(nxt)

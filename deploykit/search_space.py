@@ -17,6 +17,7 @@ _QUANT_STATIC = [
     {"method": "percentile"},
 ]
 _QUANT_DYNAMIC = [{}, {"per_channel": False}]
+_NNCF_WEIGHTS = [{}, {"mode": "int8_sym"}]
 _PRUNE = [{"ratio": 0.25}, {"ratio": 0.5}, {"ratio": 0.5, "scope": "global"}]
 _LOWRANK = [{"ratio": 0.5}, {"ratio": 0.25}, {"ratio": 0.125}]
 
@@ -107,6 +108,14 @@ def available_steps(names: Sequence[str]) -> set[str]:
     return ok
 
 
+def openvino_tools() -> bool:
+    """NNCF and OpenVINO both installed: the NNCF steps are worth trying (their files run on
+    ORT too, but what they are made for is OpenVINO's CPU plugin)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("nncf", "openvino"))
+
+
 FAMILIES = ("int8", "prune", "lowrank", "tucker", "compact")
 
 
@@ -141,6 +150,9 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
         quant += [_step("quantize-static", f) for f in _QUANT_STATIC + ([keep] if keep else [])]
     if "quantize-dynamic" in have and t["linear"]:
         quant += [_step("quantize-dynamic", f) for f in _QUANT_DYNAMIC + ([keep] if keep else [])]
+    if openvino_tools():  # OpenVINO's int8 placement, and int8 weights it runs with int8 kernels
+        quant += [_step("nncf-int8", {})] if t["conv"] or t["linear"] else []
+        quant += [_step("nncf-weights", f) for f in _NNCF_WEIGHTS] if t["linear"] else []
     out += [Candidate("int8", (q,)) for q in quant]
 
     structural: list[tuple[str, tuple]] = []

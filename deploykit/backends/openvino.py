@@ -76,6 +76,11 @@ class OpenVinoArtifact(Artifact):
             "ov_performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
             "ov_cpu_pinning": bool(compiled.get_property("ENABLE_CPU_PINNING")),
         }
+        try:  # run-time int8 activations for int8-weight MatMuls (0: off); newer plugins only
+            self.env["ov_dynamic_quantization_group_size"] = int(
+                compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+        except RuntimeError:
+            pass
         self.labels = (f"precision={self.precision}",)
         if self.precision != target.precision:
             self.labels += (f"asked for {target.precision}, OpenVINO runs {self.precision}",)
