@@ -16,7 +16,9 @@ _QUANT_STATIC = [
     {"per_channel": False},
     {"method": "percentile"},
 ]
-_QUANT_DYNAMIC = [{}, {"per_channel": False}]
+# preprocess=false: onnxruntime's quantize_dynamic as users call it (no quant_pre_process), whose
+# rounding can land on either side of the pre-processed graph's
+_QUANT_DYNAMIC = [{}, {"per_channel": False}, {"preprocess": False}]
 _NNCF_WEIGHTS = [{}, {"mode": "int8_sym"}]
 _PRUNE = [{"ratio": 0.25}, {"ratio": 0.5}, {"ratio": 0.5, "scope": "global"}]
 _LOWRANK = [{"ratio": 0.5}, {"ratio": 0.25}, {"ratio": 0.125}]
@@ -141,18 +143,24 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     out = [Candidate("baseline")]
     if t["quantized"]:
         return out  # an int8 model is not quantized again, nor pruned through its QDQ pairs
-    quant: list[tuple[str, tuple]] = []
+    static: list[tuple[str, tuple]] = []
+    dynamic: list[tuple[str, tuple]] = []
     # keep the most sensitive nodes in fp32 until the fidelity floor is met (as a cosine target;
     # an --eval floor of 1 or more has no cosine counterpart)
     keep = {"target_cosine": min(math.ceil(round(min_fidelity * 1e6, 3)) / 1e6, 0.999999)} \
         if min_fidelity and min_fidelity < 1 else None
     if "quantize-static" in have and (t["conv"] or t["linear"]):
-        quant += [_step("quantize-static", f) for f in _QUANT_STATIC + ([keep] if keep else [])]
+        static += [_step("quantize-static", f) for f in _QUANT_STATIC + ([keep] if keep else [])]
     if "quantize-dynamic" in have and t["linear"]:
-        quant += [_step("quantize-dynamic", f) for f in _QUANT_DYNAMIC + ([keep] if keep else [])]
+        dynamic += [_step("quantize-dynamic", f)
+                    for f in _QUANT_DYNAMIC + ([keep] if keep else [])]
     if openvino_tools():  # OpenVINO's int8 placement, and int8 weights it runs with int8 kernels
-        quant += [_step("nncf-int8", {})] if t["conv"] or t["linear"] else []
-        quant += [_step("nncf-weights", f) for f in _NNCF_WEIGHTS] if t["linear"] else []
+        static += [_step("nncf-int8", {})] if t["conv"] or t["linear"] else []
+        dynamic += [_step("nncf-weights", f) for f in _NNCF_WEIGHTS] if t["linear"] else []
+    # the kind that suits the model first (builds stop at the time limit): calibrated static
+    # int8 for CNNs; for Linear-only models (transformers) weight-int8 with activations quantized
+    # at run time, which needs no calibration and keeps their outlier activations
+    quant = static + dynamic if t["conv"] else dynamic + static
     out += [Candidate("int8", (q,)) for q in quant]
 
     structural: list[tuple[str, tuple]] = []
