@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from .core import ModelRef
 from .errors import InputError, VerificationError
-from .rewrite import StepContext, StepResult
+from .rewrite import StepContext, StepResult, quiet_library_warnings
 from .verify import Fidelity, Tolerance
 
 # step name -> module defining `Config` and `step`
@@ -310,7 +310,8 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
     for i, rs in enumerate(steps, 1):
         t0 = time.perf_counter()
         parent_model = load_onnx(current.path)
-        res: StepResult = step_module(rs.name).step(parent_model, rs.config, ctx)
+        with quiet_library_warnings():
+            res: StepResult = step_module(rs.name).step(parent_model, rs.config, ctx)
         common = dict(index=i, name=rs.name, spec=rs.spec(), parent=current, notes=res.notes,
                       details=res.details, fidelity_kind=res.fidelity_kind)
         skipped = res.skipped

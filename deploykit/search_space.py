@@ -150,17 +150,21 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     keep = {"target_cosine": min(math.ceil(round(min_fidelity * 1e6, 3)) / 1e6, 0.999999)} \
         if min_fidelity and min_fidelity < 1 else None
     if "quantize-static" in have and (t["conv"] or t["linear"]):
-        static += [_step("quantize-static", f) for f in _QUANT_STATIC + ([keep] if keep else [])]
+        static += [_step("quantize-static", f) for f in _QUANT_STATIC]
     if "quantize-dynamic" in have and t["linear"]:
-        dynamic += [_step("quantize-dynamic", f)
-                    for f in _QUANT_DYNAMIC + ([keep] if keep else [])]
+        dynamic += [_step("quantize-dynamic", f) for f in _QUANT_DYNAMIC]
     if openvino_tools():  # OpenVINO's int8 placement, and int8 weights it runs with int8 kernels
         static += [_step("nncf-int8", {})] if t["conv"] or t["linear"] else []
-        dynamic += [_step("nncf-weights", f) for f in _NNCF_WEIGHTS] if t["linear"] else []
+        # data-free and the quickest build: first of its kind
+        dynamic[:0] = [_step("nncf-weights", f) for f in _NNCF_WEIGHTS] if t["linear"] else []
     # the kind that suits the model first (builds stop at the time limit): calibrated static
     # int8 for CNNs; for Linear-only models (transformers) weight-int8 with activations quantized
-    # at run time, which needs no calibration and keeps their outlier activations
+    # at run time, which needs no calibration and keeps their outlier activations. The
+    # sensitivity searches (target_cosine: one quantization per node kept in fp32) cost most, last.
     quant = static + dynamic if t["conv"] else dynamic + static
+    if keep:
+        quant += [_step(name, keep) for name in ("quantize-static", "quantize-dynamic")
+                  if any(q[0] == name for q in quant)]
     out += [Candidate("int8", (q,)) for q in quant]
 
     structural: list[tuple[str, tuple]] = []

@@ -211,3 +211,23 @@ def test_cli_compress_with_real_calibration_folder(tmp_path, conv_model, capsys)
                  "--calib", str(d), "--no-measure", "--no-store"]) == 0
     text = capsys.readouterr().out
     assert "synthetic" not in text and out.exists()
+
+
+def test_library_root_warnings_do_not_flood_a_recipe_run(tmp_path, caplog, capfd):
+    """onnxruntime.quantization logs "Please consider to run pre-processing" on the root logger;
+    inside a step that is noise (the step chose), and a search would print it per candidate."""
+    import logging
+
+    from onnx_models import make_mlp
+
+    path = make_mlp(tmp_path / "mlp.onnx", sizes=(64, 64, 8))
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)}
+    with caplog.at_level(logging.WARNING):
+        res = recipe.run_recipe(ModelRef.from_path(path),
+                                recipe.parse_recipe("quantize-dynamic:preprocess=false"),
+                                StepContext(feeds=feeds, workdir=tmp_path))
+        logging.warning("outside a step")  # the filter is gone afterwards
+    assert res.applied
+    texts = [r.getMessage() for r in caplog.records]
+    assert not any("pre-processing" in t for t in texts) and "outside a step" in texts
+    assert "pre-processing" not in capfd.readouterr().err

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,7 +65,7 @@ def minilm(out: Path, limit_s: float) -> int:
     # "at equal or better fidelity": the search's floor is the hand recipe's worst cosine over
     # the batches the search itself checks (its inputs and the first two calibration batches)
     floor = min(fid_compare(run_ort(model, b), run_ort(hand, b)).cosine for b in batches[:3])
-    with Store(out / "bench.sqlite") as store:
+    with Store(out / "minilm.sqlite") as store:  # kept between runs: reuses measurements
         t0 = time.monotonic()
         res = Search(model, "ort-cpu", SearchConfig(time_limit_s=limit_s, min_fidelity=floor),
                      out / "minilm", store, feeds=feeds, calibration=batches[1:],
@@ -120,7 +121,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.minilm:
         return minilm(out, args.minilm)
+    # the demo starts as on a fresh machine: no store, no built candidates
     store_file = out / "bench.sqlite"
+    store_file.unlink(missing_ok=True)
+    shutil.rmtree(out / "demo", ignore_errors=True)
 
     from deploykit.calibration import synthetic_calibration
     from deploykit.commands.search import parse_duration

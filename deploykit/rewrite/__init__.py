@@ -8,6 +8,8 @@ anything is timed.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -69,3 +71,22 @@ def unknown_layers(step: str, names, known) -> None:
         some = ", ".join(sorted(known)[:6]) or "none"
         raise InputError(f"{step}: layers {', '.join(missing[:3])} not found among the "
                          f"{len(set(known))} eligible weights (e.g. {some})")
+
+
+class _AboveWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING
+
+
+@contextlib.contextmanager
+def quiet_library_warnings():
+    """Drop WARNING-and-below records that libraries log on the root logger itself while a step
+    runs (onnxruntime.quantization's "Please consider to run pre-processing" and per-weight axis
+    notices, once per node): the step decides those things itself and reports what matters in
+    its notes. Errors still show; named loggers are untouched."""
+    root, f = logging.getLogger(), _AboveWarning()
+    root.addFilter(f)  # a logger's filters see only records logged on it, not propagated ones
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
