@@ -167,6 +167,10 @@ def _feeds_digest(feeds: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
+
+
 def reference_runtime(target: Target) -> bool:
     """Does `target` compute like the verification runtime (ORT's CPU provider)?"""
     providers = list(target.config.get("options", {}).get("providers", ["CPUExecutionProvider"]))
@@ -233,6 +237,7 @@ class Search:
         self.build_key = stable_hash(self.source.sha256, self.feeds_id, self.synthetic,
                                      [_feeds_digest(b) for b in self.calibration], code_id())
         self._ref_outputs: list[list[np.ndarray]] | None = None
+        self._borrowed_table: set[tuple] = set()  # variants predicted from the default table
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -686,20 +691,36 @@ class Search:
 
     def _estimate(self, row: Row, keep: dict | None = None) -> float | None:
         """Layer-table sum of a candidate on its target variant; None (and a note) when its graph
-        cannot be cut. `keep` collects the per-unit estimate by model path (NetAdapt ranks
-        layers by it)."""
+        cannot be cut. A target variant that cannot time a unit alone (a runtime refusing a
+        fragment) uses the default variant's table from then on: its own whole measurements
+        calibrate that table's scale for it, so its candidates are still ranked and measured.
+        `keep` collects the per-unit estimate by model path (NetAdapt ranks layers by it)."""
         import onnx
 
+        opts = row.cand.options
+        model = onnx.load(row.path)
+        if opts and opts not in self._borrowed_table:
+            try:
+                return self._table_estimate(opts, model, row.path, keep)
+            except Exception as e:
+                self._borrowed_table.add(opts)
+                self.notes.append(f"{row.cand.name}: no layer table of its own "
+                                  f"({type(e).__name__}: {_first_line(e)}); this target variant "
+                                  "is predicted from the default variant's table, scaled by its "
+                                  "own whole measurements")
         try:
-            est = self._tables[row.cand.options].estimate(onnx.load(row.path), self.feeds)
-            if keep is not None:
-                keep[row.path] = est
-            return est.total_ms
+            return self._table_estimate((), model, row.path, keep)
         except Exception as e:  # an uncuttable graph only costs the prediction, not the search
             self.notes.append(f"{row.cand.name}: no layer table ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); measured whole "
-                              "only if no predicted candidate is left")
+                              f"{_first_line(e)}); measured whole only if no predicted candidate "
+                              "is left")
             return None
+
+    def _table_estimate(self, opts: tuple, model, path: str, keep: dict | None) -> float:
+        est = self._tables[opts].estimate(model, self.feeds)
+        if keep is not None and not opts:
+            keep[path] = est
+        return est.total_ms
 
     def _next(self, pool: list[Row], measured: list[Row], margin: float) -> Row | None:
         """The unmeasured candidate most likely to beat the incumbent, or None."""

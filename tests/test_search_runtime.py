@@ -116,3 +116,39 @@ def test_builds_are_not_reused_across_source_models(cnn, tmp_path):
     assert paths[0][1] != paths[1][1]  # the other model's cut, not the first one's cache
     assert paths[2] == paths[0]  # the first model's build is reused
     assert code_id() == code_id() and len(code_id()) == 16
+
+
+class _NoUnits(NoisyTarget):
+    """A runtime that refuses model fragments (the layer table's units), not whole models."""
+
+    refused = 0
+
+    def compile(self, model: ModelRef) -> Artifact:
+        if Path(model.path).name.startswith("unit-"):
+            _NoUnits.refused += 1
+            raise RuntimeError("cannot compile a fragment\nsecond line")
+        return super().compile(model)
+
+
+def test_variant_without_its_own_layer_table_borrows_the_default_one(cnn, tmp_path):
+    from functools import partial
+
+    from deploykit.search_lut import LayerTable
+
+    with Store(tmp_path / "s.sqlite") as store:
+        s = Search(cnn, "ort-cpu", SearchConfig(whole_plan=PLAN, unit_plan=PLAN), tmp_path / "o",
+                   store, feeds=_feeds())
+        opts = (("target", "nounits"),)
+        s._targets[opts] = _NoUnits(0.0)
+        s._tables = {v: LayerTable(partial(s._time_unit, s.target_of(v)),
+                                   partial(s._lookup_unit, s.target_of(v)),
+                                   tmp_path / "units" / str(i)) for i, v in enumerate([(), opts])}
+        base, on_other = Row(Candidate("baseline")), Row(Candidate("baseline").with_options(opts))
+        for r in (base, on_other):
+            s.build(r)
+        default_ms = s._estimate(base)
+        assert default_ms > 0
+        assert s._estimate(on_other) == default_ms and _NoUnits.refused == 1
+        assert any("no layer table of its own (RuntimeError: cannot compile a fragment)" in n
+                   and "scaled by its own whole measurements" in n for n in s.notes)
+        assert s._estimate(on_other) == default_ms and _NoUnits.refused == 1  # not retried

@@ -99,6 +99,9 @@ class OpenVinoArtifact(Artifact):
         keep = []
         for spec, port in zip(self.inputs, self._in_ports):
             a = np.ascontiguousarray(feeds[spec.name])
+            canonical = np.dtype(a.dtype.name)
+            if a.dtype.char != canonical.char:  # np.longlong ('q') is int64 to numpy, not to
+                a = a.view(canonical)  # OpenVINO's binding ("Unsupported data type: int64")
             keep.append(a)
             request.set_tensor(port, ov.Tensor(a, shared_memory=True))
         return keep

@@ -147,3 +147,24 @@ def test_cli_exits_2_with_one_line_naming_the_op(tmp_path, capsys):
     assert main(["profile", path, "--target", "ov-cpu", "--no-store", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Det" in err and err.startswith("deploykit: error:")
+
+
+def test_int64_inputs_of_numpy_longlong_type_run(tmp_path):
+    """np.longlong is int64 to numpy but not to OpenVINO's binding; ORT hands such arrays back
+    (the search's layer table feeds captured tensors to units): run and time must accept them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Cast", ["ids"], ["y"], to=TensorProto.FLOAT)], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "cast.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    ids = np.arange(4, dtype=np.longlong).reshape(1, 4)
+    assert ids.dtype.char == "q"
+    t = targets.get("ov-cpu")
+    art = t.compile(ModelRef.from_path(path))
+    assert art.run({"ids": ids})[0].tolist() == [[0.0, 1.0, 2.0, 3.0]]
+    plan = TimingPlan(warmup_min_s=0.01, warmup_max_s=0.02, target_rel_ci=0.5, min_samples=3,
+                      max_time_s=0.05, block_s=0.01)
+    assert t.profile(art, {"ids": ids}, plan, per_op=False).median_ms > 0
