@@ -14,14 +14,11 @@ runs on. No calibration data is needed.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from dataclasses import dataclass
 
-from ..errors import DeployKitError, InputError
+from ..errors import InputError
 from . import StepContext, StepResult
-from .quantize_nncf import INSTALL_HINT
+from .quantize_nncf import INSTALL_HINT, quiet_nncf
 from .quantize_static import quantized_ops
 
 MODES = ("int8_asym", "int8_sym")
@@ -40,7 +37,6 @@ class Config:
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     try:
         import nncf
-        import nncf.errors as nncf_errors
     except ImportError:
         return StepResult(None, skipped=INSTALL_HINT)
     import onnx
@@ -54,22 +50,12 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
         return StepResult(None, skipped="no MatMul/Gemm with a constant weight to compress")
     work = onnx.ModelProto()
     work.CopyFrom(model)  # nncf edits its input in place
-    errors = tuple(v for v in vars(nncf_errors).values()
-                   if isinstance(v, type) and v.__module__ == nncf_errors.__name__)
-    level = logging.getLogger("nncf").level
-    nncf.set_log_level(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
-            # Conv weights are left alone: OpenVINO's run-time activation quantization is for
-            # MatMuls, and NNCF 3.4 writes their scales in a shape ORT's DequantizeLinear refuses
-            qmodel = nncf.compress_weights(
-                work, mode=nncf.CompressWeightsMode(cfg.mode),
-                ignored_scope=nncf.IgnoredScope(types=["Conv", "ConvTranspose"], validate=False))
-    except errors as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DeployKitError(f"nncf-weights failed: {first}") from None
-    finally:
-        nncf.set_log_level(level)
+    with quiet_nncf("nncf-weights"):
+        # Conv weights are left alone: OpenVINO's run-time activation quantization is for
+        # MatMuls, and NNCF 3.4 writes their scales in a shape ORT's DequantizeLinear refuses
+        qmodel = nncf.compress_weights(
+            work, mode=nncf.CompressWeightsMode(cfg.mode),
+            ignored_scope=nncf.IgnoredScope(types=["Conv", "ConvTranspose"], validate=False))
     n_dq = sum(n.op_type == "DequantizeLinear" for n in qmodel.graph.node)
     if n_dq == 0:
         return StepResult(None, skipped="nncf compressed no weight in this model")

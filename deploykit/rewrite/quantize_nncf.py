@@ -51,10 +51,30 @@ def is_transformer_like(model) -> bool:
     return "Softmax" in ops and "MatMul" in ops
 
 
+@contextlib.contextmanager
+def quiet_nncf(step_name: str):
+    """NNCF muted (its log below ERROR, its progress bars on stdout), and NNCF's own exceptions
+    as a one-line DeployKitError naming the step (shared by the NNCF steps)."""
+    import nncf
+    import nncf.errors as nncf_errors
+
+    errors = tuple(v for v in vars(nncf_errors).values()
+                   if isinstance(v, type) and v.__module__ == nncf_errors.__name__)
+    level = logging.getLogger("nncf").level
+    nncf.set_log_level(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    except errors as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DeployKitError(f"{step_name} failed: {first}") from None
+    finally:
+        nncf.set_log_level(level)
+
+
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     try:
         import nncf
-        import nncf.errors as nncf_errors
     except ImportError:
         return StepResult(None, skipped=INSTALL_HINT)
     import onnx
@@ -72,22 +92,12 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     preset = cfg.preset if cfg.preset != "auto" else "mixed" if transformer else "performance"
     work = onnx.ModelProto()
     work.CopyFrom(model)  # nncf's preprocessing edits its input in place
-    errors = tuple(v for v in vars(nncf_errors).values()
-                   if isinstance(v, type) and v.__module__ == nncf_errors.__name__)
-    level = logging.getLogger("nncf").level
-    nncf.set_log_level(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # nncf's progress bars
-            qmodel = nncf.quantize(
-                work, nncf.Dataset(batches), subset_size=subset,
-                preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
-                model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                fast_bias_correction=cfg.fast_bias_correction)
-    except errors as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DeployKitError(f"nncf-int8 failed: {first}") from None
-    finally:
-        nncf.set_log_level(level)
+    with quiet_nncf("nncf-int8"):
+        qmodel = nncf.quantize(
+            work, nncf.Dataset(batches), subset_size=subset,
+            preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
+            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+            fast_bias_correction=cfg.fast_bias_correction)
     n_q = sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node)
     if n_q == 0:
         return StepResult(None, skipped="nncf placed no quantizer in this model")
