@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from . import StepContext, StepResult
-from .quantize_nncf import INSTALL_HINT, quiet_nncf
-from .quantize_static import quantized_ops
+from .quantize_nncf import nncf_skip, quiet_nncf
 
 MODES = ("int8_asym", "int8_sym")
 
@@ -35,15 +34,12 @@ class Config:
 
 
 def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    try:
-        import nncf
-    except ImportError:
-        return StepResult(None, skipped=INSTALL_HINT)
+    skip = nncf_skip(model)
+    if skip:
+        return skip
+    import nncf
     import onnx
 
-    already = quantized_ops(model)
-    if already:
-        return StepResult(None, skipped=f"already quantized (has {', '.join(already)})")
     inits = {t.name for t in model.graph.initializer}
     if not any(n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input[:2])
                for n in model.graph.node):

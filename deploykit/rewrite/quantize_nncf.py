@@ -72,16 +72,27 @@ def quiet_nncf(step_name: str):
         nncf.set_log_level(level)
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
+def nncf_skip(model) -> StepResult | None:
+    """The skips every NNCF step shares: NNCF not installed, or the model already quantized."""
+    import importlib
+
     try:
-        import nncf
+        importlib.import_module("nncf")
     except ImportError:
         return StepResult(None, skipped=INSTALL_HINT)
-    import onnx
-
     already = quantized_ops(model)
     if already:
         return StepResult(None, skipped=f"already quantized (has {', '.join(already)})")
+    return None
+
+
+def step(model, cfg: Config, ctx: StepContext) -> StepResult:
+    skip = nncf_skip(model)
+    if skip:
+        return skip
+    import nncf
+    import onnx
+
     if not any(n.op_type in ("Conv", "MatMul", "Gemm", "ConvTranspose") for n in model.graph.node):
         return StepResult(None, skipped="no Conv/MatMul/Gemm node to quantize")
 
