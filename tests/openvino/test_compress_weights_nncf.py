@@ -87,3 +87,15 @@ def test_missing_nncf_is_a_skip_with_install_command(monkeypatch, tmp_path):
 def test_bad_mode_is_input_error():
     with pytest.raises(InputError, match="nncf-weights: mode must be one of int8_asym, int8_sym"):
         parse_recipe("nncf-weights:mode=int4_sym")
+
+
+def test_cli_bad_mode_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    from deploykit.cli import main
+
+    path = attention(tmp_path / "attn.onnx")
+    out = tmp_path / "attn.w8.onnx"
+    assert main(["compress", str(path), "-r", "nncf-weights:mode=int4_sym", "-o", str(out),
+                 "--no-measure", "--no-store"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nncf-weights: mode must be one of int8_asym, int8_sym" in err[0]
+    assert not out.exists()
