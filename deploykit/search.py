@@ -156,8 +156,6 @@ def _target_fp(target: Target) -> dict[str, Any]:
 
 
 def _feeds_digest(feeds: Mapping[str, np.ndarray]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for k in sorted(feeds):
         a = np.ascontiguousarray(feeds[k])
@@ -289,9 +287,9 @@ class Search:
     def _runtime_fidelity(self, row: Row, target: Target):
         """Fidelity of the candidate as `target` runs it: ORT (the verification runtime) and,
         say, OpenVINO's CPU plugin need not compute the same int8 model alike (OpenVINO
-        quantizes the activations of int8-weight MatMuls at run time). Cosine mode: the outputs
-        against the original model's on ORT become the row's fidelity, and a row below the
-        floor is rejected before it is timed. --eval mode (the metric runs on ORT): the runtime
+        quantizes the activations of int8-weight MatMuls at run time). Cosine mode: the worse of
+        the ORT cosine and the runtime's (its outputs vs the original model's on ORT) becomes
+        the row's fidelity, and a row below the floor is rejected before it is timed. --eval mode (the metric runs on ORT): the runtime
         must agree with ORT on the same file (cosine >= RUNTIME_AGREEMENT). Returns the compiled
         artifact (reused for timing), or None when the result came from OUTDIR/.work."""
         from .fsutil import write_text_atomic
@@ -317,7 +315,7 @@ class Search:
         row.fidelity_detail = {**row.fidelity_detail,
                                "runtime": {"target": target.name, "against": against,
                                            **fid.to_dict()}}
-        if row.cand.steps == () and not row.cand.options:
+        if not row.cand.steps and not row.cand.options:
             return art  # the baseline as the user's target runs it: the reference point
         floor = self.cfg.min_fidelity if self.eval_fn is None else RUNTIME_AGREEMENT
         if not fid.finite or not fid.shapes_match or not fid.cosine >= floor:
@@ -614,7 +612,7 @@ class Search:
             return out, self._netadapt_loop(base, sha_seen, bar, out)
         except Exception as e:  # the rows built so far stay; the search goes on without it
             self.notes.append(f"NetAdapt per-layer loop stopped: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}")
+                              f"{_first_line(e)}")
             return out, []
 
     def _netadapt_loop(self, base: Row, sha_seen: dict[str, Row], bar: "_Bar",
@@ -718,7 +716,7 @@ class Search:
 
     def _table_estimate(self, opts: tuple, model, path: str, keep: dict | None) -> float:
         est = self._tables[opts].estimate(model, self.feeds)
-        if keep is not None and not opts:
+        if keep is not None:
             keep[path] = est
         return est.total_ms
 
