@@ -23,6 +23,17 @@ from .errors import StoreError
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 
+
+def default_store_path() -> Path:
+    """Where results go unless told otherwise: $DEPLOYKIT_STORE, else the user's data folder."""
+    import os
+
+    if os.environ.get("DEPLOYKIT_STORE"):
+        return Path(os.environ["DEPLOYKIT_STORE"])
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("deploykit")) / "results.sqlite"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (

@@ -16,7 +16,7 @@ TINYRESNET = REPO / "deploykit" / "examples" / "tinyresnet.py"
 @pytest.fixture(scope="session")
 def tinyresnet_export(tmp_path_factory):
     """ExportResult of deploykit/examples/tinyresnet.py:build with a dynamic batch dim."""
-    from deploykit.export import export_model
+    from deploykit.export.exporter import export_model
 
     out = tmp_path_factory.mktemp("tinyresnet") / "tinyresnet.onnx"
     return export_model(f"{TINYRESNET}:build", out, dynamic_batch=True)

@@ -13,7 +13,7 @@ import pytest
 
 from deploykit import cli
 from deploykit.errors import InputError, VerificationError
-from deploykit.export import export_model
+from deploykit.export.exporter import export_model
 
 MODELS = textwrap.dedent('''
     import argparse
@@ -160,7 +160,7 @@ def test_frozen_branch_fails_verification(tmp_path):
 @pytest.mark.parametrize("rel_error,passes", [(1e-7, True), (1e-3, False)])
 def test_verification_tolerance_bites(models_py, tmp_path, monkeypatch, rel_error, passes):
     """An error of 1e-3 of the output's scale fails the export; fp32 rounding (1e-7) does not."""
-    import deploykit.verify as verify
+    import deploykit.fidelity as verify
 
     real = verify.run_ort
 
@@ -300,7 +300,7 @@ def test_cli_success_prints_tables_and_writes_json(models_py, tmp_path, capsys):
 def test_dynamo_model_that_fails_verification_falls_back(models_py, tmp_path, monkeypatch):
     """An exporter only "works" when its model agrees with torch: a wrong dynamo model (one
     weight off by 1%) is dropped for the TorchScript exporter's."""
-    import deploykit.export as ex
+    import deploykit.export.exporter as ex
 
     real = ex._export_dynamo
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deploykit import measure
+from deploykit.measure import timing as measure
 from deploykit.core import TimingPlan
 
 

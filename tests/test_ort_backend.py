@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from deploykit import targets
+from deploykit.backends import registry as targets
 from deploykit.backends.ort import aggregate_node_events, by_op_type
 from deploykit.core import ModelRef, TimingPlan
 from deploykit.errors import TargetError

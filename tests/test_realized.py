@@ -11,10 +11,11 @@ sys.path.insert(0, str(Path(__file__).parent / "rewrite"))
 sys.path.insert(0, str(Path(__file__).parent))
 from _quant_models import conv_bn_net, mlp  # noqa: E402
 
-from deploykit import realized, recipe  # noqa: E402
+from deploykit.report import realized
+from deploykit.rewrite import recipe
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import LatencyReport, ModelRef  # noqa: E402
-from deploykit.measure import Comparison  # noqa: E402
+from deploykit.measure.timing import Comparison
 from deploykit.rewrite import StepContext  # noqa: E402
 
 FEEDS = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}

@@ -12,12 +12,12 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).parent / "rewrite"))
 from _quant_models import conv_bn_net, messy  # noqa: E402
 
-from deploykit import recipe  # noqa: E402
+from deploykit.rewrite import recipe
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError, VerificationError  # noqa: E402
 from deploykit.rewrite import StepContext, StepResult  # noqa: E402
-from deploykit.verify import Fidelity, compare, judge, worst  # noqa: E402
+from deploykit.fidelity import Fidelity, compare, judge, worst
 
 
 def test_parse_converts_field_types():

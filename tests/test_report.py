@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.report import candidate_table, load_search, render_markdown, write_report
+from deploykit.report.html import candidate_table, load_search, render_markdown, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from deploykit.core import TimingPlan
-from deploykit.search import Search, SearchConfig, write_outputs
+from deploykit.search.engine import Search, SearchConfig, write_outputs
 from deploykit.store import Store
 
 from _search_models import residual_cnn
@@ -41,7 +41,7 @@ def _feeds():
 
 
 def _search(cnn, out, cfg, **kw):
-    from deploykit.calibration import synthetic_calibration
+    from deploykit.rewrite.calibration import synthetic_calibration
     from deploykit.onnxio import io_specs, load_onnx
 
     specs, _ = io_specs(load_onnx(cnn))
@@ -96,7 +96,7 @@ def test_eval_that_raises_names_candidate_and_search_goes_on(cnn, tmp_path):
         "    s = ort.InferenceSession(path, providers=['CPUExecutionProvider'])\n"
         "    x = np.random.default_rng(3).standard_normal((1, 3, 24, 24)).astype(np.float32)\n"
         "    return float(np.abs(s.run(None, {'x': x})[0]).sum() > 0)\n")
-    from deploykit.search import load_eval
+    from deploykit.search.engine import load_eval
 
     logged: list[str] = []
     cfg = SearchConfig(min_fidelity=0.5, time_limit_s=30, families=("int8",),
@@ -164,7 +164,7 @@ def test_resume_after_sigkill_does_not_measure_again(cnn, tmp_path):
 
 
 def test_netadapt_per_layer_moves_inside_a_search(cnn, tmp_path):
-    from deploykit.recipe import parse_recipe
+    from deploykit.rewrite.recipe import parse_recipe
 
     # a limit it does not reach: a restart must then repeat the same decisions from the cache
     cfg = SearchConfig(min_fidelity=0.8, time_limit_s=150, families=("prune", "lowrank", "int8"),

@@ -3,10 +3,10 @@
 import onnx
 import pytest
 
-from deploykit import targets
-from deploykit.recipe import parse_recipe
-from deploykit.search_space import (Candidate, available_steps, model_candidates, model_traits,
-                                    openvino_tools, option_variants, target_for)
+from deploykit.backends import registry as targets
+from deploykit.rewrite.recipe import parse_recipe
+from deploykit.search.candidates import (Candidate, available_steps, model_candidates, model_traits,
+                                         openvino_tools, option_variants, target_for)
 
 from _search_models import residual_cnn
 

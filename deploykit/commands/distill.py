@@ -65,7 +65,7 @@ def _load_module(source: str, weights: str | None = None):
     from pathlib import Path
 
     from ..errors import InputError
-    from ..export import _load_factory, _load_weights
+    from ..export.exporter import _load_factory, _load_weights
 
     factory, _, _ = _load_factory(source)
     try:
@@ -82,7 +82,7 @@ def _load_module(source: str, weights: str | None = None):
 def _data(spec: str):
     import numpy as np
 
-    from ..compress import mnist
+    from ..examples import mnist
     from ..errors import InputError
 
     if spec == "mnist":
@@ -104,7 +104,7 @@ def parse_recipe(text: str) -> list[tuple[str, dict]]:
     """'prune-filters:ratio=0.5; lowrank:energy=0.9' -> [(name, {field: number}), ...]
     (the recipe syntax of `deploykit compress`, with the torch-side steps)."""
     from ..errors import InputError
-    from ..recipe import split_recipe
+    from ..rewrite.recipe import split_recipe
 
     steps = []
     for name, values in split_recipe(text):
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..compress import distill as kd
-    from ..compress import mnist
+    from ..examples import mnist
     from ..errors import InputError
     from ..fsutil import write_text_atomic
 

@@ -58,7 +58,7 @@ def _dynamic_axes(items: list[str]) -> dict[str, dict[int, str]]:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..export import export_model
+    from ..export.exporter import export_model
     from ..fsutil import write_text_atomic
 
     if not str(args.output).endswith(".onnx"):

@@ -49,7 +49,7 @@ def _select(store, model: str | None, target: str | None):
 
 def _trends(rows, alpha: float):
     """{(model path or sha, target): (series oldest first, change points)}."""
-    from ..regress import change_points
+    from ..gate.changepoints import change_points
 
     groups: dict[tuple[str, str], list] = {}
     for r in sorted(rows, key=lambda r: (r.created, r.id)):

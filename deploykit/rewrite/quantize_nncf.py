@@ -14,7 +14,7 @@ import io
 import logging
 from dataclasses import dataclass
 
-from ..calibration import SYNTHETIC_WARNING
+from .calibration import SYNTHETIC_WARNING
 from ..errors import DeployKitError, InputError
 from . import StepContext, StepResult
 from .quantize_static import quantized_ops

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..calibration import SYNTHETIC_WARNING, data_reader
+from .calibration import SYNTHETIC_WARNING, data_reader
 from ..errors import DeployKitError, InputError
 from . import StepContext, StepResult
 
@@ -98,7 +98,7 @@ def preprocess(src: Path, dst: Path) -> str | None:
 
 def _cosine_vs_float(float_path: Path, q_path: Path,
                      batches: Sequence[Mapping[str, np.ndarray]]) -> float:
-    from ..verify import compare, run_ort
+    from ..fidelity import compare, run_ort
 
     cos = 1.0
     for b in batches:

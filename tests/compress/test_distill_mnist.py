@@ -10,7 +10,7 @@ from deploykit.compress import distill as kd
 from deploykit.compress import lowrank, prune
 from deploykit.errors import InputError
 
-mnist = pytest.importorskip("deploykit.compress.mnist")
+mnist = pytest.importorskip("deploykit.examples.mnist")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("nncf")
 
-from deploykit import targets  # noqa: E402
+from deploykit.backends import registry as targets
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError  # noqa: E402
-from deploykit.recipe import parse_recipe, run_recipe  # noqa: E402
+from deploykit.rewrite.recipe import parse_recipe, run_recipe
 from deploykit.rewrite import StepContext  # noqa: E402
 from deploykit.rewrite import compress_weights_nncf as cw  # noqa: E402
-from deploykit.verify import compare, run_ort  # noqa: E402
+from deploykit.fidelity import compare, run_ort
 from ov_models import attention, small_cnn  # noqa: E402
 
 

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from deploykit import targets  # noqa: E402
+from deploykit.backends import registry as targets
 from deploykit.backends.openvino import INSTALL_HINT, OpenVinoArtifact  # noqa: E402
-from deploykit.verify import cosine  # noqa: E402
+from deploykit.fidelity import cosine
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef, OpTime, TimingPlan  # noqa: E402
 from deploykit.errors import TargetError  # noqa: E402

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("nncf")
 
-from deploykit import targets  # noqa: E402
-from deploykit.verify import cosine  # noqa: E402
+from deploykit.backends import registry as targets
+from deploykit.fidelity import cosine
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError  # noqa: E402
 from deploykit.rewrite import StepContext  # noqa: E402

@@ -2,10 +2,10 @@ import numpy as np
 import onnx
 
 from _quant_models import conv_bn_net
-from deploykit.recipe import make_step
+from deploykit.rewrite.recipe import make_step
 from deploykit.rewrite import StepContext
 from deploykit.rewrite.convert_fp16 import step
-from deploykit.verify import compare, judge, run_ort
+from deploykit.fidelity import compare, judge, run_ort
 
 
 def test_fp16_trio_keeps_fp32_io(tmp_path):

@@ -135,7 +135,7 @@ def test_per_layer_ratios_prune_only_the_named_groups():
 
 
 def test_layers_field_parses_names_with_colons_from_a_recipe():
-    from deploykit.recipe import parse_recipe
+    from deploykit.rewrite.recipe import parse_recipe
 
     (st,) = parse_recipe("prune-channels:ratio=0,layers=onnx::Conv_12:0.5|conv.weight:0.25")
     assert st.config.layers == ("onnx::Conv_12:0.5", "conv.weight:0.25")

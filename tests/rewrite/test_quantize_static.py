@@ -5,10 +5,10 @@ from onnx import numpy_helper
 
 from _quant_models import conv_bn_net, messy
 from deploykit.errors import InputError
-from deploykit.recipe import make_step
+from deploykit.rewrite.recipe import make_step
 from deploykit.rewrite import StepContext
 from deploykit.rewrite.quantize_static import step
-from deploykit.verify import compare, run_ort
+from deploykit.fidelity import compare, run_ort
 
 
 def _ctx(tmp_path, synthetic=True, n=4):

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from conftest import kill_group
-from deploykit import cli, rpc, targets
+from deploykit import cli
+from deploykit.backends.tvm import rpc
+from deploykit.backends import registry as targets
 from deploykit.core import ModelRef
 from deploykit.errors import TargetError
 
@@ -98,7 +100,7 @@ def test_unknown_key_lists_known_keys(tracker, remote_x86, cnn_onnx):
 
 
 def test_failed_upload_names_the_device(tracker, remote_x86, cnn_onnx, monkeypatch, tmp_path):
-    from deploykit.backends import tvm_remote
+    from deploykit.backends.tvm import remote as tvm_remote
 
     proc, port = rpc.start_server()
     try:

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from deploykit import cli, targets
-from deploykit.backends import tvm_build, tvm_tune
-from deploykit.backends.tvm import UNTUNED_LABEL
+from deploykit import cli
+from deploykit.backends import registry as targets
+from deploykit.backends.tvm import build as tvm_build, tune as tvm_tune
+from deploykit.backends.tvm.local import UNTUNED_LABEL
 from deploykit.core import ModelRef
 
 
