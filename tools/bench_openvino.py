@@ -38,7 +38,7 @@ from deploykit.rewrite.calibration import data_reader
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 from deploykit.measure.timing import compare, measure_callable
 from deploykit.rewrite import StepContext  # noqa: E402
-from deploykit.rewrite import quantize_nncf  # noqa: E402
+from deploykit.rewrite import nncf_int8 as quantize_nncf
 
 
 def resnet50():

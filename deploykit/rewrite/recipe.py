@@ -6,7 +6,7 @@ are separated by '|':
     "fold-bn; prune-channels:ratio=0.5; quantize-static:per_channel=true,exclude=conv1|fc"
 
 or a TOML file with one `[[step]]` table per step (`name = "..."` plus the fields). Every step
-module `deploykit.rewrite.<module>` defines a frozen dataclass `Config` and
+module `deploykit/rewrite/<step_name>.py` defines a frozen dataclass `Config` and
 `step(model, cfg, ctx) -> StepResult`. The runner writes every intermediate model (with its
 lineage), checks it with onnx.checker and verifies its outputs against its parent's on ORT
 before anything is timed; a step that did not apply is recorded as skipped, with its reason.
@@ -28,22 +28,12 @@ from ..errors import InputError, VerificationError
 from . import StepContext, StepResult, quiet_library_warnings
 from ..fidelity import Fidelity, Tolerance
 
-# step name -> module defining `Config` and `step`
-STEPS: dict[str, str] = {
-    "cleanup": "deploykit.rewrite.cleanup",
-    "fold-bn": "deploykit.rewrite.fold_bn",
-    "prune-unstructured": "deploykit.rewrite.prune_unstructured",
-    "prune-channels": "deploykit.rewrite.prune_channels",
-    "remove-zero-channels": "deploykit.rewrite.remove_zero_channels",
-    "lowrank": "deploykit.rewrite.lowrank_matmul",
-    "tucker": "deploykit.rewrite.lowrank_conv",
-    "compact": "deploykit.rewrite.compact_conv",
-    "quantize-static": "deploykit.rewrite.quantize_static",
-    "quantize-dynamic": "deploykit.rewrite.quantize_dynamic",
-    "nncf-int8": "deploykit.rewrite.quantize_nncf",
-    "nncf-weights": "deploykit.rewrite.compress_weights_nncf",
-    "fp16": "deploykit.rewrite.convert_fp16",
-}
+# The recipe steps, each in deploykit/rewrite/<name with '-' as '_'>.py defining `Config` and
+# `step` (step name = file name).
+STEPS: dict[str, str] = {name: f"deploykit.rewrite.{name.replace('-', '_')}" for name in (
+    "cleanup", "fold-bn", "prune-unstructured", "prune-channels", "remove-zero-channels",
+    "lowrank", "tucker", "compact", "quantize-static", "quantize-dynamic", "nncf-int8",
+    "nncf-weights", "fp16")}
 LIST_SEP = "|"
 CALIBRATED_STEPS = ("quantize-static", "nncf-int8")  # steps that read calibration batches
 # Steps that approximate their parent by design: when such a step reports the default "fp32"

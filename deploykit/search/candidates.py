@@ -1,4 +1,4 @@
-"""The candidate space of a search: recipes (step names + configs of `deploykit.recipe.STEPS`) and
+"""The candidate space of a search: recipes (step names + configs of `deploykit.rewrite.recipe.STEPS`) and
 target options. Nothing here transforms a model: a candidate is only the recipe text that the
 recipe runner applies, so the search explores exactly what `deploykit compress` can produce."""
 

@@ -50,7 +50,7 @@ def layers_of(model, kinds: set[str]) -> list[Layer]:
             if moves and _recipe_safe(name):
                 out.append(Layer("prune", name, moves, frozenset(producers + readers)))
     if "lowrank" in kinds:
-        from ..rewrite.lowrank_matmul import Config, linear_layers
+        from ..rewrite.lowrank import Config, linear_layers
 
         for name, k, n in dict.fromkeys(linear_layers(model)):  # a tied weight: one layer
             if min(k, n) < Config.min_size or not _recipe_safe(name):

@@ -4,7 +4,7 @@ from _compress_models import CTX, full_check, image, load, op_types, rel_err, ru
 from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.errors import InputError
-from deploykit.rewrite import compact_conv as cc
+from deploykit.rewrite import compact as cc
 
 
 def _conv_net(w: np.ndarray, seed: int = 0):

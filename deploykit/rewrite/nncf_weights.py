@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from . import StepContext, StepResult
-from .quantize_nncf import nncf_skip, quiet_nncf
+from .nncf_int8 import nncf_skip, quiet_nncf
 
 MODES = ("int8_asym", "int8_sym")
 

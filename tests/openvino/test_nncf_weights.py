@@ -15,7 +15,7 @@ from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError  # noqa: E402
 from deploykit.rewrite.recipe import parse_recipe, run_recipe
 from deploykit.rewrite import StepContext  # noqa: E402
-from deploykit.rewrite import compress_weights_nncf as cw  # noqa: E402
+from deploykit.rewrite import nncf_weights as cw
 from deploykit.fidelity import compare, run_ort
 from ov_models import attention, small_cnn  # noqa: E402
 

@@ -14,7 +14,7 @@ from deploykit.fidelity import cosine
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError  # noqa: E402
 from deploykit.rewrite import StepContext  # noqa: E402
-from deploykit.rewrite import quantize_nncf as qn  # noqa: E402
+from deploykit.rewrite import nncf_int8 as qn
 from ov_models import attention, small_cnn  # noqa: E402
 
 

@@ -4,7 +4,7 @@ import onnx
 from _quant_models import conv_bn_net
 from deploykit.rewrite.recipe import make_step
 from deploykit.rewrite import StepContext
-from deploykit.rewrite.convert_fp16 import step
+from deploykit.rewrite.fp16 import step
 from deploykit.fidelity import compare, judge, run_ort
 
 

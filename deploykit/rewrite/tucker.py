@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 from . import StepContext, StepResult
 from ._factorize import apply_rules, conv_weight
-from .lowrank_matmul import blas_threads_for, choose_rank
+from .lowrank import blas_threads_for, choose_rank
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from _compress_models import CTX, full_check, op_types, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.errors import InputError
-from deploykit.rewrite import lowrank_matmul as lm
+from deploykit.rewrite import lowrank as lm
 
 
 def _mlp(rank1: int | None = 8, rank2: int | None = 6, seed: int = 0):
