@@ -285,6 +285,12 @@ class Store:
         return ModelRef(path=Path(r[1] or ""), sha256=r[0], parent_sha256=r[2], transform=r[3],
                         config=json.loads(r[4]))
 
+    def resolve_model(self, prefix: str) -> str | None:
+        """The full sha256 of the one stored model whose sha256 starts with `prefix`."""
+        rows = self._read("SELECT sha256 FROM models WHERE sha256 LIKE ? LIMIT 2",
+                          (prefix.lower() + "%",)).fetchall()
+        return rows[0][0] if len(rows) == 1 else None
+
     def lineage(self, sha256: str) -> list[ModelRef]:
         """The model and its ancestors, newest first (how was this made)."""
         chain: list[ModelRef] = []

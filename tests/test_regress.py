@@ -150,7 +150,7 @@ def test_stored_mode_detects_a_shift_without_drift_between_runs():
 
 def test_block_medians_without_blocks_chunks_the_samples():
     r = _report(np.arange(100, dtype=float) + 1, ())
-    m = block_medians(r)
+    m = block_medians(r.samples_ms, r.blocks, chunk_unblocked=True)
     assert len(m) == 10 and m[0] == pytest.approx(5.5)
 
 

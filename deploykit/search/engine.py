@@ -429,6 +429,9 @@ class Search:
                 row.status, row.reason = "duplicate" if not res.applied else "failed", \
                     "skipped " + "; ".join(skipped)
             row.path, row.sha256 = str(res.final.path), res.final.sha256
+            # lineage of every built candidate: source -> step -> ... -> candidate
+            for m in (res.source, *(st.output for st in res.applied)):
+                self.store.record_model(m)
         write_text_atomic(cache, json.dumps({"status": row.status, "reason": row.reason,
                                              "notes": row.notes, "path": row.path,
                                              "sha256": row.sha256}))
