@@ -55,6 +55,31 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+# Golden-output checks of bundles (elementwise, so they run without numpy on a device):
+# |got - want| <= GOLDEN_ATOL_FRAC[kind] * max|want| + GOLDEN_RTOL * |want|. fp32 matches the
+# exact-rewrite tolerance above; int8 allows one requantization step of difference between CPU
+# kernels (x86 vs ARM), still far below what a changed weight does.
+GOLDEN_ATOL_FRAC = {"fp32": TOLERANCES["fp32"].max_rel, "fp16": 1e-3, "int8": 1e-2}
+GOLDEN_RTOL = TOLERANCES["fp32"].max_rel
+# how a floating output dtype is judged when a model is verified against its float reference
+DTYPE_KIND = {"float32": "fp32", "float64": "fp32", "float16": "fp16", "bfloat16": "fp16"}
+# op types that show a model is (or has been) quantized
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+    "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits", "QGemm", "QAttention",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+
+
+def fidelity_kind_of(model) -> str:
+    """How a model's outputs are judged against its float parent: "int8" when it holds quantized
+    ops, "fp16" when it holds fp16 weights, else "fp32"."""
+    if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        return "int8"
+    if any(i.data_type == 10 for i in model.graph.initializer):  # FLOAT16
+        return "fp16"
+    return "fp32"
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()

@@ -3,7 +3,6 @@ file was made (export <- compress step), newest first."""
 
 import json
 
-import pytest
 
 from deploykit.cli import main
 from deploykit.fsutil import sha256_file

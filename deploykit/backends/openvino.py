@@ -39,7 +39,9 @@ def _openvino():
 
 def _fidelity_kind(proto, precision: str) -> str:
     """How outputs are judged against ORT fp32: a QDQ model as int8, bf16 compute by cosine."""
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+    from ..fidelity import QUANTIZED_OPS
+
+    if any(n.op_type in QUANTIZED_OPS for n in proto.graph.node):
         return "int8"
     return "fp32" if precision == "f32" else precision
 

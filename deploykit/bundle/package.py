@@ -28,13 +28,6 @@ from .runners import selftest as st
 
 GOLDEN_INPUTS = "golden/inputs.npz"
 GOLDEN_OUTPUTS = "golden/outputs.npz"
-# Scale-relative atol per fidelity kind: |got - want| <= frac * max|want| + rtol * |want|.
-# fp32 matches deploykit.verify's exact-rewrite tolerance; int8 allows a requantization step of
-# difference between CPU kernels (x86 vs ARM), still far below what a changed weight does.
-ATOL_FRAC = {"fp32": 1e-4, "fp16": 1e-3, "int8": 1e-2}
-RTOL = 1e-4
-_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-              "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"}
 
 
 @dataclass(frozen=True)
@@ -52,23 +45,16 @@ class PackageOptions:
     store: str | None = None  # results store to read lineage from / record latency in
 
 
-def fidelity_kind(model) -> str:
-    ops = {n.op_type for n in model.graph.node}
-    if ops & _QUANT_OPS:
-        return "int8"
-    if any(i.data_type == 10 for i in model.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
 def tolerances(golden: list[tuple[str, np.ndarray]], kind: str,
                atol_frac: float | None) -> dict[str, dict[str, float]]:
-    frac = ATOL_FRAC[kind] if atol_frac is None else atol_frac
+    from ..fidelity import GOLDEN_ATOL_FRAC, GOLDEN_RTOL
+
+    frac = GOLDEN_ATOL_FRAC[kind] if atol_frac is None else atol_frac
     tol = {}
     for name, a in golden:
         exact = not np.issubdtype(a.dtype, np.floating)  # integer / bool outputs must match
         scale = float(np.max(np.abs(a))) if a.size and not exact else 0.0
-        tol[name] = {"atol": 0.0 if exact else frac * scale, "rtol": 0.0 if exact else RTOL}
+        tol[name] = {"atol": 0.0 if exact else frac * scale, "rtol": 0.0 if exact else GOLDEN_RTOL}
     return tol
 
 
@@ -149,7 +135,7 @@ def package(model_path: str | Path, target: Target, out: str | Path,
             opts: PackageOptions = PackageOptions()) -> dict[str, Any]:
     """Build the bundle for `target` at `out`; returns its manifest."""
     from ..onnxio import io_specs, load_onnx, make_feeds
-    from ..fidelity import judge, run_ort
+    from ..fidelity import fidelity_kind_of, judge, run_ort
 
     model_path, out = Path(model_path), Path(out)
     proto = load_onnx(model_path)
@@ -164,7 +150,7 @@ def package(model_path: str | Path, target: Target, out: str | Path,
     if backend == "tvm":
         shapes = _tvm_static_shapes(ins, shapes)
     feeds = make_feeds(ins, opts.seed, shapes, opts.inputs_npz)
-    kind = fidelity_kind(proto)
+    kind = fidelity_kind_of(proto)
     reference = run_ort(model_path, feeds)  # the input model on ORT: the runtime-free reference
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -340,14 +340,13 @@ def _maybe_simplify(model, simplify: bool, warns: list[str]) -> tuple[Any, bool]
         return model, False
 
 
-TOLERANCE_KIND = {"float32": "fp32", "float64": "fp32", "float16": "fp16", "bfloat16": "fp16"}
 
 
 def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
                     where: str) -> list[OutputCheck]:
     """Per-output comparison judged by dtype tolerance (deploykit.verify); integer outputs must
     match exactly."""
-    from ..fidelity import compare, judge
+    from ..fidelity import DTYPE_KIND, compare, judge
 
     if len(ref) != len(got):
         raise VerificationError(f"ONNX model has {len(got)} outputs, the reference {len(ref)}")
@@ -358,7 +357,7 @@ def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequen
             failure = None if fid.shapes_match and np.array_equal(r, g) else \
                 "integer outputs differ"
         else:
-            failure = judge(fid, TOLERANCE_KIND.get(str(r.dtype), "fp32"))
+            failure = judge(fid, DTYPE_KIND.get(str(r.dtype), "fp32"))
         checks.append(OutputCheck(name, tuple(np.shape(g)), fid.max_abs, fid.max_rel,
                                   fid.cosine, None if failure is None else f"{failure} {where}"))
     return checks

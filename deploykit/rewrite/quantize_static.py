@@ -21,14 +21,11 @@ import numpy as np
 
 from .calibration import SYNTHETIC_WARNING, data_reader
 from ..errors import DeployKitError, InputError
+from ..fidelity import QUANTIZED_OPS
 from . import StepContext, StepResult
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 QTYPES = {"uint8": "QUInt8", "int8": "QInt8"}
-QUANTIZED_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-    "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits", "QGemm", "QAttention",
-    "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
 
 

@@ -89,9 +89,9 @@ def model_traits(model) -> dict[str, bool]:
                 kxk = True
         elif n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input[:2]):
             linear = True
-    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
-                                  "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")
-                    for n in model.graph.node)
+    from ..fidelity import QUANTIZED_OPS
+
+    quantized = any(n.op_type in QUANTIZED_OPS for n in model.graph.node)
     return {"conv": conv, "kxk": kxk, "linear": linear, "quantized": quantized}
 
 

@@ -12,11 +12,12 @@ import numpy as np
 
 from ...core import ModelRef, TensorSpec, stable_hash
 from ...errors import TargetError, VerificationError, first_line
+from ...fidelity import TOLERANCES
 from ...onnxio import io_specs, load_onnx, make_feeds, quiet, resolve_shape
 
 UNTUNED_LABEL = "untuned: run deploykit tune"
+RTOL = TOLERANCES["fp32"].max_rel  # fp32: max |tvm - ort| relative to max |ort|
 EMULATED_LABEL = "emulated"
-RTOL = 1e-4  # fp32: max |tvm - ort| relative to max |ort|
 
 
 @dataclass(frozen=True)
