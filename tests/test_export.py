@@ -108,7 +108,7 @@ def test_fallback_to_torchscript_keeps_control_flow(models_py, tmp_path):
     r = export_model(f"{models_py}:scripted", out, input_shapes={"x": (2, 8)})
     assert r.exporter == "torchscript"
     assert "dynamo exporter failed" in r.exporter_note and "data-dependent" in r.exporter_note
-    assert all(c.ok for c in r.checks)
+    assert [c.shape for c in r.checks] == [(2, 8)] and all(c.ok for c in r.checks)  # one output
     model = onnx.load(str(out))
     assert "If" in {n.op_type for n in model.graph.node}
     # both branches are in the file: check each against torch (same seed -> same weights)
@@ -312,7 +312,8 @@ def test_dynamo_model_that_fails_verification_falls_back(models_py, tmp_path, mo
 
     monkeypatch.setattr(ex, "_export_dynamo", wrong)
     r = export_model(f"{models_py}:mlp", tmp_path / "m.onnx")
-    assert r.exporter == "torchscript" and all(c.ok for c in r.checks)
+    assert r.exporter == "torchscript"
+    assert [c.shape for c in r.checks] == [(2, 4)] and all(c.ok for c in r.checks)  # one output
     assert r.exporter_note.startswith("dynamo exporter's model failed verification")
 
 

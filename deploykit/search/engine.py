@@ -235,6 +235,7 @@ class Search:
         self.t0 = time.monotonic()
         self.whole_now = self.whole_reused = 0
         self.notes: list[str] = []
+        self.time_limit_hits: list[str] = []  # where the time limit cut the search short
         self._targets: dict[tuple, Target] = {(): self.target}
         self._base_metric: float | None = None
         self.netadapt_log: dict[str, Any] | None = None
@@ -248,6 +249,16 @@ class Search:
 
     def time_left(self) -> float:
         return self.cfg.time_limit_s - (time.monotonic() - self.t0)
+
+    def within_time(self, reserve: float, where: str) -> bool:
+        """True while more than `reserve` seconds of the time limit are left; else records
+        `where` the limit cut the search short (`cost.time_limit_reached`: a result says whether
+        it is all the search would have done, or what the limit left out)."""
+        if self.time_left() > reserve:
+            return True
+        if where not in self.time_limit_hits:
+            self.time_limit_hits.append(where)
+        return False
 
     def target_of(self, options: tuple) -> Target:
         if options not in self._targets:
@@ -482,7 +493,8 @@ class Search:
             # 2. build, verify and table-estimate every model candidate (cheap families first)
             sha_seen = {base.sha256: base}
             for cand in models[1:]:
-                if self.time_left() <= (1 - BUILD_SHARE) * self.cfg.time_limit_s:
+                if not self.within_time((1 - BUILD_SHARE) * self.cfg.time_limit_s,
+                                        "building candidates"):
                     self.notes.append("time limit reached while building candidates; "
                                       f"{len(models) - len(rows_by_model)} recipes not tried")
                     break
@@ -507,7 +519,7 @@ class Search:
                 kept_ids = {id(r) for r in kept}
                 for row in na_rows:  # other target variants only for the deepest kept states
                     rows.append(row)
-                    if id(row) in kept_ids and self.time_left() > 0:
+                    if id(row) in kept_ids and self.within_time(0, "NetAdapt target variants"):
                         variant_rows = self._variant_rows(row, variants)
                         rows += variant_rows
                         n_space += len(variant_rows)
@@ -524,8 +536,8 @@ class Search:
             errors: list[float] = []
             while True:
                 measured = [r for r in timeable if r.median is not None]
-                if len(measured) >= max_whole or (self.time_left() <= 0
-                                                  and len(measured) >= min_whole):
+                if len(measured) >= max_whole or (len(measured) >= min_whole and
+                                                  not self.within_time(0, "whole measurements")):
                     break
                 everywhere = [p for pts in points.values() for p in pts]
                 pool = [r for r in timeable if r.median is None]
@@ -593,6 +605,7 @@ class Search:
                 "units_timed": sum(t.timed for t in self._tables.values()),
                 "units_reused": sum(t.reused for t in self._tables.values()),
                 "seconds": time.monotonic() - self.t0, "exhaustive": self.cfg.exhaustive,
+                "time_limit_reached": list(self.time_limit_hits),
                 "netadapt": self.netadapt_log}
         from ..measure.env import fingerprint
 
@@ -680,14 +693,14 @@ class Search:
                 row.table_ms * base.median / base.table_ms <= self.cfg.budget_ms
 
         accepted, log = netadapt(base.table_ms, layers, NetAdaptConfig(), propose, costs, done,
-                                 lambda: self.time_left() > limit)
+                                 lambda: self.within_time(limit, "NetAdapt"))
         self.netadapt_log = {"layers": len(layers), "proposals": len(out),
                              "iterations": [asdict(it) for it in log]}
         finish = int8_finish(traits, have) if not self.cfg.families or \
             "int8" in self.cfg.families else []
         kept = accepted[-2:]  # the two deepest cuts, and those made int8
         for row in accepted[-2:] if finish else []:
-            if self.time_left() <= limit:
+            if not self.within_time(limit, "NetAdapt int8"):
                 break
             kept.append(add(Candidate(row.cand.family + "+int8", row.cand.steps + tuple(finish))))
         return kept

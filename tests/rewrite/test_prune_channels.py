@@ -85,7 +85,7 @@ def test_round_to_and_min_channels():
     cg, keep = _plan(model, pc.Config(ratio=0.7, round_to=8))
     assert keep and all(len(k) % 8 == 0 for k in keep.values())
     cg, keep = _plan(model, pc.Config(ratio=0.99, min_channels=4))
-    assert all(len(k) == 4 for k in keep.values())
+    assert keep and all(len(k) == 4 for k in keep.values())
 
 
 def test_channels_reaching_graph_output_are_pinned():

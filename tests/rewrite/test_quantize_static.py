@@ -59,7 +59,7 @@ def test_static_per_tensor_s8s8(tmp_path):
     conv = next(n for n in q.graph.node if n.op_type == "Conv")
     assert numpy_helper.to_array(inits[prod[conv.input[1]].input[1]]).shape == ()
     act_q = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
-    assert all(inits[n.input[2]].data_type == onnx.TensorProto.INT8 for n in act_q)
+    assert act_q and all(inits[n.input[2]].data_type == onnx.TensorProto.INT8 for n in act_q)
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
