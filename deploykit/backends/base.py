@@ -26,7 +26,7 @@ class Artifact:
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.session_create_ms = session_create_ms
-        self.id = stable_hash(model.sha256, target.name, dict(target.config))
+        self.id = target.artifact_id(model)
         self.labels: tuple[str, ...] = ()
         # backend facts that belong in the report's environment (e.g. the precision OpenVINO ran)
         self.env: dict[str, Any] = {}
@@ -52,6 +52,10 @@ class Target:
     def __init__(self, name: str, config: Mapping[str, Any]):
         self.name = name
         self.config = dict(config)
+
+    def artifact_id(self, model: ModelRef) -> str:
+        """The id of `model` compiled for this target (lineage: input id, target, its config)."""
+        return stable_hash(model.sha256, self.name, dict(self.config))
 
     @property
     def threads(self) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import __version__
-from ..core import ModelRef, TimingPlan, stable_hash
+from ..core import ModelRef, TimingPlan
 from ..backends.base import Target
 from ..errors import InputError, VerificationError
 from .runners import selftest as st
@@ -233,7 +233,7 @@ def package(model_path: str | Path, target: Target, out: str | Path,
         manifest["fidelity"] = fid
 
         # the id Target.compile gives this model on this target (core.Artifact)
-        manifest["artifact_id"] = stable_hash(model.sha256, target.name, dict(target.config))
+        manifest["artifact_id"] = target.artifact_id(model)
         manifest["latency"] = None
         if opts.measure:
             manifest["latency"] = _latency(target, model, feeds, opts.plan, opts.store)

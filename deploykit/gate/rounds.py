@@ -90,17 +90,11 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
 
 
 def _progress(enabled: bool, total: float):
-    from contextlib import nullcontext
+    from ..progress import progress_bar
 
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("measuring in rounds"), BarColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=True,
-                   console=Console(stderr=True))
-    bar.add_task("rounds", total=total, info="")
+    bar = progress_bar(enabled, "measuring in rounds")
+    if bar is not None and enabled:
+        bar.add_task("rounds", total=total, info="")
     return bar
 
 

@@ -158,15 +158,9 @@ class _Series:
 
 
 def _progress(enabled: bool, description: str):
-    from contextlib import nullcontext
+    from ..progress import progress_bar
 
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), transient=True, console=Console(stderr=True))
+    return progress_bar(enabled)
 
 
 def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingPlan(),

@@ -854,15 +854,11 @@ class _Bar:
     def __init__(self, enabled: bool, total: int):
         self._p = None
         if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-                TimeElapsedColumn
+            from ..progress import progress_bar
 
-            self._p = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn(), TextColumn("{task.description}"),
-                               console=Console(stderr=True), transient=True)
+            self._p = progress_bar(True, "search", count=True)
             self._p.start()
-            self._task = self._p.add_task("", total=total)
+            self._task = self._p.add_task("", total=total, info="")
 
     def advance(self, row: Row, n: int = 1) -> None:
         if self._p:
@@ -876,7 +872,7 @@ class _Bar:
 
     def describe(self, text: str) -> None:
         if self._p:
-            self._p.update(self._task, description=text)
+            self._p.update(self._task, info=text)
 
     def close(self) -> None:
         if self._p:
