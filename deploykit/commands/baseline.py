@@ -45,6 +45,19 @@ def add_gate_timing_args(p: argparse.ArgumentParser) -> None:
                    help="longest warm-up of each fresh session in seconds (default 0.5)")
 
 
+def check_gate_timing(args: argparse.Namespace) -> None:
+    import math
+
+    from ..errors import InputError
+
+    if not (math.isfinite(args.max_time) and args.max_time > 0):
+        raise InputError(f"--max-time must be a positive number of seconds, got {args.max_time}")
+    if not (math.isfinite(args.warmup_max) and args.warmup_max >= 0):
+        raise InputError(f"--warmup-max must be >= 0 seconds, got {args.warmup_max}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+
+
 def gate_target(name: str, threads: int | None) -> Target:
     """The target as the gate measures it: ORT spinning off, so that the old and new sessions
     can share one process without stealing each other's cores (FACTS.md), and baselines are
@@ -57,12 +70,13 @@ def gate_target(name: str, threads: int | None) -> Target:
 def load_model(path: str):
     """(ModelRef, inputs, outputs) of an .onnx file, with one-line errors for bad files."""
     from ..errors import InputError
-    from ..onnxio import io_specs, load_onnx
+    from ..onnxio import check_feedable, io_specs, load_onnx
 
     if not str(path).endswith(".onnx"):
         raise InputError(f"{path}: expected an .onnx file (run `deploykit export` first)")
     proto = load_onnx(path, load_external=False)
     inputs, outputs = io_specs(proto)
+    check_feedable(inputs, path)
     return ModelRef.from_path(path), tuple(inputs), tuple(outputs)
 
 
@@ -151,21 +165,31 @@ def _merge(parts: Sequence[LatencyReport], per_op) -> LatencyReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..onnxio import make_feeds
+    from ..outputs import Outputs, check_output_file
     from ..regress import make_baseline
 
+    check_output_file(args.output, "-o")
+    check_gate_timing(args)
+    store_file = _common.check_store(args)
     model, inputs, outputs = load_model(args.model)
+    shapes = _common.parse_shapes(args.shape)
+    make_feeds(list(inputs), args.seed, shapes, args.inputs)  # bad --inputs/--shape: now
     target = gate_target(args.target, args.threads)
-    feeds_cfg = {"seed": args.seed, "shapes": {k: list(v) for k, v in
-                                               _common.parse_shapes(args.shape).items()},
+    feeds_cfg = {"seed": args.seed, "shapes": {k: list(v) for k, v in shapes.items()},
                  "npz": args.inputs}
     (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
                                progress=not args.quiet)
-    make_baseline(report, inputs, outputs, feeds_cfg, args.output).save(args.output)
-    if not args.no_store:
-        from ..store import Store
+    with Outputs() as outs:
+        baseline = make_baseline(report, inputs, outputs, feeds_cfg, args.output)
+        baseline.check()  # what check would refuse to read is not written
+        outs.json(args.output, baseline.to_dict())
+        if store_file is not None:
+            from ..store import Store
 
-        with Store(_common.store_path(args)) as store:
-            store.record_report(report, label="baseline", model=model)
+            with Store(store_file) as store:
+                store.record_report(report, label="baseline", model=model)
+        outs.commit()
     if not args.quiet:
         from ..display import print_report
 

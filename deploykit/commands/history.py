@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from pathlib import Path
@@ -89,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
                                                      before_ms=c.before, after_ms=c.after,
                                                      ratio=c.ratio, p=c.p) for c in cps]}
                              for k, (s, cps) in trends.items()]
-        print(json.dumps(out, indent=1))
+        from ..fsutil import dumps_json
+
+        print(dumps_json(out), end="")
         return 0
     _print(rows[:args.limit], len(rows), trends)
     return 0
