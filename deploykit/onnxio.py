@@ -45,6 +45,20 @@ def check_external_data(model, folder: Path) -> None:
             raise InputError(f"external data file of tensor '{tensor.name}' is missing: {target}")
 
 
+def check_opset(model, p: Path) -> None:
+    """An opset newer than the installed onnx knows cannot be checked or run (ONNX Runtime's
+    own message for it is a C++ dump): say so, and what to do."""
+    import onnx
+
+    known = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not 1 <= o.version <= known:
+            raise InputError(f"{p} declares ONNX opset {o.version}, but the installed onnx "
+                             f"{onnx.__version__} knows opsets 1-{known}; re-export it with an "
+                             f"opset in that range (deploykit export SOURCE -o OUT.onnx --opset "
+                             f"{min(known, 17)})")
+
+
 def _has_external(model) -> bool:
     import onnx
 
@@ -78,6 +92,7 @@ def load_onnx(path: str | Path, load_external: bool = True):
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"not a valid ONNX model (empty graph; corrupt or truncated?): {p}")
+    check_opset(model, p)
     check_external_data(model, p.parent)
     if load_external:
         from onnx.external_data_helper import load_external_data_for_model

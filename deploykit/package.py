@@ -163,14 +163,21 @@ def package(model_path: str | Path, target: Target, out: str | Path,
     from .verify import judge, run_ort
 
     model_path, out = Path(model_path), Path(out)
+    if model_path.suffix != ".onnx":
+        raise InputError(f"{model_path}: package takes an .onnx file (run `deploykit export` "
+                         "first)")
     check_bundle_dest(out, opts.force)
     proto = load_onnx(model_path)
     model = ModelRef.from_path(model_path)
     ins, outs = io_specs(proto)
     if opts.original:
         o_ins, o_outs = io_specs(load_onnx(opts.original))
-        if ([(s.name, s.dtype, len(s.shape)) for s in o_ins + o_outs]
-                != [(s.name, s.dtype, len(s.shape)) for s in ins + outs]):
+
+        def key(specs):  # symbolic dims may differ in name, fixed ones must agree
+            return [(s.name, s.dtype, tuple(d if isinstance(d, int) else "?" for d in s.shape))
+                    for s in specs]
+
+        if key(o_ins + o_outs) != key(ins + outs):
             def sig(specs):
                 return ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs)
 

@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("compress needs MODEL, --recipe and --output (or --list-steps)")
     if args.calib_batches < 1:
         raise InputError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+    if not str(args.model).endswith(".onnx"):
+        raise InputError(f"{args.model}: compress takes an .onnx file (run `deploykit export` "
+                         "first)")
     steps = parse_recipe(args.recipe)  # a bad recipe fails before anything loads
     plan = _common.plan_from_args(args)
     shapes = _common.parse_shapes(args.shape)

@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..fsutil import write_json
 
+    from ..outputs import check_output_file
+
+    check_output_file(args.json, "--json")
     if args.repeat < 1:
         raise InputError(f"--repeat must be >= 1, got {args.repeat}")
     res = verify(args.bundle, device=args.device, tracker=args.tracker, python=args.python,
