@@ -38,8 +38,9 @@ def load_search(path: str | Path) -> dict[str, Any]:
             raise InputError(f"{p} is incomplete: '{key}' is missing or not a "
                              f"{kind.__name__ if isinstance(kind, type) else 'valid value'}; "
                              f"{redo}")
-    if not all(isinstance(c, dict) for c in data["candidates"]):
-        raise InputError(f"{p} is malformed: a candidate is not an object; {redo}")
+    if not data["candidates"] or not all(isinstance(c, dict) for c in data["candidates"]):
+        raise InputError(f"{p} is malformed: no candidates (the first is the model as given), "
+                         f"or one that is not an object; {redo}")
     return data
 
 

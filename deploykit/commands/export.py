@@ -63,12 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_model
     from ..outputs import Outputs, check_distinct, check_output_file
 
-    if not str(args.output).endswith(".onnx"):
-        raise InputError(f"output must be an .onnx path, got {args.output}")
+    check_output_file(args.output, "-o", suffix=".onnx")
     if args.opset is not None and not 7 <= args.opset <= 30:
         raise InputError(f"--opset {args.opset} is out of range (7-30; ONNX Runtime here runs "
                          "up to the opset its onnx release knows): pass e.g. --opset 17")
-    check_output_file(args.output, "-o")
     check_output_file(args.json, "--json")
     check_distinct(**{"-o": args.output, "--json": args.json})
     shapes = _common.parse_shapes(args.shape)
