@@ -181,8 +181,9 @@ def run(args: argparse.Namespace) -> int:
     (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
                                progress=not args.quiet)
     with Outputs() as outs:
-        baseline = make_baseline(report, inputs, outputs, feeds_cfg, args.output)
-        baseline.check()  # what check would refuse to read is not written
+        from .check import _checked  # what check would refuse to read is not written
+
+        baseline = _checked(make_baseline(report, inputs, outputs, feeds_cfg, args.output))
         outs.json(args.output, baseline.to_dict())
         if store_file is not None:
             from ..store import Store

@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     with Outputs() as outs:
         _write_outputs(outs, args, result, old_rep, new_rep)
         if args.update_baseline:
-            outs.json(args.baseline, make_baseline(new_rep, inputs, outputs, base.feeds,
-                                                   args.baseline).to_dict())
+            outs.json(args.baseline, _checked(make_baseline(new_rep, inputs, outputs, base.feeds,
+                                                            args.baseline)).to_dict())
         if store_file is not None:
             from ..store import Store
 
@@ -129,6 +129,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print(result, args)
     return 1 if verdict.failed else 0
+
+
+def _checked(baseline):
+    """A new baseline is written only if `check` could read it back."""
+    from ..errors import InputError
+
+    try:
+        baseline.check()
+    except ValueError as e:
+        raise InputError(f"this run cannot become the baseline ({e}); re-run the check") from None
+    return baseline
 
 
 def _fingerprint(target) -> dict:

@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..onnxio import check_feedable, io_specs, load_onnx
 
+    from ..outputs import check_output_dir
+
+    check_output_dir(args.db, "--db")
+    if args.trials < 1:
+        raise InputError(f"--trials must be >= 1, got {args.trials}")
     if not args.model.endswith(".onnx"):
         raise InputError(f"{args.model}: tune takes an .onnx file (run `deploykit export` first)")
     check_feedable(io_specs(load_onnx(args.model))[0], args.model)

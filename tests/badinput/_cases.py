@@ -391,6 +391,9 @@ def _verb_specific() -> list[Case]:
         Case("history", "no-store", ("history", "--store", "{out}/none.sqlite"),
              "no results store"),
         # tune
+        Case("tune", "db-is-a-file", ("tune", "{mlp}", "--trials", "1", "--db", "{a_file}"),
+             "a_file"),
+        Case("tune", "trials-zero", ("tune", "{mlp}", "--trials", "0"), "--trials"),
         Case("tune", "ort-target", ("tune", "{mlp}", "--trials", "1", "--target", "ort-cpu"),
              "TVM target"),
         # verify
