@@ -3,7 +3,6 @@ the end of the run (the README's Errors section states the count)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -28,13 +27,9 @@ def world(tmp_path_factory) -> dict[str, str]:
     nonbundle.mkdir()
     (nonbundle / "keep.txt").write_text("precious")
     paths["nonbundle"] = str(nonbundle)
-    if os.geteuid() == 0:  # root writes through permissions: a folder on a read-only fs
-        paths["ro"] = "/proc/deploykit-badinput-ro"
-    else:
-        ro = root / "w" / "readonly"
-        ro.mkdir()
-        ro.chmod(0o555)
-        paths["ro"] = str(ro)
+    # a folder nothing can be created in, for root too (root writes through permissions):
+    # below /proc, where no process may create files
+    paths["ro"] = "/proc/deploykit-badinput-ro"
     return paths
 
 
