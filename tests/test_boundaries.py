@@ -154,3 +154,15 @@ def test_json_outputs_are_strict():
     assert json.loads(text) == {"a": None, "b": [None, None, 1.5], "c": 2.5, "d": [0, 1],
                                 "e": "x"}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_compress_failing_after_its_steps_ran_leaves_no_output(tmp_path, capsys):
+    """fold-bn finds no BatchNorm in the MLP: the recipe ran (in the staged --keep-steps folder)
+    and failed; none of -o, --json, --keep-steps, the store may appear."""
+    mlp = make_mlp(tmp_path / "m.onnx")
+    rc = main(["compress", str(mlp), "--recipe", "fold-bn", "-o", str(tmp_path / "c.onnx"),
+               "--json", str(tmp_path / "c.json"), "--keep-steps", str(tmp_path / "steps"),
+               "--no-measure", "--store", str(tmp_path / "s.sqlite")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no step of the recipe applied" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
