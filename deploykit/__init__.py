@@ -4,7 +4,6 @@ The Python API (deploykit/api.py): export, compress, profile, compare, search, c
 verify. They load on first use, so `import deploykit` stays instant.
 """
 
-import sys
 import types
 
 __version__ = "0.1.0"
@@ -12,9 +11,15 @@ __version__ = "0.1.0"
 _API = ("export", "compress", "profile", "compare", "search", "check", "package", "verify",
         "model_ref")
 __all__ = ["__version__", *_API]
+# API names that are also sub-packages: the package itself is callable (see _CallableModule)
+_PACKAGES = ("export", "compress", "search")
 
 
 def __getattr__(name: str):
+    if name in _PACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _API:
         from . import api
 
@@ -22,17 +27,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'deploykit' has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    """`deploykit.export`, `.compress` and `.search` name both an API function and a sub-package.
-    Importing a sub-package normally binds it as an attribute of its parent, which would hide the
-    function after the first internal import; here the API name keeps the function, and the
-    sub-package stays reachable the usual ways (`from deploykit.search import engine`,
-    `import deploykit.search.engine as engine`, sys.modules)."""
+class _CallableModule(types.ModuleType):
+    """`deploykit.export`, `.compress` and `.search` are sub-packages and API functions at once:
+    the package stays an ordinary module for every import form, and calling it calls
+    `deploykit.api.<name>` (`deploykit.export(module, example_inputs)`)."""
 
-    def __setattr__(self, name: str, value) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
+    def __call__(self, *args, **kwargs):
+        from . import api
 
-
-sys.modules[__name__].__class__ = _Package
+        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)

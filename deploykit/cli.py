@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 
 from . import __version__
@@ -43,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like ^C: the running command unwinds (its staged outputs and temporary
+    folders are removed on the way out) and deploykit exits 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,14 +60,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (deploykit.cli.main called from a worker thread)
+        previous = None
+    try:
         return int(args._run(args) or 0)
     except DeployKitError as e:
         msg = " ".join(str(e).split())
         print(f"deploykit: error: {msg}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("deploykit: terminated (SIGTERM); no output was committed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("deploykit: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("deploykit: error: out of memory (an input shape or a model too large for this "
+              "machine?); give smaller --shape values", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

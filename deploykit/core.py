@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,25 +26,11 @@ def stable_hash(*parts: Any, n: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
-def jsonable(x: Any) -> Any:
-    """`x` with NaN/infinities as None, numpy scalars as Python numbers, paths as strings: what
-    strict JSON parsers accept (json.dumps would write the literal NaN)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.generic):
-        return jsonable(x.item())
-    if isinstance(x, Mapping):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def to_json(obj: Any, indent: int | None = 1) -> str:
-    """Strict JSON text of a to_dict() result (no NaN/Infinity)."""
-    return json.dumps(jsonable(obj), indent=indent, default=str, allow_nan=False)
+    """Strict JSON text of a to_dict() result (no NaN/Infinity): fsutil.dumps_json."""
+    from .fsutil import dumps_json
+
+    return dumps_json(obj, indent)
 
 
 class Result:

@@ -20,7 +20,12 @@ from .core import TensorSpec
 from .errors import InputError
 
 _ELEM_TO_NP = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
-               9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+               9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+               0: "float32", 4: "uint16", 8: "string", 14: "complex64", 15: "complex128"}
+# what deploykit can feed: seeded random or user tensors of these types
+FEEDABLE = {"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32",
+            "int64", "uint32", "uint64", "bool"}
+MAX_INPUT_ELEMENTS = 1 << 31  # 8 GiB of float32: beyond that a shape is a typo, not a model
 
 
 def check_external_data(model, folder: Path) -> None:
@@ -38,6 +43,26 @@ def check_external_data(model, folder: Path) -> None:
                              f"model's folder: {loc!r}")
         if not target.is_file():
             raise InputError(f"external data file of tensor '{tensor.name}' is missing: {target}")
+
+
+def check_opset(model, p: Path) -> None:
+    """An opset newer than the installed onnx knows cannot be checked or run (ONNX Runtime's
+    own message for it is a C++ dump): say so, and what to do."""
+    import onnx
+
+    known = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not 1 <= o.version <= known:
+            raise InputError(f"{p} declares ONNX opset {o.version}, but the installed onnx "
+                             f"{onnx.__version__} knows opsets 1-{known}; re-export it with an "
+                             f"opset in that range (deploykit export SOURCE -o OUT.onnx --opset "
+                             f"{min(known, 17)})")
+
+
+def _has_external(model) -> bool:
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_initializers(model))
 
 
 def _all_initializers(model):
@@ -67,6 +92,7 @@ def load_onnx(path: str | Path, load_external: bool = True):
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"not a valid ONNX model (empty graph; corrupt or truncated?): {p}")
+    check_opset(model, p)
     check_external_data(model, p.parent)
     if load_external:
         from onnx.external_data_helper import load_external_data_for_model
@@ -76,7 +102,10 @@ def load_onnx(path: str | Path, load_external: bool = True):
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read the external data of {p}: {e}") from None
     try:
-        onnx.checker.check_model(model)
+        if load_external or not _has_external(model):
+            onnx.checker.check_model(model)
+        else:  # the checker resolves external data of a proto against the working directory
+            onnx.checker.check_model(str(p.absolute()))
     except onnx.checker.ValidationError as e:
         raise InputError(f"ONNX model fails onnx.checker: {p}: {str(e).splitlines()[0]}") from None
     return model
@@ -90,7 +119,8 @@ def _spec(value_info) -> TensorSpec:
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or "?")
-    return TensorSpec(value_info.name, tuple(dims), _ELEM_TO_NP.get(t.elem_type, "float32"))
+    return TensorSpec(value_info.name, tuple(dims),
+                      _ELEM_TO_NP.get(t.elem_type, f"onnx-elem-type-{t.elem_type}"))
 
 
 def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -105,9 +135,37 @@ def resolve_shape(spec: TensorSpec, overrides: dict[str, tuple[int, ...]] | None
                   dim_values: dict[str, int] | None = None) -> tuple[int, ...]:
     """A concrete shape: user override > named dim value (e.g. batch=1) > 1 for unknown dims."""
     if overrides and spec.name in overrides:
-        return tuple(overrides[spec.name])
-    dim_values = dim_values or {}
-    return tuple(d if isinstance(d, int) else int(dim_values.get(d, 1)) for d in spec.shape)
+        shape = tuple(overrides[spec.name])
+    else:
+        dim_values = dim_values or {}
+        shape = tuple(d if isinstance(d, int) else int(dim_values.get(d, 1)) for d in spec.shape)
+    check_size(shape, f"input '{spec.name}' of shape {list(shape)}")
+    return shape
+
+
+def check_size(shape: tuple[int, ...], what: str) -> None:
+    """Refuse absurd tensor sizes before anything is allocated (a MemoryError is no message)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if n > MAX_INPUT_ELEMENTS:
+        raise InputError(f"{what}: {n:,} elements is more than deploykit allocates for one input "
+                         f"({MAX_INPUT_ELEMENTS:,}); give a smaller shape")
+
+
+def check_feedable(specs, source: str | Path = "the model") -> None:
+    """Inputs deploykit cannot make or feed are a clear error before any work: non-numeric
+    element types (strings) and fixed dims that are not positive."""
+    for s in specs:
+        if s.dtype not in FEEDABLE:
+            raise InputError(f"{source}: input '{s.name}' has element type {s.dtype}; deploykit "
+                             "measures models with numeric inputs only (export a model that takes "
+                             "numeric tensors)")
+        bad = [d for d in s.shape if isinstance(d, int) and d <= 0]
+        if bad:
+            raise InputError(f"{source}: input '{s.name}' has dimension {bad[0]} in shape "
+                             f"{list(s.shape)}; fixed dims must be positive (re-export the model, "
+                             "with a named dim where the size varies)")
 
 
 def make_feeds(specs: list[TensorSpec], seed: int = 0,
@@ -116,6 +174,7 @@ def make_feeds(specs: list[TensorSpec], seed: int = 0,
     """Seeded random inputs of the model's shapes, or the arrays of a user .npz (checked).
 
     `overrides` (from --shape) must name model inputs and agree with their fixed dims."""
+    check_feedable(specs)
     unknown = sorted(set(overrides or {}) - {s.name for s in specs})
     if unknown:
         raise InputError(f"--shape names no model input: {', '.join(unknown)} "
@@ -138,15 +197,40 @@ def make_feeds(specs: list[TensorSpec], seed: int = 0,
     return feeds
 
 
-def load_npz_feeds(specs: list[TensorSpec], npz: str | Path) -> dict[str, np.ndarray]:
-    p = Path(npz)
+def read_npz(path: str | Path, what: str = "inputs") -> dict[str, np.ndarray]:
+    """The arrays of a user .npz (never unpickled), or a one-line InputError saying what to do."""
+    p = Path(path)
+    how = "save them with numpy.savez(PATH, NAME=array, ...), one array per model input"
     if not p.exists():
-        raise InputError(f"input file not found: {p}")
+        raise InputError(f"{what} file not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder; give an .npz file ({how})")
     try:
         data = np.load(p, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
-    except Exception as e:  # numpy raises several types for a bad archive
-        raise InputError(f"cannot read inputs from {p}: {e}") from None
+    except Exception:  # numpy raises several types (and suggests allow_pickle) for non-.npz
+        raise InputError(f"cannot read {what} from {p}: not an .npz archive (corrupt, or another "
+                         f"format); {how}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InputError(f"{p} is a single .npy array, not an .npz archive of named arrays; "
+                         f"{how}")
+    try:
+        with data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as e:  # a damaged member, or an object array that would need pickle
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        if "pickle" in first:
+            first = "it holds Python objects (deploykit never unpickles)"
+        raise InputError(f"cannot read {what} from {p}: {first}; {how}") from None
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise InputError(f"{what} {p}: array '{k}' has dtype {a.dtype} (not numeric); "
+                             f"{how} with numeric arrays")
+    return arrays
+
+
+def load_npz_feeds(specs: list[TensorSpec], npz: str | Path) -> dict[str, np.ndarray]:
+    p = Path(npz)
+    arrays = read_npz(p, "inputs")
     feeds = {}
     for s in specs:
         if s.name not in arrays:

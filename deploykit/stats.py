@@ -15,6 +15,11 @@ DEFAULT_CONF = 0.99  # the gate's confidence level
 MIN_UNITS = 8  # fewer rounds than this cannot give a 99% signed-rank interval at all
 
 
+def positive_finite(x) -> bool:
+    """A number a verdict may rest on: a finite, positive int or float (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
 def median_ci(samples: Sequence[float], conf: float = 0.95) -> tuple[float, float]:
     """Confidence interval of the median from order statistics (binomial, no normality assumed).
 

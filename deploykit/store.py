@@ -88,7 +88,10 @@ class Store:
     """Open (creating if needed) the results database at `path`."""
 
     def __init__(self, path: str | Path):
+        from .store_open import check_store
+
         self.path = Path(path)
+        check_store(self.path, SCHEMA_VERSION)  # before anything could change a foreign file
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S,

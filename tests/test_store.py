@@ -97,7 +97,7 @@ def test_newer_schema_and_corrupt_file_are_refused(tmp_path):
         Store(path)
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match="not a readable SQLite database.*move"):
         Store(bad)
 
 

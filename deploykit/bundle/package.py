@@ -10,7 +10,6 @@ destination and moved into place only when complete.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import tempfile
@@ -70,20 +69,15 @@ def _lineage(model: ModelRef, store_path: str | None) -> list[dict[str, Any]]:
              "transform": m.transform, "config": dict(m.config)} for m in chain]
 
 
-def _latency(target: Target, model: ModelRef, feeds, plan: TimingPlan, store_path: str | None):
-    """Profile with the target's own profile (local or RPC); summary for the manifest."""
+def _latency(target: Target, model: ModelRef, feeds, plan: TimingPlan):
+    """Profile with the target's own profile (local or RPC): (summary for the manifest, report)."""
     art = target.compile(model)
     try:
         rep = target.profile(art, feeds, plan, per_op=False, progress=False)
     finally:
         art.close()
-    if store_path:
-        from ..store import Store
-
-        with Store(store_path) as store:
-            store.record_report(rep, label="package", model=model)
     lo, hi = rep.ci95_ms
-    return {"measured": f"{model.path.name} compiled by target {target.name} "
+    return rep, {"measured": f"{model.path.name} compiled by target {target.name} "
                         f"(the graph the bundle ships), deploykit's profile",
             "median_ms": rep.median_ms, "ci95_ms": [lo, hi], "p90_ms": rep.p90_ms,
             "p99_ms": rep.p99_ms, "cv": rep.cv, "samples": len(rep.samples_ms),
@@ -106,15 +100,33 @@ def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
-def _finish_manifest(stage: Path, manifest: dict[str, Any]) -> None:
+def _finish_manifest(stage: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    from ..fsutil import dumps_json, json_ready
+
     files = sorted(p for p in stage.rglob("*") if p.is_file())
     manifest["files"] = {p.relative_to(stage).as_posix(): st.sha256_file(p) for p in files}
     sizes = {p.relative_to(stage).as_posix(): p.stat().st_size for p in files}
     payload = manifest["runtime"]["payload"]
     manifest["sizes"] = {"files": sizes, "total_bytes": sum(sizes.values()),
                          "payload_bytes": sum(sizes[f] for f in payload)}
+    manifest = json_ready(manifest)  # the digest covers exactly what the file holds
     manifest["manifest_sha256"] = st.manifest_digest(manifest)
-    (stage / st.MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+    (stage / st.MANIFEST).write_text(dumps_json(manifest))
+    return manifest
+
+
+def check_bundle_dest(out: Path, force: bool) -> None:
+    """Before any work: the bundle folder can be written (and replaced only with --force)."""
+    from ..outputs import check_output_dir
+
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise InputError(f"{out} already exists (use --force to replace it)")
+        if out.is_dir() and any(out.iterdir()) and not (out / st.MANIFEST).exists():
+            raise InputError(f"{out} is a non-empty folder that is not a bundle; not replacing it")
+        if not out.is_dir():
+            raise InputError(f"{out} is a file, not a bundle folder; choose another path")
+    check_output_dir(out, "-o")
 
 
 def _move_into_place(stage: Path, out: Path, force: bool) -> None:
@@ -138,11 +150,28 @@ def package(model_path: str | Path, target: Target, out: str | Path,
     from ..fidelity import fidelity_kind_of, judge, run_ort
 
     model_path, out = Path(model_path), Path(out)
+    if model_path.suffix != ".onnx":
+        raise InputError(f"{model_path}: package takes an .onnx file (run `deploykit export` "
+                         "first)")
+    check_bundle_dest(out, opts.force)
     proto = load_onnx(model_path)
-    if out.exists() and not opts.force:
-        raise InputError(f"{out} already exists (use --force to replace it)")
     model = ModelRef.from_path(model_path)
     ins, outs = io_specs(proto)
+    if opts.original:
+        o_ins, o_outs = io_specs(load_onnx(opts.original))
+
+        def key(specs):  # symbolic dims may differ in name, fixed ones must agree
+            return [(s.name, s.dtype, tuple(d if isinstance(d, int) else "?" for d in s.shape))
+                    for s in specs]
+
+        if key(o_ins + o_outs) != key(ins + outs):
+            def sig(specs):
+                return ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs)
+
+            raise InputError(f"--original {opts.original} has another signature (inputs "
+                             f"{sig(o_ins)}; outputs {sig(o_outs)}) than {model_path} (inputs "
+                             f"{sig(ins)}; outputs {sig(outs)}); give the uncompressed version "
+                             "of this model")
     backend = target.config.get("backend")
     if backend not in ("ort", "tvm"):
         raise InputError(f"package supports ORT and TVM targets, not backend '{backend}'")
@@ -234,12 +263,17 @@ def package(model_path: str | Path, target: Target, out: str | Path,
 
         # the id Target.compile gives this model on this target (core.Artifact)
         manifest["artifact_id"] = target.artifact_id(model)
-        manifest["latency"] = None
+        manifest["latency"], rep = None, None
         if opts.measure:
-            manifest["latency"] = _latency(target, model, feeds, opts.plan, opts.store)
+            rep, manifest["latency"] = _latency(target, model, feeds, opts.plan)
         else:
             manifest["latency_skipped"] = "--no-measure"
-        _finish_manifest(stage, manifest)
+        manifest = _finish_manifest(stage, manifest)
+        if rep is not None and opts.store:  # recorded only for a bundle that is complete
+            from ..store import Store
+
+            with Store(opts.store) as store:
+                store.record_report(rep, label="package", model=model)
         _move_into_place(stage, out, opts.force)
     finally:
         if stage.exists():

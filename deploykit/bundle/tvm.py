@@ -23,13 +23,13 @@ from ..core import ModelRef
 from ..backends.base import Target
 from ..errors import TargetError
 from .runners import RUNNER_SOURCE
+from .runners.selftest import RUNNER
 
 RUNTIME_LIBS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so",
                 "libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"}
 CXX = {"aarch64": "aarch64-linux-gnu-g++"}
 QEMU = {"aarch64": "qemu-aarch64"}
 SYSROOTS = {"aarch64": ("/usr/aarch64-linux-gnu",)}  # Debian's cross toolchain ships the libc
-RUNNER = "runner/dk_runner"
 
 
 def host_arch() -> str:

@@ -1,7 +1,9 @@
 """`deploykit verify`: a bundle's self-test run here, under emulation, or on a device over TVM RPC.
 
-Integrity (sha256 of every file, manifest digest) is always checked with deploykit's own copy of
-runners/selftest.py, never the bundle's. Then the bundle's model runs on its golden inputs:
+Integrity (every file of the folder listed, every listed file present inside the bundle with its
+sha256, every path the manifest uses a listed file, the manifest digest) is always checked first,
+with deploykit's own copy of runners/selftest.py, never the bundle's; a bundle that fails it is
+reported and nothing of it is loaded or executed. Otherwise the model runs on its golden inputs:
 ORT bundles in onnxruntime; TVM bundles through their C++ runner (native, or under qemu-user for
 another architecture), the tvm Python runtime (--python), or uploaded to a device over RPC.
 """
@@ -100,7 +102,7 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
         if python and backend == "tvm":
             from .tvm import host_arch
 
-            if manifest["runtime"]["arch"] != host_arch():
+            if manifest["runtime"]["arch"] != host_arch():  # checked before anything loads
                 raise InputError(f"--python runs the library in this machine's tvm; the bundle "
                                  f"is for {manifest['runtime']['arch']}")
         problems, rows = st.selftest(bundle)
@@ -110,6 +112,9 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
     from .tvm import run_runner
 
     problems = st.check_integrity(bundle, manifest)
+    if problems:  # never execute the runner (or load its libraries) of a changed bundle
+        return VerifyResult(tuple(problems), (), "integrity check only (nothing run)",
+                            time.perf_counter() - t0)
     res = run_runner(bundle, manifest, repeat)
     if res["error"]:
         problems.append(f"runner failed on {manifest['runtime']['model']}: {res['error']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..core import TimingPlan
@@ -68,13 +69,33 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
                 raise ValueError
         except ValueError:
             raise InputError(f"bad --shape {item!r}: expected NAME=D0,D1,... with positive ints")
+        from ..onnxio import check_size
+
+        check_size(shape, f"--shape {item}")
         shapes[name] = shape
     return shapes
 
 
 def store_path(args: argparse.Namespace) -> Path:
-    if getattr(args, "store", None):
-        return Path(args.store)
+    from ..store_open import store_location
+
+    if getattr(args, "store", None) is not None:
+        return store_location(args.store)
+    if os.environ.get("DEPLOYKIT_STORE"):
+        return store_location(os.environ["DEPLOYKIT_STORE"], "$DEPLOYKIT_STORE")
     from ..store import default_store_path
 
     return default_store_path()
+
+
+def check_store(args: argparse.Namespace) -> Path | None:
+    """The store this command will record in, checked now (read-only), before any expensive
+    work; None with --no-store."""
+    if getattr(args, "no_store", False):
+        return None
+    from ..store import SCHEMA_VERSION
+    from ..store_open import check_store as check
+
+    path = store_path(args)
+    check(path, SCHEMA_VERSION)
+    return path

@@ -35,23 +35,47 @@ def add_gate_timing_args(p: argparse.ArgumentParser) -> None:
                    help="longest warm-up of each fresh session in seconds (default 0.5)")
 
 
+def check_gate_timing(args: argparse.Namespace) -> None:
+    import math
+
+    from ..errors import InputError
+
+    if not (math.isfinite(args.max_time) and args.max_time > 0):
+        raise InputError(f"--max-time must be a positive number of seconds, got {args.max_time}")
+    if not (math.isfinite(args.warmup_max) and args.warmup_max >= 0):
+        raise InputError(f"--warmup-max must be >= 0 seconds, got {args.warmup_max}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..onnxio import make_feeds
+    from ..outputs import Outputs, check_output_file
     from ..gate.baseline import make_baseline
     from ..gate.rounds import gate_target, load_model, measure_rounds
 
+    check_output_file(args.output, "-o")
+    check_gate_timing(args)
+    store_file = _common.check_store(args)
     model, inputs, outputs = load_model(args.model)
+    shapes = _common.parse_shapes(args.shape)
+    make_feeds(list(inputs), args.seed, shapes, args.inputs)  # bad --inputs/--shape: now
     target = gate_target(args.target, args.threads)
-    feeds_cfg = {"seed": args.seed, "shapes": {k: list(v) for k, v in
-                                               _common.parse_shapes(args.shape).items()},
+    feeds_cfg = {"seed": args.seed, "shapes": {k: list(v) for k, v in shapes.items()},
                  "npz": args.inputs}
     (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
                                progress=not args.quiet)
-    make_baseline(report, inputs, outputs, feeds_cfg, args.output).save(args.output)
-    if not args.no_store:
-        from ..store import Store
+    with Outputs() as outs:
+        from .check import _checked  # what check would refuse to read is not written
 
-        with Store(_common.store_path(args)) as store:
-            store.record_report(report, label="baseline", model=model)
+        baseline = _checked(make_baseline(report, inputs, outputs, feeds_cfg, args.output))
+        outs.json(args.output, baseline.to_dict())
+        if store_file is not None:
+            from ..store import Store
+
+            with Store(store_file) as store:
+                store.record_report(report, label="baseline", model=model)
+        outs.commit()
     if not args.quiet:
         from ..report.terminal import print_report
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from . import _common
+from .baseline import add_gate_timing_args, check_gate_timing
 from ..gate.rounds import gate_target, load_model, measure_rounds
-from .baseline import add_gate_timing_args
 
 HELP = "CI latency gate: is MODEL significantly slower than the baseline? (exit 1 if so)"
 DESCRIPTION = """Compare MODEL with a baseline file. When the old model is at hand (--against, or
@@ -52,8 +51,20 @@ def run(args: argparse.Namespace) -> int:
     from ..gate.decision import (decide, env_differences, interleaved_estimate, parse_threshold,
                                  per_op_diff, stored_estimate)
 
+    from ..outputs import Outputs, check_distinct, check_output_file
+
     t_start = time.perf_counter()
     threshold = parse_threshold(args.max_slowdown)
+    check_output_file(args.json, "--json")
+    check_output_file(args.junit, "--junit")
+    check_output_file(args.markdown, "--markdown")
+    check_distinct(**{"--json": args.json, "--junit": args.junit, "--markdown": args.markdown,
+                      "--baseline (with --update-baseline)":
+                          args.baseline if args.update_baseline else None})
+    if args.update_baseline:
+        check_output_file(args.baseline, "--baseline")
+    check_gate_timing(args)
+    store_file = _common.check_store(args)
     base = load_baseline(args.baseline)
     model, inputs, outputs = load_model(args.model)
     why = base.signature_mismatch(inputs, outputs)
@@ -104,17 +115,31 @@ def run(args: argparse.Namespace) -> int:
         "per_op_diff": [{"name": o.name, "op_type": o.op_type, "old_ms": o.old_ms,
                          "new_ms": o.new_ms, "delta_ms": o.delta_ms} for o in ops],
     }
-    _write_outputs(args, result, old_rep, new_rep)
-    if not args.no_store:
-        from ..store import Store
+    with Outputs() as outs:
+        _write_outputs(outs, args, result, old_rep, new_rep)
+        if args.update_baseline:
+            outs.json(args.baseline, _checked(make_baseline(new_rep, inputs, outputs, base.feeds,
+                                                            args.baseline)).to_dict())
+        if store_file is not None:
+            from ..store import Store
 
-        with Store(_common.store_path(args)) as store:
-            store.record_report(new_rep, label=f"check:{verdict.status}", model=model)
-    if args.update_baseline:
-        make_baseline(new_rep, inputs, outputs, base.feeds, args.baseline).save(args.baseline)
+            with Store(store_file) as store:
+                store.record_report(new_rep, label=f"check:{verdict.status}", model=model)
+        outs.commit()
     if not args.quiet:
         _print(result, args)
     return 1 if verdict.failed else 0
+
+
+def _checked(baseline):
+    """A new baseline is written only if `check` could read it back."""
+    from ..errors import InputError
+
+    try:
+        baseline.check()
+    except ValueError as e:
+        raise InputError(f"this run cannot become the baseline ({e}); re-run the check") from None
+    return baseline
 
 
 def _fingerprint(target) -> dict:
@@ -123,17 +148,14 @@ def _fingerprint(target) -> dict:
     return fingerprint(target.name, target.config, target.threads)
 
 
-def _write_outputs(args, result: dict, old_rep, new_rep) -> None:
-    from ..fsutil import write_text_atomic
-
+def _write_outputs(outs, args, result: dict, old_rep, new_rep) -> None:
     if args.json:
-        write_text_atomic(args.json, json.dumps(
-            dict(result, old_report=old_rep.to_dict(), new_report=new_rep.to_dict()),
-            indent=1, default=str) + "\n")
+        outs.json(args.json, dict(result, old_report=old_rep.to_dict(),
+                                  new_report=new_rep.to_dict()))
     if args.junit:
-        write_text_atomic(args.junit, junit_xml(result))
+        outs.text(args.junit, junit_xml(result))
     if args.markdown:
-        write_text_atomic(args.markdown, markdown(result))
+        outs.text(args.markdown, markdown(result))
 
 
 def _fmt_ms(x) -> str:

@@ -49,9 +49,25 @@ def _print_steps(result) -> None:
               f"{s.fidelity.summary()}{extra} [{s.seconds:.1f} s]")
 
 
-def run(args: argparse.Namespace) -> int:
+def _kept_paths(workdir, keep_steps):
+    """Intermediates are staged in a temporary folder that becomes --keep-steps on success: what
+    is written or recorded names them where they will be."""
+    if not keep_steps:
+        return lambda text: text
     import json
-    import shutil
+
+    pairs = [(str(workdir), str(keep_steps)),
+             (json.dumps(str(workdir))[1:-1], json.dumps(str(keep_steps))[1:-1])]
+
+    def kept(text: str) -> str:
+        for old, new in pairs:
+            text = text.replace(old, new)
+        return text
+
+    return kept
+
+
+def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
@@ -59,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from ..rewrite.calibration import load_calibration, synthetic_calibration
     from ..core import ModelRef
     from ..errors import InputError
-    from ..fsutil import atomic_path, write_text_atomic
+    from ..fsutil import dumps_json
+    from ..outputs import Outputs, check_distinct, check_output_dir, check_output_file
     from ..onnxio import io_specs, load_onnx, make_feeds
     from ..report.realized import realized_report, summarize_notes
     from ..rewrite.recipe import CALIBRATED_STEPS, describe_steps, parse_recipe, run_recipe
@@ -73,9 +90,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("compress needs MODEL, --recipe and --output (or --list-steps)")
     if args.calib_batches < 1:
         raise InputError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+    if not str(args.model).endswith(".onnx"):
+        raise InputError(f"{args.model}: compress takes an .onnx file (run `deploykit export` "
+                         "first)")
     steps = parse_recipe(args.recipe)  # a bad recipe fails before anything loads
     plan = _common.plan_from_args(args)
     shapes = _common.parse_shapes(args.shape)
+    check_output_file(args.output, "-o", suffix=".onnx")
+    check_output_file(args.json, "--json")
+    check_output_dir(args.keep_steps, "--keep-steps")
+    check_distinct(**{"-o": args.output, "--json": args.json})
+    store_file = _common.check_store(args)
     model = load_onnx(args.model)
     specs, _ = io_specs(model)
     feeds = make_feeds(specs, args.seed, shapes, args.inputs)
@@ -90,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     target = targets.get(args.target, require_available=not args.no_measure,
                          threads=args.threads, allow_spinning=False)
 
-    with tempfile.TemporaryDirectory(prefix="deploykit-compress-") as tmp:
-        workdir = Path(args.keep_steps) if args.keep_steps else Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="deploykit-compress-") as tmp, Outputs() as outs:
+        workdir = outs.folder(args.keep_steps) if args.keep_steps else Path(tmp)
         ctx = StepContext(feeds=feeds, calibration=tuple(calib), calibration_is_synthetic=synthetic,
                           workdir=workdir, target=target.name)
         print(f"recipe on {args.model}:")
@@ -108,20 +133,24 @@ def run(args: argparse.Namespace) -> int:
         print(report.table())
         for note in summarize_notes(result.steps):
             print(note)
-        with atomic_path(args.output) as out:
-            shutil.copyfile(result.final.path, out)
-        print(f"wrote {args.output} (sha256 {result.final.sha256[:12]})")
+        outs.copy(result.final.path, args.output)
+        kept = _kept_paths(workdir, args.keep_steps)
         if args.json:
-            write_text_atomic(args.json, json.dumps(
-                {"recipe": result.to_dict(), "realized": report.to_dict()}, indent=1,
-                default=str))
-        if not args.no_store:
+            outs.text(args.json, kept(dumps_json({"recipe": result.to_dict(),
+                                                  "realized": report.to_dict()})))
+        if store_file is not None:
+            from dataclasses import replace
+
             from ..store import Store
 
-            with Store(_common.store_path(args)) as store:
-                for m in report.models:
+            models = [replace(m, path=Path(kept(str(m.path)))) for m in report.models]
+            with Store(store_file) as store:
+                for m in models:
                     store.record_model(m)
                 if report.comparison is not None:
-                    for m, rep in zip(report.models, report.comparison.reports):
-                        store.record_report(rep, label="compress", model=m)
+                    for m, rep in zip(models, report.comparison.reports):
+                        store.record_report(replace(rep, model_path=str(m.path)),
+                                            label="compress", model=m)
+        outs.commit()
+        print(f"wrote {args.output} (sha256 {result.final.sha256[:12]})")
     return 0

@@ -18,14 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from dataclasses import asdict
 
     from ..backends.tvm.rpc import tracker_devices
 
     rows = tracker_devices(args.tracker)
     if args.json:
-        print(json.dumps([{**asdict(r), "busy": r.busy} for r in rows], indent=1))
+        from ..fsutil import dumps_json
+
+        print(dumps_json([{**asdict(r), "busy": r.busy} for r in rows]), end="")
         return 0
     from rich.console import Console
     from rich.table import Table

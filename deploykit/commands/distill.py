@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "train a compressed student on its teacher's soft targets (knowledge distillation)"
 DESCRIPTION = """Knowledge distillation: the student learns the teacher's temperature-softened
@@ -87,17 +86,41 @@ def _data(spec: str):
 
     if spec == "mnist":
         return mnist.load()
-    try:
-        with np.load(spec, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise InputError(f"{spec} has no array 'x' (has: {', '.join(z.files)})")
-            x = z["x"].astype(np.float32)
-            y = z["y"].astype(np.int64) if "y" in z.files else None
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {spec}: {e}") from None
+    from ..onnxio import read_npz
+
+    z = read_npz(spec, "--data")
+    if "x" not in z:
+        raise InputError(f"{spec} has no array 'x' (has: {', '.join(z) or 'none'}); save the "
+                         "inputs as x (and integer labels as y) with numpy.savez")
+    x = z["x"].astype(np.float32)
+    y = z["y"] if "y" in z else None
+    if y is not None and (y.ndim != 1 or y.dtype.kind not in "iub"):
+        raise InputError(f"{spec}: y must be a 1-D array of integer labels, got {y.dtype} of "
+                         f"shape {list(y.shape)}")
+    y = None if y is None else y.astype(np.int64)
+    if x.ndim < 2 or len(x) < 2:
+        raise InputError(f"{spec}: x must hold at least 2 samples along its first axis, got "
+                         f"shape {list(x.shape)}")
     if y is not None and len(y) != len(x):
         raise InputError(f"{spec}: x has {len(x)} rows but y has {len(y)}")
     return x, y
+
+
+def _check_fits(teacher, x, spec: str) -> None:
+    """One sample through the teacher: data of the wrong width is a clear error, not a torch
+    traceback in the middle of training."""
+    import torch
+
+    from ..errors import InputError
+
+    try:
+        with torch.no_grad():
+            teacher(torch.from_numpy(x[:1]))
+    except Exception as e:  # noqa: BLE001 - the model's own shape errors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"--data {spec}: the teacher cannot take samples of shape "
+                         f"{list(x.shape[1:])} ({first[:200]}); give data of the teacher's input "
+                         "shape") from None
 
 
 def parse_recipe(text: str) -> list[tuple[str, dict]]:
@@ -116,7 +139,8 @@ def parse_recipe(text: str) -> list[tuple[str, dict]]:
             try:
                 kwargs[key] = int(value) if value.isdigit() else float(value)
             except ValueError:
-                kwargs[key] = value
+                raise InputError(f"student-recipe step '{name}': {key}={value!r} is not a "
+                                 f"number (e.g. {name}:{key}=0.5)") from None
         steps.append((name, kwargs))
     if not steps:
         raise InputError("empty --student-recipe")
@@ -135,8 +159,8 @@ def compress_copy(teacher, recipe: str) -> tuple[object, list[dict]]:
         module, func = _TORCH_STEPS[name]
         try:
             result = getattr(importlib.import_module(module), func)(student, **kwargs)
-        except TypeError as e:
-            raise InputError(f"step '{name}': {e}") from None
+        except (TypeError, ValueError) as e:
+            raise InputError(f"student-recipe step '{name}': {e}") from None
         log.append({"step": name, **kwargs, "result": result})
     return student, log
 
@@ -158,8 +182,15 @@ def run(args: argparse.Namespace) -> int:
     from ..compress import distill as kd
     from ..examples import mnist
     from ..errors import InputError
-    from ..fsutil import write_text_atomic
+    from ..outputs import Outputs, check_distinct, check_output_file
 
+    check_output_file(args.output, "-o", suffix=".onnx")
+    check_output_file(args.json, "--json")
+    check_distinct(**{"-o": args.output, "--json": args.json})
+    if args.student_recipe:
+        parse_recipe(args.student_recipe)  # a bad recipe fails before any data loads
+    if not 0 < args.test_fraction < 1:
+        raise InputError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     cfg = kd.DistillConfig(epochs=args.epochs, temperature=args.temperature, alpha=args.alpha,
                            lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     x, y = _data(args.data)
@@ -178,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         xtr, ytr, xte, yte = mnist.split(x, y, args.test_fraction, args.seed)
     torch.manual_seed(args.seed)
     teacher = _load_module(args.teacher, args.teacher_weights)
+    _check_fits(teacher, x, args.data)
     if args.train_teacher:
         kd.train(teacher, xtr, ytr, epochs=args.train_teacher, lr=args.lr,
                  batch_size=args.batch_size, seed=args.seed)
@@ -204,10 +236,13 @@ def run(args: argparse.Namespace) -> int:
     losses = kd.distill(student, teacher, xtr, ytr, cfg)
     report["student_after"] = {"accuracy": acc(student), "teacher_agreement": agree(student)}
     report["losses"] = [round(v, 5) for v in losses]
-    report["export_max_rel_error"] = _export(student, torch.from_numpy(xte[:2]), args.output)
+    with Outputs() as outs:
+        report["export_max_rel_error"] = _export(student, torch.from_numpy(xte[:2]),
+                                                 outs.path(args.output))
+        if args.json:
+            outs.json(args.json, report)
+        outs.commit()
     _print(report, args)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(report, indent=2, default=str))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from . import _common
 
@@ -58,26 +57,37 @@ def _dynamic_axes(items: list[str]) -> dict[str, dict[int, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
     from ..errors import InputError
     from ..export.exporter import export_model
-    from ..fsutil import write_text_atomic
+    from ..outputs import Outputs, check_distinct, check_output_file
 
-    if not str(args.output).endswith(".onnx"):
-        raise InputError(f"output must be an .onnx path, got {args.output}")
+    check_output_file(args.output, "-o", suffix=".onnx")
     if args.opset is not None and not 7 <= args.opset <= 30:
-        raise InputError(f"--opset {args.opset} is out of range")
-    result = export_model(args.source, args.output, input_shapes=_common.parse_shapes(args.shape),
-                          dynamic_batch=args.dynamic_batch,
-                          dynamic_axes=_dynamic_axes(args.dynamic_axis) or None,
-                          opset=args.opset, simplify=not args.no_simplify, seed=args.seed,
-                          weights=args.weights, trust_pickle=args.trust_pickle)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1, default=str))
-    if not args.no_store:  # lineage: `deploykit history --lineage MODEL` starts here
-        from ..store import Store
+        raise InputError(f"--opset {args.opset} is out of range (7-30; ONNX Runtime here runs "
+                         "up to the opset its onnx release knows): pass e.g. --opset 17")
+    check_output_file(args.json, "--json")
+    check_distinct(**{"-o": args.output, "--json": args.json})
+    store_file = _common.check_store(args)
+    shapes = _common.parse_shapes(args.shape)
+    axes = _dynamic_axes(args.dynamic_axis) or None
+    with Outputs() as outs:
+        staged = outs.path(args.output)
+        result = export_model(args.source, staged, input_shapes=shapes,
+                              dynamic_batch=args.dynamic_batch, dynamic_axes=axes,
+                              opset=args.opset, simplify=not args.no_simplify, seed=args.seed,
+                              weights=args.weights, trust_pickle=args.trust_pickle)
+        result = replace(result, model=replace(result.model, path=Path(args.output)))
+        if args.json:
+            outs.json(args.json, result.to_dict())
+        if store_file is not None:  # lineage: `deploykit history --lineage MODEL` starts here
+            from ..store import Store
 
-        with Store(_common.store_path(args)) as store:
-            store.record_model(result.model)
+            with Store(store_file) as store:
+                store.record_model(result.model)
+        outs.commit()
     print_result(result, top=args.top)
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from pathlib import Path
@@ -94,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
                                                      before_ms=c.before, after_ms=c.after,
                                                      ratio=c.ratio, p=c.p) for c in cps]}
                              for k, (s, cps) in trends.items()]
-        print(json.dumps(out, indent=1))
+        from ..fsutil import dumps_json
+
+        print(dumps_json(out), end="")
         return 0
     _print(rows[:args.limit], len(rows), trends)
     return 0
@@ -120,7 +121,9 @@ def _lineage(store, model: str, as_json: bool) -> int:
     rows = [{"sha256": m.sha256, "path": str(m.path), "transform": m.transform,
              "parent_sha256": m.parent_sha256, "config": dict(m.config)} for m in chain]
     if as_json:
-        print(json.dumps({"lineage": rows}, indent=1, default=str))
+        from ..fsutil import dumps_json
+
+        print(dumps_json({"lineage": rows}), end="")
         return 0
     for depth, r in enumerate(rows):
         cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items()

@@ -50,11 +50,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.atol_frac is not None and not args.atol_frac > 0:
         raise InputError(f"--atol-frac must be positive, got {args.atol_frac}")
+    from pathlib import Path
+
+    from ..bundle.package import check_bundle_dest
+
+    check_bundle_dest(Path(args.output), args.force)
+    plan = _common.plan_from_args(args)
+    shapes = tuple(_common.parse_shapes(args.shape).items())
+    store_file = _common.check_store(args)
+    store = None if store_file is None else str(store_file)
     target = targets.get(args.target, require_available=not args.no_measure,
                          threads=args.threads, device=args.device, tracker=args.tracker)
-    store = None if args.no_store else str(_common.store_path(args))
-    opts = PackageOptions(measure=not args.no_measure, plan=_common.plan_from_args(args),
-                          seed=args.seed, shapes=tuple(_common.parse_shapes(args.shape).items()),
+    opts = PackageOptions(measure=not args.no_measure, plan=plan,
+                          seed=args.seed, shapes=shapes,
                           inputs_npz=args.inputs, original=args.original,
                           ort_platform=args.ort_platform, atol_frac=args.atol_frac,
                           tvm_runtime=args.tvm_runtime, force=args.force, store=store)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from . import _common
@@ -52,66 +51,85 @@ def _roofline(model_path: Path, threads: int, specs, feeds):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from ..backends import registry as targets
     from ..core import ModelRef
     from ..errors import InputError
-    from ..fsutil import write_text_atomic
-    from ..onnxio import load_onnx, make_feeds
+    from ..onnxio import io_specs, load_onnx, make_feeds
+    from ..outputs import Outputs, check_distinct, check_output_file
 
     plan = _common.plan_from_args(args)
     shapes = _common.parse_shapes(args.shape)
+    check_output_file(args.json, "--json")
+    check_output_file(args.trace, "--trace")
+    check_distinct(**{"--json": args.json, "--trace": args.trace})
+    if args.trace and args.no_per_op:
+        raise InputError("--trace records the per-operator run: drop --no-per-op")
+    store_file = _common.check_store(args)
     for m in args.models:
         if not m.endswith(".onnx"):
             raise InputError(f"{m}: profile takes .onnx files (run `deploykit export` first)")
-        load_onnx(m)  # one-line error for a missing / corrupt / unsafe file before anything runs
+        # one-line errors for a missing / corrupt / unsafe file, or inputs deploykit cannot feed
+        # (strings, bad dims, a wrong --inputs / --shape), before anything compiles or runs
+        make_feeds(io_specs(load_onnx(m, load_external=False))[0], args.seed, shapes, args.inputs)
     names = args.target or ["ort-cpu"]
     compare = args.compare or len(args.models) > 1 or len(names) > 1
     overrides = {"threads": args.threads, "device": args.device, "tracker": args.tracker}
+    if args.trace and compare:
+        raise InputError("--trace records one model on one target; it does not apply to "
+                         "--compare (profile the model alone for its trace)")
     tlist = [targets.get(n, **overrides) for n in names]
     if (args.device or args.tracker) and any(t.config.get("backend") != "tvm" for t in tlist):
         raise InputError("--device/--tracker apply only to remote (TVM RPC) targets")
     models = [ModelRef.from_path(m) for m in args.models]
-    artifacts, feeds = [], []
-    for model in models:
-        for t in tlist:
-            art = t.compile(model)
-            artifacts.append(art)
-            feeds.append(make_feeds(list(art.inputs), args.seed, shapes, args.inputs))
+    with Outputs() as outs:
+        trace = outs.path(args.trace) if args.trace else None
+        cmp, reports = _measure(args, models, tlist, shapes, plan, compare, trace)
+        artifacts = [a for a, _ in reports]
+        payload = cmp.to_dict() if compare else reports[0][1].to_dict()
+        if args.json:
+            outs.json(args.json, payload)
+        if store_file is not None:
+            from ..store import Store
 
-    if compare:
-        from ..measure.timing import compare as run_compare
-
-        cmp = run_compare(artifacts, feeds, plan, progress=not args.quiet,
-                          per_op=not args.no_per_op)
-        payload = cmp.to_dict()
-        reports = list(cmp.reports)
-    else:
-        art = artifacts[0]
-        rep = art.target.profile(art, feeds[0], plan, per_op=not args.no_per_op,
-                                 progress=not args.quiet, trace_path=args.trace)
-        if not args.no_roofline and art.target.config.get("backend") == "ort":
-            flops, roof = _roofline(art.model.path, art.target.threads, art.inputs, feeds[0])
-            rep = replace(rep, flops=flops, roofline_ms=roof)
-        reports = [rep]
-        payload = rep.to_dict()
-
-    if not args.no_store:
-        from ..store import Store
-
-        with Store(_common.store_path(args)) as store:
-            for art, rep in zip(artifacts, reports):
-                store.record_report(rep, label=args.label, model=art.model)
-    if args.json:
-        write_text_atomic(args.json, json.dumps(payload, indent=1, default=str))
+            with Store(store_file) as store:
+                for art, rep in reports:
+                    store.record_report(rep, label=args.label, model=art.model)
+        outs.commit()
     if not args.quiet:
         from ..report.terminal import print_comparison, print_report
 
         if compare:
             print_comparison(cmp)
         else:
-            print_report(reports[0], top=args.top)
+            print_report(reports[0][1], top=args.top)
     for a in artifacts:
         a.close()
     return 0
+
+
+def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
+    """(the comparison or None, [(artifact, report)]): every model compiled on every target and
+    timed, alone or interleaved."""
+    from dataclasses import replace
+
+    from ..onnxio import make_feeds
+
+    artifacts, feeds = [], []
+    for model in models:
+        for t in tlist:
+            art = t.compile(model)
+            artifacts.append(art)
+            feeds.append(make_feeds(list(art.inputs), args.seed, shapes, args.inputs))
+    if compare:
+        from ..measure.timing import compare as run_compare
+
+        cmp = run_compare(artifacts, feeds, plan, progress=not args.quiet,
+                          per_op=not args.no_per_op)
+        return cmp, list(zip(artifacts, cmp.reports))
+    art = artifacts[0]
+    rep = art.target.profile(art, feeds[0], plan, per_op=not args.no_per_op,
+                             progress=not args.quiet, trace_path=str(trace) if trace else None)
+    if not args.no_roofline and art.target.config.get("backend") == "ort":
+        flops, roof = _roofline(art.model.path, art.target.threads, art.inputs, feeds[0])
+        rep = replace(rep, flops=flops, roofline_ms=roof)
+    return None, [(art, rep)]

@@ -18,11 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..outputs import check_output_dir
     from ..report.html import load_search, write_report
 
+    check_output_dir(args.out, "-o")
     data = load_search(args.result)
     src = Path(args.result)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
+    check_output_dir(out, "-o")
     paths = write_report(data, out)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

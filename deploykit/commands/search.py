@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..onnxio import io_specs, load_onnx, make_feeds
     from ..backends import registry as targets
     from ..search.engine import Search, SearchConfig, load_eval, write_outputs
+    from ..outputs import check_output_dir
     from ..search.candidates import FAMILIES
     from ..store import Store
 
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(cfg.families) - set(FAMILIES)
     if unknown:  # checked before anything is created under OUTDIR
         raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
+    check_output_dir(args.out, "-o")
+    store_checked = _common.check_store(args)
     targets.get(args.target, threads=args.threads)
     model = load_onnx(args.model)
     specs, _ = io_specs(model)
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         print(SYNTHETIC_WARNING, file=sys.stderr)
     eval_fn = load_eval(args.eval) if args.eval else None
     out = Path(args.out)
-    store_file = out / ".work" / "results.sqlite" if args.no_store else _common.store_path(args)
+    store_file = out / ".work" / "results.sqlite" if store_checked is None else store_checked
     with Store(store_file) as store:
         search = Search(Path(args.model), args.target, cfg, out, store, feeds=feeds,
                         calibration=calib, calibration_is_synthetic=synthetic, eval_fn=eval_fn,

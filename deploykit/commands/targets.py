@@ -12,7 +12,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
     from ..backends import registry as targets
     from ..errors import DeployKitError
@@ -29,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
                      "description": desc.get("description", ""), "threads": desc.get("threads"),
                      "available": reason is None, "reason": reason, "file": desc["_file"]})
     if args.json:
-        print(json.dumps(rows, indent=1))
+        from ..fsutil import dumps_json
+
+        print(dumps_json(rows), end="")
         return 0
     from rich.console import Console
     from rich.table import Table

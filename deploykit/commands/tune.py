@@ -31,9 +31,16 @@ def run(args: argparse.Namespace) -> int:
     from ..backends.tvm import tune as tvm_tune
     from ..core import ModelRef
     from ..errors import InputError
-    from ..onnxio import load_onnx
+    from ..onnxio import check_feedable, io_specs, load_onnx
 
-    load_onnx(args.model)
+    from ..outputs import check_output_dir
+
+    check_output_dir(args.db, "--db")
+    if args.trials < 1:
+        raise InputError(f"--trials must be >= 1, got {args.trials}")
+    if not args.model.endswith(".onnx"):
+        raise InputError(f"{args.model}: tune takes an .onnx file (run `deploykit export` first)")
+    check_feedable(io_specs(load_onnx(args.model))[0], args.model)
     target = targets.get(args.target, threads=args.threads, tuning_db=args.db)
     if target.config.get("backend") != "tvm":
         raise InputError(f"tune needs a TVM target (tvm-x86, tvm-cuda); got '{target.name}'")

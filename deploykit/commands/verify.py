@@ -24,13 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    import sys
 
     from ..bundle.verify import verify
-    from ..fsutil import write_text_atomic
-
     from ..errors import InputError
+    from ..fsutil import write_json
 
+    from ..outputs import check_output_file
+
+    check_output_file(args.json, "--json")
     if args.repeat < 1:
         raise InputError(f"--repeat must be >= 1, got {args.repeat}")
     res = verify(args.bundle, device=args.device, tracker=args.tracker, python=args.python,
@@ -43,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {res.timing}")
     print(f"{lines[-1]} ({res.seconds:.2f} s)")
     if args.json:
-        write_text_atomic(args.json, json.dumps(
+        write_json(args.json, (
             {"ok": res.ok, "how": res.how, "problems": list(res.problems), "outputs": list(res.rows),
-             "seconds": res.seconds, "timing": res.timing, "labels": list(res.labels)}, indent=1))
+             "seconds": res.seconds, "timing": res.timing, "labels": list(res.labels)}))
+    if res.problems:
+        more = f" (and {len(res.problems) - 1} more, listed above)" if len(res.problems) > 1 else ""
+        print(f"deploykit: error: bundle {args.bundle} failed its integrity check, so nothing of it "
+              f"was loaded or run: {res.problems[0]}{more}; re-package it with `deploykit "
+              f"package`", file=sys.stderr)
     return 0 if res.ok else 1

@@ -550,11 +550,12 @@ def _export_module(model, example, origin, output, shapes, dynamic_batch, dynami
 
 
 def _from_onnx(path: Path, output: Path, shapes, opset, simplify, seed) -> ExportResult:
-    from ..onnxio import check_shape, io_specs, load_onnx, make_feeds
+    from ..onnxio import check_feedable, check_shape, io_specs, load_onnx, make_feeds
     from ..fidelity import run_ort
 
     original = load_onnx(path)
     ins, _ = io_specs(original)
+    check_feedable(ins, path)  # what deploykit could not verify (or later feed) is refused now
     unknown = set(shapes) - {s.name for s in ins}
     if unknown:
         raise InputError(f"--shape names unknown input(s) {sorted(unknown)}; inputs are "

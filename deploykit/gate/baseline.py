@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from .. import __version__
 from ..core import LatencyReport, TensorSpec
 from ..errors import InputError
+from ..stats import MIN_UNITS, positive_finite
 
 
 class BaselineError(InputError):
@@ -70,9 +72,27 @@ class Baseline:
                 "feeds": dict(self.feeds), "report": r.to_dict()}
 
     def save(self, path: str | Path) -> None:
-        from ..fsutil import write_text_atomic
+        from ..fsutil import write_json
 
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, default=str) + "\n")
+        self.check()
+        write_json(path, self.to_dict())
+
+    def check(self) -> None:
+        """ValueError unless every number a verdict rests on is usable (see check_report)."""
+        check_report(self.report)
+        for s in (*self.inputs, *self.outputs):
+            if not (isinstance(s.name, str) and all(
+                    isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool))
+                    for d in s.shape)):
+                raise ValueError(f"tensor spec {s.name!r} has a malformed shape {list(s.shape)}")
+        shapes = self.feeds.get("shapes") or {}
+        seed = self.feeds.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(shapes, dict) \
+                or not all(isinstance(v, list) and v and all(isinstance(d, int) and d > 0
+                                                             for d in v)
+                           for v in shapes.values()) \
+                or not isinstance(self.feeds.get("npz"), (str, type(None))):
+            raise ValueError("feeds (seed, shapes, npz) are malformed")
 
 
 def _spec_dict(s: TensorSpec) -> dict[str, Any]:
@@ -95,6 +115,36 @@ def make_baseline(report: LatencyReport, inputs: Sequence[TensorSpec],
     except ValueError:
         rel = str(model)
     return Baseline(report, rel, tuple(inputs), tuple(outputs), dict(feeds), time.time())
+
+
+def check_report(r: LatencyReport) -> None:
+    """ValueError unless the samples and rounds a verdict rests on are usable: finite, positive
+    samples, at least MIN_UNITS of them, blocks that tile the samples, a 64-hex model sha256."""
+    if len(r.samples_ms) < MIN_UNITS:
+        raise ValueError(f"{len(r.samples_ms)} samples (need >= {MIN_UNITS})")
+    bad = next((x for x in r.samples_ms if not positive_finite(x)), None)
+    if bad is not None:
+        raise ValueError(f"a latency sample is {bad!r} (samples must be finite and positive)")
+    end = 0
+    for b in r.blocks:
+        if not (isinstance(b.start, int) and isinstance(b.n, int) and b.start == end
+                and b.n >= 1 and isinstance(b.contaminated, bool)
+                and isinstance(b.foreign_cpu, (int, float)) and math.isfinite(b.foreign_cpu)):
+            raise ValueError(f"malformed timed round {b} (rounds must tile the samples in order)")
+        end = b.start + b.n
+    if r.blocks and end != len(r.samples_ms):
+        raise ValueError(f"the rounds cover {end} samples, the report has {len(r.samples_ms)}")
+    if r.blocks and len(r.blocks) < MIN_UNITS:
+        raise ValueError(f"{len(r.blocks)} timed rounds (need >= {MIN_UNITS})")
+    sha = r.model_sha256
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise ValueError("the model sha256 is not 64 hex digits")
+    for o in r.per_op:
+        if not (isinstance(o.total_ms, (int, float)) and math.isfinite(o.total_ms)
+                and o.total_ms >= 0):
+            raise ValueError(f"per-op time of {o.name!r} is {o.total_ms!r}")
+    if not isinstance(r.env, Mapping) or not isinstance(r.target, str):
+        raise ValueError("env or target is malformed")
 
 
 def load_baseline(path: str | Path) -> Baseline:
@@ -121,15 +171,13 @@ def load_baseline(path: str | Path) -> Baseline:
     try:
         m = d["model"]
         report = LatencyReport.from_dict(d["report"])
-        if not report.samples_ms:
-            raise ValueError("no samples")
         if report.model_sha256 != m["sha256"]:
             raise ValueError("model sha256 does not match its report")
-        return Baseline(report, str(m["path"]), tuple(_spec(s) for s in m["inputs"]),
+        base = Baseline(report, str(m["path"]), tuple(_spec(s) for s in m["inputs"]),
                         tuple(_spec(s) for s in m["outputs"]), dict(d.get("feeds") or {}),
                         float(d.get("created", report.created)), p)
-    except (KeyError, TypeError, ValueError) as e:
+        base.check()
+        return base
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BaselineError(f"baseline file {p} is incomplete or corrupt ({type(e).__name__}: "
                             f"{e}); {redo}") from None
-
-

@@ -34,7 +34,8 @@ import numpy as np
 from .. import stats
 from ..core import LatencyReport, OpTime, Result
 from ..errors import InputError
-from ..stats import DEFAULT_CONF, MIN_UNITS, paired_log_ratio_ci, shift_log_ratio_ci
+from ..stats import (DEFAULT_CONF, MIN_UNITS, paired_log_ratio_ci, positive_finite,
+                     shift_log_ratio_ci)
 
 
 # ---- estimates ---------------------------------------------------------------------------------
@@ -135,10 +136,29 @@ class Verdict(Result):
         return words[self.status]
 
 
+def check_estimate(e: Estimate) -> None:
+    """The gate fails closed: a verdict is never computed from an unusable number."""
+    bad = [f"{k}={v!r}" for k, v in (("ratio", e.ratio), ("old median", e.old_median_ms),
+                                     ("new median", e.new_median_ms)) if not positive_finite(v)]
+    bad += [f"CI low={e.lo!r}"] if not positive_finite(e.lo) else []
+    bad += [f"CI high={e.hi!r}"] if not (isinstance(e.hi, (int, float)) and e.hi > 0) else []
+    bad += [f"{k}={v!r}" for k, v in (("p (rounds)", e.p_units), ("p (raw samples)", e.p_raw))
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1)]
+    if e.n_units < MIN_UNITS:
+        bad.append(f"{e.n_units} rounds (need >= {MIN_UNITS})")
+    if not bad and not e.lo <= e.ratio <= e.hi:
+        bad.append(f"ratio {e.ratio} outside its interval [{e.lo}, {e.hi}]")
+    if bad:
+        raise InputError(f"the gate cannot decide: unusable numbers ({', '.join(bad)}); no "
+                         "verdict is given: re-run the check (and re-record the baseline if its "
+                         "samples are the cause)")
+
+
 def decide(e: Estimate, threshold: float) -> Verdict:
     """Size AND significance, in both directions (see the module docstring)."""
-    if not threshold > 0:
+    if not (math.isfinite(threshold) and threshold > 0):
         raise InputError(f"the slowdown threshold must be positive, got {threshold}")
+    check_estimate(e)
     big = math.log1p(threshold)
     est, lo, hi = math.log(e.ratio), math.log(e.lo), math.log(e.hi)
     raw_sig = e.p_raw < 1 - e.conf

@@ -28,12 +28,13 @@ def gate_target(name: str, threads: int | None) -> Target:
 def load_model(path: str):
     """(ModelRef, inputs, outputs) of an .onnx file, with one-line errors for bad files."""
     from ..errors import InputError
-    from ..onnxio import io_specs, load_onnx
+    from ..onnxio import check_feedable, io_specs, load_onnx
 
     if not str(path).endswith(".onnx"):
         raise InputError(f"{path}: expected an .onnx file (run `deploykit export` first)")
     proto = load_onnx(path, load_external=False)
     inputs, outputs = io_specs(proto)
+    check_feedable(inputs, path)
     return ModelRef.from_path(path), tuple(inputs), tuple(outputs)
 
 

@@ -28,9 +28,26 @@ def load_search(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read search result {p}: {e}") from None
-    if data.get("kind") != "deploykit-search":
+    if not isinstance(data, dict) or data.get("kind") != "deploykit-search":
         raise InputError(f"{p} is not a deploykit search result")
+    redo = "re-run `deploykit search MODEL -o DIR` to write a complete one"
+    if data.get("schema") != 1:
+        raise InputError(f"{p} has search schema {data.get('schema')!r}, not 1; {redo}")
+    for key, kind in SEARCH_KEYS.items():
+        if not isinstance(data.get(key), kind):
+            raise InputError(f"{p} is incomplete: '{key}' is missing or not a "
+                             f"{kind.__name__ if isinstance(kind, type) else 'valid value'}; "
+                             f"{redo}")
+    if not data["candidates"] or not all(isinstance(c, dict) for c in data["candidates"]):
+        raise InputError(f"{p} is malformed: no candidates (the first is the model as given), "
+                         f"or one that is not an object; {redo}")
     return data
+
+
+# what every renderer reads: the top level of search.json (search.SearchResult.to_dict)
+SEARCH_KEYS = {"model": str, "target": str, "config": dict, "candidates": list, "pareto": list,
+               "recommendation": (dict, type(None)), "predictor": dict, "cost": dict,
+               "env": dict, "per_op": dict, "notes": list}
 
 
 def _num(x: Any, fmt: str = "{:.3f}", none: str = "-") -> str:
@@ -273,16 +290,24 @@ def render_markdown(data: Mapping[str, Any], png_name: str | None = "pareto.png"
     return "\n".join(out)
 
 
-def write_report(data: Mapping[str, Any], outdir: str | Path) -> dict[str, Path]:
-    """report.html (self-contained), report.md and pareto.png in `outdir`, written atomically."""
-    from ..fsutil import atomic_path, write_text_atomic
+def write_report(data: Mapping[str, Any], outdir: str | Path, outs=None) -> dict[str, Path]:
+    """report.html (self-contained), report.md and pareto.png in `outdir`: staged in `outs`
+    (outputs.Outputs) when given, else written together or not at all."""
+    from ..outputs import Outputs
 
     outdir = Path(outdir)
-    png = pareto_png(data)
     paths = {"html": outdir / "report.html", "markdown": outdir / "report.md",
              "png": outdir / "pareto.png"}
-    with atomic_path(paths["png"]) as tmp:
-        tmp.write_bytes(png)
-    write_text_atomic(paths["html"], render_html(data, png))
-    write_text_atomic(paths["markdown"], render_markdown(data, paths["png"].name))
+    try:
+        png = pareto_png(data)
+        html, md = render_html(data, png), render_markdown(data, paths["png"].name)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise InputError(f"the search result is malformed ({type(e).__name__}: {e}); re-run "
+                         "`deploykit search MODEL -o DIR` to write a complete one") from None
+    with Outputs() as own:
+        stage = outs if outs is not None else own
+        stage.bytes(paths["png"], png)
+        stage.text(paths["html"], html)
+        stage.text(paths["markdown"], md)
+        own.commit()
     return paths

@@ -48,11 +48,9 @@ def _batches_from_arrays(specs: Sequence[TensorSpec], arrays: Mapping[str, np.nd
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as e:  # numpy raises several types for a bad archive
-        raise InputError(f"cannot read calibration data from {path}: {e}") from None
+    from ..onnxio import read_npz
+
+    return read_npz(path, "calibration data")
 
 
 def load_calibration(specs: Sequence[TensorSpec], path: str | Path,

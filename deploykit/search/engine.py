@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 import traceback
@@ -880,21 +879,24 @@ class _Bar:
 
 
 def write_outputs(result: SearchResult, outdir: Path) -> dict[str, Path]:
-    """search.json, the recommended model and the report, each written atomically."""
-    from ..fsutil import atomic_path, write_text_atomic
+    """search.json, the recommended model and the report, committed together; a run without a
+    recommendation removes the recommended.onnx an earlier run left in `outdir`."""
+    from ..outputs import Outputs
     from ..report.html import write_report
 
-    outdir.mkdir(parents=True, exist_ok=True)
     data = result.to_dict()
     paths = {"json": outdir / "search.json"}
-    write_text_atomic(paths["json"], json.dumps(data, indent=1, default=_json_default))
-    if result.recommendation:
-        paths["model"] = outdir / "recommended.onnx"
-        with atomic_path(paths["model"]) as tmp:
-            shutil.copyfile(result.recommendation["path"], tmp)
-        data["recommendation"]["exported"] = str(paths["model"])
-        write_text_atomic(paths["json"], json.dumps(data, indent=1, default=_json_default))
-    paths.update(write_report(data, outdir))
+    with Outputs() as outs:
+        if result.recommendation:
+            paths["model"] = outdir / "recommended.onnx"
+            outs.copy(result.recommendation["path"], paths["model"])
+            data["recommendation"]["exported"] = str(paths["model"])
+        else:
+            outs.remove(outdir / "recommended.onnx")
+        outs.json(paths["json"], data)
+        paths.update(write_report(json.loads(json.dumps(data, default=_json_default)), outdir,
+                                  outs))
+        outs.commit()
     return paths
 
 

@@ -1,5 +1,6 @@
-"""Bundle self-test: integrity (sha256 of every file, manifest digest), then run the bundle's model
-on the golden inputs and compare with the golden outputs at the recorded tolerance.
+"""Bundle self-test: integrity (sha256 of every file, every file listed, manifest digest), then --
+only if all of it holds -- run the bundle's model on the golden inputs and compare with the golden
+outputs at the recorded tolerance.
 
 This file is copied into every bundle as `selftest.py` and must stay standalone: Python stdlib +
 numpy, plus onnxruntime (ORT bundles) or the tvm runtime (TVM bundles) on the device.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -56,23 +58,82 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
     for key in ("files", "golden", "runtime", "outputs"):
         if key not in manifest:
             raise BundleUnusable(f"corrupt {MANIFEST} in {bundle}: no '{key}'")
+    files, golden, runtime = manifest["files"], manifest["golden"], manifest["runtime"]
+    shape_ok = (isinstance(files, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+                and isinstance(golden, dict) and isinstance(golden.get("tolerance"), dict)
+                and isinstance(runtime, dict) and isinstance(runtime.get("backend"), str)
+                and (runtime["backend"] != "tvm" or isinstance(runtime.get("arch"), str))
+                and all(isinstance(t, dict) and _finite(t.get("atol")) and _finite(t.get("rtol"))
+                        for t in golden["tolerance"].values()))
+    if not shape_ok:
+        raise BundleUnusable(f"corrupt {MANIFEST} in {bundle}: 'files', 'golden' or 'runtime' "
+                             "has the wrong type (re-package the bundle)")
     return manifest
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and \
+        abs(x) != float("inf") and x >= 0
+
+
+RUNNER = "runner/dk_runner"  # the TVM bundle's C++ runner (bundle_tvm.RUNNER)
+
+
+def manifest_paths(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(role, path) of every file the manifest makes deploykit or the device load or execute."""
+    rt, g = manifest["runtime"], manifest["golden"]
+    paths = [("runtime model", rt.get("model")), ("golden inputs", g.get("inputs")),
+             ("golden outputs", g.get("outputs"))]
+    payload = rt.get("payload", [])
+    paths += [("payload file", p) for p in (payload if isinstance(payload, list) else [payload])]
+    if rt.get("backend") == "tvm":
+        paths.append(("runner", RUNNER))
+        files = (manifest.get("tvm") or {}).get("files") or {}
+        libs = files.get("runtime_libs", [])
+        paths += [("runtime library", p) for p in (libs if isinstance(libs, list) else [libs])]
+    return paths
+
+
+def bundle_entries(bundle: Path) -> list[str]:
+    """Every file, symlink and other non-directory entry below `bundle` (symlinked folders
+    included, never followed), as posix paths relative to it, except the manifest itself."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(bundle, followlinks=False):
+        here = Path(dirpath)
+        for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+            rel = (here / name).relative_to(bundle).as_posix()
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
 def check_integrity(bundle: Path, manifest: Mapping[str, Any]) -> list[str]:
-    """Problems found, one line each (empty when every hash matches)."""
+    """Problems found, one line each (empty when the bundle is exactly what was packaged):
+    the manifest digest; every listed file present inside the bundle (after resolving symlinks)
+    with its sha256; every file of the folder listed; every path the manifest loads or executes
+    a listed file. Nothing of the bundle is loaded or executed here."""
     problems = []
     if manifest.get("manifest_sha256") != manifest_digest(manifest):
         problems.append(f"{MANIFEST} was edited after packaging (its digest does not match)")
+    files = manifest["files"]
+    if not files:
+        problems.append(f"{MANIFEST} lists no files")
     root = bundle.resolve()
-    for rel, digest in sorted(manifest["files"].items()):
+    for rel, digest in sorted(files.items()):
         p = (bundle / rel).resolve()
-        if root not in p.parents:
+        if Path(rel).is_absolute() or root not in p.parents:
             problems.append(f"{rel}: path escapes the bundle")
         elif not p.is_file():
             problems.append(f"{rel}: missing")
         elif sha256_file(p) != digest:
             problems.append(f"{rel}: sha256 mismatch (file changed after packaging)")
+    for rel in bundle_entries(bundle):
+        if rel not in files:
+            problems.append(f"{rel}: extra file, not listed in {MANIFEST}")
+    for role, rel in manifest_paths(manifest):
+        if not isinstance(rel, str) or rel not in files:
+            problems.append(f"{role} {rel!r} is not a file listed in {MANIFEST}")
     return problems
 
 
@@ -154,6 +215,8 @@ def selftest(bundle: Path, run: Callable | None = None) -> tuple[list[str], list
     """(integrity problems, per-output rows); `run` defaults to the bundle runtime's runner."""
     manifest = load_manifest(bundle)
     problems = check_integrity(bundle, manifest)
+    if problems:  # integrity first: nothing of a changed bundle is loaded or executed
+        return problems, []
     try:
         feeds, golden = load_golden(bundle, manifest)
     except Exception as e:  # numpy raises several types for a damaged archive
