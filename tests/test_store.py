@@ -1,4 +1,5 @@
-"""The results store: round trips, lineage, the measurement cache, concurrent writers, crashes."""
+"""The results store contract, on both back ends (a SQLite file and a real PostgreSQL server):
+round trips, lineage, the measurement cache, schema versions, concurrent writers, crashes."""
 
 import multiprocessing as mp
 import os
@@ -27,9 +28,23 @@ def make_report(seed: int = 0, n: int = 200, sha: str = "a" * 64, target: str = 
         labels=("test",), created=time.time() if created is None else created)
 
 
-def test_round_trip_keeps_raw_samples_and_per_op(tmp_path):
+def raw_execute(location: str, sql: str, params=()) -> None:
+    """Run one statement on the store's database behind deploykit's back (as a user could)."""
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as c:
+            c.execute(sql.replace("?", "%s"), params)
+    else:
+        db = sqlite3.connect(location)
+        db.execute(sql, params)
+        db.commit()
+        db.close()
+
+
+def test_round_trip_keeps_raw_samples_and_per_op(store_location):
     rep = make_report(seed=1)
-    with Store(tmp_path / "r.sqlite") as st:
+    with Store(store_location) as st:
         rid = st.record_report(rep, label="first")
         back = st.report(rid)
         rows = st.runs()
@@ -41,8 +56,8 @@ def test_round_trip_keeps_raw_samples_and_per_op(tmp_path):
     assert rows[0].ci95_ms == pytest.approx(rep.ci95_ms)
 
 
-def test_filters_and_series_order(tmp_path):
-    with Store(tmp_path / "r.sqlite") as st:
+def test_filters_and_series_order(store_location):
+    with Store(store_location) as st:
         for i in range(6):
             sha = ("a" if i % 2 else "b") * 64
             st.record_report(make_report(seed=i, sha=sha, target="ort-cpu" if i < 4 else "x",
@@ -56,13 +71,13 @@ def test_filters_and_series_order(tmp_path):
             [1001.0, 1003.0]
 
 
-def test_lineage_is_recorded_from_model_refs(tmp_path):
+def test_lineage_is_recorded_from_model_refs(tmp_path, store_location):
     root = ModelRef(path=tmp_path / "m.onnx", sha256="0" * 64)
     q = ModelRef(path=tmp_path / "q.onnx", sha256="1" * 64, parent_sha256=root.sha256,
                  transform="quantize", config={"per_channel": True})
     p = ModelRef(path=tmp_path / "p.onnx", sha256="2" * 64, parent_sha256=q.sha256,
                  transform="prune", config={"ratio": 0.5})
-    with Store(tmp_path / "r.sqlite") as st:
+    with Store(store_location) as st:
         st.record_model(root)
         st.record_model(q)
         st.record_report(make_report(sha=p.sha256), model=p)
@@ -75,26 +90,29 @@ def test_lineage_is_recorded_from_model_refs(tmp_path):
     assert chain[1].config == {"per_channel": True}
 
 
-def test_measurement_cache_survives_reopen(tmp_path):
-    path = tmp_path / "r.sqlite"
-    with Store(path) as st:
+def test_measurement_cache_survives_reopen(store_location):
+    with Store(store_location) as st:
         assert st.get_measurement("k1") is None
         st.put_measurement("k1", make_report(seed=3))
-    with Store(path) as st:
+        st.put_measurement("k9", make_report(seed=4))
+        st.put_measurement("k9", make_report(seed=5))  # a re-measurement replaces the entry
+    with Store(store_location) as st:
         got = st.get_measurement("k1")
         assert got is not None and got.samples_ms == make_report(seed=3).samples_ms
+        assert st.get_measurement("k9").samples_ms == make_report(seed=5).samples_ms
         assert st.get_measurement("k2") is None
 
 
-def test_newer_schema_and_corrupt_file_are_refused(tmp_path):
-    path = tmp_path / "r.sqlite"
-    Store(path).close()
-    db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    db.commit()
-    db.close()
-    with pytest.raises(StoreError, match="newer"):
-        Store(path)
+def test_newer_schema_is_refused(store_location):
+    Store(store_location).close()
+    raw_execute(store_location, "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this "
+                                         f"deploykit understands \\({SCHEMA_VERSION}\\)"):
+        Store(store_location)
+
+
+def test_corrupt_file_is_refused(tmp_path):
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot open"):
@@ -108,11 +126,13 @@ def _writer(path: str, worker: int, count: int) -> None:
                                          sha=f"{worker:x}" * 64), label=f"w{worker}-{i}")
 
 
-def test_two_processes_writing_concurrently_lose_nothing(tmp_path):
-    path = str(tmp_path / "r.sqlite")
+def test_four_processes_writing_concurrently_lose_nothing(store_location):
+    """4 writers x 50 runs, from separate processes, into one store: 200 runs, 0 lost."""
+    path = store_location
     Store(path).close()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, w, 200)) for w in (1, 2)]
+    workers = (1, 2, 3, 4)
+    procs = [ctx.Process(target=_writer, args=(path, w, 50)) for w in workers]
     for p in procs:
         p.start()
     for p in procs:
@@ -121,8 +141,8 @@ def test_two_processes_writing_concurrently_lose_nothing(tmp_path):
     with Store(path) as st:
         assert st.integrity_ok()
         rows = st.runs()
-        assert len(rows) == 400
-        assert {r.label for r in rows} == {f"w{w}-{i}" for w in (1, 2) for i in range(200)}
+        assert len(rows) == 200
+        assert {r.label for r in rows} == {f"w{w}-{i}" for w in workers for i in range(50)}
         assert all(r.n == 300 for r in rows)
         # every run has its samples, and they are the ones written
         some = st.report(rows[17].id)
@@ -138,8 +158,8 @@ def _endless_writer(path: str) -> None:
             i += 1
 
 
-def test_sigkill_mid_write_loses_at_most_the_run_in_progress(tmp_path):
-    path = str(tmp_path / "r.sqlite")
+def test_sigkill_mid_write_loses_at_most_the_run_in_progress(store_location):
+    path = store_location
     Store(path).close()
     proc = mp.get_context("spawn").Process(target=_endless_writer, args=(path,))
     proc.start()
