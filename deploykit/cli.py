@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "store"):  # a bad --store / $DEPLOYKIT_STORE is refused before any work
+            from .commands._common import store_path
+
+            store_path(args)
         return int(args._run(args) or 0)
     except DeployKitError as e:
         msg = " ".join(str(e).split())

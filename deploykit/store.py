@@ -173,7 +173,8 @@ class Store:
             "path = excluded.path,"
             " parent_sha256 = coalesce(excluded.parent_sha256, models.parent_sha256),"
             " transform = coalesce(excluded.transform, models.transform),"
-            " config = CASE WHEN excluded.config = '{}' THEN models.config ELSE excluded.config END",
+            " config = CASE WHEN excluded.config = '{}' THEN models.config"
+            " ELSE excluded.config END",
             (m.sha256, str(m.path), m.parent_sha256, m.transform,
              json.dumps(dict(m.config), sort_keys=True, default=str), time.time()))
 
@@ -251,9 +252,10 @@ class Store:
             raise StoreError(f"no run {run_id} in results store {self.shown}")
         d = json.loads(r[0][0])
         d["samples_ms"] = np.frombuffer(bytes(r[0][1]), dtype="<f8").tolist()
+        ops = self._read("SELECT name, op_type, total_ms, share, calls FROM per_op "
+                         "WHERE run_id = ? ORDER BY pos", (int(run_id),))
         d["per_op"] = [dict(zip(("name", "op_type", "total_ms", "share", "calls"), row))
-                       for row in self._read("SELECT name, op_type, total_ms, share, calls FROM "
-                                             "per_op WHERE run_id = ? ORDER BY pos", (int(run_id),))]
+                       for row in ops]
         return LatencyReport.from_dict(d)
 
     def runs(self, model: str | None = None, target: str | None = None,

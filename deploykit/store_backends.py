@@ -37,6 +37,9 @@ class StoreLocation:
         """How the location appears in messages: the path, or the URL with its password masked."""
         return str(self.path) if self.url is None else mask_url(self.url)
 
+    def __str__(self) -> str:
+        return self.shown
+
     def exists(self) -> bool:
         """False only for a store file that was never created (a server is asked when opened)."""
         return self.url is not None or (self.path is not None and self.path.is_file())

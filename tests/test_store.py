@@ -28,18 +28,24 @@ def make_report(seed: int = 0, n: int = 200, sha: str = "a" * 64, target: str = 
         labels=("test",), created=time.time() if created is None else created)
 
 
-def raw_execute(location: str, sql: str, params=()) -> None:
-    """Run one statement on the store's database behind deploykit's back (as a user could)."""
+def raw_execute(location: str, *statements) -> list:
+    """Run (sql, params) statements in one transaction behind deploykit's back (as a user or an
+    older deploykit could); returns the last statement's rows."""
+    rows: list = []
     if location.startswith("postgresql://"):
         import psycopg
 
-        with psycopg.connect(location, autocommit=True) as c:
-            c.execute(sql.replace("?", "%s"), params)
+        with psycopg.connect(location) as c:  # one transaction, committed on exit
+            for sql, params in statements:
+                cur = c.execute(sql.replace("?", "%s"), params)
+                rows = cur.fetchall() if cur.description else []
     else:
         db = sqlite3.connect(location)
-        db.execute(sql, params)
+        for sql, params in statements:
+            rows = db.execute(sql, params).fetchall()
         db.commit()
         db.close()
+    return rows
 
 
 def test_round_trip_keeps_raw_samples_and_per_op(store_location):
@@ -105,11 +111,54 @@ def test_measurement_cache_survives_reopen(store_location):
 
 def test_newer_schema_is_refused(store_location):
     Store(store_location).close()
-    raw_execute(store_location, "UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                (str(SCHEMA_VERSION + 1),))
+    raw_execute(store_location, ("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                 (str(SCHEMA_VERSION + 1),)))
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this "
                                          f"deploykit understands \\({SCHEMA_VERSION}\\)"):
         Store(store_location)
+
+
+def test_version_1_store_is_migrated_in_place(store_location):
+    """A store written by deploykit 0.1 (schema 1: per_op rows ordered by rowid only) is upgraded
+    when opened: its runs read back whole, per-op order kept, and new runs go in after them."""
+    import json
+
+    from deploykit.store import _SCHEMA
+    from deploykit.store_backends import PostgresBackend
+
+    ddl = PostgresBackend.ddl if store_location.startswith("postgresql") else (lambda s: s)
+    old = make_report(seed=7)
+    ops = [("z_last_by_name", "Conv", 3.0, 0.5, 1), ("a_first_by_name", "Relu", 2.0, 0.3, 1),
+           ("m_middle", "Gemm", 1.0, 0.2, 2)]
+    d = old.to_dict()
+    d.pop("samples_ms")
+    raw_execute(store_location,
+                *[(ddl(stmt), ()) for stmt in filter(str.strip, _SCHEMA.split(";"))],
+                ("INSERT INTO meta VALUES ('schema_version', '1')", ()),
+                ("INSERT INTO models (sha256, path, created) VALUES (?, ?, ?)",
+                 (old.model_sha256, old.model_path, 1.0)),
+                ("INSERT INTO artifacts VALUES (?, ?, ?, ?)",
+                 (old.artifact_id, old.model_sha256, old.target, "{}")),
+                ("INSERT INTO runs (artifact_id, model_sha256, model_path, target, env, "
+                 "created, n, median_ms, stop_reason, labels, label, report) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (old.artifact_id, old.model_sha256, old.model_path, old.target,
+                  json.dumps(dict(old.env)), old.created, len(old.samples_ms), old.median_ms,
+                  old.stop_reason, "[]", "v1", json.dumps(d))),
+                ("INSERT INTO samples VALUES ((SELECT max(id) FROM runs), ?, ?)",
+                 (len(old.samples_ms), np.asarray(old.samples_ms, "<f8").tobytes())),
+                *[("INSERT INTO per_op VALUES ((SELECT max(id) FROM runs), ?, ?, ?, ?, ?)", op)
+                  for op in ops])
+    with Store(store_location) as st:
+        (old_row,) = st.runs()
+        back = st.report(old_row.id)
+        new_id = st.record_report(make_report(seed=8), label="v2")
+        assert [r.label for r in st.runs()] == ["v2", "v1"] and new_id > old_row.id
+        assert st.integrity_ok()
+    assert back.samples_ms == old.samples_ms
+    assert [o.name for o in back.per_op] == [op[0] for op in ops]
+    assert raw_execute(store_location, ("SELECT value FROM meta WHERE key = 'schema_version'",
+                                        ()))[0][0] == str(SCHEMA_VERSION)
 
 
 def test_corrupt_file_is_refused(tmp_path):

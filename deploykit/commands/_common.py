@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core import TimingPlan
 from ..errors import InputError
+from ..store_backends import StoreLocation, parse_location
 
 
 def add_target_args(p: argparse.ArgumentParser, default: str = "ort-cpu") -> None:
@@ -73,11 +74,13 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def store_path(args: argparse.Namespace) -> Path:
+def store_path(args: argparse.Namespace) -> StoreLocation:
+    """--store, else $DEPLOYKIT_STORE, else the per-user SQLite file; a file path or a
+    postgresql:// URL (anything else is refused here). Printing it masks any password."""
     if getattr(args, "store", None):
-        return Path(args.store)
+        return parse_location(args.store)
     if os.environ.get("DEPLOYKIT_STORE"):
-        return Path(os.environ["DEPLOYKIT_STORE"])
+        return parse_location(os.environ["DEPLOYKIT_STORE"])
     from platformdirs import user_data_dir
 
-    return Path(user_data_dir("deploykit")) / "results.sqlite"
+    return parse_location(Path(user_data_dir("deploykit")) / "results.sqlite")

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--atol-frac must be positive, got {args.atol_frac}")
     target = targets.get(args.target, require_available=not args.no_measure,
                          threads=args.threads, device=args.device, tracker=args.tracker)
-    store = None if args.no_store else str(_common.store_path(args))
+    store = None if args.no_store else _common.store_path(args)
     opts = PackageOptions(measure=not args.no_measure, plan=_common.plan_from_args(args),
                           seed=args.seed, shapes=tuple(_common.parse_shapes(args.shape).items()),
                           inputs_npz=args.inputs, original=args.original,
