@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,10 +170,15 @@ def test_corrupt_file_is_refused(tmp_path):
 
 
 def _writer(path: str, worker: int, count: int) -> None:
+    """Half the runs are of a model every writer shares (its lineage row upserted by all at
+    once, as runners profiling the same model do), half of the writer's own."""
+    shared = ModelRef(path=Path("/m/shared.onnx"), sha256="c" * 64, transform="quantize",
+                      parent_sha256="0" * 64)
     with Store(path) as st:
         for i in range(count):
-            st.record_report(make_report(seed=worker * 10_000 + i, n=300,
-                                         sha=f"{worker:x}" * 64), label=f"w{worker}-{i}")
+            sha = shared.sha256 if i % 2 else f"{worker:x}" * 64
+            st.record_report(make_report(seed=worker * 10_000 + i, n=300, sha=sha),
+                             label=f"w{worker}-{i}", model=shared if i % 2 else None)
 
 
 def test_four_processes_writing_concurrently_lose_nothing(store_location):
@@ -193,6 +199,8 @@ def test_four_processes_writing_concurrently_lose_nothing(store_location):
         assert len(rows) == 200
         assert {r.label for r in rows} == {f"w{w}-{i}" for w in workers for i in range(50)}
         assert all(r.n == 300 for r in rows)
+        assert len(st.runs(model="c" * 64)) == 100
+        assert st.model("c" * 64).transform == "quantize"
         # every run has its samples, and they are the ones written
         some = st.report(rows[17].id)
         w, i = (int(x) for x in rows[17].label[1:].split("-"))

@@ -44,7 +44,9 @@ class PgCluster:
     """`PgCluster()` creates and starts a cluster; `url(db)`, `create_db()`, `kill()`, `start()`,
     `remove()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        """`durable`: fsync on, as a real server runs (benchmarks); off for tests, which kill
+        only the server process, never the machine (the OS keeps the WAL either way)."""
         self.bin = bindir()
         self.root = Path(tempfile.mkdtemp(prefix="deploykit-pg-"))
         self.data = self.root / "data"
@@ -62,9 +64,8 @@ class PgCluster:
             with open(self.data / "postgresql.conf", "a") as f:
                 f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                         f"unix_socket_directories = '{self.root}'\n"
-                        # fsync off: a killed server loses nothing (the OS keeps the WAL);
                         # synchronous_commit stays on, or a crash loses acknowledged commits
-                        "fsync = off\n"
+                        f"fsync = {'on' if durable else 'off'}\n"
                         "full_page_writes = off\nmax_connections = 50\n")
             self.start()
         except BaseException:
