@@ -61,13 +61,17 @@ def test_unreachable_server_is_one_masked_line(capsys, onnx_file, tmp_path):
     assert SECRET not in err and not out.exists()  # nothing written when the store fails
 
 
-def test_other_scheme_is_refused_before_any_work(capsys, onnx_file, tmp_path):
+def test_other_scheme_is_refused_before_any_work(capsys, onnx_file, tmp_path, monkeypatch):
     out = tmp_path / "r.json"
     assert main(["profile", str(onnx_file), "--store", f"mysql://ci:{SECRET}@h/db",
                  "--json", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unsupported results store 'mysql://ci:***@h/db'" in err
     assert not out.exists()
+    monkeypatch.setenv("DEPLOYKIT_STORE", f"redis://:{SECRET}@cache:6379/0")
+    assert main(["history"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unsupported results store 'redis://:***@cache" in err
 
 
 def test_profile_then_history_from_the_shared_database(pg_cluster, onnx_file, tmp_path, capsys,
