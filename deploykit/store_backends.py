@@ -177,20 +177,36 @@ class PostgresBackend:
             raise StoreError(f"results store {self.shown} needs the PostgreSQL driver: "
                              "pip install 'deploykit[postgres]'") from None
         self.errors = (psycopg.Error,)
+        self._psycopg = psycopg
         try:
             params = conninfo_to_dict(loc.url)
         except psycopg.Error as e:
             raise StoreError(f"bad results store URL {self.shown}: {self.message(e)}") from None
         params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
         params.setdefault("application_name", "deploykit")
+        params.setdefault("keepalives", "1")  # a search holds its connection for hours
+        params.setdefault("keepalives_idle", "60")
         # wait at most as long as SQLite's busy timeout for another writer's row lock
         params["options"] = (params.get("options", "") +
                              f" -c lock_timeout={int(BUSY_TIMEOUT_S * 1000)}").strip()
+        self._params = params
+        self._connect()
+
+    def _connect(self) -> None:
         try:
-            self._conn = psycopg.connect(autocommit=True, **params)
-        except psycopg.Error as e:
+            self._conn = self._psycopg.connect(autocommit=True, **self._params)
+        except self._psycopg.Error as e:
             raise StoreError(f"cannot connect to results store {self.shown}: "
                              f"{self.message(e)}") from None
+
+    def _reconnect_if_lost(self, e: BaseException) -> bool:
+        """After the server dropped an idle connection (a restart, a fail-over): connect again
+        and say so, so that the statement that found out (nothing of it was applied) is retried."""
+        if not isinstance(e, self._psycopg.OperationalError) or not self._conn.broken:
+            return False
+        self._conn.close()
+        self._connect()
+        return True
 
     def message(self, e: BaseException) -> str:
         """The driver's message on one line, with the password (should it appear) masked."""
@@ -201,13 +217,34 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[_PgTx]:
-        with self._conn.transaction():
+        """One transaction; if BEGIN finds the connection dead, reconnect once (nothing was sent
+        yet). A connection lost after BEGIN fails the write: the server rolls it back."""
+        tx = self._conn.transaction()
+        try:
+            tx.__enter__()
+        except self._psycopg.Error as e:
+            if not self._reconnect_if_lost(e):
+                raise
+            tx = self._conn.transaction()
+            tx.__enter__()
+        try:
             yield _PgTx(self._conn)
+        except BaseException as e:
+            if not tx.__exit__(type(e), e, e.__traceback__):
+                raise
+        else:
+            tx.__exit__(None, None, None)
 
     def lock_schema(self, tx: _PgTx) -> None:
         tx.execute(f"SELECT pg_advisory_xact_lock({self.SCHEMA_LOCK})")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """A read (autocommit); a read on a dropped connection is retried once on a new one."""
+        try:
+            return self._conn.execute(_pg_sql(sql), params).fetchall()
+        except self._psycopg.Error as e:
+            if not self._reconnect_if_lost(e):
+                raise
         return self._conn.execute(_pg_sql(sql), params).fetchall()
 
     def has_table(self, name: str) -> bool:

@@ -1,7 +1,7 @@
 """Concurrent writers into the results store: N processes x M runs each, into a SQLite file and
-into a real PostgreSQL server (a throwaway local cluster with fsync on, tools/pg_cluster.py). Prints, per back end,
-the runs stored, the runs lost (expected - stored, must be 0), whether every stored run is
-complete, and the write throughput.
+into a real PostgreSQL server (a throwaway local cluster with fsync on, tools/pg_cluster.py).
+Prints, per back end, the runs stored, the runs lost (expected - stored, must be 0), whether
+every stored run is complete, and the write throughput.
 
 What is timed: from the moment every writer has its store open (a barrier, so interpreter start-up
 and imports are not counted) to the last writer's last commit. Each run is a LatencyReport with
