@@ -110,8 +110,7 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         if version is None or version < SCHEMA_VERSION:
-            with self._b.transaction() as db:
-                self._b.lock_schema(db)
+            with self._b.schema_transaction() as db:
                 version = self._version()  # another process may have done it meanwhile
                 if version is None:
                     for stmt in filter(str.strip, _SCHEMA.split(";")):

@@ -117,8 +117,10 @@ class SqliteBackend:
             raise
         self._db.execute("COMMIT")
 
-    def lock_schema(self, tx) -> None:
-        """Nothing to do: `BEGIN IMMEDIATE` already serialises schema creation."""
+    def schema_transaction(self):
+        """The transaction that creates or migrates the schema: `BEGIN IMMEDIATE` already
+        serialises it with every other writer."""
+        return self.transaction()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._db.execute(sql, params).fetchall()
@@ -235,8 +237,18 @@ class PostgresBackend:
         else:
             tx.__exit__(None, None, None)
 
-    def lock_schema(self, tx: _PgTx) -> None:
-        tx.execute(f"SELECT pg_advisory_xact_lock({self.SCHEMA_LOCK})")
+    @contextmanager
+    def schema_transaction(self) -> Iterator[_PgTx]:
+        """The transaction that creates or migrates the schema, one runner at a time. The lock is
+        taken before BEGIN, so the transaction sees the tables a runner before it created (a
+        lock taken inside it would leave it looking at the catalog as it was before the wait)."""
+        self.query(f"SELECT pg_advisory_lock({self.SCHEMA_LOCK})")
+        try:
+            with self.transaction() as tx:
+                yield tx
+        finally:
+            if not self._conn.broken:  # else the server released it with the session
+                self.query(f"SELECT pg_advisory_unlock({self.SCHEMA_LOCK})")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """A read (autocommit); a read on a dropped connection is retried once on a new one."""

@@ -182,9 +182,9 @@ def _writer(path: str, worker: int, count: int) -> None:
 
 
 def test_four_processes_writing_concurrently_lose_nothing(store_location):
-    """4 writers x 50 runs, from separate processes, into one store: 200 runs, 0 lost."""
+    """4 writers x 50 runs, from separate processes, into one store: 200 runs, 0 lost. The
+    store does not exist yet: the writers race to create its schema too."""
     path = store_location
-    Store(path).close()
     ctx = mp.get_context("spawn")
     workers = (1, 2, 3, 4)
     procs = [ctx.Process(target=_writer, args=(path, w, 50)) for w in workers]
