@@ -23,6 +23,19 @@ from .store_backends import StoreLocation, open_backend, parse_location
 
 SCHEMA_VERSION = 2
 
+
+def default_store_path() -> StoreLocation:
+    """Where results go unless told otherwise: $DEPLOYKIT_STORE (a file path or a postgresql://
+    URL), else the user's data folder."""
+    import os
+
+    if os.environ.get("DEPLOYKIT_STORE"):
+        return parse_location(os.environ["DEPLOYKIT_STORE"])
+    from platformdirs import user_data_dir
+
+    return parse_location(Path(user_data_dir("deploykit")) / "results.sqlite")
+
+
 # The schema as deploykit 0.1 wrote it (version 1); later versions are the migrations below, so
 # a new store and an upgraded one go through the same statements.
 _SCHEMA = """
@@ -304,6 +317,12 @@ class Store:
         sha, path, parent, transform, config = r[0]
         return ModelRef(path=Path(path or ""), sha256=sha, parent_sha256=parent,
                         transform=transform, config=json.loads(config))
+
+    def resolve_model(self, prefix: str) -> str | None:
+        """The full sha256 of the one stored model whose sha256 starts with `prefix`."""
+        rows = self._read("SELECT sha256 FROM models WHERE sha256 LIKE ? LIMIT 2",
+                          (prefix.lower() + "%",))
+        return rows[0][0] if len(rows) == 1 else None
 
     def lineage(self, sha256: str) -> list[ModelRef]:
         """The model and its ancestors, newest first (how was this made)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..core import TimingPlan
@@ -79,8 +78,6 @@ def store_path(args: argparse.Namespace) -> StoreLocation:
     postgresql:// URL (anything else is refused here). Printing it masks any password."""
     if getattr(args, "store", None):
         return parse_location(args.store)
-    if os.environ.get("DEPLOYKIT_STORE"):
-        return parse_location(os.environ["DEPLOYKIT_STORE"])
-    from platformdirs import user_data_dir
+    from ..store import default_store_path
 
-    return parse_location(Path(user_data_dir("deploykit")) / "results.sqlite")
+    return default_store_path()
