@@ -107,9 +107,9 @@ def _runner_a(url: str, key: str) -> None:
 def test_a_measurement_stored_by_one_runner_is_reused_by_another(pg_cluster):
     """search keys a measurement by what was timed and the comparable part of the environment
     fingerprint; a runner with the same fingerprint finds another runner's measurement."""
-    from deploykit import targets
+    from deploykit.backends import registry as targets
     from deploykit.core import TimingPlan
-    from deploykit.search import measurement_key
+    from deploykit.search.engine import measurement_key
 
     url = pg_cluster.create_db()
     plan = TimingPlan(max_time_s=1.0)
