@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.deploykit-installed
-EXTRAS ?= dev,tvm,openvino,report
+EXTRAS ?= dev,tvm,openvino,report,postgres
 
 .PHONY: install demo test clean
 

@@ -59,7 +59,7 @@ def _record(store: PathLike | bool | None, models: Sequence[ModelRef] = (),
         return
     from .store import Store, default_store_path
 
-    with Store(default_store_path() if store is True else Path(store)) as s:
+    with Store(default_store_path() if store is True else store) as s:
         for m in models:
             s.record_model(m)
         for rep, m in reports:
@@ -237,7 +237,7 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
         calib, synthetic = synthetic_calibration(specs, seed=seed + 1, overrides=shapes), True
     out = Path(output)
     store_file = (default_store_path() if store is True else
-                  Path(store) if store else out / ".work" / "results.sqlite")
+                  store if store else out / ".work" / "results.sqlite")
     with Store(store_file) as s:
         result = Search(ref.path, target, cfg, out, s, feeds=feeds, calibration=calib,
                         calibration_is_synthetic=synthetic, progress=progress,

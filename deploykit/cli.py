@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread (deploykit.cli.main called from a worker thread)
         previous = None
     try:
+        if hasattr(args, "store"):  # a bad --store / $DEPLOYKIT_STORE is refused before any work
+            from .commands._common import store_path
+
+            store_path(args)
         return int(args._run(args) or 0)
     except DeployKitError as e:
         msg = " ".join(str(e).split())

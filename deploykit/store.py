@@ -1,39 +1,43 @@
-"""The results store: every profile run, with its raw samples and the model's lineage, in SQLite.
+"""The results store: every profile run, with its raw samples and the model's lineage, in SQLite
+(one file, the zero-set-up default) or PostgreSQL (one database shared by a team's runners).
 
-Why SQLite in WAL mode with one transaction per write: two `deploykit profile` processes may write
-at once, and a process killed mid-run must lose at most the run it was writing. WAL lets readers
-and one writer proceed together; `BEGIN IMMEDIATE` plus a busy timeout serialises writers; a
-transaction that was not committed simply never appears.
+Why one transaction per write: several `deploykit` processes, on one machine or many, may write at
+once, and a process (or a database server) that dies mid-run must lose at most the run it was
+writing: a transaction that was not committed simply never appears. Every statement and row
+conversion lives here, once; `store_backends.py` supplies the connection and the few dialect words.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from .core import LatencyReport, ModelRef
 from .errors import StoreError
+from .store_backends import StoreLocation, open_backend, parse_location
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 60.0
+SCHEMA_VERSION = 2
 
 
-def default_store_path() -> Path:
-    """Where results go unless told otherwise: $DEPLOYKIT_STORE, else the user's data folder."""
+def default_store_path() -> StoreLocation:
+    """Where results go unless told otherwise: $DEPLOYKIT_STORE (a file path or a postgresql://
+    URL), else the user's data folder."""
     import os
 
     if os.environ.get("DEPLOYKIT_STORE"):
-        return Path(os.environ["DEPLOYKIT_STORE"])
+        return parse_location(os.environ["DEPLOYKIT_STORE"])
     from platformdirs import user_data_dir
 
-    return Path(user_data_dir("deploykit")) / "results.sqlite"
+    return parse_location(Path(user_data_dir("deploykit")) / "results.sqlite")
 
+
+# The schema as deploykit 0.1 wrote it (version 1); later versions are the migrations below, so
+# a new store and an upgraded one go through the same statements.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -62,6 +66,16 @@ CREATE INDEX IF NOT EXISTS runs_by_path ON runs(model_path, target, created);
 CREATE INDEX IF NOT EXISTS per_op_by_run ON per_op(run_id);
 """
 
+# version -> {dialect: statements}. 2: per_op rows get an explicit order (PostgreSQL has no rowid);
+# rows written before keep their insertion order.
+_MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"sqlite": ("ALTER TABLE per_op ADD COLUMN pos INTEGER",
+                   "UPDATE per_op SET pos = rowid"),
+        "postgresql": ("ALTER TABLE per_op ADD COLUMN pos INTEGER",
+                       "UPDATE per_op SET pos = o.rn FROM (SELECT ctid AS c, row_number() OVER "
+                       "(ORDER BY ctid) AS rn FROM per_op) o WHERE per_op.ctid = o.c")},
+}
+
 
 @dataclass(frozen=True)
 class RunRow:
@@ -85,63 +99,72 @@ class RunRow:
 
 
 class Store:
-    """Open (creating if needed) the results database at `path`."""
+    """Open (creating or upgrading if needed) the results database at `location`: a file path
+    (SQLite) or a postgresql://USER@HOST:PORT/DB URL (see `store_backends.parse_location`)."""
 
-    def __init__(self, path: str | Path):
-        from .store_open import check_store
+    def __init__(self, location: str | Path | StoreLocation):
+        loc = parse_location(location)
+        self.location = loc
+        self.path = loc.path  # the SQLite file, None for a server
+        self.shown = loc.shown  # what messages say: never the password
+        if loc.path is not None:
+            from .store_open import check_store
 
-        self.path = Path(path)
-        check_store(self.path, SCHEMA_VERSION)  # before anything could change a foreign file
+            check_store(loc.path, SCHEMA_VERSION)  # before anything could change a foreign file
+        self._b = open_backend(loc)  # StoreError when the file or server cannot be opened
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S,
-                                       isolation_level=None)
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
-            self._db.execute("PRAGMA foreign_keys = ON")
             self._init_schema()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open results store {self.path}: {e}") from None
+        except self._b.errors as e:
+            msg = self._b.message(e)
+            self.close()
+            raise StoreError(f"cannot open results store {self.shown}: {msg}") from None
+        except BaseException:
+            self.close()
+            raise
 
     def _init_schema(self) -> None:
-        row = self._version()
-        if row is None:
-            with self._write() as db:
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
-                    db.execute(stmt)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                           (str(SCHEMA_VERSION),))
-            row = self._version()
-        if row is None or int(row) > SCHEMA_VERSION:
-            raise StoreError(f"results store {self.path} has schema version {row}, newer than this "
-                             f"deploykit understands ({SCHEMA_VERSION}): upgrade deploykit or use "
-                             "another --store")
+        version = self._version()
+        if version == SCHEMA_VERSION:
+            return
+        if version is None or version < SCHEMA_VERSION:
+            with self._b.schema_transaction() as db:
+                version = self._version()  # another process may have done it meanwhile
+                if version is None:
+                    for stmt in filter(str.strip, _SCHEMA.split(";")):
+                        db.execute(self._b.ddl(stmt))
+                    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+                    version = 1
+                if version < SCHEMA_VERSION:
+                    for v in range(version + 1, SCHEMA_VERSION + 1):
+                        for stmt in _MIGRATIONS[v][self._b.dialect]:
+                            db.execute(self._b.ddl(stmt))
+                    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                               (str(SCHEMA_VERSION),))
+                    version = SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"results store {self.shown} has schema version {version}, newer than "
+                             f"this deploykit understands ({SCHEMA_VERSION}): upgrade deploykit or "
+                             "use another --store")
 
-    def _version(self) -> str | None:
-        try:
-            r = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError:  # no meta table yet
+    def _version(self) -> int | None:
+        if not self._b.has_table("meta"):
             return None
-        return r[0] if r else None
-
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type, *_):
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-    def _write(self) -> "_Tx":
-        """One write transaction; `BEGIN IMMEDIATE` takes the write lock up front (no deadlock)."""
-        return self._Tx(self._db)
+        r = self._b.query("SELECT value FROM meta WHERE key = 'schema_version'")
+        if not r:
+            return None
+        try:
+            return int(r[0][0])
+        except ValueError:
+            raise StoreError(f"results store {self.shown} has a malformed schema version "
+                             f"{r[0][0]!r}") from None
 
     def close(self) -> None:
-        self._db.close()
+        if self._b is not None:
+            try:
+                self._b.close()
+            except Exception:  # closing a connection the server already dropped
+                pass
+            self._b = None
 
     def __enter__(self) -> "Store":
         return self
@@ -154,18 +177,20 @@ class Store:
     def record_model(self, model: ModelRef) -> None:
         """Insert or update a model's lineage (path, parent, transform, config)."""
         try:
-            with self._write() as db:
+            with self._b.transaction() as db:
                 self._upsert_model(db, model)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot write to results store {self.path}: {e}") from None
+        except self._b.errors as e:
+            raise self._write_error(e) from None
 
     @staticmethod
-    def _upsert_model(db: sqlite3.Connection, m: ModelRef) -> None:
+    def _upsert_model(db, m: ModelRef) -> None:
         db.execute(
             "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO UPDATE SET "
-            "path = excluded.path, parent_sha256 = coalesce(excluded.parent_sha256, parent_sha256),"
-            " transform = coalesce(excluded.transform, transform),"
-            " config = CASE WHEN excluded.config = '{}' THEN config ELSE excluded.config END",
+            "path = excluded.path,"
+            " parent_sha256 = coalesce(excluded.parent_sha256, models.parent_sha256),"
+            " transform = coalesce(excluded.transform, models.transform),"
+            " config = CASE WHEN excluded.config = '{}' THEN models.config"
+            " ELSE excluded.config END",
             (m.sha256, str(m.path), m.parent_sha256, m.transform,
              json.dumps(dict(m.config), sort_keys=True, default=str), time.time()))
 
@@ -184,37 +209,44 @@ class Store:
         d.pop("samples_ms")
         lo, hi = report.ci95_ms if len(samples) else (float("nan"), float("nan"))
         try:
-            with self._write() as db:
+            with self._b.transaction() as db:
                 if model is not None:
                     self._upsert_model(db, model)
                 else:
-                    db.execute("INSERT OR IGNORE INTO models (sha256, path, created) "
-                               "VALUES (?, ?, ?)",
+                    db.execute("INSERT INTO models (sha256, path, created) VALUES (?, ?, ?) "
+                               "ON CONFLICT DO NOTHING",
                                (report.model_sha256, report.model_path, time.time()))
-                db.execute("INSERT OR IGNORE INTO artifacts VALUES (?, ?, ?, ?)",
+                db.execute("INSERT INTO artifacts VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                            (report.artifact_id, report.model_sha256, report.target,
                             json.dumps(dict(report.target_config), sort_keys=True, default=str)))
                 cur = db.execute(
                     "INSERT INTO runs (artifact_id, model_sha256, model_path, target, env, created,"
                     " n, median_ms, p90_ms, p99_ms, ci_lo_ms, ci_hi_ms, stop_reason, labels,"
-                    " label, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " label, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " RETURNING id",
                     (report.artifact_id, report.model_sha256, report.model_path, report.target,
                      json.dumps(dict(report.env), sort_keys=True, default=str), report.created,
                      len(samples), *(_nan_to_none(v) for v in (
                          report.median_ms, report.p90_ms, report.p99_ms, lo, hi)),
                      report.stop_reason, json.dumps(list(report.labels)), label,
                      json.dumps(d, default=str)))
-                run_id = int(cur.lastrowid)
+                run_id = int(cur.fetchall()[0][0])
                 db.execute("INSERT INTO samples VALUES (?, ?, ?)",
                            (run_id, len(samples), samples.tobytes()))
-                db.executemany("INSERT INTO per_op VALUES (?, ?, ?, ?, ?, ?)",
-                               [(run_id, o.name, o.op_type, o.total_ms, o.share, o.calls)
-                                for o in report.per_op])
+                if report.per_op:
+                    db.executemany("INSERT INTO per_op (run_id, name, op_type, total_ms, share,"
+                                   " calls, pos) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                   [(run_id, o.name, o.op_type, o.total_ms, o.share, o.calls, i)
+                                    for i, o in enumerate(report.per_op)])
                 if _key is not None:
-                    db.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?)", (_key, run_id))
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot write to results store {self.path}: {e}") from None
+                    db.execute("INSERT INTO measurements VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                               "SET run_id = excluded.run_id", (_key, run_id))
+        except self._b.errors as e:
+            raise self._write_error(e) from None
         return run_id
+
+    def _write_error(self, e: BaseException) -> StoreError:
+        return StoreError(f"cannot write to results store {self.shown}: {self._b.message(e)}")
 
     def put_measurement(self, key: str, report: LatencyReport, *,
                         model: ModelRef | None = None) -> int:
@@ -225,20 +257,21 @@ class Store:
     # ---- reading -------------------------------------------------------------------------
 
     def get_measurement(self, key: str) -> LatencyReport | None:
-        r = self._read("SELECT run_id FROM measurements WHERE key = ?", (key,)).fetchone()
-        return None if r is None else self.report(r[0])
+        r = self._read("SELECT run_id FROM measurements WHERE key = ?", (key,))
+        return self.report(r[0][0]) if r else None
 
     def report(self, run_id: int) -> LatencyReport:
         """The full LatencyReport of a stored run, raw samples included."""
         r = self._read("SELECT runs.report, samples.data FROM runs JOIN samples "
-                       "ON samples.run_id = runs.id WHERE runs.id = ?", (int(run_id),)).fetchone()
-        if r is None:
-            raise StoreError(f"no run {run_id} in results store {self.path}")
-        d = json.loads(r[0])
-        d["samples_ms"] = np.frombuffer(r[1], dtype="<f8").tolist()
+                       "ON samples.run_id = runs.id WHERE runs.id = ?", (int(run_id),))
+        if not r:
+            raise StoreError(f"no run {run_id} in results store {self.shown}")
+        d = json.loads(r[0][0])
+        d["samples_ms"] = np.frombuffer(bytes(r[0][1]), dtype="<f8").tolist()
+        ops = self._read("SELECT name, op_type, total_ms, share, calls FROM per_op "
+                         "WHERE run_id = ? ORDER BY pos", (int(run_id),))
         d["per_op"] = [dict(zip(("name", "op_type", "total_ms", "share", "calls"), row))
-                       for row in self._read("SELECT name, op_type, total_ms, share, calls FROM "
-                                             "per_op WHERE run_id = ? ORDER BY rowid", (run_id,))]
+                       for row in ops]
         return LatencyReport.from_dict(d)
 
     def runs(self, model: str | None = None, target: str | None = None,
@@ -282,16 +315,17 @@ class Store:
 
     def model(self, sha256: str) -> ModelRef | None:
         r = self._read("SELECT sha256, path, parent_sha256, transform, config FROM models "
-                       "WHERE sha256 = ?", (sha256,)).fetchone()
-        if r is None:
+                       "WHERE sha256 = ?", (sha256,))
+        if not r:
             return None
-        return ModelRef(path=Path(r[1] or ""), sha256=r[0], parent_sha256=r[2], transform=r[3],
-                        config=json.loads(r[4]))
+        sha, path, parent, transform, config = r[0]
+        return ModelRef(path=Path(path or ""), sha256=sha, parent_sha256=parent,
+                        transform=transform, config=json.loads(config))
 
     def resolve_model(self, prefix: str) -> str | None:
         """The full sha256 of the one stored model whose sha256 starts with `prefix`."""
         rows = self._read("SELECT sha256 FROM models WHERE sha256 LIKE ? LIMIT 2",
-                          (prefix.lower() + "%",)).fetchall()
+                          (prefix.lower() + "%",))
         return rows[0][0] if len(rows) == 1 else None
 
     def lineage(self, sha256: str) -> list[ModelRef]:
@@ -309,13 +343,24 @@ class Store:
         return chain
 
     def integrity_ok(self) -> bool:
-        return self._read("PRAGMA integrity_check").fetchone()[0] == "ok"
-
-    def _read(self, sql: str, params: Any = ()) -> Iterator[tuple]:
+        """The database engine's own check, and every run complete: its samples all there."""
         try:
-            return self._db.execute(sql, params)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot read results store {self.path}: {e}") from None
+            if not self._b.engine_check():
+                return False
+        except self._b.errors as e:
+            raise StoreError(f"cannot read results store {self.shown}: {self._b.message(e)}") \
+                from None
+        bad = self._read("SELECT count(*) FROM runs LEFT JOIN samples ON samples.run_id = runs.id"
+                         " WHERE samples.run_id IS NULL OR samples.n <> runs.n"
+                         " OR length(samples.data) <> 8 * samples.n")
+        return bad[0][0] == 0
+
+    def _read(self, sql: str, params: Any = ()) -> list[tuple]:
+        try:
+            return self._b.query(sql, params)
+        except self._b.errors as e:
+            raise StoreError(f"cannot read results store {self.shown}: {self._b.message(e)}") \
+                from None
 
 
 def _nan_to_none(x: float) -> float | None:

@@ -6,7 +6,6 @@ WAL switch, no tables created in it).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -14,19 +13,6 @@ from urllib.parse import quote
 
 from .errors import StoreError
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def store_location(text: str, source: str = "--store") -> Path:
-    """The SQLite file a --store value (or $DEPLOYKIT_STORE) names. A URL is refused: deploykit
-    stores results in an SQLite file only, and `postgresql://...` must not become a folder."""
-    if _URL.match(text):
-        scheme = text.split("://", 1)[0]
-        raise StoreError(f"{source} {text!r}: '{scheme}://' stores are not supported; give the "
-                         "path of an SQLite file (e.g. results.sqlite), or --no-store")
-    if not text.strip():
-        raise StoreError(f"{source}: empty path; give the path of an SQLite file, or --no-store")
-    return Path(text)
 
 
 def _remedy(path: Path) -> str:

@@ -43,6 +43,33 @@ def _hardware(item) -> str | None:
     return next((m for m in HARDWARE if item.get_closest_marker(m) is not None), None)
 
 
+def load_pg_cluster():
+    """tools/pg_cluster.py as a module (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pg_cluster", REPO / "tools" / "pg_cluster.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A real PostgreSQL server for this test session (throwaway cluster on a loopback port)."""
+    cluster = load_pg_cluster().PgCluster()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path) -> str:
+    """A fresh, empty results store on each back end: a SQLite file, or a new PostgreSQL
+    database on the session's server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "r.sqlite")
+    return request.getfixturevalue("pg_cluster").create_db()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI (CI=true) a skipped test is a hole, not a pass: fail it, unless it is marked with a

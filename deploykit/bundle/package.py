@@ -41,7 +41,8 @@ class PackageOptions:
     atol_frac: float | None = None  # override the per-kind scale-relative tolerance
     tvm_runtime: str | None = None  # folder with the device's libtvm_runtime.so / libtvm_ffi.so
     force: bool = False
-    store: str | None = None  # results store to read lineage from / record latency in
+    # results store to read lineage from / record latency in: a path, URL or StoreLocation
+    store: Any = None
 
 
 def tolerances(golden: list[tuple[str, np.ndarray]], kind: str,
@@ -57,11 +58,13 @@ def tolerances(golden: list[tuple[str, np.ndarray]], kind: str,
     return tol
 
 
-def _lineage(model: ModelRef, store_path: str | None) -> list[dict[str, Any]]:
+def _lineage(model: ModelRef, store_path: Any) -> list[dict[str, Any]]:
     """How the model was made, from the results store (compress records every step)."""
-    if not store_path or not Path(store_path).is_file():
-        return []
     from ..store import Store
+    from ..store_backends import parse_location
+
+    if not store_path or not parse_location(store_path).exists():
+        return []
 
     with Store(store_path) as store:
         chain = store.lineage(model.sha256)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from ..core import TimingPlan
 from ..errors import InputError
+from ..store_backends import StoreLocation, parse_location
 
 
 def add_target_args(p: argparse.ArgumentParser, default: str = "ort-cpu") -> None:
@@ -76,26 +75,29 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def store_path(args: argparse.Namespace) -> Path:
-    from ..store_open import store_location
-
-    if getattr(args, "store", None) is not None:
-        return store_location(args.store)
-    if os.environ.get("DEPLOYKIT_STORE"):
-        return store_location(os.environ["DEPLOYKIT_STORE"], "$DEPLOYKIT_STORE")
+def store_path(args: argparse.Namespace) -> StoreLocation:
+    """--store, else $DEPLOYKIT_STORE, else the per-user SQLite file; a file path or a
+    postgresql:// URL (anything else is refused here). Printing it masks any password."""
+    if getattr(args, "store", None) is not None:  # an empty --store "" is refused, not ignored
+        return parse_location(args.store)
     from ..store import default_store_path
 
     return default_store_path()
 
 
-def check_store(args: argparse.Namespace) -> Path | None:
-    """The store this command will record in, checked now (read-only), before any expensive
-    work; None with --no-store."""
+def check_store(args: argparse.Namespace) -> StoreLocation | None:
+    """The store this command will record in, checked now, before any expensive work (an SQLite
+    file read-only; a server by connecting); None with --no-store."""
     if getattr(args, "no_store", False):
         return None
-    from ..store import SCHEMA_VERSION
-    from ..store_open import check_store as check
+    loc = store_path(args)
+    if loc.path is not None:
+        from ..store import SCHEMA_VERSION
+        from ..store_open import check_store as check
 
-    path = store_path(args)
-    check(path, SCHEMA_VERSION)
-    return path
+        check(loc.path, SCHEMA_VERSION)
+    else:
+        from ..store import Store
+
+        Store(loc).close()  # the server answers and holds a deploykit schema it understands
+    return loc

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     plan = _common.plan_from_args(args)
     shapes = tuple(_common.parse_shapes(args.shape).items())
     store_file = _common.check_store(args)
-    store = None if store_file is None else str(store_file)
+    store = store_file  # a StoreLocation (file or server) or None
     target = targets.get(args.target, require_available=not args.no_measure,
                          threads=args.threads, device=args.device, tracker=args.tracker)
     opts = PackageOptions(measure=not args.no_measure, plan=plan,
