@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import stats
+from . import stats, validity
 
 
 def stable_hash(*parts: Any, n: int = 16) -> str:
@@ -72,6 +72,8 @@ class TimingPlan:
     max_time_s: float = 30.0
     block_s: float = 0.5  # foreign-load bookkeeping granularity
     contamination_threshold: float = 0.25  # foreign CPU share (of all cores) that taints a block
+    wait_quiet_s: float = 0.0  # > 0: pause while foreign load is above the mark, discard blocks
+    # that overlapped it, give up after this many seconds (measure.QuietWaiter)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class LatencyReport:
     roofline_ms: float | None = None
     labels: tuple[str, ...] = ()  # e.g. "emulated", "untuned: run deploykit tune"
     created: float = field(default_factory=time.time)
+    discarded_blocks: int = 0  # blocks dropped by --wait-quiet because they overlapped load
+    quiet_wait_s: float = 0.0  # time spent waiting for the machine to quieten
 
     @property
     def median_ms(self) -> float:
@@ -166,13 +170,25 @@ class LatencyReport:
         return sum(b.n for b in self.blocks if b.contaminated) / n if n else 0.0
 
     @property
+    def validity(self) -> "validity.Validity":
+        """Is this a result? clean / contaminated / unstable, with the reason (validity.py)."""
+        return validity.assess(self.samples_ms, self.blocks,
+                               threshold=TimingPlan.contamination_threshold,
+                               discarded_blocks=self.discarded_blocks,
+                               quiet_wait_s=self.quiet_wait_s)
+
+    @property
     def roofline_efficiency(self) -> float | None:
         return None if self.roofline_ms is None else self.roofline_ms / self.median_ms
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["samples_ms"] = list(self.samples_ms)
+        v = self.validity
         d.update(
+            state=v.state,
+            reason=v.reason,
+            validity=v.to_dict(),
             median_ms=self.median_ms,
             p90_ms=self.p90_ms,
             p99_ms=self.p99_ms,
