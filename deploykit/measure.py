@@ -249,7 +249,7 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
                 if bar:
                     bar.update(task, info=text)
 
-            waiter = QuietWaiter(monitor, plan, status, _warn)
+            waiter = QuietWaiter(monitor, plan, status, warn_user)
             waiter.wait("before warm-up")
         for s in series:
             s.prepare()
@@ -289,7 +289,7 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
     return [s.timing(reason, waiter) for s in series]
 
 
-def _warn(text: str) -> None:
+def warn_user(text: str) -> None:
     import sys
 
     print(f"deploykit: warning: {text}", file=sys.stderr)

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS runs (
     model_sha256 TEXT NOT NULL REFERENCES models(sha256),
     model_path TEXT, target TEXT NOT NULL, env TEXT NOT NULL, created REAL NOT NULL,
     n INTEGER NOT NULL, median_ms REAL, p90_ms REAL, p99_ms REAL, ci_lo_ms REAL, ci_hi_ms REAL,
-    stop_reason TEXT, labels TEXT NOT NULL DEFAULT '[]', label TEXT, report TEXT NOT NULL);
+    stop_reason TEXT, labels TEXT NOT NULL DEFAULT '[]', label TEXT, report TEXT NOT NULL,
+    state TEXT);
 CREATE TABLE IF NOT EXISTS samples (
     run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
     n INTEGER NOT NULL, data BLOB NOT NULL);
@@ -71,6 +72,7 @@ class RunRow:
     labels: tuple[str, ...]
     label: str | None
     env: Mapping[str, Any]
+    state: str = "clean"  # the measurement's validity state (validity.py)
 
 
 class Store:
@@ -103,6 +105,11 @@ class Store:
             raise StoreError(f"results store {self.path} has schema version {row}, newer than this "
                              f"deploykit understands ({SCHEMA_VERSION}): upgrade deploykit or use "
                              "another --store")
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+        if "state" not in cols:  # stores written before runs carried their state: add the column
+            with self._write() as db:  # (NULL: computed from the stored report when read)
+                if "state" not in {r[1] for r in db.execute("PRAGMA table_info(runs)")}:
+                    db.execute("ALTER TABLE runs ADD COLUMN state TEXT")
 
     def _version(self) -> str | None:
         try:
@@ -183,13 +190,13 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO runs (artifact_id, model_sha256, model_path, target, env, created,"
                     " n, median_ms, p90_ms, p99_ms, ci_lo_ms, ci_hi_ms, stop_reason, labels,"
-                    " label, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " label, report, state) VALUES (" + ", ".join("?" * 17) + ")",
                     (report.artifact_id, report.model_sha256, report.model_path, report.target,
                      json.dumps(dict(report.env), sort_keys=True, default=str), report.created,
                      len(samples), *(_nan_to_none(v) for v in (
                          report.median_ms, report.p90_ms, report.p99_ms, lo, hi)),
                      report.stop_reason, json.dumps(list(report.labels)), label,
-                     json.dumps(d, default=str)))
+                     json.dumps(d, default=str), d["state"]))
                 run_id = int(cur.lastrowid)
                 db.execute("INSERT INTO samples VALUES (?, ?, ?)",
                            (run_id, len(samples), samples.tobytes()))
@@ -210,9 +217,16 @@ class Store:
 
     # ---- reading -------------------------------------------------------------------------
 
-    def get_measurement(self, key: str) -> LatencyReport | None:
+    def get_measurement(self, key: str, *, allow_contaminated: bool = False
+                        ) -> LatencyReport | None:
+        """The report remembered under `key`; None when there is none, or when it was taken
+        under foreign load (unless allowed): a contaminated measurement is never reused as if it
+        were clean, it is measured again (and the new run replaces it under `key`)."""
         r = self._read("SELECT run_id FROM measurements WHERE key = ?", (key,)).fetchone()
-        return None if r is None else self.report(r[0])
+        if r is None:
+            return None
+        rep = self.report(r[0])
+        return rep if allow_contaminated or rep.validity.state != "contaminated" else None
 
     def report(self, run_id: int) -> LatencyReport:
         """The full LatencyReport of a stored run, raw samples included."""
@@ -246,7 +260,8 @@ class Store:
             where.append("created >= ?")
             params.append(since)
         sql = ("SELECT id, created, model_sha256, model_path, target, artifact_id, n, median_ms,"
-               " p90_ms, p99_ms, ci_lo_ms, ci_hi_ms, stop_reason, labels, label, env FROM runs")
+               " p90_ms, p99_ms, ci_lo_ms, ci_hi_ms, stop_reason, labels, label, env, state"
+               " FROM runs")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY created {'ASC' if oldest_first else 'DESC'}, id " \
@@ -258,8 +273,9 @@ class Store:
                        artifact_id=r[5], n=r[6], median_ms=_none_to_nan(r[7]),
                        p90_ms=_none_to_nan(r[8]), p99_ms=_none_to_nan(r[9]),
                        ci95_ms=(_none_to_nan(r[10]), _none_to_nan(r[11])), stop_reason=r[12],
-                       labels=tuple(json.loads(r[13])), label=r[14], env=json.loads(r[15]))
-                for r in self._read(sql, params)]
+                       labels=tuple(json.loads(r[13])), label=r[14], env=json.loads(r[15]),
+                       state=r[16] or self.report(r[0]).validity.state)
+                for r in self._read(sql, params).fetchall()]
 
     def series(self, model: str | None = None, target: str | None = None, *,
                model_path: str | None = None) -> list[RunRow]:

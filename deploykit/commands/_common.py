@@ -41,17 +41,18 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="longest warm-up in seconds (default 5)")
 
 
-def add_honesty_args(p: argparse.ArgumentParser, wait_quiet: bool = True) -> None:
+def add_honesty_args(p: argparse.ArgumentParser, strict: bool = True) -> None:
     """--strict / --no-strict (exit 3 when the measurement is not clean) and --wait-quiet."""
     g = p.add_argument_group("measuring on a shared machine")
+    g.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="pause while other processes load the CPU, discard timed blocks that "
+                        "overlapped their load, give up after SECONDS (default 0: off)")
+    if not strict:
+        return
     g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                    help="exit 3 when the measurement is not clean (contaminated by other "
                         "processes' load, or unstable); outputs are still written. Default: on "
                         "when CI=true, else off")
-    if wait_quiet:
-        g.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                       help="pause while other processes load the CPU, discard timed blocks that "
-                            "overlapped their load, give up after SECONDS (default 0: off)")
 
 
 def strict(args: argparse.Namespace) -> bool:
@@ -88,12 +89,16 @@ def plan_from_args(args: argparse.Namespace) -> TimingPlan:
         raise InputError(f"--warmup-max must be >= 0, got {args.warmup_max}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    wait = getattr(args, "wait_quiet", 0.0) or 0.0
-    if not wait >= 0:
-        raise InputError(f"--wait-quiet must be >= 0 seconds, got {wait}")
     return TimingPlan(target_rel_ci=args.rel_ci, max_time_s=args.max_time,
                       min_samples=args.min_samples, warmup_max_s=args.warmup_max,
-                      wait_quiet_s=wait)
+                      wait_quiet_s=wait_quiet(args))
+
+
+def wait_quiet(args: argparse.Namespace) -> float:
+    wait = getattr(args, "wait_quiet", 0.0) or 0.0
+    if not wait >= 0 or wait == float("inf"):
+        raise InputError(f"--wait-quiet must be a finite number of seconds >= 0, got {wait}")
+    return float(wait)
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:

@@ -18,7 +18,10 @@ HELP = "record a latency baseline file for `deploykit check` (raw samples, env, 
 DESCRIPTION = """Measure MODEL on a target and write a baseline file meant to be committed next to
 it: raw samples in timed rounds (a fresh session each), the environment fingerprint, model and
 artifact ids, input settings and the per-operator breakdown. `deploykit check` compares later
-models against it."""
+models against it. The file records the measurement's state (clean / contaminated / unstable):
+`deploykit check` refuses to compare stored samples with a contaminated baseline, and with
+--strict (on by default when CI=true) a baseline that is not clean exits 3 (it is still written).
+Exit codes: 0 done, 2 usage or input error, 3 not a clean measurement (--strict)."""
 
 MIN_ROUNDS = 10  # the gate always measures at least this many rounds, whatever the time cap
 ROUND_S = 1.0  # timed seconds per round, shared by the models of an interleaved check
@@ -33,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common.add_target_args(p)
     _common.add_input_args(p)
     add_gate_timing_args(p)
+    _common.add_honesty_args(p)
     _common.add_store_arg(p)
 
 
@@ -75,8 +79,8 @@ def feeds_for(artifact, feeds_cfg: Mapping[str, Any]):
 
 
 def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mapping[str, Any],
-                   max_time: float, warmup_max: float, progress: bool = False
-                   ) -> list[LatencyReport]:
+                   max_time: float, warmup_max: float, progress: bool = False,
+                   wait_quiet: float = 0.0) -> list[LatencyReport]:
     """Time `models` in rounds; each round creates fresh sessions, warms them up and times them
     for `round_s` seconds in short alternating blocks (`measure.compare`), so that the load of a
     shared machine, which changes within a second, hits every model of the round alike.
@@ -84,9 +88,12 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
     persistently by ~7% (measured here with 2 threads: some sessions run like single-threaded
     ones), so one session pair measures the session lottery; with a new pair each round, that
     lottery becomes round-to-round noise, which the gate's rank test on rounds accounts for.
+    With `wait_quiet` > 0 a round that overlapped foreign load is discarded and the next one
+    waits for quiet (measure.QuietWaiter), up to `wait_quiet` seconds in all.
     Returns one report per model with one block per round."""
     import scipy.stats  # noqa: F401  (import now, not inside the first timed round)
 
+    from .. import measure
     from ..measure import compare
 
     if max_time <= 0 or warmup_max <= 0:
@@ -100,10 +107,29 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
     feeds = None
     t0 = time.perf_counter()
     with _progress(progress, max_time) as bar:
+        waiter = None
+        if wait_quiet > 0:
+            def status(text: str) -> None:
+                if bar:
+                    bar.update(bar.task_ids[0], info=text)
+
+            waiter = measure.QuietWaiter(measure.make_load_monitor(),
+                                         replace(plan, wait_quiet_s=wait_quiet), status,
+                                         measure.warn_user)
+            waiter.wait("before the first round")
         while True:
             arts = [target.compile(m) for m in models]
             feeds = feeds or [feeds_for(a, feeds_cfg) for a in arts]
+            t_round = time.perf_counter()
             rounds.append(compare(arts, feeds, plan).reports)
+            if waiter and waiter.active and any(_round_load(r) > plan.contamination_threshold
+                                                for r in rounds[-1]):
+                rounds.pop()
+                for a in arts:
+                    a.close()
+                waiter.charge(time.perf_counter() - t_round)
+                waiter.wait("the last round overlapped foreign load")
+                continue
             elapsed = time.perf_counter() - t0
             if bar:
                 bar.update(bar.task_ids[0], completed=min(elapsed, max_time),
@@ -115,7 +141,16 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
                 a.close()
             if done:
                 break
-    return [_merge([r[i] for r in rounds], per_op[i]) for i in range(len(models))]
+    merged = [_merge([r[i] for r in rounds], per_op[i]) for i in range(len(models))]
+    if waiter:
+        merged = [replace(m, discarded_blocks=waiter.discarded, quiet_wait_s=waiter.spent_s)
+                  for m in merged]
+    return merged
+
+
+def _round_load(r: LatencyReport) -> float:
+    """Foreign load of one round: the time-weighted mean of its alternations."""
+    return sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, len(r.samples_ms))
 
 
 def _progress(enabled: bool, total: float):
@@ -140,7 +175,7 @@ def _merge(parts: Sequence[LatencyReport], per_op) -> LatencyReport:
     blocks = []
     for r in parts:
         n = len(r.samples_ms)
-        load = sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, n)
+        load = _round_load(r)
         blocks.append(Block(len(samples), n, load, load > TimingPlan.contamination_threshold))
         samples += r.samples_ms
     return replace(parts[-1], samples_ms=tuple(samples), blocks=tuple(blocks),
@@ -159,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                                                _common.parse_shapes(args.shape).items()},
                  "npz": args.inputs}
     (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
-                               progress=not args.quiet)
+                               progress=not args.quiet, wait_quiet=_common.wait_quiet(args))
     make_baseline(report, inputs, outputs, feeds_cfg, args.output).save(args.output)
     if not args.no_store:
         from ..store import Store
@@ -171,5 +206,5 @@ def run(args: argparse.Namespace) -> int:
 
         print_report(report, top=5)
         print(f"baseline written to {args.output} ({len(report.samples_ms)} samples in "
-              f"{len(report.blocks)} rounds of fresh sessions)")
-    return 0
+              f"{len(report.blocks)} rounds of fresh sessions; {report.validity.state})")
+    return _common.not_clean_exit(args, {args.output: report.validity})
