@@ -134,7 +134,7 @@ def load(root: Path, seconds: float, threshold: float,
     p0, s0 = _proc_ticks(root), _steal_ticks(root)
     t0 = time.perf_counter()
     share = (sample or (lambda s: measure.sample_load(measure.make_load_monitor(), s)))(seconds)
-    wall = max(time.perf_counter() - t0, 1e-9)
+    wall = max(time.perf_counter() - t0, seconds)
     p1, s1 = _proc_ticks(root), _steal_ticks(root)
     me = os.getpid()
     busy = sorted(((t - p0[pid][1]) / hz / wall, pid, comm) for pid, (comm, t) in p1.items()
