@@ -29,24 +29,43 @@ from .core import Artifact, Block, LatencyReport, TimingPlan
 
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _NCPU = os.cpu_count() or 1
+_PROC_STAT = "/proc/stat"
+
+
+def _allowed_cpus() -> frozenset[int] | None:
+    """The CPUs this process may run on when they are fewer than the machine's (a cpuset or
+    taskset): load on the other CPUs does not compete with the measurement."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    return frozenset(cpus) if len(cpus) < _NCPU else None
 
 
 class LoadMonitor:
-    """Foreign CPU share (0..1 of all cores) between `start()` and `stop()`."""
+    """Foreign CPU share (0..1 of the cores this process may run on: all of them, or its
+    affinity set when that is smaller) between `start()` and `stop()`."""
 
     def __init__(self) -> None:
         self._t0 = self._busy0 = self._own0 = 0.0
+        self._cpus = _allowed_cpus()
 
-    @staticmethod
-    def _busy_s() -> float | None:
+    def _busy_s(self) -> float | None:
         try:
-            with open("/proc/stat") as f:
-                fields = f.readline().split()[1:]
+            with open(_PROC_STAT) as f:
+                lines = f.readlines() if self._cpus else [f.readline()]
         except OSError:
             return None
-        v = [int(x) for x in fields]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-        return (sum(v[:8]) - idle) / _HZ  # user..steal; guest is already inside user
+        busy = 0
+        for line in lines:
+            name, *fields = line.split() or [""]
+            if not name.startswith("cpu") or (
+                    self._cpus and not (name[3:].isdigit() and int(name[3:]) in self._cpus)):
+                continue
+            v = [int(x) for x in fields]
+            idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+            busy += sum(v[:8]) - idle  # user..steal; guest is already inside user
+        return busy / _HZ
 
     @staticmethod
     def _own_s() -> float:
@@ -65,7 +84,8 @@ class LoadMonitor:
         # /proc/stat ticks at 1/_HZ: below two ticks per core the estimate is pure rounding.
         if wall < 2.0 / _HZ:
             return 0.0
-        return float(min(max(foreign / (wall * _NCPU), 0.0), 1.0))
+        ncpu = len(self._cpus) if self._cpus else _NCPU
+        return float(min(max(foreign / (wall * ncpu), 0.0), 1.0))
 
 
 # The seam for the foreign-load sampler: measure_many, QuietWaiter and `deploykit doctor` build
