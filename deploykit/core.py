@@ -1,17 +1,20 @@
-"""The pipeline's types: model file -> Artifact (compiled for a Target) -> LatencyReport.
+"""The pipeline's types: model file (ModelRef) -> Artifact (compiled for a Target, see
+backends/base.py) -> LatencyReport.
 
 Each stage returns its own type, so a wrong order is a type error: only an Artifact can be
 profiled, and a LatencyReport always knows which artifact, target and machine it came from.
+This module sits at the bottom of the layers: it imports nothing of deploykit's but `stats`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -22,6 +25,34 @@ def stable_hash(*parts: Any, n: int = 16) -> str:
     """Short id from JSON-serialisable parts (lineage ids, artifact ids)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def jsonable(x: Any) -> Any:
+    """`x` with NaN/infinities as None, numpy scalars as Python numbers, paths as strings: what
+    strict JSON parsers accept (json.dumps would write the literal NaN)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def to_json(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON text of a to_dict() result (no NaN/Infinity)."""
+    return json.dumps(jsonable(obj), indent=indent, default=str, allow_nan=False)
+
+
+class Result:
+    """Mixin of what a pipeline stage returns: strict JSON from the class's `to_dict()`."""
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return to_json(self.to_dict(), indent)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -73,7 +104,7 @@ class TimingPlan:
     block_s: float = 0.5  # foreign-load bookkeeping granularity
     contamination_threshold: float = 0.25  # foreign CPU share (of all cores) that taints a block
     wait_quiet_s: float = 0.0  # > 0: pause while foreign load is above the mark, discard blocks
-    # that overlapped it, give up after this many seconds (measure.QuietWaiter)
+    # that overlapped it, give up after this many seconds (measure.timing.QuietWaiter)
 
 
 @dataclass(frozen=True)
@@ -98,7 +129,7 @@ class Block:
 
 
 @dataclass(frozen=True)
-class LatencyReport:
+class LatencyReport(Result):
     """Latency is a distribution: raw samples are kept, statistics derive from them."""
 
     samples_ms: tuple[float, ...]
@@ -121,6 +152,13 @@ class LatencyReport:
     created: float = field(default_factory=time.time)
     discarded_blocks: int = 0  # blocks dropped by --wait-quiet because they overlapped load
     quiet_wait_s: float = 0.0  # time spent waiting for the machine to quieten
+
+    def __repr__(self) -> str:
+        lo, hi = self.ci95_ms
+        return (f"LatencyReport({self.target}, model {self.model_sha256[:12]}: median "
+                f"{self.median_ms:.4g} ms, 95% CI [{lo:.4g}, {hi:.4g}], p90 {self.p90_ms:.4g} ms, "
+                f"{len(self.samples_ms)} samples in {len(self.blocks)} blocks, "
+                f"{self.contaminated_fraction:.0%} under foreign load, {self.validity.state})")
 
     @property
     def median_ms(self) -> float:
@@ -212,65 +250,3 @@ class LatencyReport:
         kw["per_op"] = tuple(OpTime(**o) for o in d.get("per_op", ()))
         kw["labels"] = tuple(d.get("labels", ()))
         return cls(**kw)
-
-
-class Artifact:
-    """A model compiled for one target, ready to run. Backends subclass it.
-
-    `run(feeds)` must be cheap to call repeatedly (it is what gets timed); `per_op(feeds, runs)`
-    returns the breakdown in the shared OpTime schema.
-    """
-
-    def __init__(self, model: ModelRef, target: "Target", inputs: Sequence[TensorSpec],
-                 outputs: Sequence[TensorSpec], session_create_ms: float):
-        self.model = model
-        self.target = target
-        self.inputs = tuple(inputs)
-        self.outputs = tuple(outputs)
-        self.session_create_ms = session_create_ms
-        self.id = stable_hash(model.sha256, target.name, dict(target.config))
-        self.labels: tuple[str, ...] = ()
-        # backend facts that belong in the report's environment (e.g. the precision OpenVINO ran)
-        self.env: dict[str, Any] = {}
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def per_op(self, feeds: Mapping[str, np.ndarray], runs: int = 20,
-               trace_path: str | None = None) -> list[OpTime]:
-        raise NotImplementedError
-
-    def timed_runner(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
-        """A zero-argument callable that runs one inference: the thing the profiler times."""
-        return lambda: self.run(feeds)
-
-    def close(self) -> None:
-        pass
-
-
-class Target:
-    """Where a model runs. Built from a `targets/*.toml` description by `deploykit.targets.get`."""
-
-    def __init__(self, name: str, config: Mapping[str, Any]):
-        self.name = name
-        self.config = dict(config)
-
-    @property
-    def threads(self) -> int:
-        return int(self.config.get("threads", 2))
-
-    def unavailable_reason(self) -> str | None:
-        """None when usable here, else a one-line reason ("no CUDA provider")."""
-        return None
-
-    def compile(self, model: ModelRef) -> Artifact:
-        raise NotImplementedError
-
-    def profile(self, artifact: Artifact, feeds: Mapping[str, np.ndarray],
-                plan: TimingPlan = TimingPlan(), *, per_op: bool = True, progress: bool = False,
-                trace_path: str | None = None) -> LatencyReport:
-        """Time `artifact` locally with deploykit's methodology (backends may override, e.g. RPC)."""
-        from .measure import profile_artifact
-
-        return profile_artifact(artifact, feeds, plan, per_op=per_op, progress=progress,
-                                trace_path=trace_path)

@@ -1,5 +1,10 @@
 """Errors a user can act on. The CLI prints them as one line and exits with code 2."""
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PREAMBLE = ("Exception from", "Check '")  # OpenVINO's "where in the C++ source" lines
+
 
 class DeployKitError(Exception):
     """Base class: the message is shown to the user as-is, on one line."""
@@ -25,3 +30,20 @@ class TargetError(DeployKitError):
 
 class StoreError(DeployKitError):
     """The results store cannot be opened or written."""
+
+
+def first_line(e: BaseException, limit: int = 400) -> str:
+    """The one line of a library's exception worth showing a user: ANSI colours stripped; for a
+    message carrying a backtrace (TVM's C++ and Python frames), the last line that names an error;
+    otherwise the first line that is not OpenVINO's source-location preamble; the exception's type
+    name when the message is empty."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if any(ln.startswith(("Traceback", "File ", "Stack trace")) for ln in lines):
+        for ln in reversed(lines):
+            if re.search(r"(Error|error|Check failed)", ln) and not ln.startswith("File "):
+                return ln[:limit]
+        return lines[-1][:limit]
+    useful = [ln for ln in lines if not ln.startswith(_PREAMBLE)]
+    return (useful or lines)[0][:limit]

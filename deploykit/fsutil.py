@@ -1,4 +1,4 @@
-"""Atomic writes, so a failed command never leaves a half-written output behind."""
+"""Files: atomic writes (a failed command never leaves a half-written output behind), hashes, TOML."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]  # noqa: F401 (read by targets and recipes)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,17 @@ from .errors import StoreError
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 
+
+def default_store_path() -> Path:
+    """Where results go unless told otherwise: $DEPLOYKIT_STORE, else the user's data folder."""
+    import os
+
+    if os.environ.get("DEPLOYKIT_STORE"):
+        return Path(os.environ["DEPLOYKIT_STORE"])
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("deploykit")) / "results.sqlite"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -289,6 +300,12 @@ class Store:
             return None
         return ModelRef(path=Path(r[1] or ""), sha256=r[0], parent_sha256=r[2], transform=r[3],
                         config=json.loads(r[4]))
+
+    def resolve_model(self, prefix: str) -> str | None:
+        """The full sha256 of the one stored model whose sha256 starts with `prefix`."""
+        rows = self._read("SELECT sha256 FROM models WHERE sha256 LIKE ? LIMIT 2",
+                          (prefix.lower() + "%",)).fetchall()
+        return rows[0][0] if len(rows) == 1 else None
 
     def lineage(self, sha256: str) -> list[ModelRef]:
         """The model and its ancestors, newest first (how was this made)."""

@@ -13,7 +13,7 @@ import pytest
 
 from deploykit import cli
 from deploykit.errors import InputError, VerificationError
-from deploykit.export import export_model
+from deploykit.export.exporter import export_model
 
 MODELS = textwrap.dedent('''
     import argparse
@@ -108,7 +108,7 @@ def test_fallback_to_torchscript_keeps_control_flow(models_py, tmp_path):
     r = export_model(f"{models_py}:scripted", out, input_shapes={"x": (2, 8)})
     assert r.exporter == "torchscript"
     assert "dynamo exporter failed" in r.exporter_note and "data-dependent" in r.exporter_note
-    assert all(c.ok for c in r.checks)
+    assert [c.shape for c in r.checks] == [(2, 8)] and all(c.ok for c in r.checks)  # one output
     model = onnx.load(str(out))
     assert "If" in {n.op_type for n in model.graph.node}
     # both branches are in the file: check each against torch (same seed -> same weights)
@@ -160,7 +160,7 @@ def test_frozen_branch_fails_verification(tmp_path):
 @pytest.mark.parametrize("rel_error,passes", [(1e-7, True), (1e-3, False)])
 def test_verification_tolerance_bites(models_py, tmp_path, monkeypatch, rel_error, passes):
     """An error of 1e-3 of the output's scale fails the export; fp32 rounding (1e-7) does not."""
-    import deploykit.verify as verify
+    import deploykit.fidelity as verify
 
     real = verify.run_ort
 
@@ -300,7 +300,7 @@ def test_cli_success_prints_tables_and_writes_json(models_py, tmp_path, capsys):
 def test_dynamo_model_that_fails_verification_falls_back(models_py, tmp_path, monkeypatch):
     """An exporter only "works" when its model agrees with torch: a wrong dynamo model (one
     weight off by 1%) is dropped for the TorchScript exporter's."""
-    import deploykit.export as ex
+    import deploykit.export.exporter as ex
 
     real = ex._export_dynamo
 
@@ -312,7 +312,8 @@ def test_dynamo_model_that_fails_verification_falls_back(models_py, tmp_path, mo
 
     monkeypatch.setattr(ex, "_export_dynamo", wrong)
     r = export_model(f"{models_py}:mlp", tmp_path / "m.onnx")
-    assert r.exporter == "torchscript" and all(c.ok for c in r.checks)
+    assert r.exporter == "torchscript"
+    assert [c.shape for c in r.checks] == [(2, 4)] and all(c.ok for c in r.checks)  # one output
     assert r.exporter_note.startswith("dynamo exporter's model failed verification")
 
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploykit.facts import model_facts
+from deploykit.measure.facts import model_facts
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):
@@ -178,7 +178,7 @@ def test_onnx_attention_op_4d_and_3d():
 def test_shapes_that_need_values_are_folded(monkeypatch):
     """Range over a Shape (how exported attention masks are built) defeats ONNX shape
     inference; constant folding of the pinned model recovers the shapes."""
-    import deploykit.facts as facts
+    import deploykit.measure.facts as facts
 
     i64 = lambda n, v: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
     nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),

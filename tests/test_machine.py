@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from deploykit import machine
+from deploykit.measure import machine
 from deploykit.cli import main
 
 
@@ -94,7 +94,7 @@ def test_load_names_the_busy_processes_and_steal(tmp_path):
 
 @pytest.mark.parametrize("load, strict, rc", [(0.6, True, 3), (0.6, False, 0), (0.0, False, 0)])
 def test_doctor_command(monkeypatch, capsys, load, strict, rc):
-    from deploykit import measure
+    from deploykit.measure import timing as measure
 
     class Scripted:
         def start(self):

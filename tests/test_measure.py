@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deploykit import measure
+from deploykit.measure import timing as measure
 from deploykit.core import TimingPlan
 
 
@@ -67,11 +67,30 @@ def test_time_cap_when_noise_too_large(clock):
 
 def test_interleaved_rounds_rotate_and_report_each(clock):
     rng = np.random.default_rng(2)
-    a = clock.workload(list(rng.lognormal(np.log(1.0), 0.02, 100_000)))
-    b = clock.workload(list(rng.lognormal(np.log(1.5), 0.02, 100_000)))
+    calls: list[str] = []  # which workload ran, call by call
+
+    def logged(name, fn):
+        def run():
+            calls.append(name)
+            fn()
+        return run
+
+    a = logged("a", clock.workload(list(rng.lognormal(np.log(1.0), 0.02, 100_000))))
+    b = logged("b", clock.workload(list(rng.lognormal(np.log(1.5), 0.02, 100_000))))
     ta, tb = measure.measure_many([a, b], TimingPlan(warmup_min_s=0.02, max_time_s=30))
     assert np.median(tb.samples_ms) / np.median(ta.samples_ms) == pytest.approx(1.5, rel=0.02)
-    assert len(ta.blocks) == len(tb.blocks) >= 1
+    assert len(ta.blocks) == len(tb.blocks) >= 3  # enough rounds to see the order rotate
+    # each workload's own calls: its first (untimed) call, its warm-up, then its samples; so
+    # a block's first sample is a known call, whose place in `calls` says when the block ran
+    starts = []
+    for name, t in (("a", ta), ("b", tb)):
+        own = [i for i, c in enumerate(calls) if c == name]
+        skip = 1 + t.warmup_samples
+        assert len(own) == skip + len(t.samples_ms)
+        starts += [(own[skip + blk.start], name) for blk in t.blocks]
+    order = [name for _, name in sorted(starts)]
+    rounds = [order[i:i + 2] for i in range(0, len(order), 2)]
+    assert rounds == [["a", "b"] if r % 2 == 0 else ["b", "a"] for r in range(len(rounds))]
 
 
 def test_contaminated_blocks_do_not_count_towards_convergence(clock, monkeypatch):

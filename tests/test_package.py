@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deploykit.cli import main
-from deploykit.runners import selftest as st
+from deploykit.bundle.runners import selftest as st
 
 from onnx_models import conv_relu_gemm
 

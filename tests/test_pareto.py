@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deploykit.search_pareto import dominates, pareto_front
+from deploykit.search.pareto import dominates, pareto_front
 
 
 def test_known_front_latency_vs_fidelity():

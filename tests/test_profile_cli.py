@@ -27,7 +27,14 @@ def test_profile_json_and_store(onnx_file, tmp_path):
                  "--store", str(store), *FAST]) == 0
     d = json.loads(out.read_text())
     assert d["samples_ms"] and d["per_op"] and d["target"] == "ort-cpu"
-    assert json.loads(trace.read_text())
+    # ORT's Chrome trace of the per-op run: one model_run per inference, and kernel events of
+    # exactly the nodes the report's per-op table lists
+    events = json.loads(trace.read_text())
+    assert all({"name", "ph", "ts"} <= e.keys() for e in events)
+    assert sum(e.get("cat") == "Session" and e["name"] == "model_run" for e in events) >= 20
+    kernels = {e["name"][: -len("_kernel_time")] for e in events
+               if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+    assert kernels and kernels == {op["name"] for op in d["per_op"]}
     from deploykit.store import Store
 
     with Store(store) as s:
@@ -91,17 +98,19 @@ def test_bad_input_one_line_exit_2_nothing_written(case, onnx_file, tmp_path):
     assert "Traceback" not in r.stderr and not out.exists()
 
 
-def test_help_is_fast():
-    import time
-
-    t0 = time.perf_counter()
-    r = _cli("--help")
-    assert r.returncode == 0 and "profile" in r.stdout
-    assert time.perf_counter() - t0 < 5  # generous: heavy imports would take > 2 s on their own
+def test_help_imports_nothing_heavy():
+    """`--help` stays instant because it imports no heavy library (what makes it slow), checked
+    on Python's own import log rather than a wall-clock bound that a busy machine can break."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "deploykit", "--help"],
                        capture_output=True, text=True)
-    for heavy in ("torch", "onnxruntime", "tvm", "openvino", "scipy"):
-        assert f" {heavy}\n" not in r.stderr and f"| {heavy}\n" not in r.stderr, heavy
+    assert r.returncode == 0 and "profile" in r.stdout
+    # "import time: self [us] | cumulative | imported package" lines: the module names
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:") and line.count("|") == 2}
+    assert "deploykit.cli" in imported and "argparse" in imported  # the log is read right
+    heavy = {m for m in imported
+             if m.split(".")[0] in ("torch", "onnxruntime", "tvm", "openvino", "scipy")}
+    assert not heavy, sorted(heavy)
 
 
 class _Loaded:
@@ -116,7 +125,7 @@ class _Loaded:
 
 def test_strict_exits_3_on_a_contaminated_measurement_outputs_still_written(
         onnx_file, tmp_path, monkeypatch, capsys):
-    from deploykit import measure
+    from deploykit.measure import timing as measure
     from deploykit.store import Store
 
     monkeypatch.setattr(measure, "make_load_monitor", _Loaded)
@@ -143,7 +152,7 @@ def test_strict_exits_3_on_a_contaminated_measurement_outputs_still_written(
 
 
 def test_compare_json_has_the_worst_state_on_top(onnx_file, tmp_path, monkeypatch):
-    from deploykit import measure
+    from deploykit.measure import timing as measure
 
     monkeypatch.setattr(measure, "make_load_monitor", _Loaded)
     out = tmp_path / "c.json"

@@ -12,12 +12,12 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).parent / "rewrite"))
 from _quant_models import conv_bn_net, messy  # noqa: E402
 
-from deploykit import recipe  # noqa: E402
+from deploykit.rewrite import recipe
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError, VerificationError  # noqa: E402
 from deploykit.rewrite import StepContext, StepResult  # noqa: E402
-from deploykit.verify import Fidelity, compare, judge, worst  # noqa: E402
+from deploykit.fidelity import Fidelity, compare, judge, worst
 
 
 def test_parse_converts_field_types():
@@ -231,3 +231,17 @@ def test_library_root_warnings_do_not_flood_a_recipe_run(tmp_path, caplog, capfd
     texts = [r.getMessage() for r in caplog.records]
     assert not any("pre-processing" in t for t in texts) and "outside a step" in texts
     assert "pre-processing" not in capfd.readouterr().err
+
+
+def test_step_name_is_file_name():
+    """Every recipe step lives in deploykit/rewrite/<step name, '-' as '_'>.py with Config + step."""
+    import ast
+
+    folder = Path(recipe.__file__).parent
+    assert len(recipe.STEPS) >= 13
+    for name, module in recipe.STEPS.items():
+        path = folder / (name.replace("-", "_") + ".py")
+        assert module == "deploykit.rewrite." + path.stem and path.is_file(), name
+        defs = {n.name for n in ast.parse(path.read_text()).body
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert {"Config", "step"} <= defs, name

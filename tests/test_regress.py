@@ -13,11 +13,12 @@ import pytest
 
 from deploykit.core import Block, LatencyReport, OpTime, TensorSpec
 from deploykit.errors import InputError
-from deploykit.regress import (BASELINE_SCHEMA, MIN_UNITS, BaselineError, Estimate,
-                               _signed_rank_cdf, block_medians, change_points, decide,
-                               env_differences, interleaved_estimate, load_baseline,
-                               make_baseline, paired_log_ratio_ci, parse_threshold, per_op_diff,
-                               shift_log_ratio_ci, stored_estimate)
+from deploykit.gate.baseline import BASELINE_SCHEMA, BaselineError, load_baseline, make_baseline
+from deploykit.stats import (MIN_UNITS, _signed_rank_cdf, block_medians, paired_log_ratio_ci,
+                             shift_log_ratio_ci)
+from deploykit.gate.decision import (Estimate, decide, env_differences, interleaved_estimate,
+                                     parse_threshold, per_op_diff, stored_estimate)
+from deploykit.gate.changepoints import change_points
 
 
 def _report(samples, blocks, sha="a" * 64, path="/m/a.onnx", per_op=()):
@@ -149,7 +150,7 @@ def test_stored_mode_detects_a_shift_without_drift_between_runs():
 
 def test_block_medians_without_blocks_chunks_the_samples():
     r = _report(np.arange(100, dtype=float) + 1, ())
-    m = block_medians(r)
+    m = block_medians(r.samples_ms, r.blocks, chunk_unblocked=True)
     assert len(m) == 10 and m[0] == pytest.approx(5.5)
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from deploykit import roofline
+from deploykit.measure import roofline
 from deploykit.core import TimingPlan
 
 

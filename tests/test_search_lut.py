@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit import search_lut as L
+from deploykit.search import layer_table as L
 
 from _search_models import residual_cnn
 
@@ -20,7 +20,7 @@ def cnn(tmp_path_factory) -> Path:
 def cnn_int8(cnn, tmp_path_factory) -> Path:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from deploykit.calibration import data_reader
+    from deploykit.rewrite.calibration import data_reader
 
     out = tmp_path_factory.mktemp("lut") / "cnn_int8.onnx"
     rng = np.random.default_rng(0)

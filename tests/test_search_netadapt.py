@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploykit.search_netadapt import Layer, NetAdaptConfig, layers_of, netadapt, state_steps
+from deploykit.search.netadapt import Layer, NetAdaptConfig, layers_of, netadapt, state_steps
 
 
 @dataclass
@@ -67,7 +67,7 @@ def test_stops_at_the_budget_and_on_time():
 
 
 def test_state_steps_are_recipes():
-    from deploykit.recipe import make_step
+    from deploykit.rewrite.recipe import make_step
 
     steps = state_steps({("lowrank", "onnx::MatMul_9"): 0.25, ("prune", "w1"): 0.5,
                          ("prune", "w0"): 0.125})
@@ -110,7 +110,7 @@ def test_tied_weights_unsafe_names_and_moves_that_change_nothing(tmp_path):
     assert [la.name for la in layers] == ["tied"]
     # ranks 24, 16, 8, 4 (rank 32 of a 64x64 weight saves no FLOPs)
     assert layers[0].moves == (0.375, 0.25, 0.125, 0.0625)
-    from deploykit.search_netadapt import PRUNE_MOVES, _distinct
+    from deploykit.search.netadapt import PRUNE_MOVES, _distinct
 
     # a 2-channel group: every cut leaves 1 channel, so one move; a 1-channel group has none
     assert _distinct(PRUNE_MOVES, lambda m: max(1, 2 - round(m * 2)), unchanged=2) == (0.375,)

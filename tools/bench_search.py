@@ -36,7 +36,7 @@ def hand_int8(src: Path, dst: Path, calib) -> Path:
     """What a user does by hand (FACTS.md): quantize_static QDQ per-channel U8S8."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from deploykit.calibration import data_reader
+    from deploykit.rewrite.calibration import data_reader
 
     quantize_static(str(src), str(dst), data_reader(calib), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
@@ -50,13 +50,13 @@ def minilm(out: Path, limit_s: float) -> int:
     sys.path.insert(0, str(REPO / "tools"))
     from bench_compress import build_minilm, hand_dynamic, minilm_inputs
 
-    from deploykit import targets
+    from deploykit.backends import registry as targets
     from deploykit.core import ModelRef
-    from deploykit.measure import compare
-    from deploykit.search import FINAL_PLAN, Search, SearchConfig, write_outputs
-    from deploykit.search_space import target_for
+    from deploykit.measure.timing import compare
+    from deploykit.search.engine import FINAL_PLAN, Search, SearchConfig, write_outputs
+    from deploykit.search.candidates import target_for
     from deploykit.store import Store
-    from deploykit.verify import compare as fid_compare, run_ort
+    from deploykit.fidelity import compare as fid_compare, run_ort
 
     model = build_minilm(out)
     batches = minilm_inputs(8)
@@ -126,17 +126,17 @@ def main() -> int:
     store_file.unlink(missing_ok=True)
     shutil.rmtree(out / "demo", ignore_errors=True)
 
-    from deploykit.calibration import synthetic_calibration
+    from deploykit.rewrite.calibration import synthetic_calibration
     from deploykit.commands.search import parse_duration
     from deploykit.core import ModelRef
-    from deploykit.export import export_model
-    from deploykit.measure import compare
+    from deploykit.export.exporter import export_model
+    from deploykit.measure.timing import compare
     from deploykit.onnxio import io_specs, load_onnx, make_feeds
-    from deploykit.search import FINAL_PLAN, Search, SearchConfig, write_outputs
-    from deploykit.search_space import target_for
+    from deploykit.search.engine import FINAL_PLAN, Search, SearchConfig, write_outputs
+    from deploykit.search.candidates import target_for
     from deploykit.store import Store
-    from deploykit import targets
-    from deploykit.verify import compare as fid_compare, run_ort
+    from deploykit.backends import registry as targets
+    from deploykit.fidelity import compare as fid_compare, run_ort
 
     model = out / "tinyresnet.onnx"
     if not model.exists():

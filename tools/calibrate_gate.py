@@ -74,8 +74,8 @@ def cli(*args: str, timeout: float = 300) -> tuple[int, float, str]:
 
 def cost_per_op_ms(base: Path, work: Path, probe_ops: int, max_time: float) -> tuple[float, float]:
     """(model median ms, ms per injected op), from the gate's own interleaved rounds."""
-    from deploykit.commands.baseline import gate_target, load_model, measure_rounds
-    from deploykit.regress import interleaved_estimate
+    from deploykit.gate.rounds import gate_target, load_model, measure_rounds
+    from deploykit.gate.decision import interleaved_estimate
 
     probe = inject_chain(base, work / "probe.onnx", probe_ops)
     old, new = measure_rounds(gate_target("ort-cpu", None),

@@ -16,8 +16,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core import Artifact, ModelRef, OpTime, Target
-from ..errors import TargetError
+from .base import Artifact, Target
+from ..core import ModelRef, OpTime
+from ..errors import TargetError, first_line
 
 INSTALL_HINT = "openvino not installed: pip install 'deploykit[openvino]'"
 PRECISIONS = ("f32", "bf16")
@@ -34,15 +35,13 @@ def _openvino():
     return openvino
 
 
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
-    return (useful or lines or [type(e).__name__])[0]
 
 
 def _fidelity_kind(proto, precision: str) -> str:
     """How outputs are judged against ORT fp32: a QDQ model as int8, bf16 compute by cosine."""
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+    from ..fidelity import QUANTIZED_OPS
+
+    if any(n.op_type in QUANTIZED_OPS for n in proto.graph.node):
         return "int8"
     return "fp32" if precision == "f32" else precision
 
@@ -88,7 +87,7 @@ class OpenVinoArtifact(Artifact):
     def check_fidelity(self, feeds: Mapping[str, np.ndarray]):
         """(Fidelity, reason or None): these outputs against the same file on ORT fp32, judged by
         `fidelity_kind` (fp32 within 1e-4 rel; bf16 and int8 by cosine)."""
-        from ..verify import compare, judge, run_ort
+        from ..fidelity import compare, judge, run_ort
 
         fid = compare(run_ort(self.model.path, feeds), self.run(feeds))
         return fid, judge(fid, self.fidelity_kind)
@@ -205,7 +204,7 @@ class OpenVinoTarget(Target):
             compiled = core.compile_model(ov_model, "CPU", self.properties())
         except RuntimeError as e:
             raise TargetError(f"{self.name} cannot compile {model.path.name}: "
-                              f"{_unsupported_nodes(core, ov_model) or _first_line(e)}") from None
+                              f"{_unsupported_nodes(core, ov_model) or first_line(e)}") from None
         create_ms = (time.perf_counter() - t0) * 1e3
         proto = onnx.load(str(model.path), load_external_data=False)
         return OpenVinoArtifact(model, self, core, ov_model, compiled, proto, create_ms)
@@ -216,7 +215,7 @@ def _conversion_failure(e: RuntimeError) -> str:
     m = _UNCONVERTED.search(str(e))
     if m:
         return f"OpenVINO has no conversion for op {m.group(1).strip()}"
-    return _first_line(e)
+    return first_line(e)
 
 
 def _unsupported_nodes(core, ov_model) -> str | None:

@@ -11,7 +11,8 @@ from collections import defaultdict
 from typing import Mapping
 
 
-from ..core import Artifact, ModelRef, OpTime, Target
+from .base import Artifact, Target
+from ..core import ModelRef, OpTime
 from ..errors import TargetError
 from ..onnxio import io_specs, load_onnx
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..core import TimingPlan
@@ -121,8 +120,6 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 def store_path(args: argparse.Namespace) -> Path:
     if getattr(args, "store", None):
         return Path(args.store)
-    if os.environ.get("DEPLOYKIT_STORE"):
-        return Path(os.environ["DEPLOYKIT_STORE"])
-    from platformdirs import user_data_dir
+    from ..store import default_store_path
 
-    return Path(user_data_dir("deploykit")) / "results.sqlite"
+    return default_store_path()

@@ -1,17 +1,8 @@
-"""`deploykit baseline`: record a model's latency (raw samples, env, per-op) in a file to commit.
-
-Also home of the gate's measurement, shared with `deploykit check`: rounds of fresh sessions.
-"""
+"""`deploykit baseline`: record a model's latency (raw samples, env, per-op) in a file to commit."""
 
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import replace
-from statistics import median
-from typing import Any, Mapping, Sequence
-
-from ..core import Block, LatencyReport, ModelRef, Target, TimingPlan
 from . import _common
 
 HELP = "record a latency baseline file for `deploykit check` (raw samples, env, per-op)"
@@ -23,9 +14,6 @@ models against it. The file records the measurement's state (clean / contaminate
 --strict (on by default when CI=true) a baseline that is not clean exits 3 (it is still written).
 Exit codes: 0 done, 2 usage or input error, 3 not a clean measurement (--strict)."""
 
-MIN_ROUNDS = 10  # the gate always measures at least this many rounds, whatever the time cap
-ROUND_S = 1.0  # timed seconds per round, shared by the models of an interleaved check
-SUB_S = 0.05  # one alternation inside a round: every model runs ~SUB_S / n_models seconds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_gate_timing_args(p: argparse.ArgumentParser) -> None:
+    from ..gate.rounds import MIN_ROUNDS
+
     g = p.add_argument_group("timing")
     g.add_argument("--max-time", type=float, default=20.0,
                    help="seconds to spend measuring, in rounds of fresh sessions (default 20; "
@@ -49,144 +39,9 @@ def add_gate_timing_args(p: argparse.ArgumentParser) -> None:
                    help="longest warm-up of each fresh session in seconds (default 0.5)")
 
 
-def gate_target(name: str, threads: int | None) -> Target:
-    """The target as the gate measures it: ORT spinning off, so that the old and new sessions
-    can share one process without stealing each other's cores (FACTS.md), and baselines are
-    measured exactly like checks."""
-    from .. import targets
-
-    return targets.get(name, threads=threads, allow_spinning=False)
-
-
-def load_model(path: str):
-    """(ModelRef, inputs, outputs) of an .onnx file, with one-line errors for bad files."""
-    from ..errors import InputError
-    from ..onnxio import io_specs, load_onnx
-
-    if not str(path).endswith(".onnx"):
-        raise InputError(f"{path}: expected an .onnx file (run `deploykit export` first)")
-    proto = load_onnx(path, load_external=False)
-    inputs, outputs = io_specs(proto)
-    return ModelRef.from_path(path), tuple(inputs), tuple(outputs)
-
-
-def feeds_for(artifact, feeds_cfg: Mapping[str, Any]):
-    from ..onnxio import make_feeds
-
-    shapes = {k: tuple(v) for k, v in (feeds_cfg.get("shapes") or {}).items()}
-    return make_feeds(list(artifact.inputs), int(feeds_cfg.get("seed", 0)), shapes,
-                      feeds_cfg.get("npz"))
-
-
-def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mapping[str, Any],
-                   max_time: float, warmup_max: float, progress: bool = False,
-                   wait_quiet: float = 0.0) -> list[LatencyReport]:
-    """Time `models` in rounds; each round creates fresh sessions, warms them up and times them
-    for `round_s` seconds in short alternating blocks (`measure.compare`), so that the load of a
-    shared machine, which changes within a second, hits every model of the round alike.
-    Why fresh sessions each round: two ORT sessions of the same model in one process can differ
-    persistently by ~7% (measured here with 2 threads: some sessions run like single-threaded
-    ones), so one session pair measures the session lottery; with a new pair each round, that
-    lottery becomes round-to-round noise, which the gate's rank test on rounds accounts for.
-    With `wait_quiet` > 0 a round that overlapped foreign load is discarded and the next one
-    waits for quiet (measure.QuietWaiter), up to `wait_quiet` seconds in all.
-    Returns one report per model with one block per round."""
-    import scipy.stats  # noqa: F401  (import now, not inside the first timed round)
-
-    from .. import measure
-    from ..measure import compare
-
-    if max_time <= 0 or warmup_max <= 0:
-        from ..errors import InputError
-
-        raise InputError("--max-time and --warmup-max must be positive")
-    round_s = min(ROUND_S, max(2 * SUB_S, max_time / (2 * MIN_ROUNDS)))  # short caps: shorter
-    plan = TimingPlan(warmup_min_s=0.05, warmup_max_s=warmup_max, block_s=SUB_S,
-                      max_time_s=round_s, min_samples=10**9)  # a round ends at its time cap
-    rounds: list[tuple[LatencyReport, ...]] = []
-    feeds = None
-    t0 = time.perf_counter()
-    with _progress(progress, max_time) as bar:
-        waiter = None
-        if wait_quiet > 0:
-            def status(text: str) -> None:
-                if bar:
-                    bar.update(bar.task_ids[0], info=text)
-
-            waiter = measure.QuietWaiter(measure.make_load_monitor(),
-                                         replace(plan, wait_quiet_s=wait_quiet), status,
-                                         measure.warn_user)
-            waiter.wait("before the first round")
-        while True:
-            arts = [target.compile(m) for m in models]
-            feeds = feeds or [feeds_for(a, feeds_cfg) for a in arts]
-            t_round = time.perf_counter()
-            rounds.append(compare(arts, feeds, plan).reports)
-            if waiter and waiter.active and any(_round_load(r) > plan.contamination_threshold
-                                                for r in rounds[-1]):
-                rounds.pop()
-                for a in arts:
-                    a.close()
-                waiter.charge(time.perf_counter() - t_round)
-                waiter.wait("the last round overlapped foreign load")
-                continue
-            elapsed = time.perf_counter() - t0
-            if bar:
-                bar.update(bar.task_ids[0], completed=min(elapsed, max_time),
-                           info=f"{len(rounds)} rounds")
-            done = elapsed >= max_time and len(rounds) >= MIN_ROUNDS
-            if done:  # the breakdown comes from the last round's sessions
-                per_op = [a.per_op(f) for a, f in zip(arts, feeds)]
-            for a in arts:
-                a.close()
-            if done:
-                break
-    merged = [_merge([r[i] for r in rounds], per_op[i]) for i in range(len(models))]
-    if waiter:
-        merged = [replace(m, discarded_blocks=waiter.discarded, quiet_wait_s=waiter.spent_s)
-                  for m in merged]
-    return merged
-
-
-def _round_load(r: LatencyReport) -> float:
-    """Foreign load of one round: the time-weighted mean of its alternations."""
-    return sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, len(r.samples_ms))
-
-
-def _progress(enabled: bool, total: float):
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("measuring in rounds"), BarColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=True,
-                   console=Console(stderr=True))
-    bar.add_task("rounds", total=total, info="")
-    return bar
-
-
-def _merge(parts: Sequence[LatencyReport], per_op) -> LatencyReport:
-    """One report from per-round reports: samples concatenated, one block per round (its foreign
-    load the time-weighted mean of its alternations)."""
-    samples: list[float] = []
-    blocks = []
-    for r in parts:
-        n = len(r.samples_ms)
-        load = _round_load(r)
-        blocks.append(Block(len(samples), n, load, load > TimingPlan.contamination_threshold))
-        samples += r.samples_ms
-    return replace(parts[-1], samples_ms=tuple(samples), blocks=tuple(blocks),
-                   stop_reason="time-cap", per_op=tuple(per_op),
-                   session_create_ms=median(r.session_create_ms for r in parts),
-                   first_inference_ms=median(r.first_inference_ms for r in parts),
-                   warmup_samples=sum(r.warmup_samples for r in parts), created=parts[0].created)
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..regress import make_baseline
+    from ..gate.baseline import make_baseline
+    from ..gate.rounds import gate_target, load_model, measure_rounds
 
     model, inputs, outputs = load_model(args.model)
     target = gate_target(args.target, args.threads)
@@ -202,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         with Store(_common.store_path(args)) as store:
             store.record_report(report, label="baseline", model=model)
     if not args.quiet:
-        from ..display import print_report
+        from ..report.terminal import print_report
 
         print_report(report, top=5)
         print(f"baseline written to {args.output} ({len(report.samples_ms)} samples in "

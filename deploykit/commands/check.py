@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from . import _common
-from .baseline import add_gate_timing_args, gate_target, load_model, measure_rounds
+from ..gate.rounds import gate_target, load_model, measure_rounds
+from .baseline import add_gate_timing_args
 
 HELP = "CI latency gate: is MODEL significantly slower than the baseline? (exit 1 if so)"
 DESCRIPTION = """Compare MODEL with a baseline file. When the old model is at hand (--against, or
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _refuse_contaminated(side: str, validity, args) -> None:
     """Stored mode compares two runs taken at different times: load in either is not cancelled."""
-    from ..regress import BaselineError
+    from ..gate.baseline import BaselineError
 
     if validity.state != "contaminated":
         return
@@ -65,9 +66,9 @@ def _refuse_contaminated(side: str, validity, args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..regress import (BaselineError, decide, env_differences, interleaved_estimate,
-                           load_baseline, make_baseline, parse_threshold, per_op_diff,
-                           stored_estimate)
+    from ..gate.baseline import BaselineError, load_baseline, make_baseline
+    from ..gate.decision import (decide, env_differences, interleaved_estimate, parse_threshold,
+                                 per_op_diff, stored_estimate)
 
     t_start = time.perf_counter()
     threshold = parse_threshold(args.max_slowdown)
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fingerprint(target) -> dict:
-    from ..envinfo import fingerprint
+    from ..measure.env import fingerprint
 
     return fingerprint(target.name, target.config, target.threads)
 

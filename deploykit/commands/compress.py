@@ -15,7 +15,6 @@ DESCRIPTION = (
     "and compared with its parent on ORT before anything is timed; then all models of the "
     "lineage are timed interleaved on the target and each step gets a verdict: realized, not "
     "realized or slower, with the reason when deploykit can tell.")
-CALIBRATED_STEPS = ("quantize-static", "nncf-int8")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from .. import targets
-    from ..calibration import load_calibration, synthetic_calibration
+    from ..backends import registry as targets
+    from ..rewrite.calibration import load_calibration, synthetic_calibration
     from ..core import ModelRef
     from ..errors import InputError
     from ..fsutil import atomic_path, write_text_atomic
     from ..onnxio import io_specs, load_onnx, make_feeds
-    from ..realized import realized_report, summarize_notes
-    from ..recipe import describe_steps, parse_recipe, run_recipe
+    from ..report.realized import realized_report, summarize_notes
+    from ..rewrite.recipe import CALIBRATED_STEPS, describe_steps, parse_recipe, run_recipe
     from ..rewrite import StepContext
 
     if args.list_steps:

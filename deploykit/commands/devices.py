@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from ..rpc import tracker_devices
+    from ..backends.tvm.rpc import tracker_devices
 
     rows = tracker_devices(args.tracker)
     if args.json:

@@ -65,7 +65,7 @@ def _load_module(source: str, weights: str | None = None):
     from pathlib import Path
 
     from ..errors import InputError
-    from ..export import _load_factory, _load_weights
+    from ..export.exporter import _load_factory, _load_weights
 
     factory, _, _ = _load_factory(source)
     try:
@@ -82,7 +82,7 @@ def _load_module(source: str, weights: str | None = None):
 def _data(spec: str):
     import numpy as np
 
-    from ..compress import mnist
+    from ..examples import mnist
     from ..errors import InputError
 
     if spec == "mnist":
@@ -104,7 +104,7 @@ def parse_recipe(text: str) -> list[tuple[str, dict]]:
     """'prune-filters:ratio=0.5; lowrank:energy=0.9' -> [(name, {field: number}), ...]
     (the recipe syntax of `deploykit compress`, with the torch-side steps)."""
     from ..errors import InputError
-    from ..recipe import split_recipe
+    from ..rewrite.recipe import split_recipe
 
     steps = []
     for name, values in split_recipe(text):
@@ -142,42 +142,21 @@ def compress_copy(teacher, recipe: str) -> tuple[object, list[dict]]:
 
 
 def _export(student, example, output: str) -> float:
-    """ONNX export with a dynamic batch, checked, and compared with torch on ORT."""
-    import io
-
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    import torch
-
+    """The student through deploykit's exporter (verified against torch at two batch sizes, dynamic
+    batch); returns the worst relative error of the check."""
     from ..compress.prune import finalize
-    from ..errors import VerificationError
-    from ..fsutil import atomic_path
+    from ..export.exporter import export_module
 
     finalize(student)
-    buf = io.BytesIO()
-    torch.onnx.export(student, (example,), buf, dynamo=False, input_names=["x"],
-                      output_names=["logits"],
-                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
-    model = onnx.load_from_string(buf.getvalue())
-    onnx.checker.check_model(model, full_check=True)
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"x": example.numpy()})[0]
-    with torch.no_grad():
-        ref = student(example).numpy()
-    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
-    if err > 1e-4:
-        raise VerificationError(f"exported student disagrees with torch: max rel error {err:.2e}")
-    with atomic_path(output) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return err
+    result = export_module(student, (example,), output, dynamic_batch=True)
+    return max(c.max_rel for c in result.checks)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..compress import distill as kd
-    from ..compress import mnist
+    from ..examples import mnist
     from ..errors import InputError
     from ..fsutil import write_text_atomic
 

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core import TimingPlan
     from ..errors import InputError
-    from ..machine import WARN, run_checks
+    from ..measure.machine import WARN, run_checks
     from ..validity import EXIT_NOT_CLEAN
 
     if args.threads < 1:

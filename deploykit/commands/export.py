@@ -37,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for weights init and test inputs")
     p.add_argument("--json", metavar="FACTS.json", help="write verification + facts as JSON")
     p.add_argument("--top", type=int, default=8, help="nodes listed by FLOPs (default 8)")
+    _common.add_store_arg(p)
 
 
 def _dynamic_axes(items: list[str]) -> dict[str, dict[int, str]]:
@@ -58,7 +59,7 @@ def _dynamic_axes(items: list[str]) -> dict[str, dict[int, str]]:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..export import export_model
+    from ..export.exporter import export_model
     from ..fsutil import write_text_atomic
 
     if not str(args.output).endswith(".onnx"):
@@ -72,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
                           weights=args.weights, trust_pickle=args.trust_pickle)
     if args.json:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1, default=str))
+    if not args.no_store:  # lineage: `deploykit history --lineage MODEL` starts here
+        from ..store import Store
+
+        with Store(_common.store_path(args)) as store:
+            store.record_model(result.model)
     print_result(result, top=args.top)
     return 0
 

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", "-t", help="only runs on this target")
     p.add_argument("--limit", "-n", type=int, default=20, help="rows to list (default 20)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--lineage", metavar="SHA|PATH",
+                   help="how a model was made: it and its ancestors (transform, config), newest "
+                        "first")
     p.add_argument("--trend", action="store_true",
                    help="flag change points in each model's median series")
     p.add_argument("--include-contaminated", action="store_true",
@@ -55,7 +58,7 @@ def _select(store, model: str | None, target: str | None):
 def _trends(rows, alpha: float, include_contaminated: bool = False):
     """{(model path or sha, target): (series oldest first, change points)}; contaminated runs
     are left out of the series unless asked for."""
-    from ..regress import change_points
+    from ..gate.changepoints import change_points
 
     groups: dict[tuple[str, str], list] = {}
     for r in sorted(rows, key=lambda r: (r.created, r.id)):
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no results store at {path} (run `deploykit profile` first, or pass "
                          "--store)")
     with Store(path) as store:
+        if args.lineage:
+            return _lineage(store, args.lineage, args.json)
         rows = _select(store, args.model, args.target)
     trends = _trends(rows, args.alpha, args.include_contaminated) if args.trend else {}
     skipped = 0 if args.include_contaminated else sum(r.state == "contaminated" for r in rows)
@@ -102,6 +107,39 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     _print(rows[:args.limit], len(rows), trends, skipped if args.trend else 0)
+    return 0
+
+
+def _lineage(store, model: str, as_json: bool) -> int:
+    """Print the model's chain of ancestors (export, compress steps, search candidates)."""
+    from ..errors import InputError
+
+    p = Path(model)
+    if p.is_file():
+        from ..fsutil import sha256_file
+
+        sha = sha256_file(p)
+    elif re.fullmatch(r"[0-9a-fA-F]{4,64}", model):
+        sha = store.resolve_model(model)
+    else:
+        raise InputError(f"--lineage {model}: no such file and not a sha256 (prefix)")
+    chain = store.lineage(sha) if sha else []
+    if not chain:
+        raise InputError(f"model {model} is not in the results store (export, compress, search "
+                         "and profile record models; pass --store if it is elsewhere)")
+    rows = [{"sha256": m.sha256, "path": str(m.path), "transform": m.transform,
+             "parent_sha256": m.parent_sha256, "config": dict(m.config)} for m in chain]
+    if as_json:
+        print(json.dumps({"lineage": rows}, indent=1, default=str))
+        return 0
+    for depth, r in enumerate(rows):
+        cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items()
+                        if v not in (None, "", {}, []) and not k.endswith("sha256"))
+        how = r["transform"] or "(origin unknown: first seen by profile)"
+        print(f"{'  ' * depth}{r['sha256'][:12]} {r['path']}")
+        print(f"{'  ' * depth}  made by: {how}" + (f" ({cfg})" if cfg else ""))
+    if rows[-1]["parent_sha256"]:
+        print(f"(parent {rows[-1]['parent_sha256'][:12]} is not in this store)")
     return 0
 
 

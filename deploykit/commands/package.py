@@ -44,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import targets
+    from ..backends import registry as targets
     from ..errors import InputError
-    from ..package import PackageOptions, package
+    from ..bundle.package import PackageOptions, package
 
     if args.atol_frac is not None and not args.atol_frac > 0:
         raise InputError(f"--atol-frac must be positive, got {args.atol_frac}")

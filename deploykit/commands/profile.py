@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _roofline(model_path: Path, threads: int, specs, feeds):
     """(flops, roofline_ms) of a model at the shapes actually fed, from graph facts and this
     machine's cached ceilings."""
-    from .. import roofline
-    from ..facts import model_facts
+    from ..measure import roofline
+    from ..measure.facts import model_facts
     from ..onnxio import load_onnx
 
     dims = {d: int(feeds[s.name].shape[i]) for s in specs for i, d in enumerate(s.shape)
@@ -59,7 +59,7 @@ def _roofline(model_path: Path, threads: int, specs, feeds):
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .. import targets
+    from ..backends import registry as targets
     from ..core import ModelRef
     from ..errors import InputError
     from ..fsutil import write_text_atomic
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             feeds.append(make_feeds(list(art.inputs), args.seed, shapes, args.inputs))
 
     if compare:
-        from ..measure import compare as run_compare
+        from ..measure.timing import compare as run_compare
 
         cmp = run_compare(artifacts, feeds, plan, progress=not args.quiet,
                           per_op=not args.no_per_op)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps(payload, indent=1, default=str))
     if not args.quiet:
-        from ..display import print_comparison, print_report
+        from ..report.terminal import print_comparison, print_report
 
         if compare:
             print_comparison(cmp)

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import load_search, write_report
+    from ..report.html import load_search, write_report
 
     data = load_search(args.result)
     src = Path(args.result)

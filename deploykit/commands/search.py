@@ -64,12 +64,12 @@ def parse_duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration import SYNTHETIC_WARNING, load_calibration, synthetic_calibration
+    from ..rewrite.calibration import SYNTHETIC_WARNING, load_calibration, synthetic_calibration
     from ..errors import InputError
     from ..onnxio import io_specs, load_onnx, make_feeds
-    from .. import targets
-    from ..search import Search, SearchConfig, load_eval, write_outputs
-    from ..search_space import FAMILIES
+    from ..backends import registry as targets
+    from ..search.engine import Search, SearchConfig, load_eval, write_outputs
+    from ..search.candidates import FAMILIES
     from ..store import Store
 
     if not args.model.endswith(".onnx"):
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                         progress=not args.quiet, threads=args.threads)
         result = search.run()
     paths = write_outputs(result, out)
-    from ..report import summary_lines
+    from ..report.html import summary_lines
 
     for line in summary_lines(result.to_dict()):
         print(line)

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from .. import targets
+    from ..backends import registry as targets
     from ..errors import DeployKitError
 
     rows = []

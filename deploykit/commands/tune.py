@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import targets
-    from ..backends import tvm_tune
+    from ..backends import registry as targets
+    from ..backends.tvm import tune as tvm_tune
     from ..core import ModelRef
     from ..errors import InputError
     from ..onnxio import load_onnx

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..bundle_verify import verify
+    from ..bundle.verify import verify
     from ..fsutil import write_text_atomic
 
     from ..errors import InputError

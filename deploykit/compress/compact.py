@@ -15,7 +15,7 @@ def separable_conv(model, multiplier: int = 1, min_channels: int = 8) -> list[di
     import torch
     from torch import nn
 
-    from ..rewrite.compact_conv import separable
+    from ..rewrite.compact import separable
 
     if multiplier < 1:
         raise InputError(f"depth multiplier must be >= 1, got {multiplier}")

@@ -19,7 +19,7 @@ def svd_linear(model, ratio: float = 0.25, energy: float | None = None,
     import torch
     from torch import nn
 
-    from ..rewrite.lowrank_matmul import svd_split
+    from ..rewrite.lowrank import svd_split
 
     _check(ratio, energy)
     layers = []
@@ -49,7 +49,7 @@ def tucker_conv(model, ratio: float = 0.5, energy: float | None = None, sweeps: 
     import torch
     from torch import nn
 
-    from ..rewrite.lowrank_conv import tucker2
+    from ..rewrite.tucker import tucker2
 
     _check(ratio, energy)
     layers = []

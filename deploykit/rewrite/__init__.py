@@ -1,7 +1,7 @@
 """Graph-side compression steps: each module holds one transformation on an ONNX model.
 
 A recipe step is a function `step(model, cfg, ctx) -> StepResult` registered in
-`deploykit.recipe.STEPS`; `cfg` is the step's own frozen dataclass (defaults for every field).
+`deploykit.rewrite.recipe.STEPS`; `cfg` is the step's own frozen dataclass (defaults for every field).
 Every step's output is verified numerically against its input by the recipe runner before
 anything is timed.
 """

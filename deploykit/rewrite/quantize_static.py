@@ -19,16 +19,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..calibration import SYNTHETIC_WARNING, data_reader
+from .calibration import SYNTHETIC_WARNING, data_reader
 from ..errors import DeployKitError, InputError
+from ..fidelity import QUANTIZED_OPS
 from . import StepContext, StepResult
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 QTYPES = {"uint8": "QUInt8", "int8": "QInt8"}
-QUANTIZED_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-    "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits", "QGemm", "QAttention",
-    "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
 
 
@@ -98,7 +95,7 @@ def preprocess(src: Path, dst: Path) -> str | None:
 
 def _cosine_vs_float(float_path: Path, q_path: Path,
                      batches: Sequence[Mapping[str, np.ndarray]]) -> float:
-    from ..verify import compare, run_ort
+    from ..fidelity import compare, run_ort
 
     cos = 1.0
     for b in batches:

@@ -54,8 +54,11 @@ def test_prune_filters_leaves_residual_branches_alone():
             y = self.a(x)
             return y + self.b(y)
 
-    records = prune.prune_filters(Res(), 0.5)
-    assert all("prune-channels" in r["skipped"] for r in records)
+    model = Res()
+    records = prune.prune_filters(model, 0.5)
+    assert [r["layer"] for r in records] == ["a", "b"]  # both convs seen ...
+    assert all("prune-channels" in r["skipped"] for r in records)  # ... and both left alone
+    assert model.a.out_channels == model.b.out_channels == 8
 
 
 def test_magnitude_prune_masks_and_finalize():

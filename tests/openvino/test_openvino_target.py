@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from deploykit import targets  # noqa: E402
+from deploykit.backends import registry as targets
 from deploykit.backends.openvino import INSTALL_HINT, OpenVinoArtifact  # noqa: E402
-from deploykit.verify import cosine  # noqa: E402
+from deploykit.fidelity import cosine
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef, OpTime, TimingPlan  # noqa: E402
 from deploykit.errors import TargetError  # noqa: E402
@@ -64,9 +64,13 @@ def test_timed_runner_computes_the_same_outputs(cnn, feeds, ort_ref):
     assert _rel_err(outputs[art.compiled.output(0)], ort_ref) < 1e-4
 
 
+@pytest.mark.bf16
 def test_bf16_target_is_labelled_and_differs(cnn, feeds, ort_ref):
     t = targets.get("ov-cpu-bf16", require_available=False)
-    if t.unavailable_reason():
+    if t.unavailable_reason():  # a CPU without bf16: the target says so and refuses to start
+        assert "bf16" in t.unavailable_reason()
+        with pytest.raises(TargetError, match="unavailable"):
+            targets.get("ov-cpu-bf16")
         pytest.skip(t.unavailable_reason())
     art = t.compile(cnn)
     out = art.run(feeds)[0]

@@ -1,9 +1,9 @@
 """Put this folder on a CLI subprocess's PYTHONPATH to script a quiet machine through the
-load-monitor seam (deploykit.measure.make_load_monitor): for tests of logic that depends on
+load-monitor seam (deploykit.measure.timing.make_load_monitor): for tests of logic that depends on
 measurements being clean (a resumed search reuses only clean ones), which the shared machine's
 real load must not decide. The real monitor is tested in tests/test_measure.py."""
 
-import deploykit.measure as _measure
+import deploykit.measure.timing as _measure
 
 
 class _Quiet:

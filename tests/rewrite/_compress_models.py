@@ -53,7 +53,7 @@ def export(module, shape) -> onnx.ModelProto:
 @functools.lru_cache(maxsize=None)
 def exported(name: str) -> bytes:
     """Exported zoo/example nets (BN folded by the exporter), cached across tests."""
-    from deploykit.compress import zoo
+    from deploykit.examples import zoo
     from deploykit.examples import tinyresnet
 
     if name == "tinyresnet":

@@ -2,10 +2,10 @@ import numpy as np
 import onnx
 
 from _quant_models import messy, mlp
-from deploykit.recipe import make_step
+from deploykit.rewrite.recipe import make_step
 from deploykit.rewrite import StepContext
 from deploykit.rewrite.cleanup import step
-from deploykit.verify import run_ort
+from deploykit.fidelity import run_ort
 
 
 def _ctx(tmp_path, shape):

@@ -3,10 +3,10 @@ import onnx
 import pytest
 
 from _quant_models import conv_bn_net, mlp
-from deploykit.recipe import make_step
+from deploykit.rewrite.recipe import make_step
 from deploykit.rewrite import StepContext
 from deploykit.rewrite.fold_bn import step
-from deploykit.verify import run_ort
+from deploykit.fidelity import run_ort
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ import pytest
 
 from _quant_models import conv_bn_net, mlp
 from deploykit.errors import InputError
-from deploykit.recipe import make_step
+from deploykit.rewrite.recipe import make_step
 from deploykit.rewrite import StepContext
 from deploykit.rewrite.quantize_dynamic import step
-from deploykit.verify import compare, run_ort
+from deploykit.fidelity import compare, run_ort
 
 
 def _cfg(**kw):

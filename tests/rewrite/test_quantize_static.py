@@ -5,10 +5,10 @@ from onnx import numpy_helper
 
 from _quant_models import conv_bn_net, messy
 from deploykit.errors import InputError
-from deploykit.recipe import make_step
+from deploykit.rewrite.recipe import make_step
 from deploykit.rewrite import StepContext
 from deploykit.rewrite.quantize_static import step
-from deploykit.verify import compare, run_ort
+from deploykit.fidelity import compare, run_ort
 
 
 def _ctx(tmp_path, synthetic=True, n=4):
@@ -59,7 +59,7 @@ def test_static_per_tensor_s8s8(tmp_path):
     conv = next(n for n in q.graph.node if n.op_type == "Conv")
     assert numpy_helper.to_array(inits[prod[conv.input[1]].input[1]]).shape == ()
     act_q = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
-    assert all(inits[n.input[2]].data_type == onnx.TensorProto.INT8 for n in act_q)
+    assert act_q and all(inits[n.input[2]].data_type == onnx.TensorProto.INT8 for n in act_q)
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])

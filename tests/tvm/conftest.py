@@ -45,7 +45,7 @@ def kill_group(proc) -> None:
 @pytest.fixture(scope="session")
 def tracker():
     """A TVM RPC tracker on a free loopback port: "127.0.0.1:PORT"."""
-    from deploykit import rpc
+    from deploykit.backends.tvm import rpc
 
     proc, port = rpc.start_tracker()
     yield f"127.0.0.1:{port}"
@@ -72,7 +72,7 @@ def arm_device():
 def emulated_device(arm_device, tracker):
     """The emulated aarch64 device (qemu-user), registered with the tracker as 'aarch64-emu';
     one server for the whole session (its start under qemu costs tens of seconds)."""
-    from deploykit import rpc
+    from deploykit.backends.tvm import rpc
 
     arm = arm_device[0]
     proc, port = arm.start(port=rpc.free_port(), tracker=tracker, key="aarch64-emu")

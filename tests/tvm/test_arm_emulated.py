@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 
-from deploykit import cli, targets
-from deploykit.backends.tvm import EMULATED_LABEL, UNTUNED_LABEL
+from deploykit import cli
+from deploykit.backends import registry as targets
+from deploykit.backends.tvm.local import EMULATED_LABEL, UNTUNED_LABEL
 from deploykit.core import ModelRef, TimingPlan
 from deploykit.onnxio import make_feeds
 

@@ -177,7 +177,7 @@ def test_measured_package_profiles_on_the_rpc_device(device, model, tracker_with
 
 
 def test_verify_with_tracker_down_exits_2(bundle, capsys):
-    from deploykit import rpc
+    from deploykit.backends.tvm import rpc
 
     port = rpc.free_port()
     assert main(["verify", str(bundle), "--device", "aarch64-emu", "--tracker",

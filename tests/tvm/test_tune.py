@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from deploykit import cli, targets
-from deploykit.backends import tvm_build, tvm_tune
-from deploykit.backends.tvm import UNTUNED_LABEL
+from deploykit import cli
+from deploykit.backends import registry as targets
+from deploykit.backends.tvm import build as tvm_build, tune as tvm_tune
+from deploykit.backends.tvm.local import UNTUNED_LABEL
 from deploykit.core import ModelRef
 
 
@@ -25,8 +26,17 @@ def test_tune_then_build_reuses_database(dense_onnx, tmp_path, monkeypatch, caps
     assert "database" in capsys.readouterr().out
     n = tvm_build.record_count(db)
     assert n >= 1
-    first = json.loads((db / "database_tuning_record.json").read_text().splitlines()[0])
-    assert first  # a MetaSchedule record
+    # MetaSchedule records of this model's kernel: [workload, [trace, run secs, target, args]]
+    records = [json.loads(line) for line in
+               (db / "database_tuning_record.json").read_text().splitlines() if line.strip()]
+    workloads = [w for w in (db / "database_workload.json").read_text().splitlines() if w.strip()]
+    assert len(records) >= n and workloads
+    for workload, (trace, run_secs, tvm_target, args) in records:
+        assert 0 <= workload < len(workloads)
+        assert trace[0] and all(isinstance(inst[0], str) for inst in trace[0])  # instructions
+        assert tvm_target["kind"] == "llvm"
+        assert ["TENSOR", "float32", [1, 64]] in args  # the model's x[1, 64]
+    assert sum(bool(s) and 0 < max(s) < 1e9 for _, (_, s, _, _) in records) == n  # measured
 
     def no_tuning(*a, **k):
         raise AssertionError("a build must not tune")

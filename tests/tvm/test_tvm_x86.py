@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit import targets
-from deploykit.backends import tvm_build
-from deploykit.backends.tvm import UNTUNED_LABEL, op_type_of
+from deploykit.backends import registry as targets
+from deploykit.backends.tvm import build as tvm_build
+from deploykit.backends.tvm.local import UNTUNED_LABEL, op_type_of
 from deploykit.core import ModelRef, OpTime, TimingPlan
 from deploykit.errors import TargetError, VerificationError
 from deploykit.onnxio import make_feeds

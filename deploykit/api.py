@@ -1,0 +1,299 @@
+"""deploykit's Python API: the pipeline's stages as functions over its own types.
+
+    import deploykit as dk
+    exported = dk.export(model, torch.randn(1, 3, 64, 64), "model.onnx")   # -> ExportResult
+    compressed = dk.compress(exported, "fold-bn,quantize-static", "int8.onnx")  # -> RecipeResult
+    report = dk.profile(compressed, target="ort-cpu")                      # -> LatencyReport
+    cmp = dk.compare([exported, compressed])                               # -> Comparison
+
+Every function takes a model as a path, a `ModelRef` or the result of an earlier stage, raises a
+`DeployKitError` subclass for what a user can fix (the CLI prints those as one line), and returns
+a typed result with `.to_json()`. The CLI's verbs run the same library code. Heavy imports stay
+inside the functions, so `import deploykit` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .core import ModelRef, TimingPlan
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .bundle.verify import VerifyResult
+    from .core import LatencyReport
+    from .export.exporter import ExportResult
+    from .gate.decision import Estimate, Verdict
+    from .measure.timing import Comparison
+    from .rewrite.recipe import RecipeResult
+    from .search.engine import SearchResult
+
+PathLike = str | os.PathLike
+
+
+def model_ref(model: Any) -> ModelRef:
+    """A ModelRef from a path, a ModelRef, or a stage's result (ExportResult, RecipeResult)."""
+    if isinstance(model, ModelRef):
+        return model
+    for attr in ("model", "final"):  # ExportResult.model, RecipeResult.final
+        ref = getattr(model, attr, None)
+        if isinstance(ref, ModelRef):
+            return ref
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        if p.suffix != ".onnx":
+            raise InputError(f"{p}: expected an .onnx file (export torch models first)")
+        if not p.is_file():
+            raise InputError(f"model file not found: {p}")
+        return ModelRef.from_path(p)
+    raise InputError(f"expected an .onnx path, a ModelRef or a stage result, got "
+                     f"{type(model).__name__}")
+
+
+def _record(store: PathLike | bool | None, models: Sequence[ModelRef] = (),
+            reports: Sequence[tuple["LatencyReport", ModelRef]] = (), label: str | None = None):
+    """Store models (lineage) and runs when `store` is a path (True: the default store)."""
+    if not store:
+        return
+    from .store import Store, default_store_path
+
+    with Store(default_store_path() if store is True else Path(store)) as s:
+        for m in models:
+            s.record_model(m)
+        for rep, m in reports:
+            s.record_report(rep, label=label, model=m)
+
+
+def export(model: Any, example_inputs: Any = None, output: PathLike | None = None, *,
+           input_shapes: Mapping[str, Sequence[int]] | None = None, dynamic_batch: bool = False,
+           dynamic_axes: Mapping[str, Mapping[int, str]] | None = None, opset: int | None = None,
+           simplify: bool = True, seed: int = 0, weights: PathLike | None = None,
+           store: PathLike | bool | None = None) -> "ExportResult":
+    """Export a `torch.nn.Module` (called with `example_inputs`), a factory ("file.py:build") or
+    an .onnx file to a verified, simplified ONNX file at `output` (default: NAME.onnx here)."""
+    from .export.exporter import export_model, export_module
+
+    if isinstance(model, (str, os.PathLike)):
+        if example_inputs is not None:
+            raise InputError("example_inputs go with a torch.nn.Module; a factory file brings "
+                             "its own example_inputs() and an .onnx file its own inputs")
+        src = str(model)
+        stem = Path(src.rpartition(":")[2] if src.endswith(tuple("abcdefghijklmnopqrstuvwxyz_"))
+                    and ":" in src else src).stem
+        out = Path(output) if output else Path(f"{stem}.export.onnx" if src.endswith(".onnx")
+                                               else f"{stem}.onnx")
+        result = export_model(src, out, input_shapes=input_shapes, dynamic_batch=dynamic_batch,
+                              dynamic_axes=dynamic_axes, opset=opset, simplify=simplify,
+                              seed=seed, weights=weights)
+    else:
+        if example_inputs is None:
+            raise InputError("exporting a torch.nn.Module needs example_inputs (a tensor or a "
+                             "tuple of tensors)")
+        if input_shapes or weights is not None:
+            raise InputError("input_shapes / weights apply to factory files; an in-memory module "
+                             "is exported as it is, at the example inputs' shapes")
+        out = Path(output) if output else Path(f"{type(model).__name__.lower()}.onnx")
+        result = export_module(model, example_inputs, out, dynamic_batch=dynamic_batch,
+                               dynamic_axes=dynamic_axes, opset=opset, simplify=simplify,
+                               seed=seed)
+    _record(store, [result.model])
+    return result
+
+
+def compress(model: Any, recipe: str, output: PathLike | None = None, *,
+             inputs: PathLike | None = None, calibration: PathLike | None = None,
+             calib_batches: int = 64, shapes: Mapping[str, Sequence[int]] | None = None,
+             seed: int = 0, target: str = "ort-cpu", workdir: PathLike | None = None,
+             store: PathLike | bool | None = None) -> "RecipeResult":
+    """Apply a compression recipe ("fold-bn,quantize-static:per_channel=true" or a .toml file),
+    each step verified against its parent; the final model is copied to `output`
+    (default: MODEL.compressed.onnx beside the input). Returns the RecipeResult (steps, fidelity,
+    lineage); `deploykit compress` adds the realized-speedup measurement on top."""
+    import shutil
+    import tempfile
+
+    from .fsutil import atomic_path
+    from .onnxio import io_specs, load_onnx, make_feeds
+    from .rewrite import StepContext
+    from .rewrite.calibration import load_calibration, synthetic_calibration
+    from .rewrite.recipe import CALIBRATED_STEPS, parse_recipe, run_recipe
+
+    ref = model_ref(model)
+    steps = parse_recipe(recipe)
+    shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
+    specs, _ = io_specs(load_onnx(ref.path))
+    feeds = make_feeds(specs, seed, shapes, None if inputs is None else str(inputs))
+    if calibration is not None:
+        calib, synthetic = load_calibration(specs, str(calibration), calib_batches), False
+    elif any(s.name in CALIBRATED_STEPS for s in steps):
+        calib, synthetic = synthetic_calibration(specs, min(8, calib_batches), seed + 1,
+                                                 shapes), True
+    else:
+        calib, synthetic = [], True
+    out = Path(output) if output else ref.path.with_suffix(".compressed.onnx")
+    with tempfile.TemporaryDirectory(prefix="deploykit-compress-") as tmp:
+        ctx = StepContext(feeds=feeds, calibration=tuple(calib),
+                          calibration_is_synthetic=synthetic,
+                          workdir=Path(workdir) if workdir else Path(tmp), target=target)
+        result = run_recipe(ref, steps, ctx)
+        if not result.applied:
+            raise InputError("no step of the recipe applied: "
+                             + "; ".join(f"{s.spec}: {s.skipped}" for s in result.steps))
+        with atomic_path(out) as dst:
+            shutil.copyfile(result.final.path, dst)
+    result = result.moved_to(out)
+    _record(store, [result.source, *(s.output for s in result.applied[:-1]), result.final])
+    return result
+
+
+def _compile_with_feeds(refs: Sequence[ModelRef], target_names: Sequence[str],
+                        threads: int | None, inputs, shapes, seed: int, **overrides):
+    from .backends import registry
+    from .onnxio import make_feeds
+
+    shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
+    tlist = [registry.get(n, threads=threads, **overrides) for n in target_names]
+    arts, feeds = [], []
+    for ref in refs:
+        for t in tlist:
+            art = t.compile(ref)
+            arts.append(art)
+            feeds.append(make_feeds(list(art.inputs), seed, shapes,
+                                    None if inputs is None else str(inputs)))
+    return arts, feeds
+
+
+def profile(model: Any, target: str = "ort-cpu", *, plan: TimingPlan = TimingPlan(),
+            inputs: PathLike | None = None, shapes: Mapping[str, Sequence[int]] | None = None,
+            seed: int = 0, threads: int | None = None, per_op: bool = True,
+            progress: bool = False, store: PathLike | bool | None = None) -> "LatencyReport":
+    """Compile `model` for `target` and measure it (warm-up, adaptive repetitions, block CIs,
+    foreign-load bookkeeping, per-op breakdown). Returns the LatencyReport (raw samples kept)."""
+    ref = model_ref(model)
+    (art,), (feeds,) = _compile_with_feeds([ref], [target], threads, inputs, shapes, seed)
+    try:
+        rep = art.target.profile(art, feeds, plan, per_op=per_op, progress=progress)
+    finally:
+        art.close()
+    _record(store, reports=[(rep, ref)], label="api")
+    return rep
+
+
+def compare(models: Sequence[Any], target: str | Sequence[str] = "ort-cpu", *,
+            plan: TimingPlan = TimingPlan(), inputs: PathLike | None = None,
+            shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
+            threads: int | None = None, per_op: bool = False, progress: bool = False,
+            store: PathLike | bool | None = None) -> "Comparison":
+    """Measure every model x target in interleaved rounds in one process; ratios to the first,
+    with paired confidence intervals. ORT sessions run with spinning off (they share the cores)."""
+    from .measure.timing import compare as run_compare
+
+    refs = [model_ref(m) for m in models]
+    names = [target] if isinstance(target, str) else list(target)
+    if len(refs) * len(names) < 2:
+        raise InputError("compare needs at least two models or targets")
+    arts, feeds = _compile_with_feeds(refs, names, threads, inputs, shapes, seed,
+                                      allow_spinning=False)
+    try:
+        cmp = run_compare(arts, feeds, plan, progress=progress, per_op=per_op)
+    finally:
+        for a in arts:
+            a.close()
+    _record(store, reports=list(zip(cmp.reports, [a.model for a in arts])), label="api")
+    return cmp
+
+
+def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
+           min_fidelity: float = 0.99, budget_ms: float | None = None,
+           time_limit_s: float = 600.0, families: Sequence[str] = (),
+           calibration: PathLike | None = None, inputs: PathLike | None = None,
+           shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
+           threads: int | None = None, progress: bool = False,
+           store: PathLike | bool | None = True) -> "SearchResult":
+    """Latency-guided compression search; writes search.json, the report and recommended.onnx
+    under `output` and returns the SearchResult (Pareto front, recommendation, lineage)."""
+    from .backends import registry
+    from .onnxio import io_specs, load_onnx, make_feeds
+    from .rewrite.calibration import load_calibration, synthetic_calibration
+    from .search.candidates import FAMILIES
+    from .search.engine import Search, SearchConfig, write_outputs
+    from .store import Store, default_store_path
+
+    ref = model_ref(model)
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
+    registry.get(target, threads=threads)
+    cfg = SearchConfig(budget_ms=budget_ms, min_fidelity=min_fidelity, time_limit_s=time_limit_s,
+                       families=tuple(families))
+    shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
+    specs, _ = io_specs(load_onnx(ref.path))
+    feeds = make_feeds(specs, seed, shapes, None if inputs is None else str(inputs))
+    if calibration is not None:
+        calib, synthetic = load_calibration(specs, str(calibration)), False
+    else:
+        calib, synthetic = synthetic_calibration(specs, seed=seed + 1, overrides=shapes), True
+    out = Path(output)
+    store_file = (default_store_path() if store is True else
+                  Path(store) if store else out / ".work" / "results.sqlite")
+    with Store(store_file) as s:
+        result = Search(ref.path, target, cfg, out, s, feeds=feeds, calibration=calib,
+                        calibration_is_synthetic=synthetic, progress=progress,
+                        threads=threads).run()
+    write_outputs(result, out)
+    return result
+
+
+def check(model: Any, baseline: PathLike, *, against: Any = None, max_slowdown: str = "5%",
+          max_time: float = 20.0, warmup_max: float = 0.5, threads: int | None = None,
+          conf: float = 0.99) -> tuple["Verdict", "Estimate"]:
+    """The CI latency gate on one model: interleaved against `against` (the old model) when given
+    or the baseline's model when it is still on disk, else against the baseline's stored samples.
+    Returns (Verdict, Estimate); `verdict.regression` is what `deploykit check` exits 1 on."""
+    from .gate.baseline import load_baseline
+    from .gate.decision import decide, interleaved_estimate, parse_threshold, stored_estimate
+    from .gate.rounds import gate_target, load_model, measure_rounds
+
+    threshold = parse_threshold(max_slowdown)
+    base = load_baseline(baseline)
+    new, inputs, outputs = load_model(str(model_ref(model).path))
+    why = base.signature_mismatch(inputs, outputs)
+    if why:
+        raise InputError(f"{new.path} is not the model {baseline} is for: {why}")
+    target = gate_target(base.report.target, threads)
+    old_path = model_ref(against).path if against is not None else base.model_file()
+    if old_path is not None:
+        old, _, _ = load_model(str(old_path))
+        old_rep, new_rep = measure_rounds(target, [old, new], base.feeds, max_time, warmup_max)
+        est = interleaved_estimate(old_rep, new_rep, conf)
+    else:
+        (new_rep,) = measure_rounds(target, [new], base.feeds, max_time, warmup_max)
+        est = stored_estimate(base.report, new_rep, conf)
+    return decide(est, threshold), est
+
+
+def package(model: Any, target: str, output: PathLike, *, force: bool = False,
+            **options: Any) -> dict[str, Any]:
+    """Build a self-checking deployment bundle for `target` at `output`; returns its manifest.
+    `options` are PackageOptions fields (e.g. original=..., ort_platform=...)."""
+    from dataclasses import fields
+
+    from .backends import registry
+    from .bundle.package import PackageOptions, package as build
+
+    known = {f.name for f in fields(PackageOptions)}
+    bad = set(options) - known
+    if bad:
+        raise InputError(f"unknown package options {sorted(bad)} (known: {', '.join(sorted(known))})")
+    return build(model_ref(model).path, registry.get(target), output,
+                 PackageOptions(force=force, **options))
+
+
+def verify(bundle: PathLike, *, device: str | None = None, tracker: str | None = None,
+           python: bool = False, repeat: int = 1) -> "VerifyResult":
+    """Integrity and golden-output self-test of a bundle, here or on a device over RPC."""
+    from .bundle.verify import verify as run_verify
+
+    return run_verify(bundle, device=device, tracker=tracker, python=python, repeat=repeat)

@@ -1,0 +1,428 @@
+"""deploykit's timing methodology, for one callable or several interleaved.
+
+1. First call timed alone (first-inference cost: lazy allocation, kernel selection).
+2. Warm-up until the median of the last window agrees with the window before it
+   (within `warmup_tolerance`), at least `warmup_min_s`, at most `warmup_max_s`.
+3. Timed blocks of ~`block_s`; after each, stop when the 95% CI of the median (order statistics,
+   distribution-free) is within +/- `target_rel_ci` of the median, or a time/sample cap is hit.
+4. During every block the other processes' CPU time is read from /proc/stat minus this process's
+   own CPU time: blocks where foreign load exceeds `contamination_threshold` are marked; the
+   report's `validity` (validity.py) turns them into a verdict on the run.
+5. With `wait_quiet_s`, a round that overlapped foreign load is discarded and the run pauses
+   until the load falls below the mark (QuietWaiter), giving up after `wait_quiet_s` seconds.
+`compare` runs several callables in interleaved rounds (rotating order) in one process, so slow
+drift of a shared machine hits all of them alike and their ratio stays honest.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .. import stats
+from ..core import Block, LatencyReport, Result, TimingPlan
+
+if TYPE_CHECKING:  # measuring sits below the backends: it times any object with Artifact's shape
+    from ..backends.base import Artifact
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_NCPU = os.cpu_count() or 1
+_PROC_STAT = "/proc/stat"
+
+
+def _allowed_cpus() -> frozenset[int] | None:
+    """The CPUs this process may run on when they are fewer than the machine's (a cpuset or
+    taskset): load on the other CPUs does not compete with the measurement."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    return frozenset(cpus) if len(cpus) < _NCPU else None
+
+
+class LoadMonitor:
+    """Foreign CPU share (0..1 of the cores this process may run on: all of them, or its
+    affinity set when that is smaller) between `start()` and `stop()`."""
+
+    def __init__(self) -> None:
+        self._t0 = self._busy0 = self._own0 = 0.0
+        self._cpus = _allowed_cpus()
+
+    def _busy_s(self) -> float | None:
+        try:
+            with open(_PROC_STAT) as f:
+                lines = f.readlines() if self._cpus else [f.readline()]
+        except OSError:
+            return None
+        busy = 0
+        for line in lines:
+            name, *fields = line.split() or [""]
+            if not name.startswith("cpu") or (
+                    self._cpus and not (name[3:].isdigit() and int(name[3:]) in self._cpus)):
+                continue
+            v = [int(x) for x in fields]
+            idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+            busy += sum(v[:8]) - idle  # user..steal; guest is already inside user
+        return busy / _HZ
+
+    @staticmethod
+    def _own_s() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), self._busy_s() or 0.0, self._own_s()
+
+    def stop(self) -> float:
+        wall = time.perf_counter() - self._t0
+        busy = self._busy_s()
+        if busy is None or wall <= 0:
+            return 0.0
+        foreign = (busy - self._busy0) - (self._own_s() - self._own0)
+        # /proc/stat ticks at 1/_HZ: below two ticks per core the estimate is pure rounding.
+        if wall < 2.0 / _HZ:
+            return 0.0
+        ncpu = len(self._cpus) if self._cpus else _NCPU
+        return float(min(max(foreign / (wall * ncpu), 0.0), 1.0))
+
+
+# The seam for the foreign-load sampler: measure_many, QuietWaiter and `deploykit doctor` build
+# their monitor with this, so tests can inject a scripted load (the machine's own is not ours).
+make_load_monitor: Callable[[], LoadMonitor] = LoadMonitor
+QUIET_PROBE_S = 0.5  # how long one look at the machine's load lasts while waiting for quiet
+
+
+def sample_load(monitor: LoadMonitor, seconds: float) -> float:
+    """Foreign CPU share over `seconds` of doing nothing ourselves."""
+    monitor.start()
+    time.sleep(seconds)
+    return monitor.stop()
+
+
+class QuietWaiter:
+    """Waits, between timed rounds, until foreign load is below the contamination mark.
+    Its budget (`plan.wait_quiet_s`) covers both the waiting and the discarded rounds; once it is
+    spent it gives up (says so through `warn`) and the run continues under load, which the
+    report's validity then shows."""
+
+    def __init__(self, monitor: LoadMonitor, plan: TimingPlan, status=None, warn=None):
+        self.monitor, self.plan = monitor, plan
+        self.status = status or (lambda text: None)
+        self.warn = warn or (lambda text: None)
+        self.spent_s = 0.0
+        self.discarded = 0
+        self.gave_up = False
+
+    @property
+    def active(self) -> bool:
+        return not self.gave_up
+
+    def charge(self, seconds: float) -> None:
+        """Count a discarded round against the budget."""
+        self.discarded += 1
+        self.spent_s += seconds
+
+    def wait(self, reason: str) -> None:
+        """Probe the load until it is below the mark or the budget is spent."""
+        mark = self.plan.contamination_threshold
+        while not self.gave_up:
+            if self.spent_s >= self.plan.wait_quiet_s:
+                self.gave_up = True
+                self.warn(f"gave up waiting for quiet after {self.plan.wait_quiet_s:g} s "
+                          f"({reason}): measuring under load; the result will not be clean")
+                return
+            load = sample_load(self.monitor, QUIET_PROBE_S)
+            self.spent_s += QUIET_PROBE_S
+            if load <= mark:
+                return
+            reason = f"foreign load {load:.0%} of the cores > {mark:.0%}"
+            self.status(f"waiting for quiet: {reason} ({self.spent_s:.0f} of "
+                        f"{self.plan.wait_quiet_s:g} s)")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Raw result of timing one callable."""
+
+    samples_ms: tuple[float, ...]
+    blocks: tuple[Block, ...]
+    stop_reason: str
+    warmup_samples: int
+    first_ms: float
+    discarded_blocks: int = 0
+    quiet_wait_s: float = 0.0
+
+
+def _time_once(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def warm_up(fn: Callable[[], object], plan: TimingPlan) -> tuple[int, float]:
+    """Run `fn` until its running median settles; returns (calls made, median of last window ms)."""
+    durations: list[float] = []
+    t_start = time.perf_counter()
+    while True:
+        durations.append(_time_once(fn))
+        elapsed = time.perf_counter() - t_start
+        if elapsed >= plan.warmup_max_s:
+            break
+        # window: ~50 ms worth of calls, at least 5
+        w = max(5, int(0.05 / max(np.median(durations[-5:]) / 1e3, 1e-6)))
+        if elapsed >= plan.warmup_min_s and len(durations) >= 2 * w:
+            last = float(np.median(durations[-w:]))
+            prev = float(np.median(durations[-2 * w:-w]))
+            if abs(last - prev) <= plan.warmup_tolerance * prev:
+                break
+    w = max(1, min(len(durations), 5))
+    return len(durations), float(np.median(durations[-w:]))
+
+
+def converged(samples: Sequence[float], blocks: Sequence[Block], plan: TimingPlan) -> bool:
+    """Stop when the 95% CI of the median over clean blocks is within +/- target_rel_ci.
+
+    Blocks, not samples, are the units: consecutive samples share the machine's momentary state,
+    so a CI over raw samples would be far too narrow. Contaminated blocks do not count."""
+    if len(samples) < plan.min_samples:
+        return False
+    clean = [b for b in blocks if not b.contaminated and b.n > 0]
+    if len(clean) < plan.min_blocks:
+        return False
+    meds = stats.block_medians(samples, clean, drop_contaminated=False)
+    lo, hi = stats.median_ci(meds)
+    return (hi - lo) / 2 <= plan.target_rel_ci * float(np.median(meds))
+
+
+class _Series:
+    """Samples and blocks of one callable while it is being timed."""
+
+    def __init__(self, fn: Callable[[], object], plan: TimingPlan):
+        self.fn = fn
+        self.plan = plan
+        self.samples: list[float] = []
+        self.blocks: list[Block] = []
+        self.first_ms = 0.0
+        self.warmup_n = 0
+
+    def prepare(self) -> None:
+        self.first_ms = _time_once(self.fn)
+        self.warmup_n, _ = warm_up(self.fn, self.plan)
+
+    def block(self, seconds: float, monitor: LoadMonitor) -> None:
+        """Run for `seconds` of wall time (at least once), recording every call."""
+        start = len(self.samples)
+        fn, out, clock = self.fn, self.samples, time.perf_counter_ns
+        end = clock() + int(seconds * 1e9)
+        monitor.start()
+        while True:
+            t0 = clock()
+            fn()
+            t1 = clock()
+            out.append((t1 - t0) / 1e6)
+            if t1 >= end:
+                break
+        foreign = monitor.stop()
+        n = len(out) - start
+        self.blocks.append(Block(start, n, foreign, foreign > self.plan.contamination_threshold))
+
+    def drop_last(self) -> None:
+        """Forget the last block (it overlapped foreign load and we are waiting for quiet)."""
+        b = self.blocks.pop()
+        del self.samples[b.start:]
+
+    def timing(self, stop_reason: str, waiter: "QuietWaiter | None" = None) -> Timing:
+        return Timing(tuple(self.samples), tuple(self.blocks), stop_reason, self.warmup_n,
+                      self.first_ms, waiter.discarded if waiter else 0,
+                      waiter.spent_s if waiter else 0.0)
+
+
+def _progress(enabled: bool, description: str):
+    from ..progress import progress_bar
+
+    return progress_bar(enabled)
+
+
+def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingPlan(),
+                 progress: bool = False, description: str = "timing") -> list[Timing]:
+    """Time callables in interleaved rounds (rotating order) until every one's median CI is
+    within target, or a cap is hit. With one callable this is plain adaptive timing."""
+    from scipy.stats import binom  # noqa: F401  (imported now, not inside the first timed round)
+
+    series = [_Series(fn, plan) for fn in fns]
+    monitor = make_load_monitor()
+    reason = "time-cap"
+    per_block = plan.block_s / len(series)
+    with _progress(progress, description) as bar:
+        task = bar.add_task(description, total=plan.max_time_s, info="") if bar else None
+        waiter = None
+        if plan.wait_quiet_s > 0:
+            def status(text: str) -> None:
+                if bar:
+                    bar.update(task, info=text)
+
+            waiter = QuietWaiter(monitor, plan, status, warn_user)
+            waiter.wait("before warm-up")
+        for s in series:
+            s.prepare()
+        elapsed = 0.0  # timed seconds kept (waiting and discarded rounds do not count)
+        rnd = 0
+        while True:
+            order = series[rnd % len(series):] + series[:rnd % len(series)]
+            t_round = time.perf_counter()
+            for s in order:
+                s.block(per_block, monitor)
+            rnd += 1
+            took = time.perf_counter() - t_round
+            if waiter and waiter.active and any(s.blocks[-1].contaminated for s in series):
+                for s in series:
+                    s.drop_last()
+                waiter.charge(took)
+                waiter.wait("the last round overlapped foreign load")
+                continue
+            elapsed += took
+            if all(converged(s.samples, s.blocks, plan) for s in series):
+                reason = "ci-reached"
+                break
+            if elapsed >= plan.max_time_s:
+                reason = "time-cap"
+                break
+            if max(len(s.samples) for s in series) >= plan.max_samples:
+                reason = "sample-cap"
+                break
+            if bar:
+                widths = []
+                for s in series:
+                    lo, hi = stats.blocked_median_ci(s.samples, s.blocks)
+                    meds = stats.block_medians(s.samples, s.blocks)  # as LatencyReport.median_ms
+                    med = float(np.median(meds if len(meds) >= 2 else s.samples))
+                    widths.append(f"{med:.3f} ms ±{(hi - lo) / 2 / med:.1%}")
+                bar.update(task, completed=min(elapsed, plan.max_time_s), info=" | ".join(widths))
+    return [s.timing(reason, waiter) for s in series]
+
+
+def warn_user(text: str) -> None:
+    import sys
+
+    print(f"deploykit: warning: {text}", file=sys.stderr)
+
+
+def measure_callable(fn: Callable[[], object], plan: TimingPlan = TimingPlan(),
+                     progress: bool = False) -> Timing:
+    return measure_many([fn], plan, progress)[0]
+
+
+def _report(artifact: Artifact, timing: Timing, per_op, flops, roofline_ms,
+            batch: int) -> LatencyReport:
+    from .env import fingerprint
+
+    t = artifact.target
+    return LatencyReport(
+        samples_ms=timing.samples_ms, target=t.name, target_config=dict(t.config),
+        artifact_id=artifact.id, model_sha256=artifact.model.sha256,
+        model_path=str(artifact.model.path),
+        env={**fingerprint(t.name, t.config, t.threads), **artifact.env},
+        stop_reason=timing.stop_reason, session_create_ms=artifact.session_create_ms,
+        first_inference_ms=timing.first_ms, warmup_samples=timing.warmup_samples, batch=batch,
+        blocks=timing.blocks, per_op=tuple(per_op), flops=flops, roofline_ms=roofline_ms,
+        labels=tuple(artifact.labels), discarded_blocks=timing.discarded_blocks,
+        quiet_wait_s=timing.quiet_wait_s)
+
+
+def _batch(feeds: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def profile_artifact(artifact: Artifact, feeds: Mapping[str, np.ndarray],
+                     plan: TimingPlan = TimingPlan(), *, per_op: bool = True,
+                     progress: bool = False, trace_path: str | None = None,
+                     flops: float | None = None, roofline_ms: float | None = None) -> LatencyReport:
+    """Time one artifact; the per-op breakdown runs after timing, in its own profiling pass."""
+    timing = measure_callable(artifact.timed_runner(feeds), plan, progress)
+    ops = artifact.per_op(feeds, trace_path=trace_path) if per_op else []
+    return _report(artifact, timing, ops, flops, roofline_ms, _batch(feeds))
+
+
+@dataclass(frozen=True)
+class Comparison(Result):
+    """Reports of interleaved runs; ratios are median(i) / median(j) with a bootstrap CI."""
+
+    reports: tuple[LatencyReport, ...]
+    names: tuple[str, ...]
+
+    def ratio(self, i: int, j: int = 0, conf: float = 0.95) -> tuple[float, float, float]:
+        """median(i) / median(j) from per-round log ratios of block medians (drift within a
+        round hits both alike): Hodges-Lehmann estimate with the Wilcoxon signed-rank interval.
+        Rounds where either block had foreign load are dropped when >= 8 clean ones remain."""
+        from ..stats import MIN_UNITS, paired_log_ratio_ci
+
+        a, b = self.reports[i], self.reports[j]
+        xa, xb = np.asarray(a.samples_ms), np.asarray(b.samples_ms)
+        pairs = [(p, q) for p, q in zip(a.blocks, b.blocks) if p.n and q.n]
+        clean = [(p, q) for p, q in pairs if not (p.contaminated or q.contaminated)]
+        if len(clean) >= MIN_UNITS:
+            pairs = clean
+        if i == j or not pairs:
+            return 1.0, (1.0 if i == j else float("nan")), (1.0 if i == j else float("nan"))
+        d = [math.log(np.median(xa[p.start:p.start + p.n]) / np.median(xb[q.start:q.start + q.n]))
+             for p, q in pairs]
+        est, lo, hi, _ = paired_log_ratio_ci(d, conf)
+        return math.exp(est), math.exp(lo), math.exp(hi)
+
+    def __repr__(self) -> str:
+        rows = []
+        for i, (name, rep) in enumerate(zip(self.names, self.reports)):
+            r, lo, hi = self.ratio(i, 0)
+            rows.append(f"{name}: {rep.median_ms:.4g} ms, x{r:.3f} [{lo:.3f}, {hi:.3f}]")
+        return f"Comparison(ratios to the first, interleaved: {'; '.join(rows)})"
+
+    def speedup(self, i: int, j: int = 0) -> tuple[float, float, float]:
+        """How many times faster i is than j: median(j) / median(i), with CI."""
+        r, lo, hi = self.ratio(j, i)
+        return r, lo, hi
+
+    def to_dict(self) -> dict:
+        rows = []
+        for i, (name, rep) in enumerate(zip(self.names, self.reports)):
+            r, lo, hi = self.ratio(i, 0)
+            rows.append({"name": name, "ratio_to_first": r, "ratio_ci95": [lo, hi],
+                         "report": rep.to_dict()})
+        from ..validity import summary_dict
+
+        return {**summary_dict({n: r.validity for n, r in zip(self.names, self.reports)}),
+                "mode": "interleaved", "items": rows}
+
+
+def compare(artifacts: Sequence[Artifact], feeds_per_artifact: Sequence[Mapping[str, np.ndarray]],
+            plan: TimingPlan = TimingPlan(), progress: bool = False, *, per_op: bool = False,
+            names: Sequence[str] | None = None) -> Comparison:
+    """Interleaved A/B/A/B rounds in one process; ratios of medians carry a CI."""
+    if len(artifacts) != len(feeds_per_artifact):
+        raise ValueError("one feeds mapping per artifact")
+    timings = measure_many([a.timed_runner(f) for a, f in zip(artifacts, feeds_per_artifact)],
+                           plan, progress, "interleaved")
+    reports = []
+    for a, f, t in zip(artifacts, feeds_per_artifact, timings):
+        ops = a.per_op(f) if per_op else []
+        reports.append(_report(a, t, ops, None, None, _batch(f)))
+    names = tuple(names or (f"{a.model.path.name}@{a.target.name}" for a in artifacts))
+    return Comparison(tuple(reports), names)
+
+
+def required_samples_note(report: LatencyReport) -> str:
+    """Why the run stopped, in words for the table."""
+    if report.stop_reason == "ci-reached":
+        return f"CI target reached after {len(report.samples_ms)} samples"
+    return (f"stopped by {report.stop_reason} at ±{report.rel_ci_halfwidth:.1%} "
+            f"after {len(report.samples_ms)} samples")
+
+
+__all__ = ["LoadMonitor", "QuietWaiter", "make_load_monitor", "sample_load", "Timing",
+           "measure_callable", "measure_many", "profile_artifact", "compare", "Comparison",
+           "warm_up", "required_samples_note"]
