@@ -50,25 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common.add_store_arg(p)
 
 
-def _refuse_contaminated(side: str, validity, args) -> None:
-    """Stored mode compares two runs taken at different times: load in either is not cancelled."""
-    from ..gate.baseline import BaselineError
-
-    if validity.state != "contaminated":
-        return
-    todo = (f"re-record it on a quiet machine (`deploykit baseline {args.model} -o "
-            f"{args.baseline} --wait-quiet 120`)" if side == "baseline" else
-            "rerun on a quiet machine or with --wait-quiet SECONDS")
-    raise BaselineError(f"stored-mode check refused: the {side} measurement is contaminated "
-                        f"({validity.reason}); {todo}, or pass --against OLD_MODEL for an "
-                        "interleaved check, which cancels load common to both models")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..gate.baseline import BaselineError, load_baseline, make_baseline
     from ..gate.decision import (decide, env_differences, interleaved_estimate, parse_threshold,
-                                 per_op_diff, stored_estimate)
+                                 per_op_diff, refuse_contaminated, stored_estimate)
+    from ..validity import summary_dict
 
     t_start = time.perf_counter()
     threshold = parse_threshold(args.max_slowdown)
@@ -106,15 +93,14 @@ def run(args: argparse.Namespace) -> int:
         estimate = interleaved_estimate(old_rep, new_rep)
     else:
         old_rep = base.report
-        _refuse_contaminated("baseline", old_rep.validity, args)  # before measuring anything
+        # before timing anything (stored_estimate checks both sides again)
+        refuse_contaminated("baseline", old_rep, f"`deploykit baseline {args.model} -o "
+                                                 f"{args.baseline} --wait-quiet 120`")
         (new_rep,) = measure_rounds(target, [model], base.feeds, args.max_time, args.warmup_max,
                                     progress=not args.quiet, wait_quiet=wait)
-        _refuse_contaminated("new", new_rep.validity, args)
         estimate = stored_estimate(old_rep, new_rep)
     verdict = decide(estimate, threshold)
     ops = per_op_diff(old_rep.per_op, new_rep.per_op, top=args.top)
-    from ..validity import summary_dict
-
     vo, vn = old_rep.validity, new_rep.validity
     result = {
         **summary_dict({"old": vo, "new": vn}),
