@@ -45,7 +45,8 @@ def _deploykit(*args: str) -> list[str]:
 
 def _start_hogs(n: int) -> list[subprocess.Popen]:
     """n busy loops, the i-th pinned to the i-th CPU of --cpus when given."""
-    return [subprocess.Popen(_pin([sys.executable, "-c", HOG], CPUS[i % len(CPUS):][:1]))
+    return [subprocess.Popen(_pin([sys.executable, "-c", HOG],
+                                  [CPUS[i % len(CPUS)]] if CPUS else []))
             for i in range(n)]
 
 
