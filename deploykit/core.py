@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import stats
+from . import stats, validity
 
 
 def stable_hash(*parts: Any, n: int = 16) -> str:
@@ -88,6 +88,8 @@ class TimingPlan:
     max_time_s: float = 30.0
     block_s: float = 0.5  # foreign-load bookkeeping granularity
     contamination_threshold: float = 0.25  # foreign CPU share (of all cores) that taints a block
+    wait_quiet_s: float = 0.0  # > 0: pause while foreign load is above the mark, discard blocks
+    # that overlapped it, give up after this many seconds (measure.timing.QuietWaiter)
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,15 @@ class LatencyReport(Result):
     roofline_ms: float | None = None
     labels: tuple[str, ...] = ()  # e.g. "emulated", "untuned: run deploykit tune"
     created: float = field(default_factory=time.time)
+    discarded_blocks: int = 0  # blocks dropped by --wait-quiet because they overlapped load
+    quiet_wait_s: float = 0.0  # time spent waiting for the machine to quieten
 
     def __repr__(self) -> str:
         lo, hi = self.ci95_ms
         return (f"LatencyReport({self.target}, model {self.model_sha256[:12]}: median "
                 f"{self.median_ms:.4g} ms, 95% CI [{lo:.4g}, {hi:.4g}], p90 {self.p90_ms:.4g} ms, "
                 f"{len(self.samples_ms)} samples in {len(self.blocks)} blocks, "
-                f"{self.contaminated_fraction:.0%} under foreign load)")
+                f"{self.contaminated_fraction:.0%} under foreign load, {self.validity.state})")
 
     @property
     def median_ms(self) -> float:
@@ -189,13 +193,25 @@ class LatencyReport(Result):
         return sum(b.n for b in self.blocks if b.contaminated) / n if n else 0.0
 
     @property
+    def validity(self) -> "validity.Validity":
+        """Is this a result? clean / contaminated / unstable, with the reason (validity.py)."""
+        return validity.assess(self.samples_ms, self.blocks,
+                               threshold=TimingPlan.contamination_threshold,
+                               discarded_blocks=self.discarded_blocks,
+                               quiet_wait_s=self.quiet_wait_s)
+
+    @property
     def roofline_efficiency(self) -> float | None:
         return None if self.roofline_ms is None else self.roofline_ms / self.median_ms
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["samples_ms"] = list(self.samples_ms)
+        v = self.validity
         d.update(
+            state=v.state,
+            reason=v.reason,
+            validity=v.to_dict(),
             median_ms=self.median_ms,
             p90_ms=self.p90_ms,
             p99_ms=self.p99_ms,

@@ -21,7 +21,7 @@ from .core import LatencyReport, ModelRef
 from .errors import StoreError
 from .store_backends import StoreLocation, open_backend, parse_location
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def default_store_path() -> StoreLocation:
@@ -74,6 +74,10 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
         "postgresql": ("ALTER TABLE per_op ADD COLUMN pos INTEGER",
                        "UPDATE per_op SET pos = o.rn FROM (SELECT ctid AS c, row_number() OVER "
                        "(ORDER BY ctid) AS rn FROM per_op) o WHERE per_op.ctid = o.c")},
+    # 3: runs carry their measurement's validity state (NULL in older rows: derived from the
+    # stored report when read)
+    3: {"sqlite": ("ALTER TABLE runs ADD COLUMN state TEXT",),
+        "postgresql": ("ALTER TABLE runs ADD COLUMN state TEXT",)},
 }
 
 
@@ -96,6 +100,7 @@ class RunRow:
     labels: tuple[str, ...]
     label: str | None
     env: Mapping[str, Any]
+    state: str = "clean"  # the measurement's validity state (validity.py)
 
 
 class Store:
@@ -222,14 +227,14 @@ class Store:
                 cur = db.execute(
                     "INSERT INTO runs (artifact_id, model_sha256, model_path, target, env, created,"
                     " n, median_ms, p90_ms, p99_ms, ci_lo_ms, ci_hi_ms, stop_reason, labels,"
-                    " label, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " label, report, state) VALUES (" + ", ".join("?" * 17) + ")"
                     " RETURNING id",
                     (report.artifact_id, report.model_sha256, report.model_path, report.target,
                      json.dumps(dict(report.env), sort_keys=True, default=str), report.created,
                      len(samples), *(_nan_to_none(v) for v in (
                          report.median_ms, report.p90_ms, report.p99_ms, lo, hi)),
                      report.stop_reason, json.dumps(list(report.labels)), label,
-                     json.dumps(d, default=str)))
+                     json.dumps(d, default=str), d["state"]))
                 run_id = int(cur.fetchall()[0][0])
                 db.execute("INSERT INTO samples VALUES (?, ?, ?)",
                            (run_id, len(samples), samples.tobytes()))
@@ -256,9 +261,16 @@ class Store:
 
     # ---- reading -------------------------------------------------------------------------
 
-    def get_measurement(self, key: str) -> LatencyReport | None:
+    def get_measurement(self, key: str, *, allow_contaminated: bool = False
+                        ) -> LatencyReport | None:
+        """The report remembered under `key`; None when there is none, or when it was taken
+        under foreign load (unless allowed): a contaminated measurement is never reused as if it
+        were clean, it is measured again (and the new run replaces it under `key`)."""
         r = self._read("SELECT run_id FROM measurements WHERE key = ?", (key,))
-        return self.report(r[0][0]) if r else None
+        if not r:
+            return None
+        rep = self.report(r[0][0])
+        return rep if allow_contaminated or rep.validity.state != "contaminated" else None
 
     def report(self, run_id: int) -> LatencyReport:
         """The full LatencyReport of a stored run, raw samples included."""
@@ -293,7 +305,8 @@ class Store:
             where.append("created >= ?")
             params.append(since)
         sql = ("SELECT id, created, model_sha256, model_path, target, artifact_id, n, median_ms,"
-               " p90_ms, p99_ms, ci_lo_ms, ci_hi_ms, stop_reason, labels, label, env FROM runs")
+               " p90_ms, p99_ms, ci_lo_ms, ci_hi_ms, stop_reason, labels, label, env, state"
+               " FROM runs")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY created {'ASC' if oldest_first else 'DESC'}, id " \
@@ -305,8 +318,9 @@ class Store:
                        artifact_id=r[5], n=r[6], median_ms=_none_to_nan(r[7]),
                        p90_ms=_none_to_nan(r[8]), p99_ms=_none_to_nan(r[9]),
                        ci95_ms=(_none_to_nan(r[10]), _none_to_nan(r[11])), stop_reason=r[12],
-                       labels=tuple(json.loads(r[13])), label=r[14], env=json.loads(r[15]))
-                for r in self._read(sql, params)]
+                       labels=tuple(json.loads(r[13])), label=r[14], env=json.loads(r[15]),
+                       state=r[16] or self.report(r[0]).validity.state)
+                for r in self._read(sql, params).fetchall()]
 
     def series(self, model: str | None = None, target: str | None = None, *,
                model_path: str | None = None) -> list[RunRow]:

@@ -18,6 +18,29 @@ from deploykit.store import Store
 FAST = ["--max-time", "1", "--warmup-max", "0.2", "-q"]
 
 
+class _Load:
+    """The load-monitor seam (measure.make_load_monitor) with a fixed foreign load. The shared
+    machine's real load is not these tests' to judge: stored-mode checks refuse contaminated
+    runs, so the tests that need a stored comparison script a quiet machine, and the refusal is
+    tested with a loaded one."""
+
+    def __init__(self, load):
+        self.load = load
+
+    def start(self):
+        pass
+
+    def stop(self):
+        return self.load
+
+
+@pytest.fixture
+def quiet(monkeypatch):
+    from deploykit.measure import timing as measure
+
+    monkeypatch.setattr(measure, "make_load_monitor", lambda: _Load(0.0))
+
+
 def matmul_chain(path, layers: int = 2, dim: int = 64, rows: int = 8) -> str:
     """x[rows, dim] -> (MatMul -> Relu) x layers -> y: cost grows linearly with `layers`."""
     rng = np.random.default_rng(0)
@@ -49,10 +72,14 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def baseline(models, tmp_path_factory):
+    from deploykit.measure import timing as measure
+
     d = tmp_path_factory.mktemp("baseline")
     path = d / "baseline.json"
-    assert main(["baseline", models["old"], "-o", str(path), "--store",
-                 str(d / "s.sqlite"), *FAST]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(measure, "make_load_monitor", lambda: _Load(0.0))
+        assert main(["baseline", models["old"], "-o", str(path), "--store",
+                     str(d / "s.sqlite"), "--no-strict", *FAST]) == 0
     return path
 
 
@@ -101,7 +128,7 @@ def test_ten_times_slower_model_fails_with_per_op_diff(models, baseline, tmp_pat
 
 
 def test_env_change_refuses_stored_comparison_unless_allowed_and_update(models, baseline,
-                                                                        tmp_path, capsys):
+                                                                        tmp_path, capsys, quiet):
     d = json.loads(baseline.read_text())
     d["env"]["threads"] = d["report"]["env"]["threads"] = 64
     d["model"]["path"] = "/nowhere/old.onnx"  # no old model: stored mode
@@ -155,13 +182,13 @@ def test_bad_threshold_is_a_usage_error(models, baseline, tmp_path, capsys):
     assert rc == 2 and "bad threshold" in capsys.readouterr().err
 
 
-def _stored(store, created, median, path="/ci/model.onnx"):
+def _stored(store, created, median, path="/ci/model.onnx", load=0.0):
     rng = np.random.default_rng(int(created))
     samples = median * rng.lognormal(0, 0.05, 50)
     store.record_report(LatencyReport(
         samples_ms=tuple(samples), target="ort-cpu", target_config={}, artifact_id="a",
         model_sha256=f"{int(created):064x}", model_path=path, env={}, stop_reason="ci-reached",
-        blocks=(Block(0, 50, 0.0, False),), created=created), label=f"c{int(created)}")
+        blocks=(Block(0, 50, load, load > 0.25),), created=created), label=f"c{int(created)}")
 
 
 def test_history_lists_and_flags_a_step(tmp_path, capsys):
@@ -186,3 +213,85 @@ def test_history_lists_and_flags_a_step(tmp_path, capsys):
 def test_history_without_store_is_an_input_error(tmp_path, capsys):
     assert main(["history", "--store", str(tmp_path / "none.sqlite")]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+def _stored_mode_baseline(baseline, tmp_path, load=None):
+    """The baseline with its model file gone (stored mode), its blocks optionally under load."""
+    d = json.loads(baseline.read_text())
+    d["model"]["path"] = "/nowhere/old.onnx"
+    if load is not None:
+        d["report"]["blocks"] = [dict(b, foreign_cpu=load, contaminated=load > 0.25)
+                                 for b in d["report"]["blocks"]]
+    path = tmp_path / "stored.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_stored_mode_refuses_a_contaminated_baseline_before_measuring(models, baseline, tmp_path,
+                                                                      capsys, monkeypatch):
+    from deploykit.commands import check
+    from deploykit.measure import timing as measure
+
+    def no_timing(*a, **k):
+        raise AssertionError("a contaminated baseline must be refused before anything is timed")
+
+    monkeypatch.setattr(check, "measure_rounds", no_timing)
+    monkeypatch.setattr(measure, "measure_many", no_timing)
+    path = _stored_mode_baseline(baseline, tmp_path, load=0.6)
+    rc, v = _check(models, path, tmp_path, "old")
+    err = capsys.readouterr().err
+    assert rc == 2 and v is None and "the baseline measurement is contaminated" in err
+    assert "--against OLD_MODEL" in err and "deploykit baseline" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_stored_mode_refuses_a_new_run_taken_under_load(models, baseline, tmp_path, capsys,
+                                                         monkeypatch):
+    from deploykit.measure import timing as measure
+
+    path = _stored_mode_baseline(baseline, tmp_path, load=0.0)
+    monkeypatch.setattr(measure, "make_load_monitor", lambda: _Load(0.6))
+    rc, v = _check(models, path, tmp_path, "old", "--max-slowdown", "50%")
+    err = capsys.readouterr().err
+    assert rc == 2 and v is None and "the new measurement is contaminated" in err
+    assert "--wait-quiet" in err
+    monkeypatch.setattr(measure, "make_load_monitor", lambda: _Load(0.0))
+    rc, v = _check(models, path, tmp_path, "old", "--max-slowdown", "50%")
+    assert rc in (0, 1) and v["mode"] == "stored"
+    assert v["contaminated_share"] == {"old": 0.0, "new": 0.0}
+
+
+def test_interleaved_check_under_load_reports_the_share(models, baseline, tmp_path, monkeypatch):
+    from deploykit.measure import timing as measure
+
+    monkeypatch.setattr(measure, "make_load_monitor", lambda: _Load(0.6))
+    md = tmp_path / "c.md"
+    rc, v = _check(models, baseline, tmp_path, "copy", "--against", models["old"],
+                   "--max-slowdown", "50%", "--markdown", str(md))
+    assert rc == 0 and v["mode"] == "interleaved"
+    assert v["state"] == "contaminated" and v["contaminated_share"] == {"old": 1.0, "new": 1.0}
+    assert "rounds had foreign CPU load (kept)" in v["note"]
+    assert "| measurement | contaminated (rounds with foreign load: old 100%, new 100%" in \
+        md.read_text()
+
+
+def test_trend_leaves_out_contaminated_runs_unless_asked(tmp_path, capsys):
+    db = tmp_path / "h.sqlite"
+    rng = np.random.default_rng(1)
+    with Store(db) as st:
+        for i in range(18):  # the last 6 were taken beside a CPU hog: 1.8x, marked contaminated
+            hog = i >= 12
+            _stored(st, 1000 + i, 5.0 * rng.lognormal(0, 0.01) * (1.8 if hog else 1.0),
+                    load=0.6 if hog else 0.0)
+    assert main(["history", "--store", str(db), "--trend", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["state"] for r in out["runs"]].count("contaminated") == 6
+    assert out["trends_skipped_contaminated"] == 6
+    (trend,) = out["trends"]
+    assert trend["runs"] == 12 and trend["change_points"] == []
+    assert main(["history", "--store", str(db), "--trend", "--json",
+                 "--include-contaminated"]) == 0
+    (trend,) = json.loads(capsys.readouterr().out)["trends"]
+    assert trend["runs"] == 18 and trend["change_points"]  # the hog looks like a regression
+    assert main(["history", "--store", str(db), "--trend"]) == 0
+    assert "left out 6 run(s) measured under foreign load" in capsys.readouterr().out

@@ -117,6 +117,32 @@ def test_load_monitor_known_ticks(monkeypatch):
     assert m.stop() == pytest.approx(0.5)  # 1.0 foreign CPU-second over 2 cores x 1 s
 
 
+def test_load_monitor_counts_only_the_cpus_it_may_run_on(monkeypatch, tmp_path):
+    """Pinned to CPUs 0-1 of 4 (a cpuset): a hog on CPU 3 does not compete, one on CPU 1 does."""
+    stat = tmp_path / "stat"
+    line = "cpu{} {} 0 0 1000 0 0 0 0 0 0\n"
+
+    def write(busy):  # busy ticks per CPU; the aggregate line first, as in /proc/stat
+        stat.write_text(line.format("", sum(busy)) + "".join(line.format(i, b)
+                                                             for i, b in enumerate(busy)))
+
+    hz = measure._HZ
+    monkeypatch.setattr(measure, "_PROC_STAT", str(stat))
+    monkeypatch.setattr(measure, "_NCPU", 4)
+    monkeypatch.setattr(measure.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(measure.LoadMonitor, "_own_s", staticmethod(lambda: 0.0))
+    wall = iter([0.0, 1.0, 0.0, 1.0])
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(wall))
+    m = measure.LoadMonitor()
+    write([0, 0, 0, 0])
+    m.start()
+    write([0, 0, 0, hz])  # one CPU-second on CPU 3, outside our set
+    assert m.stop() == 0.0
+    m.start()
+    write([0, hz, 0, 2 * hz])  # one CPU-second on CPU 1: half of our two CPUs
+    assert m.stop() == pytest.approx(0.5)
+
+
 def _blocks(sizes):
     from deploykit.core import Block
 

@@ -136,6 +136,27 @@ def test_too_few_rounds_is_an_input_error():
         interleaved_estimate(old, new)
 
 
+@pytest.mark.parametrize("side", ["baseline", "new"])
+def test_stored_mode_refuses_a_contaminated_side(side):
+    """Stored mode cannot cancel load: a run with most blocks under foreign load is refused,
+    whichever side it is on (the same samples with clean blocks compare fine)."""
+    from dataclasses import replace
+
+    from deploykit.gate.baseline import BaselineError
+
+    rng = np.random.default_rng(9)
+    old, _ = interleaved_pair(rng, 1.0, drift=0.03)
+    new, _ = interleaved_pair(rng, 1.0, drift=0.03)
+    stored_estimate(old, new)
+    loaded = tuple(Block(b.start, b.n, 0.6, i % 3 != 0) for i, b in enumerate(
+        (old if side == "baseline" else new).blocks))
+    old, new = (replace(old, blocks=loaded), new) if side == "baseline" else \
+        (old, replace(new, blocks=loaded))
+    with pytest.raises(BaselineError, match=f"the {side} measurement is contaminated "
+                                            r"\(67% of samples taken"):
+        stored_estimate(old, new)
+
+
 def test_stored_mode_detects_a_shift_without_drift_between_runs():
     rng = np.random.default_rng(8)
     old, _ = interleaved_pair(rng, 1.0, drift=0.03)

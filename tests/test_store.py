@@ -110,6 +110,38 @@ def test_measurement_cache_survives_reopen(store_location):
         assert st.get_measurement("k2") is None
 
 
+def test_contaminated_measurement_is_never_reused_and_runs_carry_their_state(tmp_path):
+    from dataclasses import replace
+
+    path = tmp_path / "r.sqlite"
+    loaded = replace(make_report(seed=4), blocks=(Block(0, 200, 0.6, True),))
+    with Store(path) as st:
+        st.put_measurement("k", loaded)
+        assert st.get_measurement("k") is None  # measured again, not reused as if clean
+        assert st.get_measurement("k", allow_contaminated=True).validity.state == "contaminated"
+        st.put_measurement("k", make_report(seed=5))  # the new (clean) run replaces it
+        assert st.get_measurement("k").samples_ms == make_report(seed=5).samples_ms
+        assert [r.state for r in st.runs(oldest_first=True)] == ["contaminated", "clean"]
+
+
+def test_store_written_before_states_opens_and_derives_them(tmp_path):
+    from dataclasses import replace
+
+    path = tmp_path / "old.sqlite"
+    with Store(path) as st:
+        st.record_report(replace(make_report(seed=6), blocks=(Block(0, 200, 0.6, True),)))
+    db = sqlite3.connect(path)  # what deploykit with schema 2 wrote: no state column
+    db.execute("ALTER TABLE runs DROP COLUMN state")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with Store(path) as st:  # migrated to schema 3 on opening
+        (row,) = st.runs()
+        assert row.state == "contaminated"  # computed from the stored report
+        st.record_report(make_report(seed=7))
+        assert [r.state for r in st.runs(oldest_first=True)] == ["contaminated", "clean"]
+
+
 def test_newer_schema_is_refused(store_location):
     Store(store_location).close()
     raw_execute(store_location, ("UPDATE meta SET value = ? WHERE key = 'schema_version'",

@@ -40,6 +40,43 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="longest warm-up in seconds (default 5)")
 
 
+def add_honesty_args(p: argparse.ArgumentParser, strict: bool = True) -> None:
+    """--strict / --no-strict (exit 3 when the measurement is not clean) and --wait-quiet."""
+    g = p.add_argument_group("measuring on a shared machine")
+    g.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="pause while other processes load the CPU, discard timed blocks that "
+                        "overlapped their load, give up after SECONDS (default 0: off)")
+    if not strict:
+        return
+    g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
+                   help="exit 3 when the measurement is not clean (contaminated by other "
+                        "processes' load, or unstable); outputs are still written. Default: on "
+                        "when CI=true, else off")
+
+
+def strict(args: argparse.Namespace) -> bool:
+    from ..validity import strict_default
+
+    return strict_default() if args.strict is None else bool(args.strict)
+
+
+def not_clean_exit(args: argparse.Namespace, validities: dict) -> int:
+    """0, or validity.EXIT_NOT_CLEAN (one line on stderr) under --strict when a measurement is
+    not clean."""
+    import sys
+
+    from ..validity import EXIT_NOT_CLEAN
+
+    bad = {k: v for k, v in validities.items() if not v.clean}
+    if not bad or not strict(args):
+        return 0
+    what = "; ".join(f"{k}: {v.state}: {v.reason}" for k, v in bad.items())
+    print(f"deploykit: not a clean measurement (--strict, exit {EXIT_NOT_CLEAN}): {what}. "
+          "Run on a quiet machine, pass --wait-quiet SECONDS, or see `deploykit doctor`",
+          file=sys.stderr)
+    return EXIT_NOT_CLEAN
+
+
 def plan_from_args(args: argparse.Namespace) -> TimingPlan:
     if not 0 < args.rel_ci < 1:
         raise InputError(f"--rel-ci must be in (0, 1), got {args.rel_ci}")
@@ -52,7 +89,15 @@ def plan_from_args(args: argparse.Namespace) -> TimingPlan:
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     return TimingPlan(target_rel_ci=args.rel_ci, max_time_s=args.max_time,
-                      min_samples=args.min_samples, warmup_max_s=args.warmup_max)
+                      min_samples=args.min_samples, warmup_max_s=args.warmup_max,
+                      wait_quiet_s=wait_quiet(args))
+
+
+def wait_quiet(args: argparse.Namespace) -> float:
+    wait = getattr(args, "wait_quiet", 0.0) or 0.0
+    if not wait >= 0 or wait == float("inf"):
+        raise InputError(f"--wait-quiet must be a finite number of seconds >= 0, got {wait}")
+    return float(wait)
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:

@@ -9,7 +9,10 @@ HELP = "record a latency baseline file for `deploykit check` (raw samples, env, 
 DESCRIPTION = """Measure MODEL on a target and write a baseline file meant to be committed next to
 it: raw samples in timed rounds (a fresh session each), the environment fingerprint, model and
 artifact ids, input settings and the per-operator breakdown. `deploykit check` compares later
-models against it."""
+models against it. The file records the measurement's state (clean / contaminated / unstable):
+`deploykit check` refuses to compare stored samples with a contaminated baseline, and with
+--strict (on by default when CI=true) a baseline that is not clean exits 3 (it is still written).
+Exit codes: 0 done, 2 usage or input error, 3 not a clean measurement (--strict)."""
 
 
 
@@ -21,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common.add_target_args(p)
     _common.add_input_args(p)
     add_gate_timing_args(p)
+    _common.add_honesty_args(p)
     _common.add_store_arg(p)
 
 
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     feeds_cfg = {"seed": args.seed, "shapes": {k: list(v) for k, v in shapes.items()},
                  "npz": args.inputs}
     (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
-                               progress=not args.quiet)
+                               progress=not args.quiet, wait_quiet=_common.wait_quiet(args))
     with Outputs() as outs:
         from .check import _checked  # what check would refuse to read is not written
 
@@ -81,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
 
         print_report(report, top=5)
         print(f"baseline written to {args.output} ({len(report.samples_ms)} samples in "
-              f"{len(report.blocks)} rounds of fresh sessions)")
-    return 0
+              f"{len(report.blocks)} rounds of fresh sessions; {report.validity.state})")
+    return _common.not_clean_exit(args, {args.output: report.validity})

@@ -18,6 +18,9 @@ from the per-round ratios (robust on a noisy machine). Otherwise the new run is 
 stored samples, which requires the same CPU, threads and backend versions (or
 --allow-env-change). A regression needs both size and significance: the interval lies above 1,
 asv's Mann-Whitney test on raw samples agrees, and the slowdown reaches the threshold.
+Stored mode refuses (exit 2) when either side is a contaminated measurement (other processes
+used the cores while it ran): there is nothing in the same run to cancel the load. Interleaved
+mode drops rounds with foreign load when enough clean ones remain and reports the share.
 Exit codes: 0 pass, 1 regression, 2 usage or input error."""
 
 
@@ -42,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads (default: the baseline's)")
     add_gate_timing_args(p)
+    _common.add_honesty_args(p, strict=False)
     _common.add_store_arg(p)
 
 
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..gate.baseline import BaselineError, load_baseline, make_baseline
     from ..gate.decision import (decide, env_differences, interleaved_estimate, parse_threshold,
-                                 per_op_diff, stored_estimate)
+                                 per_op_diff, refuse_contaminated, stored_estimate)
+    from ..validity import summary_dict
 
     from ..outputs import Outputs, check_distinct, check_output_file
 
@@ -91,18 +96,26 @@ def run(args: argparse.Namespace) -> int:
                          "interleaved check, re-record the baseline on this machine, or pass "
                          "--allow-env-change")
 
+    wait = _common.wait_quiet(args)
     if old_model is not None:
         old_rep, new_rep = measure_rounds(target, [old_model, model], base.feeds, args.max_time,
-                                          args.warmup_max, progress=not args.quiet)
+                                          args.warmup_max, progress=not args.quiet,
+                                          wait_quiet=wait)
         estimate = interleaved_estimate(old_rep, new_rep)
     else:
         old_rep = base.report
+        # before timing anything (stored_estimate checks both sides again)
+        refuse_contaminated("baseline", old_rep, f"`deploykit baseline {args.model} -o "
+                                                 f"{args.baseline} --wait-quiet 120`")
         (new_rep,) = measure_rounds(target, [model], base.feeds, args.max_time, args.warmup_max,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, wait_quiet=wait)
         estimate = stored_estimate(old_rep, new_rep)
     verdict = decide(estimate, threshold)
     ops = per_op_diff(old_rep.per_op, new_rep.per_op, top=args.top)
+    vo, vn = old_rep.validity, new_rep.validity
     result = {
+        **summary_dict({"old": vo, "new": vn}),
+        "contaminated_share": {"old": vo.contaminated_share, "new": vn.contaminated_share},
         "status": verdict.status, "failed": verdict.failed, "summary": verdict.summary,
         "threshold": threshold, "mode": estimate.mode, "ratio": estimate.ratio,
         "ratio_ci": [estimate.lo, estimate.hi], "conf": estimate.conf,
@@ -172,6 +185,10 @@ def _rows(r: dict) -> list[tuple[str, str]]:
                       f"Mann-Whitney on raw samples p={r['p_raw']:.2g}"),
             ("threshold", f"{r['threshold']:.1%}"),
             ("wall time", f"{r['wall_s']:.1f} s")]
+    share = r["contaminated_share"]
+    rows.append(("measurement", f"{r['state']} (rounds with foreign load: old "
+                                f"{share['old']:.0%}, new {share['new']:.0%} of samples)"
+                 + ("" if r["state"] == "clean" else f": {r['reason']}")))
     if r["note"]:
         rows.append(("note", r["note"]))
     if r["env_differences"]:

@@ -13,7 +13,10 @@ HELP = "list stored runs; --trend flags change points in a model's latency serie
 DESCRIPTION = """List the runs recorded in the results store (newest first). --model takes a
 sha256 (or a prefix) or a model path: a path selects every version of that file, which is the
 series a CI job builds up as the model changes. --trend looks for change points in the series of
-run medians per model path and target (e-divisive with a permutation test, as in MongoDB's CI)."""
+run medians per model path and target (e-divisive with a permutation test, as in MongoDB's CI).
+Every run shows its measurement state (clean / contaminated / unstable); --trend leaves out runs
+taken under foreign load (their medians measure the load, not the model) unless
+--include-contaminated is given."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "first")
     p.add_argument("--trend", action="store_true",
                    help="flag change points in each model's median series")
+    p.add_argument("--include-contaminated", action="store_true",
+                   help="let --trend use runs measured under foreign load too")
     p.add_argument("--alpha", type=float, default=0.01,
                    help="significance level of a change point (default 0.01)")
     p.add_argument("--store", default=None,
@@ -49,12 +54,15 @@ def _select(store, model: str | None, target: str | None):
     return store.runs(model_path=model, target=target)
 
 
-def _trends(rows, alpha: float):
-    """{(model path or sha, target): (series oldest first, change points)}."""
+def _trends(rows, alpha: float, include_contaminated: bool = False):
+    """{(model path or sha, target): (series oldest first, change points)}; contaminated runs
+    are left out of the series unless asked for."""
     from ..gate.changepoints import change_points
 
     groups: dict[tuple[str, str], list] = {}
     for r in sorted(rows, key=lambda r: (r.created, r.id)):
+        if r.state == "contaminated" and not include_contaminated:
+            continue
         groups.setdefault((r.model_path or r.model_sha256[:12], r.target), []).append(r)
     out = {}
     for key, series in groups.items():
@@ -83,10 +91,12 @@ def run(args: argparse.Namespace) -> int:
         if args.lineage:
             return _lineage(store, args.lineage, args.json)
         rows = _select(store, args.model, args.target)
-    trends = _trends(rows, args.alpha) if args.trend else {}
+    trends = _trends(rows, args.alpha, args.include_contaminated) if args.trend else {}
+    skipped = 0 if args.include_contaminated else sum(r.state == "contaminated" for r in rows)
     if args.json:
         out = {"runs": [_row_dict(r) for r in rows[:args.limit]]}
         if args.trend:
+            out["trends_skipped_contaminated"] = skipped
             out["trends"] = [{"model": k[0], "target": k[1], "runs": len(s),
                               "change_points": [dict(run_id=s[c.index].id,
                                                      created=s[c.index].created, index=c.index,
@@ -97,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(dumps_json(out), end="")
         return 0
-    _print(rows[:args.limit], len(rows), trends)
+    _print(rows[:args.limit], len(rows), trends, skipped if args.trend else 0)
     return 0
 
 
@@ -141,10 +151,10 @@ def _row_dict(r) -> dict:
             "model_path": r.model_path, "target": r.target, "artifact_id": r.artifact_id,
             "n": r.n, "median_ms": r.median_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
             "ci95_ms": list(r.ci95_ms), "stop_reason": r.stop_reason, "label": r.label,
-            "labels": list(r.labels)}
+            "labels": list(r.labels), "state": r.state}
 
 
-def _print(rows, total: int, trends) -> None:
+def _print(rows, total: int, trends, skipped: int = 0) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -153,7 +163,7 @@ def _print(rows, total: int, trends) -> None:
         console = Console(width=120)
     flagged = {s[c.index].id for s, cps in trends.values() for c in cps}
     t = Table(title=f"runs ({len(rows)} of {total}, newest first)")
-    for c in ("id", "when", "model", "target", "median ms", "±CI", "p90", "n", "label"):
+    for c in ("id", "when", "model", "target", "median ms", "±CI", "p90", "n", "state", "label"):
         t.add_column(c, justify="right" if c in ("id", "median ms", "±CI", "p90", "n")
                      else "left", no_wrap=c != "label")
     for r in rows:
@@ -163,8 +173,12 @@ def _print(rows, total: int, trends) -> None:
         name = Path(r.model_path).name if r.model_path else ""
         t.add_row(str(r.id), time.strftime("%m-%d %H:%M", time.localtime(r.created)),
                   f"{r.model_sha256[:8]} {name}", r.target, f"{r.median_ms:.3f}{mark}",
-                  f"{half:.1%}", f"{r.p90_ms:.3f}", str(r.n), r.label or "")
+                  f"{half:.1%}", f"{r.p90_ms:.3f}", str(r.n),
+                  r.state if r.state == "clean" else f"[red]{r.state}[/red]", r.label or "")
     console.print(t)
+    if skipped:
+        console.print(f"--trend left out {skipped} run(s) measured under foreign load "
+                      "(--include-contaminated to use them)")
     for (model, target), (series, cps) in trends.items():
         head = f"trend of {model} on {target} ({len(series)} runs)"
         if len(series) < 6:

@@ -11,7 +11,11 @@ HELP = "measure latency on a target (adaptive repetitions, CIs, per-op breakdown
 DESCRIPTION = """Measure a model's latency on a target. Warm-up until the running median settles,
 then adaptive repetitions until the 95% CI of the median is within --rel-ci (or the time cap).
 Foreign CPU load is recorded per block. With several models or targets, or --compare, they run in
-interleaved rounds in one process and the ratio of medians is reported with its CI."""
+interleaved rounds in one process and the ratio of medians is reported with its CI.
+Every report carries a state: clean, contaminated (other processes used the cores while it ran)
+or unstable (the machine drifted); --json has it as `state` and `reason`, and with --strict (on by
+default when CI=true) a measurement that is not clean exits 3.
+Exit codes: 0 done, 2 usage or input error, 3 not a clean measurement (--strict)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
     _common.add_input_args(p)
     _common.add_plan_args(p)
+    _common.add_honesty_args(p)
     _common.add_store_arg(p)
 
 
@@ -104,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
             print_report(reports[0][1], top=args.top)
     for a in artifacts:
         a.close()
-    return 0
+    reps = [r for _, r in reports]
+    names = cmp.names if compare else [str(reps[0].model_path)]
+    return _common.not_clean_exit(args, {n: r.validity for n, r in zip(names, reps)})
 
 
 def _measure(args, models, tlist, shapes, plan, compare: bool, trace):

@@ -92,9 +92,27 @@ def interleaved_estimate(old: LatencyReport, new: LatencyReport,
     return _finish("interleaved", est, lo, hi, p, len(d), conf, old, new, note)
 
 
+def refuse_contaminated(side: str, report: LatencyReport, rerecord: str = "") -> None:
+    """Stored mode compares two runs taken at different times, so load in either is not
+    cancelled: a contaminated side is refused with what to do (exit 2 from the CLI)."""
+    from .baseline import BaselineError
+
+    v = report.validity
+    if v.state != "contaminated":
+        return
+    todo = (f"re-record it on a quiet machine ({rerecord or '`deploykit baseline --wait-quiet`'})"
+            if side == "baseline" else "rerun on a quiet machine or with --wait-quiet SECONDS")
+    raise BaselineError(f"stored-mode check refused: the {side} measurement is contaminated "
+                        f"({v.reason}); {todo}, or pass --against OLD_MODEL for an interleaved "
+                        "check, which cancels load common to both models")
+
+
 def stored_estimate(old: LatencyReport, new: LatencyReport,
                     conf: float = DEFAULT_CONF) -> Estimate:
-    """New run against stored samples: compare the two runs' block medians."""
+    """New run against stored samples: compare the two runs' block medians. Refused when either
+    run is contaminated (refuse_contaminated)."""
+    refuse_contaminated("baseline", old)
+    refuse_contaminated("new", new)
     bo, bn = (stats.block_medians(r.samples_ms, r.blocks, chunk_unblocked=True) for r in (old, new))
     if min(len(bo), len(bn)) < MIN_UNITS:
         raise InputError(f"too few timed blocks to compare ({len(bo)} baseline, {len(bn)} new; "

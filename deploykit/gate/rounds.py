@@ -47,8 +47,8 @@ def feeds_for(artifact, feeds_cfg: Mapping[str, Any]):
 
 
 def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mapping[str, Any],
-                   max_time: float, warmup_max: float, progress: bool = False
-                   ) -> list[LatencyReport]:
+                   max_time: float, warmup_max: float, progress: bool = False,
+                   wait_quiet: float = 0.0) -> list[LatencyReport]:
     """Time `models` in rounds; each round creates fresh sessions, warms them up and times them
     for `round_s` seconds in short alternating blocks (`measure.compare`), so that the load of a
     shared machine, which changes within a second, hits every model of the round alike.
@@ -56,9 +56,12 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
     persistently by ~7% (measured here with 2 threads: some sessions run like single-threaded
     ones), so one session pair measures the session lottery; with a new pair each round, that
     lottery becomes round-to-round noise, which the gate's rank test on rounds accounts for.
+    With `wait_quiet` > 0 a round that overlapped foreign load is discarded and the next one
+    waits for quiet (measure.timing.QuietWaiter), up to `wait_quiet` seconds in all.
     Returns one report per model with one block per round."""
     import scipy.stats  # noqa: F401  (import now, not inside the first timed round)
 
+    from ..measure import timing
     from ..measure.timing import compare
 
     if max_time <= 0 or warmup_max <= 0:
@@ -72,10 +75,29 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
     feeds = None
     t0 = time.perf_counter()
     with _progress(progress, max_time) as bar:
+        waiter = None
+        if wait_quiet > 0:
+            def status(text: str) -> None:
+                if bar:
+                    bar.update(bar.task_ids[0], info=text)
+
+            waiter = timing.QuietWaiter(timing.make_load_monitor(),
+                                        replace(plan, wait_quiet_s=wait_quiet), status,
+                                        timing.warn_user)
+            waiter.wait("before the first round")
         while True:
             arts = [target.compile(m) for m in models]
             feeds = feeds or [feeds_for(a, feeds_cfg) for a in arts]
+            t_round = time.perf_counter()
             rounds.append(compare(arts, feeds, plan).reports)
+            if waiter and waiter.active and any(_round_load(r) > plan.contamination_threshold
+                                                for r in rounds[-1]):
+                rounds.pop()
+                for a in arts:
+                    a.close()
+                waiter.charge(time.perf_counter() - t_round)
+                waiter.wait("the last round overlapped foreign load")
+                continue
             elapsed = time.perf_counter() - t0
             if bar:
                 bar.update(bar.task_ids[0], completed=min(elapsed, max_time),
@@ -87,7 +109,16 @@ def measure_rounds(target: Target, models: Sequence[ModelRef], feeds_cfg: Mappin
                 a.close()
             if done:
                 break
-    return [_merge([r[i] for r in rounds], per_op[i]) for i in range(len(models))]
+    merged = [_merge([r[i] for r in rounds], per_op[i]) for i in range(len(models))]
+    if waiter:
+        merged = [replace(m, discarded_blocks=waiter.discarded, quiet_wait_s=waiter.spent_s)
+                  for m in merged]
+    return merged
+
+
+def _round_load(r: LatencyReport) -> float:
+    """Foreign load of one round: the time-weighted mean of its alternations."""
+    return sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, len(r.samples_ms))
 
 
 def _progress(enabled: bool, total: float):
@@ -106,7 +137,7 @@ def _merge(parts: Sequence[LatencyReport], per_op) -> LatencyReport:
     blocks = []
     for r in parts:
         n = len(r.samples_ms)
-        load = sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, n)
+        load = _round_load(r)
         blocks.append(Block(len(samples), n, load, load > TimingPlan.contamination_threshold))
         samples += r.samples_ms
     return replace(parts[-1], samples_ms=tuple(samples), blocks=tuple(blocks),

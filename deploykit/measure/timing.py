@@ -6,7 +6,10 @@
 3. Timed blocks of ~`block_s`; after each, stop when the 95% CI of the median (order statistics,
    distribution-free) is within +/- `target_rel_ci` of the median, or a time/sample cap is hit.
 4. During every block the other processes' CPU time is read from /proc/stat minus this process's
-   own CPU time: blocks where foreign load exceeds `contamination_threshold` are marked.
+   own CPU time: blocks where foreign load exceeds `contamination_threshold` are marked; the
+   report's `validity` (validity.py) turns them into a verdict on the run.
+5. With `wait_quiet_s`, a round that overlapped foreign load is discarded and the run pauses
+   until the load falls below the mark (QuietWaiter), giving up after `wait_quiet_s` seconds.
 `compare` runs several callables in interleaved rounds (rotating order) in one process, so slow
 drift of a shared machine hits all of them alike and their ratio stays honest.
 """
@@ -29,24 +32,43 @@ if TYPE_CHECKING:  # measuring sits below the backends: it times any object with
 
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _NCPU = os.cpu_count() or 1
+_PROC_STAT = "/proc/stat"
+
+
+def _allowed_cpus() -> frozenset[int] | None:
+    """The CPUs this process may run on when they are fewer than the machine's (a cpuset or
+    taskset): load on the other CPUs does not compete with the measurement."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    return frozenset(cpus) if len(cpus) < _NCPU else None
 
 
 class LoadMonitor:
-    """Foreign CPU share (0..1 of all cores) between `start()` and `stop()`."""
+    """Foreign CPU share (0..1 of the cores this process may run on: all of them, or its
+    affinity set when that is smaller) between `start()` and `stop()`."""
 
     def __init__(self) -> None:
         self._t0 = self._busy0 = self._own0 = 0.0
+        self._cpus = _allowed_cpus()
 
-    @staticmethod
-    def _busy_s() -> float | None:
+    def _busy_s(self) -> float | None:
         try:
-            with open("/proc/stat") as f:
-                fields = f.readline().split()[1:]
+            with open(_PROC_STAT) as f:
+                lines = f.readlines() if self._cpus else [f.readline()]
         except OSError:
             return None
-        v = [int(x) for x in fields]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-        return (sum(v[:8]) - idle) / _HZ  # user..steal; guest is already inside user
+        busy = 0
+        for line in lines:
+            name, *fields = line.split() or [""]
+            if not name.startswith("cpu") or (
+                    self._cpus and not (name[3:].isdigit() and int(name[3:]) in self._cpus)):
+                continue
+            v = [int(x) for x in fields]
+            idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+            busy += sum(v[:8]) - idle  # user..steal; guest is already inside user
+        return busy / _HZ
 
     @staticmethod
     def _own_s() -> float:
@@ -65,7 +87,62 @@ class LoadMonitor:
         # /proc/stat ticks at 1/_HZ: below two ticks per core the estimate is pure rounding.
         if wall < 2.0 / _HZ:
             return 0.0
-        return float(min(max(foreign / (wall * _NCPU), 0.0), 1.0))
+        ncpu = len(self._cpus) if self._cpus else _NCPU
+        return float(min(max(foreign / (wall * ncpu), 0.0), 1.0))
+
+
+# The seam for the foreign-load sampler: measure_many, QuietWaiter and `deploykit doctor` build
+# their monitor with this, so tests can inject a scripted load (the machine's own is not ours).
+make_load_monitor: Callable[[], LoadMonitor] = LoadMonitor
+QUIET_PROBE_S = 0.5  # how long one look at the machine's load lasts while waiting for quiet
+
+
+def sample_load(monitor: LoadMonitor, seconds: float) -> float:
+    """Foreign CPU share over `seconds` of doing nothing ourselves."""
+    monitor.start()
+    time.sleep(seconds)
+    return monitor.stop()
+
+
+class QuietWaiter:
+    """Waits, between timed rounds, until foreign load is below the contamination mark.
+    Its budget (`plan.wait_quiet_s`) covers both the waiting and the discarded rounds; once it is
+    spent it gives up (says so through `warn`) and the run continues under load, which the
+    report's validity then shows."""
+
+    def __init__(self, monitor: LoadMonitor, plan: TimingPlan, status=None, warn=None):
+        self.monitor, self.plan = monitor, plan
+        self.status = status or (lambda text: None)
+        self.warn = warn or (lambda text: None)
+        self.spent_s = 0.0
+        self.discarded = 0
+        self.gave_up = False
+
+    @property
+    def active(self) -> bool:
+        return not self.gave_up
+
+    def charge(self, seconds: float) -> None:
+        """Count a discarded round against the budget."""
+        self.discarded += 1
+        self.spent_s += seconds
+
+    def wait(self, reason: str) -> None:
+        """Probe the load until it is below the mark or the budget is spent."""
+        mark = self.plan.contamination_threshold
+        while not self.gave_up:
+            if self.spent_s >= self.plan.wait_quiet_s:
+                self.gave_up = True
+                self.warn(f"gave up waiting for quiet after {self.plan.wait_quiet_s:g} s "
+                          f"({reason}): measuring under load; the result will not be clean")
+                return
+            load = sample_load(self.monitor, QUIET_PROBE_S)
+            self.spent_s += QUIET_PROBE_S
+            if load <= mark:
+                return
+            reason = f"foreign load {load:.0%} of the cores > {mark:.0%}"
+            self.status(f"waiting for quiet: {reason} ({self.spent_s:.0f} of "
+                        f"{self.plan.wait_quiet_s:g} s)")
 
 
 @dataclass(frozen=True)
@@ -77,6 +154,8 @@ class Timing:
     stop_reason: str
     warmup_samples: int
     first_ms: float
+    discarded_blocks: int = 0
+    quiet_wait_s: float = 0.0
 
 
 def _time_once(fn: Callable[[], object]) -> float:
@@ -152,9 +231,15 @@ class _Series:
         n = len(out) - start
         self.blocks.append(Block(start, n, foreign, foreign > self.plan.contamination_threshold))
 
-    def timing(self, stop_reason: str) -> Timing:
+    def drop_last(self) -> None:
+        """Forget the last block (it overlapped foreign load and we are waiting for quiet)."""
+        b = self.blocks.pop()
+        del self.samples[b.start:]
+
+    def timing(self, stop_reason: str, waiter: "QuietWaiter | None" = None) -> Timing:
         return Timing(tuple(self.samples), tuple(self.blocks), stop_reason, self.warmup_n,
-                      self.first_ms)
+                      self.first_ms, waiter.discarded if waiter else 0,
+                      waiter.spent_s if waiter else 0.0)
 
 
 def _progress(enabled: bool, description: str):
@@ -170,21 +255,37 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
     from scipy.stats import binom  # noqa: F401  (imported now, not inside the first timed round)
 
     series = [_Series(fn, plan) for fn in fns]
-    for s in series:
-        s.prepare()
-    monitor = LoadMonitor()
-    t0 = time.perf_counter()
+    monitor = make_load_monitor()
     reason = "time-cap"
     per_block = plan.block_s / len(series)
     with _progress(progress, description) as bar:
         task = bar.add_task(description, total=plan.max_time_s, info="") if bar else None
+        waiter = None
+        if plan.wait_quiet_s > 0:
+            def status(text: str) -> None:
+                if bar:
+                    bar.update(task, info=text)
+
+            waiter = QuietWaiter(monitor, plan, status, warn_user)
+            waiter.wait("before warm-up")
+        for s in series:
+            s.prepare()
+        elapsed = 0.0  # timed seconds kept (waiting and discarded rounds do not count)
         rnd = 0
         while True:
             order = series[rnd % len(series):] + series[:rnd % len(series)]
+            t_round = time.perf_counter()
             for s in order:
                 s.block(per_block, monitor)
             rnd += 1
-            elapsed = time.perf_counter() - t0
+            took = time.perf_counter() - t_round
+            if waiter and waiter.active and any(s.blocks[-1].contaminated for s in series):
+                for s in series:
+                    s.drop_last()
+                waiter.charge(took)
+                waiter.wait("the last round overlapped foreign load")
+                continue
+            elapsed += took
             if all(converged(s.samples, s.blocks, plan) for s in series):
                 reason = "ci-reached"
                 break
@@ -202,7 +303,13 @@ def measure_many(fns: Sequence[Callable[[], object]], plan: TimingPlan = TimingP
                     med = float(np.median(meds if len(meds) >= 2 else s.samples))
                     widths.append(f"{med:.3f} ms ±{(hi - lo) / 2 / med:.1%}")
                 bar.update(task, completed=min(elapsed, plan.max_time_s), info=" | ".join(widths))
-    return [s.timing(reason) for s in series]
+    return [s.timing(reason, waiter) for s in series]
+
+
+def warn_user(text: str) -> None:
+    import sys
+
+    print(f"deploykit: warning: {text}", file=sys.stderr)
 
 
 def measure_callable(fn: Callable[[], object], plan: TimingPlan = TimingPlan(),
@@ -223,7 +330,8 @@ def _report(artifact: Artifact, timing: Timing, per_op, flops, roofline_ms,
         stop_reason=timing.stop_reason, session_create_ms=artifact.session_create_ms,
         first_inference_ms=timing.first_ms, warmup_samples=timing.warmup_samples, batch=batch,
         blocks=timing.blocks, per_op=tuple(per_op), flops=flops, roofline_ms=roofline_ms,
-        labels=tuple(artifact.labels))
+        labels=tuple(artifact.labels), discarded_blocks=timing.discarded_blocks,
+        quiet_wait_s=timing.quiet_wait_s)
 
 
 def _batch(feeds: Mapping[str, np.ndarray]) -> int:
@@ -285,7 +393,10 @@ class Comparison(Result):
             r, lo, hi = self.ratio(i, 0)
             rows.append({"name": name, "ratio_to_first": r, "ratio_ci95": [lo, hi],
                          "report": rep.to_dict()})
-        return {"mode": "interleaved", "items": rows}
+        from ..validity import summary_dict
+
+        return {**summary_dict({n: r.validity for n, r in zip(self.names, self.reports)}),
+                "mode": "interleaved", "items": rows}
 
 
 def compare(artifacts: Sequence[Artifact], feeds_per_artifact: Sequence[Mapping[str, np.ndarray]],
@@ -312,5 +423,6 @@ def required_samples_note(report: LatencyReport) -> str:
             f"after {len(report.samples_ms)} samples")
 
 
-__all__ = ["LoadMonitor", "Timing", "measure_callable", "measure_many", "profile_artifact",
-           "compare", "Comparison", "warm_up", "required_samples_note"]
+__all__ = ["LoadMonitor", "QuietWaiter", "make_load_monitor", "sample_load", "Timing",
+           "measure_callable", "measure_many", "profile_artifact", "compare", "Comparison",
+           "warm_up", "required_samples_note"]

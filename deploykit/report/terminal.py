@@ -13,14 +13,27 @@ def _ms(x: float) -> str:
     return f"{x:.3f}" if x < 100 else f"{x:.1f}"
 
 
+def print_headline(v, console: Console) -> None:
+    """The verdict on the measurement, above the numbers, when it is not clean."""
+    if not v.clean:
+        console.print(f"[bold red]{v.headline()}[/bold red]")
+
+
 def print_report(r: LatencyReport, top: int = 10, console: Console | None = None) -> None:
     console = console or Console()
+    v = r.validity
+    print_headline(v, console)
     lo, hi = r.ci95_ms
     t = Table(title=f"{r.model_path} on {r.target}", show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value")
+    where = "" if v.clean else (", describes the loaded conditions" if v.state == "contaminated"
+                                else ", describes unstable conditions")
     t.add_row("median", f"{_ms(r.median_ms)} ms  (95% CI {_ms(lo)} – {_ms(hi)}, "
-                        f"±{r.rel_ci_halfwidth:.2%})")
+                        f"±{r.rel_ci_halfwidth:.2%}{where})")
+    drift = "" if v.drift != v.drift else f"; drift {v.drift:+.1%}, block spread {v.spread:.1%}"
+    style = "green" if v.clean else "bold red"
+    t.add_row("measurement", f"[{style}]{v.state}[/{style}]: {v.reason}{drift}")
     t.add_row("p90 / p99", f"{_ms(r.p90_ms)} / {_ms(r.p99_ms)} ms")
     t.add_row("mean ± std (CV)", f"{_ms(r.mean_ms)} ± {_ms(r.std_ms)} ms ({r.cv:.1%})")
     t.add_row("throughput", f"{r.throughput_per_s:.1f} /s (batch {r.batch})")
@@ -56,12 +69,17 @@ def print_comparison(c: Comparison, console: Console | None = None) -> None:
     console = console or Console()
     t = Table(title="interleaved comparison (ratio = median / median of the first row)")
     for col in ("model @ target", "median ms", "95% CI", "ratio", "ratio 95% CI", "samples",
-                "contaminated", "notes"):
+                "contaminated", "state", "notes"):
         t.add_column(col)
+    for name, r in zip(c.names, c.reports):
+        if not r.validity.clean:
+            console.print(f"[bold red]{name}: {r.validity.headline()}[/bold red]")
     for i, (name, r) in enumerate(zip(c.names, c.reports)):
         ratio, lo, hi = c.ratio(i, 0)
         clo, chi = r.ci95_ms
+        state = r.validity.state
         t.add_row(name, _ms(r.median_ms), f"{_ms(clo)} – {_ms(chi)}", f"{ratio:.3f}",
                   f"{lo:.3f} – {hi:.3f}", str(len(r.samples_ms)), f"{r.contaminated_fraction:.0%}",
+                  state if state == "clean" else f"[bold red]{state}[/bold red]",
                   "[yellow]" + "; ".join(r.labels) + "[/yellow]" if r.labels else "")
     console.print(t)

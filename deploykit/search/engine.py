@@ -295,7 +295,8 @@ class Search:
                 art.close()
         row.measured = {"median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
                         "n": len(rep.samples_ms), "stop_reason": rep.stop_reason,
-                        "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction}
+                        "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction,
+                        "state": rep.validity.state}
         return rep
 
     def _verify_batches(self) -> list[dict[str, np.ndarray]]:

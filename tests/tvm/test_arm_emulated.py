@@ -35,7 +35,7 @@ def test_profile_cli_through_tracker(emulated_device, cnn_onnx, tmp_path):
     rc = cli.main(["profile", str(cnn_onnx), "--target", "tvm-aarch64",
                    "--device", emulated_device["key"], "--tracker", emulated_device["tracker"],
                    "--max-time", "1", "--min-samples", "5", "--json", str(out), "--no-store",
-                   "-q"])
+                   "-q", "--no-strict"])  # emulated timings are noise: strict would judge qemu
     assert rc == 0
     rep = json.loads(out.read_text())
     assert EMULATED_LABEL in rep["labels"]
