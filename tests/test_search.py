@@ -149,7 +149,7 @@ def test_resume_after_sigkill_does_not_measure_again(cnn, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "deploykit", *map(str, args)], cwd=REPO, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
-    while len(_keys(store)) < 8 and p.poll() is None and time.monotonic() - t0 < 90:
+    while len(_keys(store)) < 8 and p.poll() is None and time.monotonic() - t0 < 300:  # hangs
         time.sleep(0.2)
     assert p.poll() is None, "the search ended before it could be killed"
     os.kill(p.pid, signal.SIGKILL)
