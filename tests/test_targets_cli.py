@@ -62,22 +62,28 @@ def test_json_lists_every_target_with_availability(tmp_path):
         assert rows[name]["available"], rows[name]
 
 
-def test_table_shows_status_and_reason(tmp_path):
-    r = _cli(targets_dir=_user_targets(tmp_path / "mine"))
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+def test_table_shows_status_and_reason(tmp_path, monkeypatch, capsys):
+    from deploykit.cli import main
+
+    monkeypatch.setenv("DEPLOYKIT_TARGETS", str(_user_targets(tmp_path / "mine")))
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main(["targets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     nope = next(line for line in lines if "ort-nope" in line)
     assert "unavailable: no NoSuchExecutionProvider" in nope and "a provider nobody has" in nope
     one = next(line for line in lines if "ort-cpu-1t" in line)
     assert "available" in one and "unavailable" not in one
 
 
-def test_broken_target_file_is_one_line_exit_2(tmp_path):
+def test_broken_target_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from deploykit.cli import main
+
     d = tmp_path / "bad"
     d.mkdir()
     (d / "gpu9000.toml").write_text('name = "gpu9000"\nbackend = "cuda-magic"\n')
-    r = _cli("--json", targets_dir=d)
-    assert r.returncode == 2 and r.stdout == ""
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("deploykit: error:"), r.stderr
+    monkeypatch.setenv("DEPLOYKIT_TARGETS", str(d))
+    assert main(["targets", "--json"]) == 2
+    out, stderr = capsys.readouterr()
+    err = stderr.strip().splitlines()
+    assert out == "" and len(err) == 1 and err[0].startswith("deploykit: error:"), stderr
     assert "gpu9000.toml" in err[0] and "unknown backend 'cuda-magic'" in err[0]
