@@ -1,0 +1,320 @@
+"""Run the reference and the candidate with their paired tensors exposed as outputs, a chunk of
+layers at a time (a big model never has all its intermediates in memory at once), and measure
+per pair the accumulated error (full candidate vs full reference) and the error the candidate's
+layer introduces by itself (the layer alone, fed the reference's values of its inputs, on the
+candidate's target). Both graphs run on deploykit Targets, so runtimes can be compared too."""
+
+from __future__ import annotations
+
+import math
+import resource
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .match import Layer, Pair, cut_layers, match
+from .metrics import Metric, Stats
+
+_NP = {1: np.float32, 10: np.float16, 11: np.float64}
+
+
+@dataclass(frozen=True)
+class Row:
+    pair: Pair
+    acc: Metric | None  # accumulated: whole candidate vs whole reference
+    own: Metric | None  # introduced: the candidate layer alone on the reference's inputs
+    # the accumulated error this layer adds, as an SQNR: 10 log10(1 / (NSR_out - worst NSR_in))
+    # with NSR = 10^(-SQNR/10); +inf when it adds none (damage only inherited), lower is worse
+    added_db: float | None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tensor": self.pair.ref, "candidate_tensor": self.pair.cand,
+                "matched_by": self.pair.how, "op_type": self.pair.op_type,
+                "reference_node": self.pair.ref_node, "candidate_node": self.pair.cand_node,
+                "depth": self.pair.depth,
+                "accumulated": None if self.acc is None else self.acc.to_dict(),
+                "introduced": None if self.own is None else self.own.to_dict(),
+                "added_error_sqnr_db": _finite(self.added_db), "note": self.note}
+
+
+@dataclass(frozen=True)
+class DebugResult:
+    reference: str
+    candidate: str
+    reference_target: str
+    target: str
+    rows: tuple[Row, ...]  # in depth order
+    batches: int
+    chunks: int
+    seconds: float
+    peak_rss_mb: float  # the whole process's peak resident memory
+    max_chunk_mb: float  # the largest set of exposed tensors held at once
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def ranked(self, by: str = "introduced") -> list[Row]:
+        """Worst first. `introduced`: the layer's own error; `accumulated`: the SQNR the
+        accumulated error gains at this layer (added_db); `total`: accumulated error as it stands."""
+        def key(r: Row) -> float:
+            if by == "introduced":
+                m = r.own or r.acc
+                return m.badness if m else -math.inf
+            if by == "accumulated":
+                if r.acc is not None and not r.acc.finite:
+                    return math.inf
+                return -r.added_db if r.added_db is not None else -math.inf
+            return r.acc.badness if r.acc else -math.inf
+        if by not in ("introduced", "accumulated", "total"):
+            raise InputError(f"rank by introduced, accumulated or total, got {by!r}")
+        return sorted(self.rows, key=lambda r: (-key(r), r.pair.depth))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "candidate": self.candidate,
+                "reference_target": self.reference_target, "target": self.target,
+                "batches": self.batches, "chunks": self.chunks, "seconds": self.seconds,
+                "peak_rss_mb": self.peak_rss_mb, "max_chunk_mb": self.max_chunk_mb,
+                "notes": list(self.notes),
+                "ranked_introduced": [r.pair.ref for r in self.ranked("introduced")],
+                "ranked_accumulated": [r.pair.ref for r in self.ranked("accumulated")],
+                "layers": [r.to_dict() for r in self.rows], "schema": 1}
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _value_info(name: str, infos: Mapping[str, Any], rename: str | None = None):
+    """The inferred ValueInfo of `name` (as `rename`), else its element type with an empty shape
+    (runtimes merge the real shape leniently; onnx.checker wants a type)."""
+    import onnx
+
+    vi = onnx.ValueInfoProto()
+    if name in infos:
+        vi.CopyFrom(infos[name])
+    else:
+        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        vi.type.tensor_type.shape.SetInParent()
+    vi.name = rename or name
+    return vi
+
+
+class _Exposed:
+    """One model file whose outputs are replaced by the tensors asked for, compiled on a target."""
+
+    def __init__(self, model, types, names: Sequence[str], target, path: Path):
+        import onnx
+
+        from ..core import ModelRef
+
+        saved = list(model.graph.output)
+        del model.graph.output[:]
+        model.graph.output.extend(_value_info(n, types) for n in names)
+        try:
+            onnx.save(model, str(path))
+        finally:
+            del model.graph.output[:]
+            model.graph.output.extend(saved)
+        self.art = target.compile(ModelRef.from_path(path))
+        self.names = [s.name for s in self.art.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        wanted = {s.name for s in self.art.inputs}
+        return dict(zip(self.names, self.art.run({k: v for k, v in feeds.items() if k in wanted})))
+
+    def close(self) -> None:
+        self.art.close()
+
+
+def _probe_model(cand, layers: Sequence[Layer], ref_vals: Mapping[str, np.ndarray],
+                 cand2ref: Mapping[str, str], feeds: Mapping[str, np.ndarray],
+                 infos: Mapping[str, Any]):
+    """One graph holding every layer of a chunk side by side (tensors prefixed L<i>/), each
+    with its own inputs: one compile per chunk instead of one per layer."""
+    import onnx
+    from onnx import helper
+
+    inits = {i.name: i for i in cand.graph.initializer}
+    nodes, inputs, outputs, used_inits = [], [], [], set()
+    for i, layer in enumerate(layers):
+        pre = f"L{i}/"
+        ren = lambda t: t if (not t or t in inits) else pre + t  # noqa: E731
+        for t in layer.inputs:
+            v = _boundary_value(t, ref_vals, cand2ref, feeds, infos)
+            inputs.append(helper.make_tensor_value_info(
+                pre + t, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
+        for n in layer.nodes:
+            m = onnx.NodeProto()
+            m.CopyFrom(n)
+            m.name = pre + (n.name or n.op_type)
+            m.input[:] = [ren(t) for t in n.input]
+            m.output[:] = [ren(t) for t in n.output]
+            used_inits.update(t for t in n.input if t in inits)
+            nodes.append(m)
+        outputs.append(_value_info(layer.pair.cand, infos, pre + layer.pair.cand))
+    graph = helper.make_graph(nodes, "deploykit-debug-layers", inputs, outputs,
+                              [inits[n] for n in sorted(used_inits)])
+    model = helper.make_model(graph, opset_imports=list(cand.opset_import))
+    model.ir_version = cand.ir_version
+    model.functions.extend(cand.functions)
+    return model
+
+
+def _boundary_value(t: str, ref_vals, cand2ref, feeds, infos) -> np.ndarray:
+    """The reference's value for candidate tensor `t`, in the candidate's float type."""
+    v = ref_vals[cand2ref[t]] if t in cand2ref else feeds[t]
+    want = _NP.get(infos[t].type.tensor_type.elem_type) if t in infos else None
+    return v.astype(want) if want is not None and v.dtype != want else v
+
+
+def _chunks(pairs: Sequence[Pair], size: int) -> list[list[Pair]]:
+    return [list(pairs[i:i + size]) for i in range(0, len(pairs), size)]
+
+
+def analyze(reference: str | Path, candidate: str | Path,
+            batches: Sequence[Mapping[str, np.ndarray]], *, target: str = "ort-cpu",
+            reference_target: str = "ort-cpu", chunk_layers: int = 32,
+            chunk_mb: float = 512.0, introduced: bool = True) -> DebugResult:
+    """Per-layer errors of `candidate` against `reference` over `batches` (see module doc)."""
+    from .. import targets
+    from ..onnxio import load_onnx
+    from .match import value_infos
+
+    if not batches:
+        raise InputError("debug needs at least one input batch")
+    if chunk_layers < 1 or not chunk_mb > 0:
+        raise InputError("debug: chunk size must be positive")
+    t0 = time.perf_counter()
+    ref, cand = load_onnx(reference), load_onnx(candidate)
+    ref_in = {i.name for i in ref.graph.input} - {i.name for i in ref.graph.initializer}
+    cand_in = {i.name for i in cand.graph.input} - {i.name for i in cand.graph.initializer}
+    if ref_in != cand_in:
+        raise InputError(f"the two models take different inputs: reference "
+                         f"{sorted(ref_in)}, candidate {sorted(cand_in)}")
+    missing = ref_in - set(batches[0])
+    if missing:
+        raise InputError(f"no data for model input(s) {', '.join(sorted(missing))}")
+    pairs = match(ref, cand)
+    if not pairs:
+        raise InputError("the two models have no float tensor in common (by name, by "
+                         "quantization or by op type): is the candidate made from the reference?")
+    ref_types, cand_types = value_infos(ref), value_infos(cand)
+    layers = cut_layers(cand, pairs) if introduced else {}
+    cand2ref = {p.cand: p.ref for p in pairs}
+    ref_t = targets.get(reference_target, allow_spinning=False) \
+        if reference_target.startswith("ort") else targets.get(reference_target)
+    cand_t = targets.get(target, allow_spinning=False) if target.startswith("ort") \
+        else targets.get(target)
+    acc = {p.ref: Stats() for p in pairs}
+    own = {r: Stats() for r in layers}
+    notes: dict[str, str] = {}
+    n_chunks, max_bytes, size, i = 0, 0, min(chunk_layers, 8), 0
+    with tempfile.TemporaryDirectory(prefix="deploykit-debug-") as tmp:
+        while i < len(pairs):
+            chunk = list(pairs[i:i + size])
+            i += len(chunk)
+            n_chunks += 1
+            chunk_layers_ = [layers[p.ref] for p in chunk if p.ref in layers]
+            need = {p.ref for p in chunk}
+            need |= {cand2ref[t] for lay in chunk_layers_ for t in lay.inputs if t in cand2ref}
+            ref_outs = [p.ref for p in pairs if p.ref in need]
+            ref_x = _Exposed(ref, ref_types, ref_outs, ref_t, Path(tmp) / f"ref{n_chunks}.onnx")
+            cand_x = _Exposed(cand, cand_types, [p.cand for p in chunk], cand_t,
+                              Path(tmp) / f"cand{n_chunks}.onnx")
+            probe = None
+            held = 0
+            try:
+                for b, feeds in enumerate(batches):
+                    rv = ref_x.run(feeds)
+                    cv = cand_x.run(feeds)
+                    held = max(held, sum(v.nbytes for v in rv.values())
+                               + sum(v.nbytes for v in cv.values()))
+                    for p in chunk:
+                        r, c = rv.get(p.ref), cv.get(p.cand)
+                        if r is None or c is None or not np.issubdtype(r.dtype, np.floating):
+                            notes.setdefault(p.ref, "not a float tensor on both runtimes")
+                        elif r.shape != c.shape:
+                            notes.setdefault(p.ref, f"shape {list(c.shape)} vs reference "
+                                                    f"{list(r.shape)}")
+                        else:
+                            acc[p.ref].add(r, c)
+                    if chunk_layers_ and b == 0:
+                        probe = _probe_for(cand, chunk_layers_, rv, cand2ref, feeds, cand_types,
+                                           cand_t, Path(tmp) / f"probe{n_chunks}.onnx", notes)
+                    if probe is not None:
+                        pf = {f"L{k}/{t}": _boundary_value(t, rv, cand2ref, feeds, cand_types)
+                              for k, lay in enumerate(chunk_layers_) for t in lay.inputs}
+                        out = probe.run(pf)
+                        for k, lay in enumerate(chunk_layers_):
+                            r, c = rv.get(lay.pair.ref), out.get(f"L{k}/{lay.pair.cand}")
+                            if r is not None and c is not None and r.shape == c.shape:
+                                own[lay.pair.ref].add(r, c)
+                    del rv, cv
+            finally:
+                for x in (ref_x, cand_x, probe):
+                    if x is not None:
+                        x.close()
+            max_bytes = max(max_bytes, held)
+            per_pair = held / max(1, len(chunk))
+            size = int(max(1, min(chunk_layers, chunk_mb * 2**20 // max(per_pair, 1))))
+    rows = _rows(pairs, layers, acc, own, notes, cand2ref)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    general = []
+    if introduced and len(layers) < len(pairs):
+        general.append(f"{len(pairs) - len(layers)} of {len(pairs)} tensors have no introduced "
+                       "error (their layer could not be cut out alone)")
+    return DebugResult(str(reference), str(candidate), ref_t.name, cand_t.name, tuple(rows),
+                       len(batches), n_chunks, time.perf_counter() - t0, peak,
+                       max_bytes / 2**20, tuple(general))
+
+
+def _probe_for(cand, chunk_layers_, rv, cand2ref, feeds, types, target, path, notes):
+    """The chunk's layers compiled side by side, or None (with a note) when the runtime refuses."""
+    import onnx
+
+    from ..errors import DeployKitError
+
+    try:
+        model = _probe_model(cand, chunk_layers_, rv, cand2ref, feeds, types)
+        onnx.save(model, str(path))
+        return _Probe(path, target)
+    except (DeployKitError, KeyError, ValueError) as e:
+        for lay in chunk_layers_:
+            notes.setdefault(lay.pair.ref, f"layer alone not runnable: {str(e).splitlines()[0]}")
+        return None
+
+
+class _Probe(_Exposed):
+    def __init__(self, path: Path, target):  # noqa: D107 (the model is already written)
+        from ..core import ModelRef
+
+        self.art = target.compile(ModelRef.from_path(path))
+        self.names = [s.name for s in self.art.outputs]
+
+
+def _rows(pairs, layers, acc, own, notes, cand2ref) -> list[Row]:
+    accm = {p.ref: acc[p.ref].metric() for p in pairs if acc[p.ref].count}
+    rows = []
+    for p in pairs:
+        a = accm.get(p.ref)
+        o = own[p.ref].metric() if p.ref in own and own[p.ref].count else None
+        added = None
+        if a is not None and p.ref in layers:
+            nsr_in = max((_nsr(accm[cand2ref[t]]) for t in layers[p.ref].inputs
+                          if cand2ref.get(t) in accm), default=0.0)  # graph inputs arrive exact
+            gain = 0.0 if nsr_in == math.inf else _nsr(a) - nsr_in
+            added = -math.inf if gain == math.inf else (
+                -10.0 * math.log10(gain) if gain > 0 else math.inf)
+        rows.append(Row(p, a, o, added, notes.get(p.ref)))
+    return rows
+
+
+def _nsr(m: Metric) -> float:
+    """Error power over signal power (0 when exact, inf when the output is not finite)."""
+    if not m.finite:
+        return math.inf
+    return 0.0 if m.sqnr_db == math.inf else 10.0 ** (-m.sqnr_db / 10.0)
