@@ -25,3 +25,13 @@ class TargetError(DeployKitError):
 
 class StoreError(DeployKitError):
     """The results store cannot be opened or written."""
+
+
+class StepVerificationError(VerificationError):
+    """A recipe step's output disagrees with its parent; keeps both files (while the recipe's
+    work folder lives) so that `compress --debug` can say which layers did it."""
+
+    def __init__(self, message: str, parent=None, child=None):
+        super().__init__(message)
+        self.parent = parent
+        self.child = child

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-measure", action="store_true",
                    help="verify and report sizes/FLOPs only; do not time")
     p.add_argument("--json", metavar="REPORT.json", help="write the recipe and realized report")
+    p.add_argument("--debug", action="store_true",
+                   help="when a step fails its fidelity check, run `deploykit debug` on it and "
+                        "name the worst layers in the error")
     p.add_argument("--keep-steps", metavar="DIR",
                    help="keep every intermediate model in DIR (default: a temporary folder)")
     _common.add_target_args(p)
@@ -50,6 +53,15 @@ def _print_steps(result) -> None:
               f"{s.fidelity.summary()}{extra} [{s.seconds:.1f} s]")
 
 
+def _worst_layers(parent, child, batches, top: int = 3) -> str:
+    """One clause naming the layers that introduce most error in a failed step (debug/)."""
+    from ..debug.render import worst_line
+    from ..debug.run import analyze
+
+    result = analyze(parent, child, batches)
+    return worst_line(result, top)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import shutil
@@ -59,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import targets
     from ..calibration import load_calibration, synthetic_calibration
     from ..core import ModelRef
-    from ..errors import InputError
+    from ..errors import InputError, StepVerificationError, VerificationError
     from ..fsutil import atomic_path, write_text_atomic
     from ..onnxio import io_specs, load_onnx, make_feeds
     from ..realized import realized_report, summarize_notes
@@ -96,7 +108,13 @@ def run(args: argparse.Namespace) -> int:
         ctx = StepContext(feeds=feeds, calibration=tuple(calib), calibration_is_synthetic=synthetic,
                           workdir=workdir, target=target.name)
         print(f"recipe on {args.model}:")
-        result = run_recipe(ModelRef.from_path(args.model), steps, ctx)
+        try:
+            result = run_recipe(ModelRef.from_path(args.model), steps, ctx)
+        except StepVerificationError as e:
+            if not args.debug or e.parent is None:
+                raise
+            batches = [feeds] + ([] if synthetic else list(calib[:2]))
+            raise VerificationError(f"{e}; {_worst_layers(e.parent, e.child, batches)}") from None
         _print_steps(result)
         if not result.applied:
             raise InputError("no step of the recipe applied (see the reasons above); "

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from ..calibration import SYNTHETIC_WARNING
+    from .. import targets
     from ..debug import render
     from ..debug.fix import Goal, fix, time_fix
     from ..debug.run import analyze
@@ -87,15 +87,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--output writes the fixed model: give --fix too")
     plan = _common.plan_from_args(args)
     shapes = _common.parse_shapes(args.shape)
+    for name in (args.target, args.reference_target):
+        targets.get(name)  # unknown or unavailable targets fail before anything runs
+    if goal is not None:
+        from ..debug.fix import exclude_step
+        from ..recipe import parse_recipe
+
+        exclude_step(parse_recipe(args.recipe))  # a recipe --fix cannot use fails up front
     specs, _ = io_specs(load_onnx(args.reference, load_external=False))
     batches, synthetic = _data(specs, args.inputs, args, shapes)
     if synthetic:
-        print(SYNTHETIC_WARNING.replace("calibrated on", "compared on")
-              .replace("--calib", "--inputs"), file=sys.stderr)
-    if goal is not None:
-        from ..recipe import parse_recipe
-
-        parse_recipe(args.recipe)  # a bad recipe fails before the long run
+        print("WARNING: compared on 4 batches of seeded random inputs; errors on real inputs "
+              "differ (pass --inputs with real samples)", file=sys.stderr)
     result = analyze(args.reference, args.candidate, batches, target=args.target,
                      reference_target=args.reference_target, chunk_layers=args.chunk_layers)
     print("\n".join(render.summary(result)))

@@ -117,7 +117,7 @@ def score(goal: Goal, reference: Path, model: Path,
     return agree / total
 
 
-def _exclude_step(steps) -> int:
+def exclude_step(steps) -> int:
     idx = [i for i, s in enumerate(steps)
            if "exclude" in {f.name for f in dataclasses.fields(s.config)}]
     if not idx:
@@ -140,7 +140,7 @@ def fix(reference: Path, result: DebugResult, recipe: str, goal: Goal,
     from ..verify import Tolerance
 
     steps = parse_recipe(recipe)
-    at = _exclude_step(steps)
+    at = exclude_step(steps)
     base_exclude = tuple(steps[at].config.exclude)
     cand_quantized = quantized_nodes(load_onnx(result.candidate))
     ranked: list[str] = []

@@ -71,6 +71,16 @@ def _hows(rows: Sequence[Row]) -> dict[str, int]:
     return out
 
 
+def worst_line(result: DebugResult, top: int = 3) -> str:
+    """"worst layers by own error: TENSOR (node NODE, OP, own SQNR x dB, acc cosine y); ..." """
+    items = []
+    for r in result.ranked("introduced")[:top]:
+        m = r.own or r.acc
+        items.append(f"{r.pair.ref} (node {r.pair.cand_node or '?'} {r.pair.op_type}: own SQNR "
+                     f"{_db(m.sqnr_db if m else None)} acc cosine {_cos(r.acc)})")
+    return "worst layers by own error: " + ", ".join(items) if items else "no layer matched"
+
+
 def fix_lines(fr: FixResult) -> list[str]:
     goal = fr.goal
     out = [f"fix ({goal}): full int8 {goal.metric} {fr.score_full:.6f} -> "
@@ -149,6 +159,17 @@ def render_html(result: DebugResult, fr: FixResult | None, by: str, top: int) ->
 
 
 def to_json(result: DebugResult, fr: FixResult | None) -> dict[str, Any]:
+    """Strict JSON: every non-finite float (an open-ended CI bound, an exact SQNR) is null."""
     d = result.to_dict()
     d["fix"] = None if fr is None else fr.to_dict()
-    return d
+    return _strict(d)
+
+
+def _strict(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return x
