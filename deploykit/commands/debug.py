@@ -15,7 +15,6 @@ DESCRIPTION = (
     "reference's values), worst first. Give the same file twice with two targets to find where "
     "a runtime diverges. --fix cosine=X|top1=X rebuilds the candidate's recipe keeping the "
     "fewest worst layers in float that reach the goal, verifies and times it.")
-RANKS = ("introduced", "accumulated", "total")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,9 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibration data for the --fix rebuild (default: the --inputs data)")
     p.add_argument("--max-batches", type=int, default=64, help="most batches read (default 64)")
     p.add_argument("--top", type=int, default=15, help="rows in the table (default 15)")
-    p.add_argument("--rank", choices=RANKS, default="introduced",
-                   help="introduced: the layer's own error (default); accumulated: the error "
-                        "the layer adds to what it inherits; total: accumulated error as is")
+    p.add_argument("--rank", choices=("introduced", "output", "accumulated", "total"),
+                   default="introduced",
+                   help="introduced: the layer's own error (default); output: what that error "
+                        "alone does to the model's outputs; accumulated: the error the layer "
+                        "adds to what it inherits; total: accumulated error as is")
     p.add_argument("--chunk-layers", type=int, default=32,
                    help="most tensors exposed per run (memory bound; default 32)")
     p.add_argument("--json", metavar="OUT.json", help="write every layer's figures (strict JSON)")
@@ -103,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
                      reference_target=args.reference_target, chunk_layers=args.chunk_layers)
     print("\n".join(render.summary(result)))
     print(f"ranked by {args.rank} error, worst first (own: the candidate's layer alone on the "
-          "reference's inputs; acc: whole candidate; added: the accumulated error this layer "
-          "adds):")
+          "reference's inputs; out: that error alone, seen at the model's outputs; acc: whole "
+          "candidate; added: the accumulated error this layer adds):")
     print(render.text_table(render.HEAD, render.rows_for(result, args.top, args.rank)))
     fr = None
     if goal is not None:

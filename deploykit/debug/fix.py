@@ -2,9 +2,10 @@
 goal (output cosine or top-1 agreement with the reference), built with the recipe's own step
 (`exclude=`), verified, and timed against the fully quantized model.
 
-Layers are ranked by the error they introduce by themselves (one debug run), not by quantizing
-each alone (one quantization per layer, as the steps' `target_cosine` does); the search over how
-many to keep is the steps' own (rewrite/_keep_float.py)."""
+Layers are ranked by what the error each introduces by itself does to the model's outputs (one
+debug run: each layer's own output injected into the float reference), not by quantizing each
+alone (one quantization per layer, as the steps' `target_cosine` does); the search over how many
+to keep is the steps' own (rewrite/_keep_float.py)."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def fix(reference: Path, result: DebugResult, recipe: str, goal: Goal,
     base_exclude = tuple(steps[at].config.exclude)
     cand_quantized = quantized_nodes(load_onnx(result.candidate))
     ranked: list[str] = []
-    for row in result.ranked("introduced"):
+    for row in result.ranked("output"):
         n = row.pair.cand_node
         if n and n in cand_quantized and n not in ranked and n not in base_exclude:
             ranked.append(n)

@@ -13,8 +13,8 @@ from .fix import FixResult
 from .metrics import Metric
 from .run import DebugResult, Row
 
-HEAD = ["#", "tensor", "op", "candidate node", "match", "own cos", "own SQNR", "acc cos",
-        "acc SQNR", "added SQNR"]
+HEAD = ["#", "tensor", "op", "candidate node", "match", "own cos", "own SQNR", "out SQNR",
+        "acc cos", "acc SQNR", "added SQNR"]
 
 
 def _db(x: float | None, inf: str = "exact") -> str:
@@ -41,7 +41,8 @@ def rows_for(result: DebugResult, top: int, by: str) -> list[list[str]]:
     out = []
     for i, r in enumerate(result.ranked(by)[:top], 1):
         out.append([str(i), _short(r.pair.ref), r.pair.op_type, _short(r.pair.cand_node, 32),
-                    r.pair.how, _cos(r.own), _db(r.own.sqnr_db if r.own else None), _cos(r.acc),
+                    r.pair.how, _cos(r.own), _db(r.own.sqnr_db if r.own else None),
+                    _db(r.impact.sqnr_db if r.impact else None), _cos(r.acc),
                     _db(r.acc.sqnr_db if r.acc else None), _db(r.added_db, "none")])
     return out
 
@@ -110,11 +111,15 @@ def depth_png(result: DebugResult) -> bytes:
     xs = list(range(len(result.rows)))
     acc = [cap(r.acc) for r in result.rows]
     own = [cap(r.own) for r in result.rows]
+    imp = [cap(r.impact) for r in result.rows]
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     ax.plot([x for x, v in zip(xs, acc) if v is not None], [v for v in acc if v is not None],
             color="#d62728", lw=1.3, marker=".", label="accumulated (whole candidate)")
     ax.scatter([x for x, v in zip(xs, own) if v is not None], [v for v in own if v is not None],
                color="#1f77b4", s=16, zorder=3, label="introduced (layer alone)")
+    ax.scatter([x for x, v in zip(xs, imp) if v is not None], [v for v in imp if v is not None],
+               color="#2ca02c", marker="x", s=18, zorder=3,
+               label="at the outputs (layer's own error alone)")
     worst = result.ranked("introduced")[:3]
     index = {r.pair.ref: i for i, r in enumerate(result.rows)}
     for r in worst:
@@ -149,7 +154,8 @@ def render_html(result: DebugResult, fr: FixResult | None, by: str, top: int) ->
     parts.append(f"<h2>Worst {min(top, len(result.rows))} (ranked by {html.escape(by)} error)"
                  "</h2>" + _html_table(HEAD, rows_for(result, top, by), "ranked"))
     every = [[str(r.pair.depth), r.pair.ref, r.pair.op_type, r.pair.cand_node, r.pair.how,
-              _cos(r.own), _db(r.own.sqnr_db if r.own else None), _cos(r.acc),
+              _cos(r.own), _db(r.own.sqnr_db if r.own else None),
+              _db(r.impact.sqnr_db if r.impact else None), _cos(r.acc),
               _db(r.acc.sqnr_db if r.acc else None), _db(r.added_db, "none"), r.note or ""]
              for r in result.rows]
     parts.append("<h2>Every matched tensor, in depth order</h2>"

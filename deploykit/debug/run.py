@@ -21,6 +21,7 @@ from .match import Layer, Pair, cut_layers, match
 from .metrics import Metric, Stats
 
 _NP = {1: np.float32, 10: np.float16, 11: np.float64}
+RANKS = ("introduced", "output", "accumulated", "total")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Row:
     pair: Pair
     acc: Metric | None  # accumulated: whole candidate vs whole reference
     own: Metric | None  # introduced: the candidate layer alone on the reference's inputs
+    # what that introduced error alone does to the model's outputs (the layer's output injected
+    # into the reference, everything else exact): its sensitivity, where local figures mislead
+    impact: Metric | None
     # the accumulated error this layer adds, as an SQNR: 10 log10(1 / (NSR_out - worst NSR_in))
     # with NSR = 10^(-SQNR/10); +inf when it adds none (damage only inherited), lower is worse
     added_db: float | None
@@ -40,6 +44,7 @@ class Row:
                 "depth": self.pair.depth,
                 "accumulated": None if self.acc is None else self.acc.to_dict(),
                 "introduced": None if self.own is None else self.own.to_dict(),
+                "output_impact": None if self.impact is None else self.impact.to_dict(),
                 "added_error_sqnr_db": _finite(self.added_db), "note": self.note}
 
 
@@ -58,19 +63,20 @@ class DebugResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def ranked(self, by: str = "introduced") -> list[Row]:
-        """Worst first. `introduced`: the layer's own error; `accumulated`: the SQNR the
-        accumulated error gains at this layer (added_db); `total`: accumulated error as it stands."""
+        """Worst first. `introduced`: the layer's own error; `output`: what that error alone
+        does to the model's outputs; `accumulated`: the SQNR the accumulated error gains at this
+        layer (added_db); `total`: accumulated error as it stands."""
         def key(r: Row) -> float:
-            if by == "introduced":
-                m = r.own or r.acc
+            if by in ("introduced", "output"):
+                m = (r.impact if by == "output" else None) or r.own or r.acc
                 return m.badness if m else -math.inf
             if by == "accumulated":
                 if r.acc is not None and not r.acc.finite:
                     return math.inf
                 return -r.added_db if r.added_db is not None else -math.inf
             return r.acc.badness if r.acc else -math.inf
-        if by not in ("introduced", "accumulated", "total"):
-            raise InputError(f"rank by introduced, accumulated or total, got {by!r}")
+        if by not in RANKS:
+            raise InputError(f"rank by {', '.join(RANKS)}, got {by!r}")
         return sorted(self.rows, key=lambda r: (-key(r), r.pair.depth))
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +86,7 @@ class DebugResult:
                 "peak_rss_mb": self.peak_rss_mb, "max_chunk_mb": self.max_chunk_mb,
                 "notes": list(self.notes),
                 "ranked_introduced": [r.pair.ref for r in self.ranked("introduced")],
+                "ranked_output": [r.pair.ref for r in self.ranked("output")],
                 "ranked_accumulated": [r.pair.ref for r in self.ranked("accumulated")],
                 "layers": [r.to_dict() for r in self.rows], "schema": 1}
 
@@ -130,6 +137,32 @@ class _Exposed:
         self.art.close()
 
 
+class _Injected(_Exposed):
+    """The reference with some tensors cut into graph inputs (their producers write to a dead
+    name): fed the reference's own values for all but one, and the candidate layer's output for
+    that one, its outputs show what that layer's error alone does to the model."""
+
+    def __init__(self, model, tensors: Sequence[str], infos, target, path: Path):
+        import onnx
+
+        from ..core import ModelRef
+
+        cut = set(tensors)
+        touched = [(n, list(n.output)) for n in model.graph.node if cut & set(n.output)]
+        for n, outs in touched:
+            n.output[:] = [o + "__dk_cut" if o in cut else o for o in outs]
+        n_in = len(model.graph.input)
+        model.graph.input.extend(_value_info(t, infos) for t in tensors)
+        try:
+            onnx.save(model, str(path))
+        finally:
+            for n, outs in touched:
+                n.output[:] = outs
+            del model.graph.input[n_in:]
+        self.art = target.compile(ModelRef.from_path(path))
+        self.names = [s.name for s in self.art.outputs]
+
+
 def _probe_model(cand, layers: Sequence[Layer], ref_vals: Mapping[str, np.ndarray],
                  cand2ref: Mapping[str, str], feeds: Mapping[str, np.ndarray],
                  infos: Mapping[str, Any]):
@@ -171,14 +204,11 @@ def _boundary_value(t: str, ref_vals, cand2ref, feeds, infos) -> np.ndarray:
     return v.astype(want) if want is not None and v.dtype != want else v
 
 
-def _chunks(pairs: Sequence[Pair], size: int) -> list[list[Pair]]:
-    return [list(pairs[i:i + size]) for i in range(0, len(pairs), size)]
-
-
 def analyze(reference: str | Path, candidate: str | Path,
             batches: Sequence[Mapping[str, np.ndarray]], *, target: str = "ort-cpu",
             reference_target: str = "ort-cpu", chunk_layers: int = 32,
-            chunk_mb: float = 512.0, introduced: bool = True) -> DebugResult:
+            chunk_mb: float = 512.0, introduced: bool = True, impact: bool = True
+            ) -> DebugResult:
     """Per-layer errors of `candidate` against `reference` over `batches` (see module doc)."""
     from .. import targets
     from ..onnxio import load_onnx
@@ -209,59 +239,21 @@ def analyze(reference: str | Path, candidate: str | Path,
         if reference_target.startswith("ort") else targets.get(reference_target)
     cand_t = targets.get(target, allow_spinning=False) if target.startswith("ort") \
         else targets.get(target)
-    acc = {p.ref: Stats() for p in pairs}
-    own = {r: Stats() for r in layers}
-    notes: dict[str, str] = {}
+    outputs = [o.name for o in ref.graph.output if o.name not in ref_in]
+    st = _State(pairs, layers, cand2ref, outputs, ref_types, cand_types, impact)
     n_chunks, max_bytes, size, i = 0, 0, min(chunk_layers, 8), 0
     with tempfile.TemporaryDirectory(prefix="deploykit-debug-") as tmp:
         while i < len(pairs):
             chunk = list(pairs[i:i + size])
             i += len(chunk)
             n_chunks += 1
-            chunk_layers_ = [layers[p.ref] for p in chunk if p.ref in layers]
-            need = {p.ref for p in chunk}
-            need |= {cand2ref[t] for lay in chunk_layers_ for t in lay.inputs if t in cand2ref}
-            ref_outs = [p.ref for p in pairs if p.ref in need]
-            ref_x = _Exposed(ref, ref_types, ref_outs, ref_t, Path(tmp) / f"ref{n_chunks}.onnx")
-            cand_x = _Exposed(cand, cand_types, [p.cand for p in chunk], cand_t,
-                              Path(tmp) / f"cand{n_chunks}.onnx")
-            probe = None
-            held = 0
-            try:
-                for b, feeds in enumerate(batches):
-                    rv = ref_x.run(feeds)
-                    cv = cand_x.run(feeds)
-                    held = max(held, sum(v.nbytes for v in rv.values())
-                               + sum(v.nbytes for v in cv.values()))
-                    for p in chunk:
-                        r, c = rv.get(p.ref), cv.get(p.cand)
-                        if r is None or c is None or not np.issubdtype(r.dtype, np.floating):
-                            notes.setdefault(p.ref, "not a float tensor on both runtimes")
-                        elif r.shape != c.shape:
-                            notes.setdefault(p.ref, f"shape {list(c.shape)} vs reference "
-                                                    f"{list(r.shape)}")
-                        else:
-                            acc[p.ref].add(r, c)
-                    if chunk_layers_ and b == 0:
-                        probe = _probe_for(cand, chunk_layers_, rv, cand2ref, feeds, cand_types,
-                                           cand_t, Path(tmp) / f"probe{n_chunks}.onnx", notes)
-                    if probe is not None:
-                        pf = {f"L{k}/{t}": _boundary_value(t, rv, cand2ref, feeds, cand_types)
-                              for k, lay in enumerate(chunk_layers_) for t in lay.inputs}
-                        out = probe.run(pf)
-                        for k, lay in enumerate(chunk_layers_):
-                            r, c = rv.get(lay.pair.ref), out.get(f"L{k}/{lay.pair.cand}")
-                            if r is not None and c is not None and r.shape == c.shape:
-                                own[lay.pair.ref].add(r, c)
-                    del rv, cv
-            finally:
-                for x in (ref_x, cand_x, probe):
-                    if x is not None:
-                        x.close()
+            held = _run_chunk(st, ref, cand, chunk, batches, ref_t, cand_t,
+                              Path(tmp) / f"c{n_chunks}-")
             max_bytes = max(max_bytes, held)
             per_pair = held / max(1, len(chunk))
             size = int(max(1, min(chunk_layers, chunk_mb * 2**20 // max(per_pair, 1))))
-    rows = _rows(pairs, layers, acc, own, notes, cand2ref)
+    acc, own, notes = st.acc, st.own, st.notes
+    rows = _rows(pairs, layers, acc, own, st.impact, notes, cand2ref)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     general = []
     if introduced and len(layers) < len(pairs):
@@ -270,6 +262,103 @@ def analyze(reference: str | Path, candidate: str | Path,
     return DebugResult(str(reference), str(candidate), ref_t.name, cand_t.name, tuple(rows),
                        len(batches), n_chunks, time.perf_counter() - t0, peak,
                        max_bytes / 2**20, tuple(general))
+
+
+class _State:
+    """What the chunks share: the pairing and the running statistics."""
+
+    def __init__(self, pairs, layers, cand2ref, outputs, ref_types, cand_types, impact: bool):
+        self.pairs, self.layers, self.cand2ref = pairs, layers, cand2ref
+        self.outputs = outputs  # the reference's graph outputs
+        self.ref_types, self.cand_types = ref_types, cand_types
+        self.acc = {p.ref: Stats() for p in pairs}
+        self.own = {r: Stats() for r in layers}
+        self.impact = {r: Stats() for r in layers} if impact else {}
+        self.notes: dict[str, str] = {}
+
+
+def _run_chunk(st: _State, ref, cand, chunk: Sequence[Pair], batches, ref_t, cand_t,
+               stem: Path) -> int:
+    """One chunk of pairs over every batch; returns the most tensor bytes held at once."""
+    lays = [st.layers[p.ref] for p in chunk if p.ref in st.layers]
+    need = {p.ref for p in chunk} | {st.cand2ref[t] for lay in lays for t in lay.inputs
+                                     if t in st.cand2ref}
+    injected = [lay.pair.ref for lay in lays
+                if lay.pair.ref in st.impact and lay.pair.ref not in st.outputs]
+    if injected:
+        need |= set(st.outputs)
+    ref_outs = [p.ref for p in st.pairs if p.ref in need] + \
+        [o for o in st.outputs if o in need and o not in {p.ref for p in st.pairs}]
+    opened: list[_Exposed] = []
+    held = 0
+    try:
+        ref_x = _Exposed(ref, st.ref_types, ref_outs, ref_t, Path(f"{stem}ref.onnx"))
+        opened.append(ref_x)
+        cand_x = _Exposed(cand, st.cand_types, [p.cand for p in chunk], cand_t,
+                          Path(f"{stem}cand.onnx"))
+        opened.append(cand_x)
+        probe = None
+        for b, feeds in enumerate(batches):
+            rv, cv = ref_x.run(feeds), cand_x.run(feeds)
+            held = max(held, sum(v.nbytes for v in rv.values())
+                       + sum(v.nbytes for v in cv.values()))
+            for p in chunk:
+                r, c = rv.get(p.ref), cv.get(p.cand)
+                if r is None or c is None or not np.issubdtype(r.dtype, np.floating):
+                    st.notes.setdefault(p.ref, "not a float tensor on both runtimes")
+                elif r.shape != c.shape:
+                    st.notes.setdefault(p.ref, f"shape {list(c.shape)} vs reference "
+                                               f"{list(r.shape)}")
+                else:
+                    st.acc[p.ref].add(r, c)
+            if lays and b == 0:
+                probe = _probe_for(cand, lays, rv, st.cand2ref, feeds, st.cand_types, cand_t,
+                                   Path(f"{stem}probe.onnx"), st.notes)
+                if probe is not None:
+                    opened.append(probe)
+            if probe is None:
+                continue
+            out = probe.run(_probe_feeds(st, lays, rv, feeds))
+            for k, lay in enumerate(lays):
+                r, c = rv.get(lay.pair.ref), out.get(f"L{k}/{lay.pair.cand}")
+                if r is not None and c is not None and r.shape == c.shape:
+                    st.own[lay.pair.ref].add(r, c)
+                    if lay.pair.ref in st.outputs and lay.pair.ref in st.impact:
+                        st.impact[lay.pair.ref].add(r, c)  # an output's own error: its impact
+        if probe is not None:
+            for k, lay in enumerate(lays):
+                if lay.pair.ref in injected:
+                    _impact(st, ref, ref_x, probe, lays, k, batches, ref_t,
+                            Path(f"{stem}inj{k}.onnx"))
+    finally:
+        for x in opened:
+            x.close()
+    return held
+
+
+def _probe_feeds(st: _State, lays, rv, feeds) -> dict[str, np.ndarray]:
+    return {f"L{k}/{t}": _boundary_value(t, rv, st.cand2ref, feeds, st.cand_types)
+            for k, lay in enumerate(lays) for t in lay.inputs}
+
+
+def _impact(st: _State, ref, ref_x, probe, lays, k: int, batches, ref_t, path: Path) -> None:
+    """Layer k's own output injected into the reference, alone: one session per layer, batches
+    replayed (the reference and the chunk's probe rerun), so nothing is kept across batches."""
+    lay = lays[k]
+    t = lay.pair.ref
+    inj = _Injected(ref, [t], st.ref_types, ref_t, path)
+    try:
+        for feeds in batches:
+            rv = ref_x.run(feeds)
+            c = probe.run(_probe_feeds(st, lays, rv, feeds)).get(f"L{k}/{lay.pair.cand}")
+            if c is None or t not in rv or c.shape != rv[t].shape:
+                return
+            got = inj.run({**feeds, t: c.astype(rv[t].dtype, copy=False)})
+            for o in st.outputs:
+                if o in rv and o in got and np.issubdtype(rv[o].dtype, np.floating):
+                    st.impact[t].add(rv[o], got[o])
+    finally:
+        inj.close()
 
 
 def _probe_for(cand, chunk_layers_, rv, cand2ref, feeds, types, target, path, notes):
@@ -296,12 +385,13 @@ class _Probe(_Exposed):
         self.names = [s.name for s in self.art.outputs]
 
 
-def _rows(pairs, layers, acc, own, notes, cand2ref) -> list[Row]:
+def _rows(pairs, layers, acc, own, impact, notes, cand2ref) -> list[Row]:
     accm = {p.ref: acc[p.ref].metric() for p in pairs if acc[p.ref].count}
     rows = []
     for p in pairs:
         a = accm.get(p.ref)
         o = own[p.ref].metric() if p.ref in own and own[p.ref].count else None
+        imp = impact[p.ref].metric() if p.ref in impact and impact[p.ref].count else None
         added = None
         if a is not None and p.ref in layers:
             nsr_in = max((_nsr(accm[cand2ref[t]]) for t in layers[p.ref].inputs
@@ -309,7 +399,7 @@ def _rows(pairs, layers, acc, own, notes, cand2ref) -> list[Row]:
             gain = 0.0 if nsr_in == math.inf else _nsr(a) - nsr_in
             added = -math.inf if gain == math.inf else (
                 -10.0 * math.log10(gain) if gain > 0 else math.inf)
-        rows.append(Row(p, a, o, added, notes.get(p.ref)))
+        rows.append(Row(p, a, o, imp, added, notes.get(p.ref)))
     return rows
 
 

@@ -53,7 +53,10 @@ def test_planted_broken_layer_float_ranked_first_both_ways(tmp_path):
     res = analyze(ref, cand, _batches())
     assert res.ranked("introduced")[0].pair.ref == "c2"
     assert res.ranked("accumulated")[0].pair.ref == "c2"
+    assert res.ranked("output")[0].pair.ref == "c2"
     rows = {r.pair.ref: r for r in res.rows}
+    assert rows["c2"].impact.sqnr_db < 20  # injected alone into the reference, it reaches y
+    assert all(r.impact.sqnr_db == math.inf for r in res.rows if r.pair.ref != "c2")
     assert all(r.pair.how == "name" for r in res.rows) and len(rows) == 13
     assert rows["c2"].own.sqnr_db < 10 and rows["c2"].acc.cosine < 0.99
     for name in ("c0", "r0", "c1", "r1"):  # upstream of the break: untouched

