@@ -98,6 +98,35 @@ def quantized_nodes(model) -> set[str]:
     return out
 
 
+def weighted_nodes(model) -> set[str]:
+    """Nodes reading a dequantized constant (int8 weights): excluding one keeps it in float."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    return {n.name for n in model.graph.node if n.op_type not in QDQ_OPS and any(
+        prod.get(i) is not None and prod[i].op_type == "DequantizeLinear"
+        and prod[i].input[0] in inits for i in n.input)}
+
+
+def float_groups(cand, result: DebugResult, quantized: set[str],
+                 skip: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
+    """tensor -> the nodes to exclude so that its layer and its output both stay float, worst
+    output impact first. A QDQ quantizer quantizes a tensor when its producer or any consumer
+    is quantized, so the layer's node is not enough: its quantized consumers go with it."""
+    consumers: dict[str, list[str]] = {}
+    for n in cand.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    out: dict[str, tuple[str, ...]] = {}
+    for row in result.ranked("output"):
+        p = row.pair
+        nodes = [p.cand_node] if p.cand_node in quantized else []
+        nodes += [c for c in consumers.get(p.cand, ()) if c in quantized and c not in nodes]
+        nodes = [n for n in nodes if n not in skip]
+        if nodes and p.ref not in out:
+            out[p.ref] = tuple(nodes)
+    return out
+
+
 def score(goal: Goal, reference: Path, model: Path,
           batches: Sequence[Mapping[str, np.ndarray]]) -> float:
     """cosine: the worst output cosine over batches (as the steps' target_cosine); top1: argmax
@@ -143,35 +172,43 @@ def fix(reference: Path, result: DebugResult, recipe: str, goal: Goal,
     steps = parse_recipe(recipe)
     at = exclude_step(steps)
     base_exclude = tuple(steps[at].config.exclude)
-    cand_quantized = quantized_nodes(load_onnx(result.candidate))
-    ranked: list[str] = []
-    for row in result.ranked("output"):
-        n = row.pair.cand_node
-        if n and n in cand_quantized and n not in ranked and n not in base_exclude:
-            ranked.append(n)
-    if not ranked:
+    cand = load_onnx(result.candidate)
+    cand_quantized = quantized_nodes(cand)
+    weighted = weighted_nodes(cand)
+    groups = float_groups(cand, result, cand_quantized, base_exclude)
+    if not groups:
         raise InputError("the candidate has no quantized layer to keep in float")
+    ranked = list(groups)
+
+    def union(keys: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for key in keys:
+            out += [n for n in groups[key] if n not in out]
+        return out
+
     ctx_kw = dict(feeds=dict(batches[0]), calibration=tuple(calib),
                   calibration_is_synthetic=calib_is_synthetic, target=target)
     specs: dict[int, str] = {}
 
-    def build(names: list[str]) -> Path:
+    def build(keys: list[str]) -> Path:
+        names = union(keys)
         cfg = dataclasses.replace(steps[at].config, exclude=base_exclude + tuple(names))
         new = list(steps)
         new[at] = dataclasses.replace(steps[at], config=cfg)
-        out = Path(workdir) / f"keep{len(names)}"
+        out = Path(workdir) / f"keep{len(keys)}"
         # the goal is the judge here: int8 steps are measured, not failed, by the generic floor
         res = run_recipe(ModelRef.from_path(reference), new, StepContext(workdir=out, **ctx_kw),
                          tolerances={"int8": Tolerance()})
         if not res.applied:
             raise InputError(f"recipe {recipe!r} applied no step to {reference}")
         path = Path(res.final.path)
-        missing = sorted(set(names) - (_node_names(path) - quantized_nodes(load_onnx(path))))
+        missing = sorted((set(names) & weighted)
+                         - (_node_names(path) - quantized_nodes(load_onnx(path))))
         if missing:
             raise InputError(f"layer {missing[0]} of the candidate is not a float node of the "
                              f"rebuilt model: was the candidate made by {recipe!r} from "
                              f"{reference}?")
-        specs[len(names)] = "; ".join(s.spec() for s in new)
+        specs[len(keys)] = "; ".join(s.spec() for s in new)
         return path
 
     full = build([])
@@ -184,7 +221,7 @@ def fix(reference: Path, result: DebugResult, recipe: str, goal: Goal,
                                               goal.value, max_float)
         if fixed is None:
             fixed, k, s = full, 0, full_score
-    return FixResult(goal, specs[k], tuple(ranked[:k]), len(cand_quantized), full_score, s,
+    return FixResult(goal, specs[k], tuple(union(ranked[:k])), len(cand_quantized), full_score, s,
                      s >= goal.value, full, fixed, ((0, full_score), *trials))
 
 
