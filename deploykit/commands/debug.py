@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "adds to what it inherits; total: accumulated error as is")
     p.add_argument("--chunk-layers", type=int, default=32,
                    help="most tensors exposed per run (memory bound; default 32)")
+    p.add_argument("--no-impact", action="store_true",
+                   help="skip the output-impact pass (it reruns the reference once per layer "
+                        "and batch); --fix then ranks by introduced error")
     p.add_argument("--json", metavar="OUT.json", help="write every layer's figures (strict JSON)")
     p.add_argument("--html", metavar="OUT.html", help="write the report with the depth plot")
     g = p.add_argument_group("closing the loop")
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print("WARNING: compared on 4 batches of seeded random inputs; errors on real inputs "
               "differ (pass --inputs with real samples)", file=sys.stderr)
     result = analyze(args.reference, args.candidate, batches, target=args.target,
-                     reference_target=args.reference_target, chunk_layers=args.chunk_layers)
+                     reference_target=args.reference_target, chunk_layers=args.chunk_layers,
+                     impact=not args.no_impact)
     print("\n".join(render.summary(result)))
     print(f"ranked by {args.rank} error, worst first (own: the candidate's layer alone on the "
           "reference's inputs; out: that error alone, seen at the model's outputs; acc: whole "

@@ -107,12 +107,14 @@ def depth_png(result: DebugResult) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cap = lambda m: None if m is None or not m.finite else min(m.sqnr_db, 150.0)  # noqa: E731
+    def cap(m: Metric | None) -> float | None:  # exact (infinite SQNR) points are not drawn
+        return None if m is None or not m.finite or m.sqnr_db == math.inf else m.sqnr_db
+
     xs = list(range(len(result.rows)))
     acc = [cap(r.acc) for r in result.rows]
     own = [cap(r.own) for r in result.rows]
     imp = [cap(r.impact) for r in result.rows]
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.6), dpi=110)
     ax.plot([x for x, v in zip(xs, acc) if v is not None], [v for v in acc if v is not None],
             color="#d62728", lw=1.3, marker=".", label="accumulated (whole candidate)")
     ax.scatter([x for x, v in zip(xs, own) if v is not None], [v for v in own if v is not None],
@@ -122,16 +124,17 @@ def depth_png(result: DebugResult) -> bytes:
                label="at the outputs (layer's own error alone)")
     worst = result.ranked("introduced")[:3]
     index = {r.pair.ref: i for i, r in enumerate(result.rows)}
-    for r in worst:
+    for k, r in enumerate(worst):
         m = r.own or r.acc
-        if m is not None and m.finite:
+        if cap(m) is not None:
             ax.annotate(_short(r.pair.ref, 28), (index[r.pair.ref], cap(m)), fontsize=7,
-                        xytext=(4, -10), textcoords="offset points")
+                        xytext=(-60, -14 - 10 * k), textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "color": "#888", "lw": 0.6})
     ax.set_xlabel("matched tensor, in topological order")
-    ax.set_ylabel("SQNR vs reference, dB (higher is closer; capped at 150)")
-    ax.set_title("error along depth")
+    ax.set_ylabel("SQNR vs reference, dB (higher is closer)")
+    ax.set_title("error along depth (exact tensors not drawn)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

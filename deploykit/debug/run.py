@@ -175,7 +175,8 @@ def _probe_model(cand, layers: Sequence[Layer], ref_vals: Mapping[str, np.ndarra
     nodes, inputs, outputs, used_inits = [], [], [], set()
     for i, layer in enumerate(layers):
         pre = f"L{i}/"
-        ren = lambda t: t if (not t or t in inits) else pre + t  # noqa: E731
+        def ren(t: str, pre: str = pre) -> str:
+            return t if (not t or t in inits) else pre + t
         for t in layer.inputs:
             v = _boundary_value(t, ref_vals, cand2ref, feeds, infos)
             inputs.append(helper.make_tensor_value_info(
@@ -378,7 +379,7 @@ def _probe_for(cand, chunk_layers_, rv, cand2ref, feeds, types, target, path, no
 
 
 class _Probe(_Exposed):
-    def __init__(self, path: Path, target):  # noqa: D107 (the model is already written)
+    def __init__(self, path: Path, target):  # the model file is already written
         from ..core import ModelRef
 
         self.art = target.compile(ModelRef.from_path(path))
