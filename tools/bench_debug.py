@@ -103,10 +103,11 @@ def main(argv=None) -> int:
     out["ort_vs_ov"] = {"seconds": rt.seconds,
                         "worst_introduced": [r.pair.ref for r in rt.ranked("introduced")[:5]],
                         "worst_accumulated": [r.pair.ref for r in rt.ranked("accumulated")[:5]],
-                        "rows": [r.to_dict() for r in rt.ranked("introduced")[:5]]}
+                        "rows": [r.to_dict() for r in rt.ranked("accumulated")[:8]],
+                        "output": [r.to_dict() for r in rt.rows if r.pair.ref == "output"]}
     print()
     print("\n".join(render.summary(rt)))
-    print(render.text_table(render.HEAD, render.rows_for(rt, 8, "introduced")))
+    print(render.text_table(render.HEAD, render.rows_for(rt, 8, "accumulated")))
     print(f"\nCLI: deploykit debug {fp32} {q} --inputs {work / 'heldout.npz'} --calib "
           f"{work / 'calib.npz'} --recipe '{recipe}' --fix {args.goals.split(',')[0]}")
     if args.json:

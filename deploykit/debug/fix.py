@@ -235,12 +235,11 @@ def time_fix(fr: FixResult, reference: Path, target: str, feeds: Mapping[str, np
              plan) -> FixResult:
     """Reference, full int8 and fixed model timed interleaved on `target`: speedups vs the
     reference and the share of the full int8 speedup the fixed model keeps."""
-    from .. import targets
     from ..core import ModelRef
     from ..measure import compare
+    from .run import get_target
 
-    t = targets.get(target, allow_spinning=False) if target.startswith("ort") \
-        else targets.get(target)
+    t = get_target(target)
     arts = [t.compile(ModelRef.from_path(p)) for p in (reference, fr.full_path, fr.fixed_path)]
     try:
         cmp = compare(arts, [feeds] * 3, plan, names=("reference", "full-int8", "fixed"))

@@ -91,9 +91,12 @@ def layer_node(name: str, producers: Mapping[str, Any]):
     return node
 
 
-def match(ref, cand) -> list[Pair]:
-    """Pairs in the reference's topological order; only float tensors computed by nodes."""
-    ref_types, cand_types = _elem_types(value_infos(ref)), _elem_types(value_infos(cand))
+def match(ref, cand, ref_infos: Mapping[str, Any] | None = None,
+          cand_infos: Mapping[str, Any] | None = None) -> list[Pair]:
+    """Pairs in the reference's topological order; only float tensors computed by nodes.
+    `*_infos`: value_infos() of each model when the caller has them already."""
+    ref_types = _elem_types(value_infos(ref) if ref_infos is None else ref_infos)
+    cand_types = _elem_types(value_infos(cand) if cand_infos is None else cand_infos)
     ref_cons, cand_cons = _consumers(ref), _consumers(cand)
     cand_prod = _producers(cand)
     inits = {i.name for i in cand.graph.initializer}

@@ -1,8 +1,9 @@
 """Run the reference and the candidate with their paired tensors exposed as outputs, a chunk of
 layers at a time (a big model never has all its intermediates in memory at once), and measure
-per pair the accumulated error (full candidate vs full reference) and the error the candidate's
+per pair the accumulated error (full candidate vs full reference), the error the candidate's
 layer introduces by itself (the layer alone, fed the reference's values of its inputs, on the
-candidate's target). Both graphs run on deploykit Targets, so runtimes can be compared too."""
+candidate's target) and what that error alone does to the model's outputs (injected into the
+reference). Both graphs run on deploykit Targets, so runtimes can be compared too."""
 
 from __future__ import annotations
 
@@ -211,7 +212,6 @@ def analyze(reference: str | Path, candidate: str | Path,
             chunk_mb: float = 512.0, introduced: bool = True, impact: bool = True
             ) -> DebugResult:
     """Per-layer errors of `candidate` against `reference` over `batches` (see module doc)."""
-    from .. import targets
     from ..onnxio import load_onnx
     from .match import value_infos
 
@@ -229,17 +229,14 @@ def analyze(reference: str | Path, candidate: str | Path,
     missing = ref_in - set(batches[0])
     if missing:
         raise InputError(f"no data for model input(s) {', '.join(sorted(missing))}")
-    pairs = match(ref, cand)
+    ref_types, cand_types = value_infos(ref), value_infos(cand)
+    pairs = match(ref, cand, ref_types, cand_types)
     if not pairs:
         raise InputError("the two models have no float tensor in common (by name, by "
                          "quantization or by op type): is the candidate made from the reference?")
-    ref_types, cand_types = value_infos(ref), value_infos(cand)
     layers = cut_layers(cand, pairs) if introduced else {}
     cand2ref = {p.cand: p.ref for p in pairs}
-    ref_t = targets.get(reference_target, allow_spinning=False) \
-        if reference_target.startswith("ort") else targets.get(reference_target)
-    cand_t = targets.get(target, allow_spinning=False) if target.startswith("ort") \
-        else targets.get(target)
+    ref_t, cand_t = get_target(reference_target), get_target(target)
     outputs = [o.name for o in ref.graph.output if o.name not in ref_in]
     st = _State(pairs, layers, cand2ref, outputs, ref_types, cand_types, impact)
     n_chunks, max_bytes, size, i = 0, 0, min(chunk_layers, 8), 0
@@ -263,6 +260,14 @@ def analyze(reference: str | Path, candidate: str | Path,
     return DebugResult(str(reference), str(candidate), ref_t.name, cand_t.name, tuple(rows),
                        len(batches), n_chunks, time.perf_counter() - t0, peak,
                        max_bytes / 2**20, tuple(general))
+
+
+def get_target(name: str):
+    """A registry target; ORT ones without spinning, as several sessions share the process."""
+    from .. import targets
+
+    t = targets.get(name)
+    return targets.get(name, allow_spinning=False) if t.config.get("backend") == "ort" else t
 
 
 class _State:
