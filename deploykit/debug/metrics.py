@@ -54,11 +54,17 @@ class Stats:
         r = np.ascontiguousarray(r, dtype=dt).ravel()
         g = np.ascontiguousarray(g, dtype=dt).ravel()
         self.count += 1
-        e = g - r
-        rr, gg, ee = _sumsq(r), _sumsq(g), _sumsq(e)
-        if not (math.isfinite(rr) and math.isfinite(gg) and math.isfinite(ee)):  # NaN/inf shows
-            self.finite = False
-            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = g - r
+            rr, gg, ee = _sumsq(r), _sumsq(g), _sumsq(e)
+        if not (math.isfinite(rr) and math.isfinite(gg) and math.isfinite(ee)):
+            if not (np.isfinite(g).all() and np.isfinite(r).all()):
+                self.finite = False  # NaN/inf in the tensors themselves
+                return
+            # finite but huge (an additive attention mask near float32's limit): float64 sums
+            r, g = r.astype(np.float64), g.astype(np.float64)
+            e = g - r
+            rr, gg, ee = _sumsq(r), _sumsq(g), _sumsq(e)
         self.rr += rr
         self.gg += gg
         self.ee += ee
