@@ -339,6 +339,8 @@ def _run_chunk(st: _State, ref, cand, chunk: Sequence[Pair], batches, ref_t, can
     finally:
         for x in opened:
             x.close()
+        for f in stem.parent.glob(stem.name + "*"):
+            f.unlink(missing_ok=True)
     return held
 
 
@@ -365,6 +367,7 @@ def _impact(st: _State, ref, ref_x, probe, lays, k: int, batches, ref_t, path: P
                     st.impact[t].add(rv[o], got[o])
     finally:
         inj.close()
+        path.unlink(missing_ok=True)  # a whole model per layer: do not let them pile up
 
 
 def _probe_for(cand, chunk_layers_, rv, cand2ref, feeds, types, target, path, notes):
