@@ -32,6 +32,16 @@ class StoreError(DeployKitError):
     """The results store cannot be opened or written."""
 
 
+class StepVerificationError(VerificationError):
+    """A recipe step's output disagrees with its parent; keeps both files (while the recipe's
+    work folder lives) so that `compress --debug` can say which layers did it."""
+
+    def __init__(self, message: str, parent=None, child=None):
+        super().__init__(message)
+        self.parent = parent
+        self.child = child
+
+
 def first_line(e: BaseException, limit: int = 400, *, backtrace: bool = True) -> str:
     """The one line of a library's exception worth showing a user: ANSI colours stripped; for a
     message carrying a backtrace (TVM's C++ and Python frames), the last line that names an error
