@@ -16,7 +16,7 @@ import pkgutil
 import signal
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import DeployKitError
 
 

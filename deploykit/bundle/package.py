@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..core import ModelRef, TimingPlan
 from ..backends.base import Target
 from ..errors import InputError, VerificationError

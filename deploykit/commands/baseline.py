@@ -55,7 +55,7 @@ def check_gate_timing(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..onnxio import make_feeds
     from ..outputs import Outputs, check_output_file
-    from ..gate.baseline import make_baseline
+    from ..gate.baseline import checked, make_baseline
     from ..gate.rounds import gate_target, load_model, measure_rounds
 
     check_output_file(args.output, "-o")
@@ -70,9 +70,8 @@ def run(args: argparse.Namespace) -> int:
     (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
                                progress=not args.quiet, wait_quiet=_common.wait_quiet(args))
     with Outputs() as outs:
-        from .check import _checked  # what check would refuse to read is not written
-
-        baseline = _checked(make_baseline(report, inputs, outputs, feeds_cfg, args.output))
+        baseline = checked(make_baseline(  # what check could not read is not written
+            report, inputs, outputs, feeds_cfg, args.output))
         outs.json(args.output, baseline.to_dict())
         if store_file is not None:
             from ..store import Store

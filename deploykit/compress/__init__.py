@@ -2,7 +2,7 @@
 
 import sys as _sys
 
-from .. import _CallableModule
+from .._callable import CallableModule
 
-_sys.modules[__name__].__class__ = _CallableModule  # deploykit.compress(...) is deploykit.api.compress(...)
+_sys.modules[__name__].__class__ = CallableModule  # deploykit.compress(...) is deploykit.api.compress(...)
 

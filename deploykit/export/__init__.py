@@ -2,6 +2,6 @@
 
 import sys as _sys
 
-from .. import _CallableModule
+from .._callable import CallableModule
 
-_sys.modules[__name__].__class__ = _CallableModule  # deploykit.export(...) is deploykit.api.export(...)
+_sys.modules[__name__].__class__ = CallableModule  # deploykit.export(...) is deploykit.api.export(...)

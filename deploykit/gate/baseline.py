@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..core import LatencyReport, TensorSpec
 from ..errors import InputError
 from ..stats import MIN_UNITS, positive_finite
@@ -101,6 +101,15 @@ def _spec_dict(s: TensorSpec) -> dict[str, Any]:
 
 def _spec(d: Mapping[str, Any]) -> TensorSpec:
     return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+def checked(baseline: Baseline) -> Baseline:
+    """`baseline`, if `check` could read it back; else a one-line error (nothing is written)."""
+    try:
+        baseline.check()
+    except ValueError as e:
+        raise InputError(f"this run cannot become the baseline ({e}); re-run the check") from None
+    return baseline
 
 
 def make_baseline(report: LatencyReport, inputs: Sequence[TensorSpec],

@@ -184,7 +184,7 @@ def code_id() -> str:
     made by other code is rebuilt, not reused from OUTDIR/.work."""
     from importlib import metadata
 
-    from .. import __version__
+    from .._version import __version__
 
     versions = []
     for dist in ("onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "nncf", "numpy"):
