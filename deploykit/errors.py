@@ -32,6 +32,11 @@ class StoreError(DeployKitError):
     """The results store cannot be opened or written."""
 
 
+class DeviceError(DeployKitError):
+    """A device (ssh://, adb://) cannot be reached, timed out, disconnected, or lacks the
+    runtime the bundle needs."""
+
+
 def first_line(e: BaseException, limit: int = 400) -> str:
     """The one line of a library's exception worth showing a user: ANSI colours stripped; for a
     message carrying a backtrace (TVM's C++ and Python frames), the last line that names an error;

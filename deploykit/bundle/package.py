@@ -204,7 +204,8 @@ def package(model_path: str | Path, target: Target, out: str | Path,
             from . import ort as bundle_ort
 
             section = bundle_ort.build(model_path, target, stage,
-                                       opts.ort_platform or bundle_ort.host_platform())
+                                       opts.ort_platform or target.config.get("ort_platform")
+                                       or bundle_ort.host_platform())
             manifest["ort"] = section
             manifest["runtime"] = {"backend": "ort", "model": section["files"]["runtime_model"],
                                    "payload": [section["files"]["runtime_model"]]}
