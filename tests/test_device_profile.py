@@ -222,3 +222,8 @@ sys.exit("adb: unknown command")
     shells = [c[3] for c in calls if c[2] == "shell"]
     assert any("selftest.py . --time" in s and "--threads 1" in s for s in shells)
     assert json.loads((tmp_path / "r.json").read_text())["env"]["where"] == "adb://SERIAL1"
+
+
+def test_device_target_is_not_timed_here(model, capsys):
+    assert main(["profile", str(model), "-t", "ort-aarch64", "--no-store", *SHAPE]) == 2
+    assert "is timed on its device" in capsys.readouterr().err

@@ -63,7 +63,7 @@ class DeviceRun:
     problems: tuple[str, ...]
     rows: tuple[Mapping[str, Any], ...]
     output: str
-    runtime: str  # "aarch64 onnxruntime 1.23.2 python 3.11.2" as the device said
+    runtime: str  # "aarch64, onnxruntime 1.32.0, python 3.11.2", as the device said
     report: Any = None  # LatencyReport with timing
 
 
@@ -81,7 +81,10 @@ def probe(t: Transport, python: str) -> str:
         last = lines[-1].strip() if lines else f"exit status {r.rc}"
         raise DeviceError(f"{t.where}: the device cannot run ORT bundles with {python} "
                           f"(it needs python3, numpy and onnxruntime): {last}")
-    return r.out.strip()
+    words = r.out.split()
+    if len(words) != 3:
+        raise DeviceError(f"{t.where}: unexpected answer to the runtime check: {r.out.strip()!r}")
+    return f"{words[0]}, onnxruntime {words[1]}, python {words[2]}"
 
 
 def sync(t: Transport, bundle: Path, manifest: Mapping[str, Any], python: str,

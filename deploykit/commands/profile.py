@@ -89,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--trace records one model on one target; it does not apply to "
                          "--compare (profile the model alone for its trace)")
     tlist = [targets.get(n, **overrides) for n in names]
+    for t in tlist:
+        if t.config.get("requires_device"):
+            raise InputError(f"target '{t.name}' is timed on its device: add --device "
+                             "ssh://USER@HOST[:PORT] (or adb://SERIAL)")
     if (args.device or args.tracker) and any(t.config.get("backend") != "tvm" for t in tlist):
         raise InputError("--device/--tracker apply only to remote (TVM RPC) targets")
     models = [ModelRef.from_path(m) for m in args.models]
