@@ -227,3 +227,23 @@ sys.exit("adb: unknown command")
 def test_device_target_is_not_timed_here(model, capsys):
     assert main(["profile", str(model), "-t", "ort-aarch64", "--no-store", *SHAPE]) == 2
     assert "is timed on its device" in capsys.readouterr().err
+
+
+def test_check_against_on_the_device_in_interleaved_rounds(server, model, tmp_path, capsys,
+                                                           monkeypatch):
+    target = _target(tmp_path, sys.executable, name="ort-dev-gate")
+    monkeypatch.setenv("DEPLOYKIT_TARGETS", str(tmp_path))
+    new = Path(conv_relu_gemm(tmp_path / "new.onnx", seed=1))
+    base = tmp_path / "base.json"
+    assert main(["baseline", str(model), "-t", "ort-dev-gate", "-o", str(base), "--max-time",
+                 "1", "--no-store", "--no-strict", "-q", *SHAPE]) == 0
+    dev = f"{server}{tmp_path / 'device'}"
+    rc = main(["check", str(new), "--baseline", str(base), "--against", str(model), "--device",
+               dev, "--max-time", "2", "--json", str(tmp_path / "c.json"), "--no-store", "-q"])
+    assert rc in (0, 1), capsys.readouterr().err
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["mode"] == "interleaved" and r["n_units"] >= 10
+    assert r["old_report"]["env"]["where"].startswith("ssh://")
+    assert len(r["old_report"]["blocks"]) == len(r["new_report"]["blocks"]) >= 10
+    assert len(list((tmp_path / "device" / "bundles").iterdir())) == 2
+    assert target.exists()

@@ -64,7 +64,8 @@ class DeviceRun:
     rows: tuple[Mapping[str, Any], ...]
     output: str
     runtime: str  # "aarch64, onnxruntime 1.32.0, python 3.11.2", as the device said
-    report: Any = None  # LatencyReport with timing
+    report: Any = None  # LatencyReport with timing; (old, new) with `against`
+    manifest: Any = None
 
 
 def _python(manifest: Mapping[str, Any]) -> str:
@@ -125,7 +126,11 @@ def parse_lines(text: str) -> tuple[list[str], list[dict[str, Any]]]:
 
 def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
                   max_time_s: float = 30.0, threads: int | None = None,
-                  rel_ci: float = 0.01, labels: tuple[str, ...] = ()) -> DeviceRun:
+                  rel_ci: float = 0.01, labels: tuple[str, ...] = (),
+                  against: DeviceRun | None = None, rounds_args: str = "") -> DeviceRun:
+    """Self-test (and with `timing`, time) `bundle` on the device. With `against` (the
+    DeviceRun of an old bundle already pushed and self-tested there), time both in the gate's
+    interleaved rounds instead; the report is then (old report, new report)."""
     bundle = Path(bundle)
     try:
         manifest = st.load_manifest(bundle)
@@ -136,12 +141,12 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
                          "over TVM RPC (--device KEY --tracker HOST:PORT)")
     problems = st.check_integrity(bundle, manifest)
     if problems:  # nothing of a changed bundle is pushed or run
-        return DeviceRun(t.where, "", (), tuple(problems), (), "", "")
+        return DeviceRun(t.where, "", (), tuple(problems), (), "", "", None, manifest)
     if timing and "dk_timing.py" not in manifest["files"]:
         raise InputError(f"{bundle} has no timing mode (packaged before it): re-package it")
     python = _python(manifest)
     runtime = probe(t, python)
-    remote_dir = f"bundles/{manifest['manifest_sha256'][:16]}"
+    remote_dir = remote_name(manifest)
     pushed = sync(t, bundle, manifest, python, remote_dir)
     where_dir = f"{t.root}/{remote_dir}"
     cmd = f"cd {shlex.quote(where_dir)} && {python} selftest.py ."
@@ -151,6 +156,9 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
         cmd = (f"mkdir -p {shlex.quote(t.root)}/runs && {cmd} --time {run_file} "
                f"--max-time {max_time_s:g} --rel-ci {rel_ci:g}"
                + (f" --threads {int(threads)}" if threads else ""))
+        if against is not None:
+            cmd += f" --against ../{against.remote_dir.rsplit('/', 1)[-1]} {rounds_args}"
+            timeout += 2 * max_time_s
         timeout += max_time_s + 30  # warm-up (<= 5 s), the last block, session creation
     r = t.shell(cmd, timeout, "the self-test" + (" and timing" if timing else ""))
     problems2, rows = parse_lines(r.out)
@@ -165,6 +173,25 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
         if got.rc != 0:
             raise DeviceError(f"{t.where}: the timing file is missing on the device: "
                               f"{(got.err.strip().splitlines() or ['?'])[-1]}")
-        report = device_timing.parse(got.out, manifest, where=t.where, labels=labels)
+        if against is not None:
+            report = device_timing.parse_rounds(got.out, against.manifest, manifest,
+                                                where=t.where, labels=labels)
+        else:
+            report = device_timing.parse(got.out, manifest, where=t.where, labels=labels)
     return DeviceRun(t.where, where_dir, pushed, tuple(problems2), tuple(rows), r.out, runtime,
-                     report)
+                     report, manifest)
+
+
+def remote_name(manifest: Mapping[str, Any]) -> str:
+    """The bundle's folder on the device, by its manifest digest."""
+    return f"bundles/{manifest['manifest_sha256'][:16]}"
+
+
+def passed(run: DeviceRun) -> bool:
+    return not run.problems and bool(run.rows) and all(r["ok"] for r in run.rows)
+
+
+def first_problem(run: DeviceRun) -> str:
+    bad = list(run.problems) + [f"output {r['name']}: {r['detail']}" for r in run.rows
+                                if not r["ok"]]
+    return bad[0] if bad else "no outputs"

@@ -31,10 +31,34 @@ def _num(x: Any, what: str, *, positive: bool = True) -> float:
 def parse(text: str | bytes, manifest: Mapping[str, Any], *, where: str,
           labels: tuple[str, ...] = ()) -> LatencyReport:
     """The device's timing JSON as a LatencyReport of the bundle with `manifest`."""
+    return parse_doc(_load(text, where), manifest, where=where, labels=labels)
+
+
+def _load(text: str | bytes, where: str) -> Any:
     try:
-        d = json.loads(text)
+        return json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise VerificationError(f"device timing from {where} is not JSON: {e}") from None
+
+
+def parse_rounds(text: str | bytes, old: Mapping[str, Any], new: Mapping[str, Any], *,
+                 where: str, labels: tuple[str, ...] = ()) -> tuple[LatencyReport, LatencyReport]:
+    """The interleaved rounds of `selftest.py --time --against` (block k of each = round k)."""
+    d = _load(text, where)
+    docs = d.get("rounds") if isinstance(d, dict) and d.get("schema") == SCHEMA else None
+    if not isinstance(docs, list) or len(docs) != 2:
+        raise VerificationError(f"device timing from {where} is not an interleaved-rounds "
+                                f"{SCHEMA} document")
+    o = parse_doc(docs[0], old, where=where, labels=labels)
+    n = parse_doc(docs[1], new, where=where, labels=labels)
+    if len(o.blocks) != len(n.blocks):
+        raise VerificationError(f"device timing from {where}: {len(o.blocks)} rounds of the old "
+                                f"bundle, {len(n.blocks)} of the new")
+    return o, n
+
+
+def parse_doc(d: Any, manifest: Mapping[str, Any], *, where: str,
+              labels: tuple[str, ...] = ()) -> LatencyReport:
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         raise VerificationError(f"device timing from {where} is not a {SCHEMA} document")
     if d.get("manifest_sha256") != manifest.get("manifest_sha256"):

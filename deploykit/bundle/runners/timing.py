@@ -13,6 +13,11 @@ The load monitor and warm-up rule are short copies of measure/timing.py's (this 
 import deploykit); tests/test_device_profile.py runs both on the same model.
 
     python3 selftest.py BUNDLE --time OUT.json [--max-time S] [--threads N] [--rel-ci X]
+    python3 selftest.py BUNDLE --time OUT.json --against OLD_BUNDLE [--max-time S] [--threads N]
+        the gate's interleaved rounds (gate/rounds.py) on the device: OLD_BUNDLE is self-tested
+        first; each round makes fresh sessions of both, warms them up and times them in
+        alternating ~50 ms sub-blocks for --round-time s; one block per round and bundle;
+        at least --min-rounds rounds and until --max-time. OUT holds one document per bundle.
 """
 
 from __future__ import annotations
@@ -220,55 +225,136 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
     p.add_argument("--block", type=float, default=0.5)
     p.add_argument("--rel-ci", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--against", metavar="OLD_BUNDLE")
+    p.add_argument("--round-time", type=float, default=1.0)
+    p.add_argument("--sub-block", type=float, default=0.05)
+    p.add_argument("--min-rounds", type=int, default=10)
+    p.add_argument("--warmup-max", type=float, default=0.5)
     a = p.parse_args(list(argv))
     if not (a.max_time > 0 and a.block > 0 and a.rel_ci > 0) or (a.threads or 1) < 1:
         p.error("--max-time, --block, --rel-ci and --threads must be positive")
     return vars(a)
 
 
+class _Bundle:
+    """A bundle's manifest, golden feeds and a way to make a timed session of it."""
+
+    def __init__(self, folder: Path, threads: int | None):
+        import numpy as np
+
+        self.folder = folder
+        self.manifest = json.loads((folder / "manifest.json").read_text())
+        if self.manifest["runtime"]["backend"] != "ort":
+            raise SystemExit("selftest: error: the timing mode runs ORT bundles")
+        self.config = (self.manifest.get("target") or {}).get("config") or {}
+        self.threads = threads
+        with np.load(folder / self.manifest["golden"]["inputs"], allow_pickle=False) as data:
+            self.feeds = {k: data[k] for k in data.files}
+
+    def session(self):
+        """(callable running one inference, session options, creation ms)."""
+        import onnxruntime as ort
+
+        so = session_options(self.config, self.threads)
+        t0 = time.perf_counter_ns()
+        sess = ort.InferenceSession(str(self.folder / self.manifest["runtime"]["model"]), so,
+                                    providers=["CPUExecutionProvider"])
+        init_ms = (time.perf_counter_ns() - t0) / 1e6
+        names, feeds, run = [o.name for o in sess.get_outputs()], self.feeds, sess.run
+
+        def fn() -> None:
+            run(names, feeds)
+
+        return fn, so, init_ms
+
+    def document(self, so, phases, samples, blocks, reason, plan) -> dict[str, Any]:
+        first = next(iter(self.feeds.values()), None)
+        m = self.manifest
+        return {"schema": SCHEMA, "manifest_sha256": m.get("manifest_sha256"),
+                "artifact_id": m.get("artifact_id"),
+                "model_sha256": (m.get("model") or {}).get("sha256"),
+                "threads": so.intra_op_num_threads, "plan": plan, "phases": phases,
+                "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
+                "samples_ms": samples, "blocks": blocks, "stop_reason": reason,
+                "peak_rss_kb": peak_rss_kb(), "device": fingerprint(), "created": time.time()}
+
+
+def _write(dest: Path, doc: Any) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, dest)  # whole or not at all
+
+
+def rounds(old: _Bundle, new: _Bundle, a: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The gate's interleaved rounds of fresh sessions; [old document, new document]."""
+    series = [([], [], {}), ([], [], {})]  # samples, blocks, phases
+    mon = LoadMonitor()
+    t_start, n, clock = time.perf_counter(), 0, time.perf_counter_ns
+    sos = [None, None]
+    while True:
+        made = []
+        for i, b in enumerate((old, new)):
+            fn, sos[i], init_ms = b.session()
+            first = _time_once(fn)
+            warm = warm_up(fn, min_s=0.05, max_s=a["warmup_max"])
+            if not series[i][2]:
+                series[i][2].update(init_ms=init_ms, first_inference_ms=first,
+                                    warmup_samples=warm)
+            made.append(fn)
+        starts = [len(s[0]) for s in series]
+        t_round = clock() + int(a["round_time"] * 1e9)
+        mon.start()  # one reading per round: both bundles run in this process
+        k = 0
+        while clock() < t_round:
+            order = (0, 1) if k % 2 == 0 else (1, 0)
+            for i in order:  # each bundle ~sub_block/2 s, alternating which goes first
+                out, fn = series[i][0], made[i]
+                end = clock() + int(a["sub_block"] / 2 * 1e9)
+                while True:
+                    t0 = clock()
+                    fn()
+                    t1 = clock()
+                    out.append((t1 - t0) / 1e6)
+                    if t1 >= end:
+                        break
+            k += 1
+        load = mon.stop()
+        for i in (0, 1):
+            series[i][1].append([starts[i], len(series[i][0]) - starts[i], load])
+        n += 1
+        del made
+        if n >= a["min_rounds"] and time.perf_counter() - t_start >= a["max_time"]:
+            break
+    plan = {"rounds": n, "round_time_s": a["round_time"], "sub_block_s": a["sub_block"],
+            "max_time_s": a["max_time"]}
+    return [b.document(sos[i], series[i][2], series[i][0], series[i][1], "time-cap", plan)
+            for i, b in enumerate((old, new))]
+
+
 def main(argv: Sequence[str]) -> int:
-    import numpy as np
-    import onnxruntime as ort
-
     a = _parse(argv)
-    bundle = Path(a["bundle"])
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    if manifest["runtime"]["backend"] != "ort":
-        print("selftest: error: the timing mode runs ORT bundles", file=sys.stderr)
-        return 2
-    config = (manifest.get("target") or {}).get("config") or {}
-    so = session_options(config, a["threads"])
-    with np.load(bundle / manifest["golden"]["inputs"], allow_pickle=False) as data:
-        feeds = {k: data[k] for k in data.files}
-    t0 = time.perf_counter_ns()
-    sess = ort.InferenceSession(str(bundle / manifest["runtime"]["model"]), so,
-                                providers=["CPUExecutionProvider"])
-    init_ms = (time.perf_counter_ns() - t0) / 1e6
-    names = [o.name for o in sess.get_outputs()]
-    run = sess.run
+    new = _Bundle(Path(a["bundle"]), a["threads"])
+    if a["against"]:
+        import selftest as st  # the bundle's own copy, beside this file
 
-    def fn() -> None:
-        run(names, feeds)
-
+        other = Path(a["against"])
+        problems, rows = st.selftest(other)
+        if problems or not rows or not all(r["ok"] for r in rows):
+            print("\n".join(st.report_lines(problems, rows)))
+            print(f"selftest: error: --against {other} failed its self-test", file=sys.stderr)
+            return 1
+        docs = rounds(_Bundle(other, a["threads"]), new, a)
+        _write(Path(a["time"]), {"schema": SCHEMA, "rounds": docs})
+        print(f"timed in {docs[0]['plan']['rounds']} interleaved rounds -> {a['time']}")
+        return 0
+    fn, so, init_ms = new.session()
     first_ms = _time_once(fn)
     warm = warm_up(fn)
     samples, blocks, reason = time_blocks(fn, block_s=a["block"], max_time_s=a["max_time"],
                                           rel_ci=a["rel_ci"])
-    first = next(iter(feeds.values()), None)
-    out = {"schema": SCHEMA, "manifest_sha256": manifest.get("manifest_sha256"),
-           "artifact_id": manifest.get("artifact_id"),
-           "model_sha256": (manifest.get("model") or {}).get("sha256"),
-           "threads": so.intra_op_num_threads,
-           "plan": {"block_s": a["block"], "max_time_s": a["max_time"], "rel_ci": a["rel_ci"]},
-           "phases": {"init_ms": init_ms, "first_inference_ms": first_ms,
-                      "warmup_samples": warm},
-           "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
-           "samples_ms": samples, "blocks": blocks, "stop_reason": reason,
-           "peak_rss_kb": peak_rss_kb(), "device": fingerprint(), "created": time.time()}
-    dest = Path(a["time"])
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, dest)  # whole or not at all
+    plan = {"block_s": a["block"], "max_time_s": a["max_time"], "rel_ci": a["rel_ci"]}
+    phases = {"init_ms": init_ms, "first_inference_ms": first_ms, "warmup_samples": warm}
+    _write(Path(a["time"]), new.document(so, phases, samples, blocks, reason, plan))
     print(f"timed: {len(samples)} samples in {len(blocks)} blocks ({reason}), "
-          f"median {_median(samples):.4g} ms -> {dest}")
+          f"median {_median(samples):.4g} ms -> {a['time']}")
     return 0
