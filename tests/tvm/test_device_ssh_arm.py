@@ -63,3 +63,23 @@ def test_ort_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, tmp_path, cap
     # the bundle on the device was converted for ARM
     manifests = list((folder / "bundles").glob("*/manifest.json"))
     assert json.loads(manifests[0].read_text())["ort"]["platform"] == "arm"
+
+
+def test_check_against_across_two_bundles_on_emulated_aarch64(arm_ssh, tmp_path, capsys,
+                                                              monkeypatch):
+    device, target, folder = arm_ssh
+    monkeypatch.setenv("DEPLOYKIT_TARGETS", str(target.parent))
+    old = conv_relu_gemm(tmp_path / "old.onnx")
+    new = conv_relu_gemm(tmp_path / "new.onnx", seed=1)
+    base = tmp_path / "base.json"
+    assert main(["baseline", old, "-t", "ort-aarch64-emu", "-o", str(base), "--max-time", "1",
+                 "--threads", "1", "--no-store", "--no-strict", "-q", "--shape",
+                 "x=1,3,16,16"]) == 0
+    rc = main(["check", new, "--baseline", str(base), "--against", old, "--device", device,
+               "--max-time", "2", "--json", str(tmp_path / "c.json"), "--no-store", "-q"])
+    assert rc in (0, 1), capsys.readouterr().err
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["mode"] == "interleaved" and r["n_units"] >= 10
+    for side in ("old_report", "new_report"):
+        assert r[side]["labels"] == ["emulated"]
+        assert r[side]["env"]["device"]["machine"] == "aarch64"
