@@ -163,6 +163,9 @@ def test_timing_json_from_the_device_is_validated(model, tmp_path):
     out = tmp_path / "t.json"
     subprocess.run([sys.executable, str(bundle / "selftest.py"), str(bundle), "--time", str(out),
                     "--max-time", "1"], check=True, capture_output=True)
+    # the timing mode leaves nothing in the bundle: the self-test still passes afterwards
+    assert subprocess.run([sys.executable, str(bundle / "selftest.py"), str(bundle)],
+                          capture_output=True).returncode == 0
     manifest = json.loads((bundle / "manifest.json").read_text())
     good = json.loads(out.read_text())
     rep = device_timing.parse(json.dumps(good), manifest, where="here")

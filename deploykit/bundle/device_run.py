@@ -149,7 +149,7 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
     remote_dir = remote_name(manifest)
     pushed = sync(t, bundle, manifest, python, remote_dir)
     where_dir = f"{t.root}/{remote_dir}"
-    cmd = f"cd {shlex.quote(where_dir)} && {python} selftest.py ."
+    cmd = f"cd {shlex.quote(where_dir)} && {python} -B selftest.py ."
     run_file = f"../../runs/{int(time.time() * 1000)}.json"
     timeout = PROBE_TIMEOUT_S + 60
     if timing:
@@ -167,6 +167,11 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
                 [f"exit status {r.rc}"])[-1]
         raise DeviceError(f"{t.where}: the self-test could not run: {last.strip()}")
     report = None
+    if timing and r.rc != 0 and not problems2 and rows and all(x["ok"] for x in rows):
+        last = ([ln for ln in (r.err + r.out).splitlines() if ln.strip()] or
+                [f"exit status {r.rc}"])[-1]
+        raise DeviceError(f"{t.where}: the self-test passed but the timing failed on the "
+                          f"device: {last.strip()}")
     if timing and r.rc == 0:
         got = t.shell(f"cd {shlex.quote(where_dir)} && cat {run_file} && rm -f {run_file}",
                       PROBE_TIMEOUT_S, "fetching the timing")

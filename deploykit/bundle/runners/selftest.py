@@ -259,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if lines[-1] != "PASS":
         return 1
     if timing_args:
+        sys.dont_write_bytecode = True  # a __pycache__ in the bundle would be an extra file
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         try:
             import dk_timing  # the bundle's copy of runners/timing.py
