@@ -250,3 +250,19 @@ def test_check_against_on_the_device_in_interleaved_rounds(server, model, tmp_pa
     assert len(r["old_report"]["blocks"]) == len(r["new_report"]["blocks"]) >= 10
     assert len(list((tmp_path / "device" / "bundles").iterdir())) == 2
     assert target.exists()
+
+
+def test_package_with_device_verifies_and_times_there(server, model, tmp_path, capsys):
+    bundle, store = tmp_path / "b", tmp_path / "runs.db"
+    rc = main(["package", str(model), "-t", str(_target(tmp_path, sys.executable)), "-o",
+               str(bundle), "--device", f"{server}{tmp_path / 'device'}", "--max-time", "1",
+               "--store", str(store), *SHAPE])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "self-test passed" in out and "latency on the device: median" in out
+    assert json.loads((bundle / "manifest.json").read_text())["latency"] is None
+    with sqlite3.connect(store) as db:
+        assert db.execute("select label from runs").fetchall() == [("package",)]
+    assert main(["package", str(model), "-t", "tvm-x86", "-o", str(tmp_path / "t"), "--device",
+                 server, *SHAPE]) == 2
+    assert not (tmp_path / "t").exists()
