@@ -266,3 +266,34 @@ def test_package_with_device_verifies_and_times_there(server, model, tmp_path, c
     assert main(["package", str(model), "-t", "tvm-x86", "-o", str(tmp_path / "t"), "--device",
                  server, *SHAPE]) == 2
     assert not (tmp_path / "t").exists()
+
+
+def test_device_that_disconnects_mid_run_keeps_earlier_results(server, model, tmp_path, capsys):
+    """The device's ssh session is killed (SIGKILL to its sshd process) when the timing starts:
+    one line, exit 2, and the store still holds exactly the earlier run."""
+    store = tmp_path / "runs.db"
+    dev = f"{server}{tmp_path / 'device'}"
+    good = _target(tmp_path, sys.executable)
+    assert main(["profile", str(model), "-t", str(good), "--device", dev, *SHAPE, *PLAN,
+                 "--store", str(store), "--no-strict", "-q"]) == 0
+    wrap = tmp_path / "python-that-drops.sh"
+    # kill the nearest sshd ancestor: the per-connection session process, not the listener
+    wrap.write_text(f"""#!/bin/sh
+case "$*" in *--time*)
+  p=$PPID
+  while [ "$p" -gt 1 ]; do
+    case "$(cat /proc/$p/comm)" in sshd*) kill -9 "$p"; break;; esac
+    p=$(cut -d' ' -f4 /proc/$p/stat)
+  done
+  sleep 5;;
+esac
+exec {sys.executable} "$@"
+""")
+    wrap.chmod(0o755)
+    rc = main(["profile", str(model), "-t", str(_target(tmp_path, str(wrap), name="drops")),
+               "--device", dev, *SHAPE, *PLAN, "--store", str(store), "--no-strict", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "self-test and timing failed" in err
+    with sqlite3.connect(store) as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == 1
