@@ -297,3 +297,17 @@ exec {sys.executable} "$@"
     assert "self-test and timing failed" in err
     with sqlite3.connect(store) as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
+
+
+def test_device_python_from_the_environment(server, model, tmp_path, capsys, monkeypatch):
+    """A bundle packaged for ort-cpu (device python: python3, which has no onnxruntime on this
+    machine's PATH in CI images) verified with $DEPLOYKIT_DEVICE_PYTHON naming one that has."""
+    bundle = tmp_path / "b"
+    assert main(["package", str(model), "-t", "ort-cpu", "-o", str(bundle), "--no-measure",
+                 "--no-store", *SHAPE]) == 0
+    monkeypatch.setenv("DEPLOYKIT_DEVICE_PYTHON", sys.executable)
+    assert main(["verify", str(bundle), "--device", f"{server}{tmp_path / 'device'}"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    monkeypatch.setenv("DEPLOYKIT_DEVICE_PYTHON", f"{sys.executable} -S")
+    assert main(["verify", str(bundle), "--device", f"{server}{tmp_path / 'device'}"]) == 2
+    assert "cannot run ORT bundles" in capsys.readouterr().err

@@ -69,8 +69,13 @@ class DeviceRun:
 
 
 def _python(manifest: Mapping[str, Any]) -> str:
+    """The device's python command: $DEPLOYKIT_DEVICE_PYTHON, else the target's
+    `[device] python` recorded in the bundle, else python3."""
+    import os
+
     dev = ((manifest.get("target") or {}).get("config") or {}).get("device") or {}
-    return str(dev.get("python", "python3"))
+    return os.environ.get("DEPLOYKIT_DEVICE_PYTHON") or str(
+        dev.get("python", "python3") if isinstance(dev, Mapping) else "python3")
 
 
 def probe(t: Transport, python: str) -> str:
