@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         if old_model is None:
             raise InputError("--device measures old and new interleaved on the device: pass "
                              "--against OLD_MODEL")
+        if wait:
+            raise InputError("--wait-quiet waits for this machine to quieten, not the device: "
+                             "drop it with --device")
         round_s = min(ROUND_S, max(2 * SUB_S, args.max_time / (2 * MIN_ROUNDS)))
         old_rep, new_rep, _ = check_on_device(old_model.path, model.path, target, transport,
                                               base.feeds, args.max_time, args.warmup_max,

@@ -171,6 +171,9 @@ def _on_device(args, names, compare: bool, plan, shapes, store_file) -> int:
     if args.trace:
         raise InputError("--trace is not available on a device (the bundle times whole "
                          "inferences); drop --trace")
+    if plan.wait_quiet_s > 0:
+        raise InputError("--wait-quiet waits for this machine to quieten, not the device: drop "
+                         "it with --device (the device's own foreign load is recorded per block)")
     target = targets.get(names[0], require_available=False, threads=args.threads)
     model = ModelRef.from_path(args.models[0])
     rep, run = profile_on_device(model.path, target, transport, plan, seed=args.seed,

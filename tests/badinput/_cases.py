@@ -337,6 +337,8 @@ def _verb_specific() -> list[Case]:
                                                                     "ssh://u@h:99999")), "port"),
         Case("profile", "device-needed", _with("profile", extra=("--target", "ort-aarch64")),
              "ort-aarch64"),
+        Case("profile", "device-wait-quiet", _with("profile", extra=(
+            "--device", "ssh://u@h", "--wait-quiet", "5")), "--wait-quiet"),
         Case("check", "device-without-against", _with("check", extra=("--device", "ssh://u@h")),
              "--against"),
         Case("profile", "second-model-missing", ("profile", "{mlp}", "{missing_onnx}", *S),
