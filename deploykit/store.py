@@ -76,8 +76,9 @@ _MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
                        "(ORDER BY ctid) AS rn FROM per_op) o WHERE per_op.ctid = o.c")},
     # 3: runs carry their measurement's validity state (NULL in older rows: derived from the
     # stored report when read)
+    # (idempotent: a store an unreleased build gave the column keeps it)
     3: {"sqlite": ("ALTER TABLE runs ADD COLUMN state TEXT",),
-        "postgresql": ("ALTER TABLE runs ADD COLUMN state TEXT",)},
+        "postgresql": ("ALTER TABLE runs ADD COLUMN IF NOT EXISTS state TEXT",)},
 }
 
 
@@ -142,7 +143,8 @@ class Store:
                 if version < SCHEMA_VERSION:
                     for v in range(version + 1, SCHEMA_VERSION + 1):
                         for stmt in _MIGRATIONS[v][self._b.dialect]:
-                            db.execute(self._b.ddl(stmt))
+                            if not self._column_exists(stmt):
+                                db.execute(self._b.ddl(stmt))
                     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                                (str(SCHEMA_VERSION),))
                     version = SCHEMA_VERSION
@@ -320,7 +322,7 @@ class Store:
                        ci95_ms=(_none_to_nan(r[10]), _none_to_nan(r[11])), stop_reason=r[12],
                        labels=tuple(json.loads(r[13])), label=r[14], env=json.loads(r[15]),
                        state=r[16] or self.report(r[0]).validity.state)
-                for r in self._read(sql, params).fetchall()]
+                for r in self._read(sql, params)]
 
     def series(self, model: str | None = None, target: str | None = None, *,
                model_path: str | None = None) -> list[RunRow]:
@@ -335,6 +337,15 @@ class Store:
         sha, path, parent, transform, config = r[0]
         return ModelRef(path=Path(path or ""), sha256=sha, parent_sha256=parent,
                         transform=transform, config=json.loads(config))
+
+    def _column_exists(self, stmt: str) -> bool:
+        """Is `stmt` an SQLite `ALTER TABLE t ADD COLUMN c` whose column is already there?"""
+        import re
+
+        m = re.match(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", stmt)
+        if m is None or self._b.dialect != "sqlite":
+            return False
+        return m.group(2) in {r[1] for r in self._b.query(f"PRAGMA table_info({m.group(1)})")}
 
     def resolve_model(self, prefix: str) -> str | None:
         """The full sha256 of the one stored model whose sha256 starts with `prefix`."""

@@ -300,7 +300,7 @@ def test_cli_success_prints_tables_and_writes_json(models_py, tmp_path, capsys):
 def test_dynamo_model_that_fails_verification_falls_back(models_py, tmp_path, monkeypatch):
     """An exporter only "works" when its model agrees with torch: a wrong dynamo model (one
     weight off by 1%) is dropped for the TorchScript exporter's."""
-    import deploykit.export.exporter as ex
+    import deploykit.export.exporters as ex
 
     real = ex._export_dynamo
 

@@ -253,13 +253,15 @@ def test_sigkill_mid_write_loses_at_most_the_run_in_progress(store_location):
     proc = mp.get_context("spawn").Process(target=_endless_writer, args=(path,))
     proc.start()
     seen = 0
-    with Store(path) as st:
-        deadline = time.time() + 60
-        while seen < 30 and time.time() < deadline:
-            seen = len(st.runs())
-            time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
+    try:
+        with Store(path) as st:
+            deadline = time.time() + 60
+            while seen < 30 and time.time() < deadline:
+                seen = len(st.runs())
+                time.sleep(0.01)
+    finally:  # the endless writer never outlives the test, whatever failed above
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
     with Store(path) as st:
         assert st.integrity_ok()
         rows = st.runs(oldest_first=True)

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-measure", action="store_true",
                    help="verify and report sizes/FLOPs only; do not time")
     p.add_argument("--json", metavar="REPORT.json", help="write the recipe and realized report")
+    p.add_argument("--debug", action="store_true",
+                   help="when a step fails its fidelity check, run `deploykit debug` on it and "
+                        "name the worst layers in the error")
     p.add_argument("--keep-steps", metavar="DIR",
                    help="keep every intermediate model in DIR (default: a temporary folder)")
     _common.add_target_args(p)
@@ -47,6 +50,15 @@ def _print_steps(result) -> None:
         extra = f"; {s.details['fired']} rewrite(s)" if "fired" in s.details else ""
         print(f"  {s.index}. {s.spec}: verified ({s.fidelity_kind}) vs parent: "
               f"{s.fidelity.summary()}{extra} [{s.seconds:.1f} s]")
+
+
+def _worst_layers(parent, child, batches, top: int = 3) -> str:
+    """One clause naming the layers that introduce most error in a failed step (debug/)."""
+    from ..debug.render import worst_line
+    from ..debug.run import analyze
+
+    result = analyze(parent, child, batches)
+    return worst_line(result, top)
 
 
 def _kept_paths(workdir, keep_steps):
@@ -74,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backends import registry as targets
     from ..rewrite.calibration import load_calibration, synthetic_calibration
     from ..core import ModelRef
-    from ..errors import InputError
+    from ..errors import InputError, StepVerificationError, VerificationError
     from ..fsutil import dumps_json
     from ..outputs import Outputs, check_distinct, check_output_dir, check_output_file
     from ..onnxio import io_specs, load_onnx, make_feeds
@@ -120,7 +132,13 @@ def run(args: argparse.Namespace) -> int:
         ctx = StepContext(feeds=feeds, calibration=tuple(calib), calibration_is_synthetic=synthetic,
                           workdir=workdir, target=target.name)
         print(f"recipe on {args.model}:")
-        result = run_recipe(ModelRef.from_path(args.model), steps, ctx)
+        try:
+            result = run_recipe(ModelRef.from_path(args.model), steps, ctx)
+        except StepVerificationError as e:
+            if not args.debug or e.parent is None:
+                raise
+            batches = [feeds] + ([] if synthetic else list(calib[:2]))
+            raise VerificationError(f"{e}; {_worst_layers(e.parent, e.child, batches)}") from None
         _print_steps(result)
         if not result.applied:
             raise InputError("no step of the recipe applied (see the reasons above); "

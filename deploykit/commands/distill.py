@@ -64,9 +64,9 @@ def _load_module(source: str, weights: str | None = None):
     from pathlib import Path
 
     from ..errors import InputError
-    from ..export.exporter import _load_factory, _load_weights
+    from ..export.exporter import load_factory, load_weights
 
-    factory, _, _ = _load_factory(source)
+    factory, _, _ = load_factory(source)
     try:
         model = factory()
     except Exception as e:  # noqa: BLE001 - user code
@@ -74,7 +74,7 @@ def _load_module(source: str, weights: str | None = None):
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"factory {source} returned {type(model).__name__}, not an nn.Module")
     if weights:
-        _load_weights(model, Path(weights), trust_pickle=False)
+        load_weights(model, Path(weights), trust_pickle=False)
     return model.eval()
 
 

@@ -23,6 +23,7 @@ from .calibration import SYNTHETIC_WARNING, data_reader
 from ..errors import DeployKitError, InputError
 from ..fidelity import QUANTIZED_OPS
 from . import StepContext, StepResult
+from ._keep_float import smallest_prefix
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 QTYPES = {"uint8": "QUInt8", "int8": "QInt8"}
@@ -108,7 +109,8 @@ def keep_sensitive_fp32(src: Path, q_path: Path, quantize, nodes: Sequence[str],
                         details: dict) -> tuple[Path, list[str], str | None]:
     """Keep the nodes that hurt most in fp32 until the outputs reach cosine `target` against the
     float model: each node's own damage is measured by quantizing it alone
-    (`quantize(exclude, only=name) -> path`), then the worst 1, 2, 4, ... are excluded.
+    (`quantize(exclude, only=name) -> path`), then the smallest number of the worst is excluded
+    (rewrite/_keep_float.py, the search `deploykit debug --fix` uses too).
     Returns (model path, excluded nodes, a note when the target is not met); fills `details`."""
     cos = _cosine_vs_float(src, q_path, batches)
     details["cosine_all_int8"] = cos
@@ -118,11 +120,11 @@ def keep_sensitive_fp32(src: Path, q_path: Path, quantize, nodes: Sequence[str],
                          for n in nodes if n not in exclude), key=lambda kv: -kv[1])
         details["sensitivity"] = dict(scores[:20])
         ranked = [n for n, _ in scores]
-        limit, k = min(max_excluded, len(ranked)), 0
-        while cos < target and k < limit:
-            k = min(max(1, 2 * k), limit)
-            q_path = quantize(exclude + ranked[:k])
-            cos = _cosine_vs_float(src, q_path, batches)
+        found, k, k_cos, _ = smallest_prefix(
+            ranked, lambda names: quantize(exclude + names),
+            lambda path: _cosine_vs_float(src, path, batches), target, max_excluded)
+        if found is not None:
+            q_path, cos = found, k_cos
         exclude = exclude + ranked[:k]
     details["cosine_vs_float"] = cos
     note = None if cos >= target else (f"target cosine {target} not met: {cos:.5f} with "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..core import ModelRef, Result
-from ..errors import InputError, VerificationError
+from ..errors import InputError, StepVerificationError, VerificationError
 from . import StepContext, StepResult, quiet_library_warnings
 from ..fidelity import Fidelity, Tolerance
 
@@ -336,8 +336,8 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
         fid = fidelity_over(current.path, child.path, batches)
         reason = judge(fid, res.fidelity_kind, tolerances)
         if reason:
-            raise VerificationError(f"{where} fails verification against its parent: {reason} "
-                                    f"({fid.summary()})")
+            raise StepVerificationError(f"{where} fails verification against its parent: "
+                                        f"{reason} ({fid.summary()})", current.path, child.path)
         records.append(StepRecord(output=child, skipped=None, fidelity=fid,
                                   seconds=time.perf_counter() - t0, **common))
         current = child

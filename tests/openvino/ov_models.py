@@ -66,3 +66,19 @@ def det_model(path) -> str:
     return _save([helper.make_node("Det", ["x"], ["y"], name="det")], [],
                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], path, "det")
+
+
+def dynamic_rank_reshape(path) -> str:
+    """x[2,3,4] -> Relu -> Reshape to a shape given at run time (`shape` of unknown length): ONNX
+    Runtime runs it and OpenVINO's frontend converts it, but the output rank is unknown until run
+    time, which the OpenVINO CPU plugin refuses when it compiles (its query marks the Reshape)."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("Reshape", ["r", "shape"], ["y"], name="to_runtime_shape")],
+        "dynamic_rank_reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, ["rank"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])  # rank unknown
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))  # onnx.checker wants a shape for every graph output: the test
+    return str(path)  # checks this model by running it on ORT instead
