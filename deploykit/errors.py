@@ -32,6 +32,11 @@ class StoreError(DeployKitError):
     """The results store cannot be opened or written."""
 
 
+class DeviceError(DeployKitError):
+    """A device (ssh://, adb://) cannot be reached, timed out, disconnected, or lacks the
+    runtime the bundle needs."""
+
+
 class StepVerificationError(VerificationError):
     """A recipe step's output disagrees with its parent; keeps both files (while the recipe's
     work folder lives) so that `compress --debug` can say which layers did it."""

@@ -5,6 +5,7 @@ apache-tvm wheels (pip download). Cached under ~/.cache/deploykit/arm-device.
 
     python tools/arm_device.py start [--port 9190] [--tracker HOST:PORT --key aarch64-emu]
     python tools/arm_device.py setup | status | stop [--port 9190]
+    python tools/arm_device.py ort-python    # prints the emulated python3 + onnxruntime command
 
 `start` builds what is missing (about a minute the first time), then runs
 `python -m tvm.exec.rpc_server` under qemu on 127.0.0.1 and returns once it listens. SECURITY: an
@@ -149,6 +150,69 @@ def python_command(rootfs: Path) -> list[str]:
             str(rootfs / "usr/bin" / f"python{PYVER}")]
 
 
+# onnxruntime's aarch64 wheel reads /proc/cpuinfo at start-up and crashes on the host's x86 one
+# (FACTS.md): the qemu prefix of the ORT "device" shadows it with a Cortex-A72's (2 cores).
+_CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm crc32 "
+                   "cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n"
+                   "CPU part\t: 0xd08\nCPU revision\t: 3\n\n" for i in range(2))
+
+
+def ensure_ort(root: Path) -> Path:
+    """The aarch64 onnxruntime wheel (this machine's version) in its own folder, so that
+    bundles' self-tests and timing mode run on the emulated device."""
+    site = root / "site-ort"
+    if (site / ".complete").exists():
+        return site
+    pin = f"onnxruntime=={metadata.version('onnxruntime')}"
+    plat = ["--platform", "manylinux_2_28_aarch64", "--python-version", PYVER,
+            "--only-binary=:all:"]
+    wheels = root / "wheels-ort"
+    _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *plat, "-d", str(wheels),
+          pin], "pip download of the aarch64 onnxruntime wheel")
+    tmp = root / "site-ort.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
+          "--target", str(tmp), *plat, *map(str, sorted(wheels.glob("*.whl")))],
+         "installing the aarch64 onnxruntime wheel")
+    _precompile(tmp)
+    (tmp / ".complete").write_text(pin + "\n")
+    shutil.rmtree(site, ignore_errors=True)
+    tmp.rename(site)
+    return site
+
+
+def ensure_prefix(root: Path, rootfs: Path) -> Path:
+    """A qemu -L prefix: the rootfs by symlinks, plus a regular proc/cpuinfo file (the rootfs's
+    /proc is the host's)."""
+    prefix = root / "prefix-ort"
+    if (prefix / ".complete").exists():
+        return prefix
+    tmp = root / "prefix-ort.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "proc").mkdir(parents=True)
+    for entry in rootfs.iterdir():
+        if entry.name != "proc":
+            (tmp / entry.name).symlink_to(entry)
+    (tmp / "proc" / "cpuinfo").write_text(_CPUINFO)
+    (tmp / ".complete").write_text("\n")
+    shutil.rmtree(prefix, ignore_errors=True)
+    tmp.rename(prefix)
+    return prefix
+
+
+def ort_python() -> str:
+    """A shell command that is the emulated device's python3 with numpy + onnxruntime: what an
+    ORT target's `[device] python` names when its --device ssh:// is this machine."""
+    import shlex
+
+    rootfs, site = setup()
+    root = cache_dir()
+    ort_site, prefix = ensure_ort(root), ensure_prefix(root, rootfs)
+    qemu = shutil.which("qemu-aarch64") or "qemu-aarch64"
+    return (f"env PYTHONPATH={shlex.quote(f'{ort_site}:{site}')} {shlex.quote(qemu)} -L "
+            f"{shlex.quote(str(prefix))} {shlex.quote(str(rootfs / 'usr/bin' / f'python{PYVER}'))}")
+
+
 def pid_file(port: int) -> Path:
     return cache_dir() / f"rpc-server-{port}.pid"
 
@@ -184,7 +248,7 @@ def stop(port: int = DEFAULT_PORT) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["setup", "start", "stop", "status"])
+    p.add_argument("action", choices=["setup", "start", "stop", "status", "ort-python"])
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address (default loopback; an RPC server runs uploaded code)")
@@ -203,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emulated aarch64 RPC server pid {proc.pid} on {args.host}:{port}{where} "
               f"(ready in {time.perf_counter() - t0:.0f} s); stop: python tools/arm_device.py "
               f"stop --port {port}")
+    elif args.action == "ort-python":
+        print(ort_python())
     elif args.action == "stop":
         print("stopped" if stop(args.port) else f"no server recorded on port {args.port}")
     else:

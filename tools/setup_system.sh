@@ -3,11 +3,12 @@
 # qemu-user + debootstrap + binfmt (the emulated aarch64 device of tools/arm_device.py), a host
 # C++ compiler (TVM x86 libraries and bundle runners), headless Chromium (the HTML report test),
 # the PostgreSQL server (the shared results store's tests start a throwaway cluster; only its
-# binaries are needed: the package's own cluster may stay stopped).
+# binaries are needed: the package's own cluster may stay stopped), the OpenSSH server (the
+# ssh:// device tests start a throwaway key-only sshd on the loopback; the system one may stay off).
 # Idempotent; needs root (or sudo).
 set -euo pipefail
 pkgs=(g++-aarch64-linux-gnu qemu-user qemu-user-binfmt debootstrap binfmt-support g++ chromium
-      postgresql)
+      postgresql openssh-server)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

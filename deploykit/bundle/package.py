@@ -204,7 +204,8 @@ def package(model_path: str | Path, target: Target, out: str | Path,
             from . import ort as bundle_ort
 
             section = bundle_ort.build(model_path, target, stage,
-                                       opts.ort_platform or bundle_ort.host_platform())
+                                       opts.ort_platform or target.config.get("ort_platform")
+                                       or bundle_ort.host_platform())
             manifest["ort"] = section
             manifest["runtime"] = {"backend": "ort", "model": section["files"]["runtime_model"],
                                    "payload": [section["files"]["runtime_model"]]}
@@ -247,7 +248,11 @@ def package(model_path: str | Path, target: Target, out: str | Path,
                    {"against": "input model (onnxruntime)", "measured_with": check["how"],
                     "max_abs": check["max_abs"], "max_rel": check["max_rel"]}]
         else:
+            from .runners import timing as dk_timing
+
+            shutil.copyfile(dk_timing.__file__, stage / "dk_timing.py")
             manifest["selftest"] = {"command": "python3 selftest.py",
+                                    "timing": "python3 selftest.py . --time OUT.json",
                                     "needs": "python3, numpy, onnxruntime"}
             fid_row = _fidelity_row(reference, got, "input model (onnxruntime)",
                                     "model.ort on onnxruntime")

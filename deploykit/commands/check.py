@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads (default: the baseline's)")
+    p.add_argument("--device", help="ssh://USER@HOST[:PORT][/DIR] or adb://SERIAL[/DIR]: "
+                   "package both models as ORT bundles, self-test them on the device and time "
+                   "them there in interleaved rounds (needs the old model: --against)")
     add_gate_timing_args(p)
     _common.add_honesty_args(p, strict=False)
     _common.add_store_arg(p)
@@ -97,7 +100,27 @@ def run(args: argparse.Namespace) -> int:
                          "--allow-env-change")
 
     wait = _common.wait_quiet(args)
-    if old_model is not None:
+    from ..bundle.transport import is_url
+
+    if is_url(args.device):
+        from ..bundle.device_profile import check_on_device
+        from ..bundle.transport import parse
+        from ..gate.rounds import MIN_ROUNDS, ROUND_S, SUB_S
+
+        transport = parse(args.device)
+        if old_model is None:
+            raise InputError("--device measures old and new interleaved on the device: pass "
+                             "--against OLD_MODEL")
+        if wait:
+            raise InputError("--wait-quiet waits for this machine to quieten, not the device: "
+                             "drop it with --device")
+        round_s = min(ROUND_S, max(2 * SUB_S, args.max_time / (2 * MIN_ROUNDS)))
+        old_rep, new_rep, _ = check_on_device(old_model.path, model.path, target, transport,
+                                              base.feeds, args.max_time, args.warmup_max,
+                                              min_rounds=MIN_ROUNDS, round_s=round_s,
+                                              sub_s=SUB_S)
+        estimate = interleaved_estimate(old_rep, new_rep)
+    elif old_model is not None:
         old_rep, new_rep = measure_rounds(target, [old_model, model], base.feeds, args.max_time,
                                           args.warmup_max, progress=not args.quiet,
                                           wait_quiet=wait)

@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="golden tolerance: atol = this x max|output| (default by dtype: fp32 1e-4, "
                         "fp16 1e-3, int8 1e-2)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
-    p.add_argument("--device", help="RPC device key (remote TVM targets, with --tracker)")
+    p.add_argument("--device", help="ssh://USER@HOST[:PORT][/DIR] or adb://SERIAL[/DIR]: push the "
+                   "ORT bundle, self-test and time it there; or an RPC device key (remote TVM "
+                   "targets, with --tracker)")
     p.add_argument("--tracker", help="RPC tracker HOST:PORT (remote TVM targets)")
     _common.add_input_args(p)
     _common.add_plan_args(p)
@@ -59,9 +61,20 @@ def run(args: argparse.Namespace) -> int:
     shapes = tuple(_common.parse_shapes(args.shape).items())
     store_file = _common.check_store(args)
     store = store_file  # a StoreLocation (file or server) or None
-    target = targets.get(args.target, require_available=not args.no_measure,
-                         threads=args.threads, device=args.device, tracker=args.tracker)
-    opts = PackageOptions(measure=not args.no_measure, plan=plan,
+    from ..bundle.transport import is_url, parse
+
+    transport = parse(args.device) if is_url(args.device) else None
+    if transport is not None and args.tracker:
+        raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
+    if transport is not None:  # measured on the device after packaging, not here
+        target = targets.get(args.target, require_available=False, threads=args.threads)
+        if target.config.get("backend") != "ort":
+            raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
+                             f"bundles; '{target.name}' is {target.config.get('backend')}")
+    else:
+        target = targets.get(args.target, require_available=not args.no_measure,
+                             threads=args.threads, device=args.device, tracker=args.tracker)
+    opts = PackageOptions(measure=not args.no_measure and transport is None, plan=plan,
                           seed=args.seed, shapes=shapes,
                           inputs_npz=args.inputs, original=args.original,
                           ort_platform=args.ort_platform, atol_frac=args.atol_frac,
@@ -85,4 +98,35 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"fidelity vs {f['against']}: {f['note']}")
     print(f"self-test: {m['selftest']['command']}   (or: deploykit verify {args.output})")
+    if transport is not None:
+        return _on_device(args, target, transport, plan, store)
+    return 0
+
+
+def _on_device(args, target, transport, plan, store) -> int:
+    """The new bundle pushed, self-tested and (unless --no-measure) timed on the device; the
+    timing is stored (label "package"), the bundle itself is left as packaged."""
+    from ..bundle.device_run import first_problem, passed, run_on_device
+    from ..errors import VerificationError
+
+    labels = ("emulated",) if target.config.get("emulated") else ()
+    run = run_on_device(transport, args.output, timing=not args.no_measure,
+                        max_time_s=plan.max_time_s, threads=target.threads,
+                        rel_ci=plan.target_rel_ci, labels=labels)
+    if not passed(run):
+        raise VerificationError(f"{transport.where}: the bundle {args.output} failed its "
+                                f"self-test on the device: {first_problem(run)}")
+    print(f"on {run.where} ({run.runtime}): self-test passed; {len(run.pushed)} file(s) pushed")
+    rep = run.report
+    if rep is not None:
+        lo, hi = rep.ci95_ms
+        tag = f" [{', '.join(rep.labels)}]" if rep.labels else ""
+        print(f"latency on the device: median {rep.median_ms:.3f} ms (95% CI {lo:.3f}-{hi:.3f}), "
+              f"{len(rep.samples_ms)} samples, {rep.validity.state}{tag}")
+        if store is not None:
+            from ..core import ModelRef
+            from ..store import Store
+
+            with Store(store) as s:
+                s.record_report(rep, label="package", model=ModelRef.from_path(args.model))
     return 0

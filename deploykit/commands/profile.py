@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-roofline", action="store_true",
                    help="skip the roofline (measuring this machine's ceilings takes ~10 s once)")
     p.add_argument("--label", help="free-text label stored with the run")
-    p.add_argument("--device", help="RPC device key (remote targets, with --tracker)")
+    p.add_argument("--device", help="ssh://USER@HOST[:PORT][/DIR] or adb://SERIAL[/DIR]: package "
+                   "an ORT bundle, push it, self-test and time it there; or an RPC device key "
+                   "(TVM targets, with --tracker)")
     p.add_argument("--tracker", help="RPC tracker HOST:PORT (remote targets)")
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
     _common.add_input_args(p)
@@ -78,11 +80,19 @@ def run(args: argparse.Namespace) -> int:
         make_feeds(io_specs(load_onnx(m, load_external=False))[0], args.seed, shapes, args.inputs)
     names = args.target or ["ort-cpu"]
     compare = args.compare or len(args.models) > 1 or len(names) > 1
+    from ..bundle.transport import is_url
+
+    if is_url(args.device):
+        return _on_device(args, names, compare, plan, shapes, store_file)
     overrides = {"threads": args.threads, "device": args.device, "tracker": args.tracker}
     if args.trace and compare:
         raise InputError("--trace records one model on one target; it does not apply to "
                          "--compare (profile the model alone for its trace)")
     tlist = [targets.get(n, **overrides) for n in names]
+    for t in tlist:
+        if t.config.get("requires_device"):
+            raise InputError(f"target '{t.name}' is timed on its device: add --device "
+                             "ssh://USER@HOST[:PORT] (or adb://SERIAL)")
     if (args.device or args.tracker) and any(t.config.get("backend") != "tvm" for t in tlist):
         raise InputError("--device/--tracker apply only to remote (TVM RPC) targets")
     models = [ModelRef.from_path(m) for m in args.models]
@@ -140,3 +150,54 @@ def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
         flops, roof = _roofline(art.model.path, art.target.threads, art.inputs, feeds[0])
         rep = replace(rep, flops=flops, roofline_ms=roof)
     return None, [(art, rep)]
+
+
+def _on_device(args, names, compare: bool, plan, shapes, store_file) -> int:
+    """One model on one ORT target, packaged, pushed, self-tested and timed on an ssh:// or
+    adb:// device; stored like any run."""
+    from ..backends import registry as targets
+    from ..bundle.device_profile import profile_on_device
+    from ..bundle.transport import parse
+    from ..core import ModelRef
+    from ..errors import InputError
+    from ..outputs import Outputs
+
+    transport = parse(args.device)
+    if args.tracker:
+        raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
+    if compare:
+        raise InputError("--device ssh://|adb:// profiles one model on one target (run it per "
+                         "model; compare stored runs with `deploykit check --against`)")
+    if args.trace:
+        raise InputError("--trace is not available on a device (the bundle times whole "
+                         "inferences); drop --trace")
+    if plan.wait_quiet_s > 0:
+        raise InputError("--wait-quiet waits for this machine to quieten, not the device: drop "
+                         "it with --device (the device's own foreign load is recorded per block)")
+    target = targets.get(names[0], require_available=False, threads=args.threads)
+    model = ModelRef.from_path(args.models[0])
+    rep, run = profile_on_device(model.path, target, transport, plan, seed=args.seed,
+                                 shapes=shapes, inputs_npz=args.inputs)
+    with Outputs() as outs:
+        if args.json:
+            outs.json(args.json, rep.to_dict())
+        if store_file is not None:
+            from ..store import Store
+
+            with Store(store_file) as store:
+                store.record_report(rep, label=args.label, model=model)
+        outs.commit()
+    if not args.quiet:
+        from ..report.terminal import print_report
+
+        print(f"on {run.where} ({run.runtime}): self-test passed "
+              f"({', '.join(r['name'] + ' ok' for r in run.rows)}); "
+              f"{len(run.pushed)} file(s) pushed")
+        print_report(rep, top=args.top)
+        rss = rep.env.get("peak_rss_kb")
+        dev = rep.env.get("device", {})
+        print(f"device: {dev.get('cpu_model')} ({dev.get('machine')}, {dev.get('cpu_count')} "
+              f"cores, governor {dev.get('governor') or 'n/a'}), {dev.get('os')}, python "
+              f"{dev.get('python')}, onnxruntime {dev.get('onnxruntime')}; peak RSS "
+              f"{f'{rss / 1024:.1f} MiB' if rss else 'n/a'}")
+    return _common.not_clean_exit(args, {str(model.path): rep.validity})

@@ -14,7 +14,9 @@ passes, 1 when verification fails, 2 when the folder is missing or not a readabl
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
-    p.add_argument("--device", help="RPC device key (TVM bundles; with --tracker)")
+    p.add_argument("--device", help="ssh://USER@HOST[:PORT][/DIR] or adb://SERIAL[/DIR] (ORT "
+                   "bundles: pushed and self-tested there), or an RPC device key (TVM bundles; "
+                   "with --tracker)")
     p.add_argument("--tracker", help="RPC tracker HOST:PORT")
     p.add_argument("--python", action="store_true",
                    help="TVM bundles: run with this machine's tvm Python runtime, not the runner")

@@ -331,6 +331,16 @@ def _verb_specific() -> list[Case]:
         Case("profile", "target-unknown", _with("profile", extra=("--target", "nope")), "nope"),
         Case("profile", "device-on-ort", _with("profile", extra=("--device", "k", "--tracker",
                                                                   "h:1")), "--device"),
+        Case("profile", "device-bad-scheme", _with("profile", extra=("--device", "ftp://x")),
+             "ftp://x"),
+        Case("profile", "device-bad-port", _with("profile", extra=("--device",
+                                                                    "ssh://u@h:99999")), "port"),
+        Case("profile", "device-needed", _with("profile", extra=("--target", "ort-aarch64")),
+             "ort-aarch64"),
+        Case("profile", "device-wait-quiet", _with("profile", extra=(
+            "--device", "ssh://u@h", "--wait-quiet", "5")), "--wait-quiet"),
+        Case("check", "device-without-against", _with("check", extra=("--device", "ssh://u@h")),
+             "--against"),
         Case("profile", "second-model-missing", ("profile", "{mlp}", "{missing_onnx}", *S),
              "missing.onnx"),
         # export
@@ -402,6 +412,9 @@ def _verb_specific() -> list[Case]:
         Case("verify", "a-file", ("verify", "{a_file}"), "a_file"),
         Case("verify", "device-without-tracker", ("verify", "{out}/bundle", "--device", "k"),
              "--tracker", prepare="intact"),
+        Case("verify", "ssh-device-with-tracker", ("verify", "{out}/bundle", "--device",
+                                                   "ssh://u@h", "--tracker", "h:1"), "--tracker",
+             prepare="intact"),
     ]
     # distill
     D = ("--student-recipe", "lowrank:ratio=0.5", "-o", "{out}/s.onnx")

@@ -7,6 +7,9 @@ numpy, plus onnxruntime (ORT bundles) or the tvm runtime (TVM bundles) on the de
 `deploykit verify` imports this same module from the installed package, never the bundle's copy.
 
     python3 selftest.py [BUNDLE_DIR]     exit 0 pass, 1 verification failed, 2 unusable bundle
+    python3 selftest.py [BUNDLE_DIR] --time OUT.json [--max-time S] [--threads N]
+        ORT bundles: the self-test first (a bundle that fails it is not timed), then the timing
+        mode of runners/timing.py (copied into the bundle as dk_timing.py), one JSON to OUT.
 """
 
 from __future__ import annotations
@@ -240,6 +243,10 @@ def report_lines(problems: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    timing_args = []
+    if "--time" in args:  # everything from --time on belongs to the timing mode
+        i = args.index("--time")
+        args, timing_args = args[:i], args[i:]
     bundle = Path(args[0] if args else Path(__file__).resolve().parent)
     try:
         problems, rows = selftest(bundle)
@@ -248,7 +255,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     lines = report_lines(problems, rows)
     print("\n".join(lines))
-    return 0 if lines[-1] == "PASS" else 1
+    sys.stdout.flush()
+    if lines[-1] != "PASS":
+        return 1
+    if timing_args:
+        sys.dont_write_bytecode = True  # a __pycache__ in the bundle would be an extra file
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        try:
+            import dk_timing  # the bundle's copy of runners/timing.py
+        except ImportError:
+            print("selftest: error: this bundle has no dk_timing.py (packaged before the timing "
+                  "mode): re-package it", file=sys.stderr)
+            return 2
+        return dk_timing.main([str(bundle)] + timing_args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""`deploykit profile MODEL --target T --device ssh://...|adb://...`: package the model as an ORT
+bundle (in a temporary folder), push it, verify its golden outputs on the device, time it there
+with the bundle's own timing mode, and read the samples back as a LatencyReport.
+
+A bundle that fails its self-test on the device is a VerificationError: it is never timed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from ..backends.base import Target
+from ..core import LatencyReport, TimingPlan
+from ..errors import InputError, VerificationError
+from .device_run import DeviceRun, first_problem, passed, run_on_device
+from .package import PackageOptions, package
+from .transport import Transport
+
+
+def profile_on_device(model: str | Path, target: Target, transport: Transport, plan: TimingPlan,
+                      *, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None,
+                      inputs_npz: str | None = None) -> tuple[LatencyReport, DeviceRun]:
+    if target.config.get("backend") != "ort":
+        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
+                         f"targets; '{target.name}' is {target.config.get('backend')}")
+    labels = ("emulated",) if target.config.get("emulated") else ()
+    with tempfile.TemporaryDirectory(prefix="deploykit-device-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        package(model, target, bundle,
+                PackageOptions(measure=False, seed=seed, shapes=tuple((shapes or {}).items()),
+                               inputs_npz=inputs_npz))
+        run = run_on_device(transport, bundle, timing=True, max_time_s=plan.max_time_s,
+                            threads=target.threads, rel_ci=plan.target_rel_ci, labels=labels)
+    if not passed(run):
+        raise VerificationError(f"{transport.where}: the bundle failed its self-test on the "
+                                f"device, so it was not timed: {first_problem(run)}")
+    assert run.report is not None
+    return run.report, run
+
+
+def check_on_device(old_model: str | Path, new_model: str | Path, target: Target,
+                    transport: Transport, feeds_cfg: Mapping, max_time_s: float,
+                    warmup_max_s: float, *, min_rounds: int, round_s: float,
+                    sub_s: float) -> tuple[LatencyReport, LatencyReport, DeviceRun]:
+    """`deploykit check NEW --against OLD --device ...`: both packaged, pushed and self-tested on
+    the device, then timed there in the gate's interleaved rounds of fresh sessions
+    (`min_rounds` rounds of `round_s` seconds at least, alternating every `sub_s`)."""
+    if target.config.get("backend") != "ort":
+        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
+                         f"targets; '{target.name}' is {target.config.get('backend')}")
+    labels = ("emulated",) if target.config.get("emulated") else ()
+    shapes = {k: tuple(v) for k, v in (feeds_cfg.get("shapes") or {}).items()}
+    opts = PackageOptions(measure=False, seed=int(feeds_cfg.get("seed", 0)),
+                          shapes=tuple(shapes.items()), inputs_npz=feeds_cfg.get("npz"))
+    with tempfile.TemporaryDirectory(prefix="deploykit-device-") as tmp:
+        old_b, new_b = Path(tmp) / "old", Path(tmp) / "new"
+        package(old_model, target, old_b, opts)
+        package(new_model, target, new_b, opts)
+        old = run_on_device(transport, old_b)
+        if not passed(old):
+            raise VerificationError(f"{transport.where}: the old model's bundle failed its "
+                                    f"self-test on the device: {first_problem(old)}")
+        run = run_on_device(transport, new_b, timing=True, max_time_s=max_time_s,
+                            threads=target.threads, labels=labels, against=old,
+                            rounds_args=f"--min-rounds {min_rounds} --round-time {round_s:g} "
+                                        f"--sub-block {sub_s:g} --warmup-max {warmup_max_s:g}")
+    if not passed(run):
+        raise VerificationError(f"{transport.where}: the new model's bundle failed its "
+                                f"self-test on the device, so nothing was timed: "
+                                f"{first_problem(run)}")
+    old_rep, new_rep = run.report
+    return old_rep, new_rep, run

@@ -1,0 +1,85 @@
+"""An ORT bundle profiled end to end over ssh on the emulated aarch64 device: a real loopback
+sshd (tests/_sshd.py) whose "device python" is the arm64 rootfs's python3 under qemu-aarch64
+with the aarch64 onnxruntime wheel (tools/arm_device.py ort-python). The bundle is converted for
+ARM, self-tested on aarch64, timed there and stored; the timings are labelled "emulated"
+(correctness and plumbing, not speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from deploykit.cli import main
+
+from _sshd import sshd
+from onnx_models import conv_relu_gemm
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def arm_ssh(arm_device, tmp_path_factory):
+    arm = arm_device[0]
+    python = arm.ort_python()
+    tmp = tmp_path_factory.mktemp("armssh")
+    target = tmp / "ort-aarch64-emu.toml"
+    text = (REPO / "targets" / "ort-aarch64.toml").read_text()
+    text = text.replace('name = "ort-aarch64"', 'name = "ort-aarch64-emu"\nemulated = true')
+    target.write_text(text.replace('python = "python3"', f"python = {json.dumps(python)}"))
+    with sshd(tmp / "sshd") as (url, client, _):
+        old = os.environ.get("DEPLOYKIT_SSH_OPTIONS")
+        os.environ["DEPLOYKIT_SSH_OPTIONS"] = f"-F {client}"
+        try:
+            yield url + str(tmp / "device"), target, tmp / "device"
+        finally:
+            if old is None:
+                os.environ.pop("DEPLOYKIT_SSH_OPTIONS")
+            else:
+                os.environ["DEPLOYKIT_SSH_OPTIONS"] = old
+
+
+def test_ort_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, tmp_path, capsys):
+    device, target, folder = arm_ssh
+    model = conv_relu_gemm(tmp_path / "conv.onnx")
+    store = tmp_path / "runs.db"
+    rc = main(["profile", str(model), "-t", str(target), "--device", device, "--threads", "1",
+               "--shape", "x=1,3,16,16", "--max-time", "2", "--json", str(tmp_path / "r.json"),
+               "--store", str(store), "--no-strict"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "self-test passed (y ok)" in out and "aarch64" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["labels"] == ["emulated"]
+    dev = rep["env"]["device"]
+    assert dev["machine"] == "aarch64" and "0xd08" in dev["cpu_model"]
+    assert dev["onnxruntime"] and rep["env"]["peak_rss_kb"] > 0
+    assert len(rep["samples_ms"]) >= 10 and rep["session_create_ms"] > 0
+    with sqlite3.connect(store) as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == 1
+    # the bundle on the device was converted for ARM
+    manifests = list((folder / "bundles").glob("*/manifest.json"))
+    assert json.loads(manifests[0].read_text())["ort"]["platform"] == "arm"
+
+
+def test_check_against_across_two_bundles_on_emulated_aarch64(arm_ssh, tmp_path, capsys,
+                                                              monkeypatch):
+    device, target, folder = arm_ssh
+    monkeypatch.setenv("DEPLOYKIT_TARGETS", str(target.parent))
+    old = conv_relu_gemm(tmp_path / "old.onnx")
+    new = conv_relu_gemm(tmp_path / "new.onnx", seed=1)
+    base = tmp_path / "base.json"
+    assert main(["baseline", old, "-t", "ort-aarch64-emu", "-o", str(base), "--max-time", "1",
+                 "--threads", "1", "--no-store", "--no-strict", "-q", "--shape",
+                 "x=1,3,16,16"]) == 0
+    rc = main(["check", new, "--baseline", str(base), "--against", old, "--device", device,
+               "--max-time", "2", "--json", str(tmp_path / "c.json"), "--no-store", "-q"])
+    assert rc in (0, 1), capsys.readouterr().err
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["mode"] == "interleaved" and r["n_units"] >= 10
+    for side in ("old_report", "new_report"):
+        assert r[side]["labels"] == ["emulated"]
+        assert r[side]["env"]["device"]["machine"] == "aarch64"
