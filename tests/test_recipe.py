@@ -17,7 +17,7 @@ from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError, VerificationError  # noqa: E402
 from deploykit.rewrite import StepContext, StepResult  # noqa: E402
-from deploykit.fidelity import Fidelity, compare, judge, worst
+from deploykit.fidelity import compare, judge, worst
 
 
 def test_parse_converts_field_types():

@@ -3,7 +3,6 @@
 import importlib.util
 
 import onnx
-import pytest
 
 from deploykit.backends import registry as targets
 from deploykit.rewrite.recipe import parse_recipe

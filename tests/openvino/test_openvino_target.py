@@ -16,7 +16,6 @@ from deploykit.fidelity import cosine
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef, OpTime, TimingPlan  # noqa: E402
 from deploykit.errors import TargetError  # noqa: E402
-from deploykit.onnxio import make_feeds  # noqa: E402
 from deploykit.fidelity import run_ort
 from ov_models import det_model, dynamic_rank_reshape, small_cnn  # noqa: E402
 
