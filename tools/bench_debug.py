@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--goals", default="top1=0.99,cosine=0.99")
     ap.add_argument("--max-time", type=float, default=20.0)
     ap.add_argument("--models", default="mobilenetv2,minilm")
+    ap.add_argument("--no-impact", action="store_true",
+                    help="MiniLM: skip the output-impact pass (--fix then ranks by own error)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     out: dict = {}
@@ -105,16 +107,16 @@ def minilm(args) -> dict:
                  "held_out": len(held), "int8_cosine_held_out": _cos(fp32, q, held)}
     print(f"\nall-MiniLM-L6-v2 {recipe}: embedding cosine on {len(held)} unseen sentences "
           f"{out['int8_cosine_held_out']:.5f}")
-    # a transformer has hundreds of tensors: the output-impact pass (one more reference run per
-    # layer and batch) is skipped here and the debug runs on 4 of the sentences; --fix ranks by
-    # introduced error and is judged on all 16
-    res = analyze(fp32, q, held[:4], impact=False)
+    # a transformer has hundreds of tensors: the debug runs on 4 of the sentences (the
+    # output-impact pass compiles the whole model once per layer); --fix is judged on all 16
+    res = analyze(fp32, q, held[:4], impact=not args.no_impact)
     out["debug"] = {"seconds": res.seconds, "chunks": res.chunks, "tensors": len(res.rows),
                     "batches": res.batches, "peak_rss_mb": res.peak_rss_mb,
                     "max_chunk_mb": res.max_chunk_mb,
-                    "worst_introduced": [r.pair.ref for r in res.ranked("introduced")[:10]]}
+                    "worst_introduced": [r.pair.ref for r in res.ranked("introduced")[:10]],
+                    "worst_output": [r.pair.ref for r in res.ranked("output")[:10]]}
     print("\n".join(render.summary(res)))
-    print(render.text_table(render.HEAD, render.rows_for(res, 10, "introduced")))
+    print(render.text_table(render.HEAD, render.rows_for(res, 10, "output")))
     t0 = time.perf_counter()
     fr = fix(fp32, res, recipe, Goal("cosine", 0.99), held, calib, False, work / "fix")
     fix_s = time.perf_counter() - t0

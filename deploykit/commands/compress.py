@@ -57,7 +57,7 @@ def _worst_layers(parent, child, batches, top: int = 3) -> str:
     from ..debug.render import worst_line
     from ..debug.run import analyze
 
-    result = analyze(parent, child, batches)
+    result = analyze(parent, child, batches, impact=False)  # the message ranks by own error
     return worst_line(result, top)
 
 
