@@ -211,9 +211,12 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
            calibration: PathLike | None = None, inputs: PathLike | None = None,
            shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
            threads: int | None = None, progress: bool = False,
-           store: PathLike | bool | None = True) -> "SearchResult":
+           store: PathLike | bool | None = True,
+           runtimes: Sequence[str] | None = ()) -> "SearchResult":
     """Latency-guided compression search; writes search.json, the report and recommended.onnx
-    under `output` and returns the SearchResult (Pareto front, recommendation, lineage)."""
+    under `output` and returns the SearchResult (Pareto front, recommendation, lineage).
+    The recommendation runs on `target`'s runtime; `runtimes` (target names, or None for every
+    CPU runtime installed) are searched too and reported as alternatives."""
     from .backends import registry
     from .onnxio import io_specs, load_onnx, make_feeds
     from .rewrite.calibration import load_calibration, synthetic_calibration
@@ -225,9 +228,12 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
-    registry.get(target, threads=threads)
+    from .search.experts import other_runtimes
+
+    tgt = registry.get(target, threads=threads)
     cfg = SearchConfig(budget_ms=budget_ms, min_fidelity=min_fidelity, time_limit_s=time_limit_s,
-                       families=tuple(families))
+                       families=tuple(families),
+                       runtimes=other_runtimes(tgt, None if runtimes is None else list(runtimes)))
     shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
     specs, _ = io_specs(load_onnx(ref.path))
     feeds = make_feeds(specs, seed, shapes, None if inputs is None else str(inputs))

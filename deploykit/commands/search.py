@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import _common
@@ -42,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--families", default=None, metavar="F1,F2",
                    help="only these families and their compositions: int8, prune, lowrank, "
                         "tucker, compact (default: all)")
+    rt = p.add_mutually_exclusive_group()
+    rt.add_argument("--runtimes", default=None, metavar="R1,R2",
+                    help="also search these runtimes (targets, e.g. ort-cpu,ov-cpu) and report "
+                         "each one's best as an alternative; the recommendation stays on "
+                         "--target's runtime (default: --target's runtime only)")
+    rt.add_argument("--any-runtime", action="store_true",
+                    help="--runtimes with every CPU runtime installed here")
     p.add_argument("--no-target-options", action="store_true",
                    help="do not try other thread counts / graph optimisation levels")
     p.add_argument("--no-netadapt", action="store_true",
@@ -90,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
     check_output_dir(args.out, "-o")
     store_checked = _common.check_store(args)
-    targets.get(args.target, threads=args.threads)
+    target = targets.get(args.target, threads=args.threads)
+    from ..search.experts import other_runtimes
+
+    if args.any_runtime or args.runtimes:
+        names = None if args.any_runtime else [n.strip() for n in args.runtimes.split(",")
+                                               if n.strip()]
+        cfg = replace(cfg, runtimes=other_runtimes(target, names))
     model = load_onnx(args.model)
     specs, _ = io_specs(model)
     shapes = _common.parse_shapes(args.shape)

@@ -158,6 +158,7 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
             f"{rec['fidelity']:.4f}, {rec['verdict']}")
     if data.get("infeasible"):
         lines.append(data["infeasible"])
+    lines += alternative_lines(data)
     lines.append(
         f"Search cost: {cost['candidates']} candidates, {cost['fidelity_ok']} passed fidelity, "
         f"{cost['measured_whole']} measured whole "
@@ -177,6 +178,27 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
                      f"proposals over {na['layers']} layers"
                      + (f" ({'; '.join(kept)})" if kept else ""))
     lines += list(data.get("notes", ()))
+    return lines
+
+
+def alternative_lines(data: Mapping[str, Any]) -> list[str]:
+    """One line per other runtime searched (its best, measured interleaved with the baseline),
+    and the runtimes installed here that were not searched."""
+    rt = data.get("runtimes") or {}
+    lines = []
+    for a in data.get("alternatives") or ():
+        if a.get("speedup") is None:
+            lines.append(f"Alternative on {a['runtime']}: none ({a.get('reason')})")
+            continue
+        lo, hi = a["speedup_ci95"]
+        lines.append(f"Alternative on {a['runtime']} (not the --target runtime): {a['name']}: "
+                     f"{a['median_ms']:.3f} ms vs baseline {a['baseline_ms']:.3f} ms, speedup "
+                     f"{a['speedup']:.2f}x [{lo:.2f}, {hi:.2f}] (interleaved), fidelity "
+                     f"{a['fidelity']:.4f}")
+    if rt.get("not_searched"):
+        lines.append(f"Not searched: {', '.join(rt['not_searched'])} (installed; "
+                     f"--runtimes {','.join(rt['searched'] + rt['not_searched'])} or "
+                     "--any-runtime to compare)")
     return lines
 
 
