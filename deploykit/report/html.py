@@ -74,6 +74,12 @@ def _bytes(x: Any) -> str:
 
 def candidate_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the candidates table: measured first (fastest first), then the rest."""
+    head, pairs = _candidate_rows(data)
+    return head, [row for _, row in pairs]
+
+
+def _candidate_rows(data: Mapping[str, Any]) -> tuple[list[str], list[tuple[dict, list[str]]]]:
+    """The candidates table as (candidate, its row) pairs."""
     from .realized import verdict
 
     cands = data["candidates"]
@@ -104,13 +110,13 @@ def candidate_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
         name = c["name"] + (" ★" if c["id"] == rec_id else "") + (" (front)" if c["id"] in front
                                                                   else "")
         ci = m["ci95_ms"] if m else None
-        rows.append([
+        rows.append((c, [
             name, c["status"], _si(st.get("params")), _bytes(st.get("bytes")), _si(st.get("flops")),
             f"{m['median_ms']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if m else "-",
             _num(c.get("predicted_ms")), speed,
             _num(c.get("fidelity"), "{:.5f}"), verd,
             (c.get("reason") or "") + ("; reused from store" if c.get("reused") else ""),
-        ])
+        ]))
     return head, rows
 
 
@@ -215,6 +221,17 @@ def env_rows(data: Mapping[str, Any]) -> list[list[str]]:
 
 def pareto_png(data: Mapping[str, Any]) -> bytes:
     """Latency vs fidelity: every measured candidate, the front, the recommendation, the budget."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(data)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def pareto_figure(data: Mapping[str, Any]):
+    """The Pareto plot as a matplotlib figure (Agg), its legend beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,15 +239,17 @@ def pareto_png(data: Mapping[str, Any]) -> bytes:
 
     cands = data["candidates"]
     front = set(data.get("pareto", ()))
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    own = (data.get("runtimes") or {}).get("recommendation") or data["target"]
     for c in cands:
         if c.get("fidelity") is None:
             continue
         fam = c["family"].split("+")[0]
         color = _FAMILY_COLORS.get(fam, "#ff7f0e")
+        other = c.get("runtime") not in (None, own)
         if c["measured"]:
             ax.scatter(c["measured"]["median_ms"], c["fidelity"], color=color, s=36,
-                       marker="s" if "+" in c["family"] else "o", zorder=3)
+                       marker="^" if other else "s" if "+" in c["family"] else "o", zorder=3)
         elif c.get("predicted_ms") and c["status"] == "ok":
             ax.scatter(c["predicted_ms"], c["fidelity"], facecolors="none", edgecolors=color,
                        s=30, zorder=2)
@@ -248,16 +267,16 @@ def pareto_png(data: Mapping[str, Any]) -> bytes:
     ax.axhline(data["config"]["min_fidelity"], color="gray", ls=":", lw=1, label="min fidelity")
     for fam, color in _FAMILY_COLORS.items():
         ax.scatter([], [], color=color, label=fam, s=20)
+    if any(c.get("runtime") not in (None, own) for c in cands):
+        ax.scatter([], [], color="#777777", marker="^", s=20, label="other runtime")
     ax.set_xlabel("median latency, ms (hollow: predicted only)")
     ax.set_ylabel("fidelity")
     ax.set_title("latency vs fidelity")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # beside the axes, never over the points
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
@@ -281,19 +300,31 @@ p.summary{margin:4px 0}"""
 
 
 def render_html(data: Mapping[str, Any], png: bytes) -> str:
-    head, rows = candidate_table(data)
+    """The recommendation first, then each runtime's best, the Pareto plot, the search's cost, the
+    candidates (sortable, filterable; the ones not timed folded) and the details."""
+    from . import interactive as ui
+
+    head, pairs = _candidate_rows(data)
     ohead, orows = per_op_table(data)
     img = base64.b64encode(png).decode()
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>deploykit search: "
-             f"{html.escape(Path(data['model']).name)}</title><style>{_CSS}</style></head><body>",
-             "<h1>deploykit search report</h1>"]
-    parts += [f'<p class="summary">{html.escape(s)}</p>' for s in summary_lines(data)]
+             f"{html.escape(Path(data['model']).name)}</title><style>{_CSS}\n{ui.CSS}</style>"
+             "</head><body>", "<h1>deploykit search report</h1>"]
+    skip = ("Recommendation:", "Alternative on", "Not searched:")
+    lines = [s for s in summary_lines({**data, "notes": []}) if not s.startswith(skip)]
+    parts.append(f'<p class="summary">{html.escape(lines[0])}</p>')
+    parts.append(ui.recommendation_box(data))
+    parts.append("<h2>Runtimes</h2>" + ui.runtime_table(data))
     parts.append(f'<h2>Pareto front</h2><img id="pareto" alt="Pareto plot" '
                  f'src="data:image/png;base64,{img}">')
-    parts.append("<h2>Candidates</h2>" + _html_table(head, rows, "candidates"))
+    parts.append("<h2>Search</h2>"
+                 + "".join(f'<p class="summary">{html.escape(s)}</p>' for s in lines[1:])
+                 + ui.notes_section(data.get("notes") or ()))
+    parts.append("<h2>Candidates</h2>" + ui.candidates_section(head, pairs))
     parts.append("<h2>Per-op breakdown: baseline vs recommendation</h2>"
                  + (_html_table(ohead, orows, "per-op") if orows else "<p>no recommendation</p>"))
     parts.append("<h2>Environment</h2>" + _html_table(["key", "value"], env_rows(data), "env"))
+    parts.append(ui.JS)
     parts.append("</body></html>")
     return "\n".join(parts)
 
