@@ -57,6 +57,8 @@ class SearchConfig:
     # runtime of the target (search/experts.py)
     runtimes: tuple[str, ...] = ()
     experts: bool = True  # build and measure whole the expert recipes of each runtime first
+    # seconds of distillation per pruned candidate of a torch source (search/recover.py); 0: off
+    recover_budget_s: float = 0.0
     unit_plan: TimingPlan = UNIT_PLAN
     whole_plan: TimingPlan = WHOLE_PLAN
     final_plan: TimingPlan = FINAL_PLAN
@@ -82,6 +84,7 @@ class Row:
     reused: bool = False  # measurement came from the store
     expert: str | None = None  # why an expert would pick this recipe on this runtime
     runtime: str | None = None  # the runtime (target name) it runs on
+    recovery: dict[str, Any] | None = None  # fidelity before/after distillation, its cost
 
     @property
     def median(self) -> float | None:
@@ -222,7 +225,8 @@ class Search:
                  store, *, feeds: Mapping[str, np.ndarray],
                  calibration: Sequence[Mapping[str, np.ndarray]] = (), calibration_is_synthetic=True,
                  eval_fn: Callable[[str], float] | None = None, progress: bool = False,
-                 threads: int | None = None, log: Callable[[str], None] | None = None):
+                 threads: int | None = None, log: Callable[[str], None] | None = None,
+                 torch_source=None):
         from ..backends import registry as targets
 
         self.cfg = cfg
@@ -252,6 +256,7 @@ class Search:
                                      [_feeds_digest(b) for b in self.calibration], code_id())
         self._ref_outputs: list[list[np.ndarray]] | None = None
         self._borrowed_table: set[tuple] = set()  # variants predicted from the default table
+        self.torch_source = torch_source  # recover.TorchSource: pruned candidates can be distilled
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -406,6 +411,7 @@ class Search:
             d = json.loads(cache.read_text())
             row.status, row.reason, row.notes = d["status"], d["reason"], d["notes"]
             row.path, row.sha256 = d["path"], d["sha256"]
+            row.recovery = d.get("recovery")
             if row.status != "pending":
                 return
         else:
@@ -426,6 +432,10 @@ class Search:
         from ..fsutil import write_text_atomic
         from ..rewrite.recipe import make_step, run_recipe
         from ..rewrite import StepContext
+        from .recover import STEP
+
+        if row.cand.steps[0][0] == STEP:
+            return self._apply_torch(row, cache)
         workdir = cache.parent
         ctx = StepContext(feeds=self.feeds, calibration=self.calibration,
                           calibration_is_synthetic=self.synthetic, workdir=workdir,
@@ -456,6 +466,74 @@ class Search:
                                              "notes": row.notes, "path": row.path,
                                              "sha256": row.sha256}))
 
+    def _apply_torch(self, row: Row, cache: Path) -> None:
+        """A torch-side prune recovered by distillation (search/recover.py), then the rest of the
+        recipe as ordinary rewrite steps on its export; the first step's build is shared."""
+        from ..fsutil import write_text_atomic
+        from ..rewrite import StepContext
+        from ..rewrite.recipe import make_step, run_recipe
+        from .recover import build_recovered
+
+        first, rest = row.cand.steps[0], row.cand.steps[1:]
+        workdir = cache.parent
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.torch_source is None:
+                raise InputError("a torch-prune candidate needs the torch source")
+            if rest:  # the recovered model itself is a candidate: built (and cached) once
+                head = Row(Candidate(row.cand.family.replace("+int8", ""), (first,)))
+                self.build(head)
+                if head.path is None or head.status == "failed":
+                    raise InputError(head.reason or "the recovered model failed to build")
+                path, rec = Path(head.path), head.recovery
+                ctx = StepContext(feeds=self.feeds, calibration=self.calibration,
+                                  calibration_is_synthetic=self.synthetic, workdir=workdir,
+                                  target=self.target.name)
+                res = run_recipe(ModelRef.from_path(path),
+                                 [make_step(n, dict(f)) for n, f in rest], ctx)
+                path = Path(res.final.path)
+            else:
+                f = dict(first[1])
+                path, rec = build_recovered(
+                    self.torch_source, self.source.path, float(f["ratio"]),
+                    float(f["budget_s"]), list(self.calibration) or [self.feeds],
+                    self._verify_batches(), self.cfg.min_fidelity, workdir)
+            ref = ModelRef.from_path(path)
+            row.path, row.sha256, row.recovery = str(path), ref.sha256, rec
+        except VerificationError as e:
+            row.status, row.reason = "rejected", str(e)
+        except DeployKitError as e:
+            row.status, row.reason = "failed", str(e)
+        except Exception as e:  # a bug in one candidate must not end the whole search
+            row.status = "failed"
+            row.reason = f"{type(e).__name__}: {first_line(e)}"
+        write_text_atomic(cache, json.dumps({"status": row.status, "reason": row.reason,
+                                             "notes": row.notes, "path": row.path,
+                                             "sha256": row.sha256, "recovery": row.recovery},
+                                            default=_json_default))
+
+    def _recover_candidates(self, source_model) -> list[Candidate]:
+        """Torch-side prunes recovered by distillation (and each made int8), when the source is
+        a torch module and --recover-budget allows; a note says why not otherwise."""
+        from .candidates import available_steps, int8_finish, model_traits
+        from .recover import RATIOS, STEP, UNAVAILABLE_ONNX
+
+        budget = self.cfg.recover_budget_s
+        if budget <= 0 or (self.cfg.families and "prune" not in self.cfg.families):
+            return []
+        if self.torch_source is None:
+            self.notes.append(UNAVAILABLE_ONNX)
+            return []
+        traits = model_traits(source_model)
+        finish = int8_finish(traits, available_steps(["quantize-static", "quantize-dynamic"])) \
+            if not self.cfg.families or "int8" in self.cfg.families else []
+        out = []
+        for r in RATIOS:
+            step = (STEP, (("budget_s", budget), ("ratio", r)))
+            out.append(Candidate("prune+kd", (step,)))
+            out += [Candidate("prune+kd+int8", (step, q)) for q in finish]
+        return out
+
     # ---- the search -----------------------------------------------------------------------
 
     def run(self) -> SearchResult:
@@ -469,8 +547,10 @@ class Search:
         variants = option_variants(self.target, runtimes) if self.cfg.target_options else \
             [(), *((("target", n),) for n in runtimes)]
         experts = self._experts(source_model, models, runtimes)
-        # the experts' recipes first: built whatever the time limit, then measured whole
+        # the experts' recipes first: built whatever the time limit, then measured whole; then
+        # the recovered prunes of a torch source (their training takes the longest)
         models = [models[0], *(c for c in models[1:] if c.model_id in experts),
+                  *self._recover_candidates(source_model),
                   *(c for c in models[1:] if c.model_id not in experts)]
         n_experts = sum(c.model_id in experts for c in models)
         self._experts_by_model = experts
