@@ -46,7 +46,7 @@ def test_distillation_provably_raises_a_pruned_models_fidelity(source, tmp_path)
     held_out = _batches(2, seed=99)  # never trained on
     out, rec = recover.build_recovered(src, path, 0.5, 6.0, _batches(32, seed=1), held_out,
                                        floor=0.9999, workdir=tmp_path / "w")
-    assert rec["recovered"] and rec["epochs"] >= 1 and 0 < rec["seconds"] < 60
+    assert rec["recovered"] and rec["steps"] >= 1 and 0 < rec["seconds"] < 60
     assert rec["fidelity_before"] < 0.9999  # pruning half the filters cost fidelity
     # judged on held-out inputs, on ORT, from the exported file
     assert rec["fidelity_after"] > rec["fidelity_before"] + 0.02, rec
@@ -54,7 +54,7 @@ def test_distillation_provably_raises_a_pruned_models_fidelity(source, tmp_path)
     # above the floor already: nothing is trained
     _, skip = recover.build_recovered(src, path, 0.5, 6.0, _batches(4, seed=1), held_out,
                                       floor=0.1, workdir=tmp_path / "w2")
-    assert not skip["recovered"] and skip["epochs"] == 0
+    assert not skip["recovered"] and skip["steps"] == 0
     assert skip["fidelity_after"] == skip["fidelity_before"]
 
 

@@ -165,6 +165,14 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
     if data.get("infeasible"):
         lines.append(data["infeasible"])
     lines += alternative_lines(data)
+    rec_rows = recovery_rows(data)
+    if rec_rows:
+        best = max(rec_rows, key=lambda r: r[3] - r[2])
+        lines.append(f"Recovery by distillation (soft targets on the calibration inputs, "
+                     f"{cfg.get('recover_budget_s', 0):g} s per pruned candidate): "
+                     f"{sum(r[6] for r in rec_rows)} trained, "
+                     f"{sum(r[4] for r in rec_rows):.0f} s in all; largest gain {best[0]}: "
+                     f"fidelity {best[2]:.4f} -> {best[3]:.4f}")
     lines.append(
         f"Search cost: {cost['candidates']} candidates, {cost['fidelity_ok']} passed fidelity, "
         f"{cost['measured_whole']} measured whole "
@@ -185,6 +193,19 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
                      + (f" ({'; '.join(kept)})" if kept else ""))
     lines += list(data.get("notes", ()))
     return lines
+
+
+def recovery_rows(data: Mapping[str, Any]) -> list[tuple]:
+    """(candidate, status, fidelity before, after, seconds, steps, trained) of every candidate
+    built by torch-side pruning + distillation (its int8 compositions share the training)."""
+    out = []
+    for c in data["candidates"]:
+        r = c.get("recovery")
+        if not r or c.get("options") or "+int8" in c.get("family", ""):
+            continue
+        out.append((c["name"], c["status"], r["fidelity_before"], r["fidelity_after"],
+                    r.get("seconds") or 0.0, r.get("steps") or 0, bool(r.get("steps"))))
+    return out
 
 
 def alternative_lines(data: Mapping[str, Any]) -> list[str]:
@@ -320,6 +341,12 @@ def render_html(data: Mapping[str, Any], png: bytes) -> str:
     parts.append("<h2>Search</h2>"
                  + "".join(f'<p class="summary">{html.escape(s)}</p>' for s in lines[1:])
                  + ui.notes_section(data.get("notes") or ()))
+    rec_rows = recovery_rows(data)
+    if rec_rows:
+        parts.append("<h2>Recovered by distillation</h2>" + _html_table(
+            ["candidate", "status", "fidelity before", "fidelity after", "seconds", "training steps"],
+            [[n, st, f"{b:.5f}", f"{a:.5f}", f"{s_:.1f}", str(e)]
+             for n, st, b, a, s_, e, _ in rec_rows], "recovery"))
     parts.append("<h2>Candidates</h2>" + ui.candidates_section(head, pairs))
     parts.append("<h2>Per-op breakdown: baseline vs recommendation</h2>"
                  + (_html_table(ohead, orows, "per-op") if orows else "<p>no recommendation</p>"))

@@ -497,7 +497,7 @@ class Search:
                 path, rec = build_recovered(
                     self.torch_source, self.source.path, float(f["ratio"]),
                     float(f["budget_s"]), list(self.calibration) or [self.feeds],
-                    self._verify_batches(), self.cfg.min_fidelity, workdir)
+                    self._verify_batches(), self.cfg.min_fidelity, workdir, self.synthetic)
             ref = ModelRef.from_path(path)
             row.path, row.sha256, row.recovery = str(path), ref.sha256, rec
         except VerificationError as e:

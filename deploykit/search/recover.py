@@ -9,7 +9,7 @@ the Python API); for an ONNX file the search says plainly that it is unavailable
 
 A recovered candidate is the recipe `torch-prune:budget_s=B,ratio=R` (optionally followed by
 ordinary rewrite steps, e.g. int8); its build — the pruned export, the fidelity before recovery,
-the distilled export, the fidelity after, the seconds and epochs spent — is cached in OUTDIR/.work
+the distilled export, the fidelity after, the seconds and steps spent — is cached in OUTDIR/.work
 like every other build, so a killed search resumes without re-training a finished candidate.
 """
 
@@ -73,32 +73,80 @@ def inputs_of(batches: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([next(iter(b.values())) for b in batches]).astype(np.float32)
 
 
-def distill_for(student, teacher, x: np.ndarray, budget_s: float, lr: float = 1e-3,
-                temperature: float = 4.0, batch_size: int = 32) -> dict[str, Any]:
-    """Distill `student` against `teacher` on `x` (soft targets only) for about `budget_s`
-    seconds: whole epochs, at least one; returns epochs, seconds and the loss per epoch."""
-    from ..compress.distill import DistillConfig, distill
+def distill_for(student, teacher, x: np.ndarray, budget_s: float, *, fresh: bool = False,
+                lr: float = 1e-3, temperature: float = 4.0, batch_size: int = 32,
+                seed: int = 0) -> dict[str, Any]:
+    """Train `student` against `teacher` for about `budget_s` seconds (at least one step), no
+    labels: Hinton's soft targets (compress/distill.py) plus logit matching (its high-temperature
+    limit, normalised by the teacher's logit variance), which is what the search's output cosine
+    judges. Batches are drawn from `x`, or with `fresh` (synthetic calibration: random inputs
+    anyway) new random inputs of the same mean and spread every step, so a handful of synthetic
+    samples is not memorised. Returns steps, seconds and the mean loss per 20 steps."""
+    import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-candidate steps: threads cost more than they give
+    try:
+        return _distill_loop(student, teacher, x, budget_s, fresh, lr, temperature, batch_size,
+                             seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _distill_loop(student, teacher, x, budget_s, fresh, lr, temperature, batch_size, seed):
+    import torch
+    import torch.nn.functional as F
+
+    from ..compress.distill import soft_target_loss
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(x)
+    mean, std = float(xt.mean()), float(xt.std()) or 1.0
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    teacher.eval()
+    student.train()
     t0 = time.monotonic()
-    losses: list[float] = []
-    epochs = 0
+    steps, window, losses = 0, [], []
     while True:
-        cfg = DistillConfig(epochs=1, temperature=temperature, alpha=0.0, lr=lr,
-                            batch_size=batch_size, seed=epochs)
-        losses += distill(student, teacher, x, None, cfg)
-        epochs += 1
-        spent = time.monotonic() - t0
-        if spent + spent / epochs > budget_s:  # the next epoch would overrun the budget
+        if fresh:
+            xb = torch.randn((batch_size, *xt.shape[1:]), generator=gen) * std + mean
+        else:
+            xb = xt[torch.randint(len(xt), (min(batch_size, len(xt)),), generator=gen)]
+        with torch.no_grad():
+            tl = _first(teacher(xb))
+        sl = _first(student(xb))
+        loss = F.mse_loss(sl, tl) / (tl.var() + 1e-8)
+        if sl.dim() >= 2 and sl.shape[1] > 1:
+            loss = loss + soft_target_loss(sl, tl, temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+        window.append(float(loss.detach()))
+        if len(window) == 20:
+            losses.append(sum(window) / 20)
+            window = []
+        if time.monotonic() - t0 >= budget_s:
             break
-    return {"epochs": epochs, "seconds": time.monotonic() - t0, "losses": losses}
+    student.eval()
+    if window:
+        losses.append(sum(window) / len(window))
+    return {"steps": steps, "seconds": time.monotonic() - t0, "losses": losses}
+
+
+def _first(out):
+    """The first tensor of a module's output (a tensor, or a tuple/list of them)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def build_recovered(src: TorchSource, source_onnx: Path, ratio: float, budget_s: float,
                     batches: Sequence[dict[str, np.ndarray]], verify: Sequence[dict], floor: float,
-                    workdir: Path) -> tuple[Path, dict[str, Any]]:
+                    workdir: Path, synthetic: bool = False) -> tuple[Path, dict[str, Any]]:
     """Prune a copy of the module (filters, lowest L1), export it; if its fidelity misses
-    `floor`, distill it against the original and export again. Returns the final ONNX path and
-    the recovery record (fidelity before/after, seconds, epochs)."""
+    `floor`, distill it against the original and export again; the distilled model is kept only
+    when its fidelity beats the pruned one's. Returns the final ONNX path and the recovery record
+    (fidelity before/after, seconds, steps)."""
     from ..compress.prune import prune_filters
     from ..export.exporter import export_module
     from ..rewrite.recipe import fidelity_over
@@ -112,17 +160,22 @@ def build_recovered(src: TorchSource, source_onnx: Path, ratio: float, budget_s:
     fid_before = fidelity_over(source_onnx, before, verify)
     rec: dict[str, Any] = {"ratio": ratio, "budget_s": budget_s,
                            "fidelity_before": fid_before.cosine, "fidelity_after": None,
-                           "seconds": 0.0, "epochs": 0,
+                           "seconds": 0.0, "steps": 0,
                            "layers": [r for r in layers if "kept" in r]}
     if fid_before.finite and fid_before.cosine >= floor or budget_s <= 0:
         rec["fidelity_after"] = fid_before.cosine
         rec["recovered"] = False
         return before, rec
     teacher = src.module
-    run = distill_for(student, teacher, inputs_of(batches), budget_s)
+    run = distill_for(student, teacher, inputs_of(batches), budget_s, fresh=synthetic)
     after = workdir / "recovered.onnx"
     export_module(student, src.example, after)
     fid_after = fidelity_over(source_onnx, after, verify)
-    rec.update(fidelity_after=fid_after.cosine, seconds=run["seconds"], epochs=run["epochs"],
-               losses=run["losses"], recovered=True)
+    rec.update(seconds=run["seconds"], steps=run["steps"], losses=run["losses"],
+               distilled_fidelity=fid_after.cosine)
+    if not (fid_after.finite and fid_after.cosine > fid_before.cosine):
+        rec.update(fidelity_after=fid_before.cosine, recovered=False,
+                   note="distillation did not raise fidelity; the pruned model is kept")
+        return before, rec
+    rec.update(fidelity_after=fid_after.cosine, recovered=True)
     return after, rec
