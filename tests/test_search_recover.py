@@ -5,18 +5,15 @@ plainly that recovery is unavailable."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")  # torch is a core dependency here; never skipped in CI
-from torch import nn  # noqa: E402
-
-from deploykit.search import recover  # noqa: E402
-from deploykit.search.candidates import Candidate  # noqa: E402
-from deploykit.search.engine import Row, Search, SearchConfig  # noqa: E402
-from deploykit.store import Store  # noqa: E402
+from deploykit.search import recover
+from deploykit.search.candidates import Candidate
+from deploykit.search.engine import Row, Search, SearchConfig
+from deploykit.store import Store
 
 
 def _net():

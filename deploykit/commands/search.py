@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.budget_ms is not None and args.budget_ms <= 0:
         raise InputError(f"--budget-ms must be positive, got {args.budget_ms}")
     recover_s = (60.0 if torch_factory else 0.0) if args.recover_budget is None else \
-        0.0 if args.recover_budget.strip() in ("0", "0s") else parse_duration(args.recover_budget, "--recover-budget")
+        0.0 if args.recover_budget.strip() in ("0", "0s") else \
+        parse_duration(args.recover_budget, "--recover-budget")
     cfg = SearchConfig(budget_ms=args.budget_ms, min_fidelity=args.min_fidelity,
                        recover_budget_s=recover_s,
                        time_limit_s=parse_duration(args.time_limit), exhaustive=args.exhaustive,

@@ -344,7 +344,8 @@ def render_html(data: Mapping[str, Any], png: bytes) -> str:
     rec_rows = recovery_rows(data)
     if rec_rows:
         parts.append("<h2>Recovered by distillation</h2>" + _html_table(
-            ["candidate", "status", "fidelity before", "fidelity after", "seconds", "training steps"],
+            ["candidate", "status", "fidelity before", "fidelity after", "seconds",
+             "training steps"],
             [[n, st, f"{b:.5f}", f"{a:.5f}", f"{s_:.1f}", str(e)]
              for n, st, b, a, s_, e, _ in rec_rows], "recovery"))
     parts.append("<h2>Candidates</h2>" + ui.candidates_section(head, pairs))

@@ -48,7 +48,7 @@ Array.from(heads).forEach((th,i)=>th.addEventListener('click',()=>{
 const f=document.getElementById('filter'); f.addEventListener('input',()=>filter(f.value));
 const h=new URLSearchParams(location.hash.slice(1));
 if(h.get('filter')){f.value=h.get('filter');filter(f.value);}
-if(h.get('sort')){const s=parseInt(h.get('sort'));sortBy(Math.abs(s),h.get('sort').startsWith('-'));}
+if(h.get('sort')){const s=h.get('sort');sortBy(Math.abs(parseInt(s)),s.startsWith('-'));}
 })();
 </script>"""
 

@@ -1,4 +1,4 @@
-"""The recipes a deployment engineer reaches for first on each runtime, and the runtimes of a search.
+"""The recipes a deployment engineer reaches for first on each runtime; the runtimes of a search.
 
 A search must never recommend something slower than what an expert would have shipped by hand, so
 these candidates are built first and measured whole early, whatever the layer-table predictor says
@@ -9,8 +9,8 @@ about them (a predictor borrowed or mis-scaled for a runtime must not hide the o
 - OpenVINO: NNCF int8 (OpenVINO's own placement of quantizers); for Linear-heavy models also NNCF's
   int8 weight compression.
 
-Runtime discipline: the recommendation runs on the runtime of `--target`; other runtimes are searched
-only when the user names them (`--runtimes` / `--any-runtime`), and then reported as alternatives.
+Runtime discipline: the recommendation runs on the runtime of `--target`; other runtimes are
+searched only when the user names them (`--runtimes` / `--any-runtime`), and then reported as alternatives.
 """
 
 from __future__ import annotations
