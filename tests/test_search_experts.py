@@ -109,7 +109,9 @@ def test_recommendation_stays_on_the_target_runtime_when_another_is_faster(cnn, 
     assert any(line.startswith("Alternative on fastrt (not the --target runtime)")
                and f"{alt['speedup']:.2f}x" in line for line in lines)
     paths = write_outputs(res, tmp_path)
-    assert "Alternative on fastrt" in paths["html"].read_text()
+    page = paths["html"].read_text()
+    assert "<td>fastrt</td>" in page and "alternative (another runtime)" in page
+    assert f"{alt['speedup']:.2f}x" in page and page.index("fastrt") > page.index("recommendation")
 
 
 def test_expert_recipe_with_a_bad_prediction_is_still_measured_whole(cnn, tmp_path, monkeypatch):

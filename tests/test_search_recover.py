@@ -97,3 +97,45 @@ def test_onnx_source_says_recovery_is_unavailable(source, tmp_path):
         assert s._recover_candidates(load_onnx(path)) == []
     assert any("recovery by distillation is unavailable: the source is an ONNX file" in n
                for n in s.notes)
+
+
+FACTORY = '''import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+
+
+def example_inputs():
+    return (torch.randn(1, 1, 12, 12),)
+'''
+
+
+def test_cli_searches_a_torch_factory_with_recovery(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_search import REPO
+
+    (tmp_path / "net.py").write_text(FACTORY)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "deploykit", "search", f"{tmp_path / 'net.py'}:build",
+                        "--families", "prune", "--no-netadapt", "--no-target-options",
+                        "--recover-budget", "2s", "--min-fidelity", "0.999", "--time-limit", "10m",
+                        "-q", "--no-store", "-o", str(out)],
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Recovery by distillation" in r.stdout
+    data = json.loads((out / "search.json").read_text())
+    recs = [c["recovery"] for c in data["candidates"] if c.get("recovery") and not c["options"]]
+    assert len(recs) == 2 and all(x["steps"] > 0 for x in recs)  # both ratios missed the floor
+    assert all(x["fidelity_after"] >= x["fidelity_before"] for x in recs)
+    assert any(x["recovered"] and x["fidelity_after"] > x["fidelity_before"] for x in recs)
+    assert "Recovered by distillation" in (out / "report.html").read_text()
+    assert data["config"]["recover_budget_s"] == 2.0
