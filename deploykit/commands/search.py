@@ -16,8 +16,11 @@ compositions and target options on MODEL. Fidelity (cosine vs the original outpu
 is checked before anything is timed; a per-layer latency table measured on the target predicts
 each candidate's latency, only promising candidates are measured whole, and the recommendation
 is re-measured interleaved with the original before it is reported. Every measurement is kept in
-the results store, so an interrupted search resumes where it stopped. Exit code 1 when no
-candidate meets --budget-ms."""
+the results store, so an interrupted search resumes where it stopped. The recommendation runs on
+--target's runtime (--runtimes / --any-runtime add others, reported as alternatives); each
+runtime's expert int8 recipes are always measured whole. For a torch factory, pruned candidates
+below the floor are recovered by distillation (--recover-budget). Exit code 1 when no candidate
+meets --budget-ms."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
