@@ -15,6 +15,7 @@ inside the functions, so `import deploykit` is instant.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -211,9 +212,15 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
            calibration: PathLike | None = None, inputs: PathLike | None = None,
            shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
            threads: int | None = None, progress: bool = False,
-           store: PathLike | bool | None = True) -> "SearchResult":
+           store: PathLike | bool | None = True,
+           runtimes: Sequence[str] | None = (), example_inputs: Any = None,
+           recover_budget_s: float | None = None) -> "SearchResult":
     """Latency-guided compression search; writes search.json, the report and recommended.onnx
-    under `output` and returns the SearchResult (Pareto front, recommendation, lineage)."""
+    under `output` and returns the SearchResult (Pareto front, recommendation, lineage).
+    The recommendation runs on `target`'s runtime; `runtimes` (target names, or None for every
+    CPU runtime installed) are searched too and reported as alternatives. `model` may be a
+    torch.nn.Module (with `example_inputs`): it is exported first and its pruned candidates can be
+    recovered by distillation for `recover_budget_s` seconds each (default 60; 0: off)."""
     from .backends import registry
     from .onnxio import io_specs, load_onnx, make_feeds
     from .rewrite.calibration import load_calibration, synthetic_calibration
@@ -221,13 +228,32 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
     from .search.engine import Search, SearchConfig, write_outputs
     from .store import Store, default_store_path
 
+    torch_source = None
+    torch_mod = sys.modules.get("torch")  # a module object implies torch is imported
+    if torch_mod is not None and isinstance(model, torch_mod.nn.Module):
+        from .export.exporter import export_module
+        from .search.recover import TorchSource
+
+        if example_inputs is None:
+            raise InputError("searching a torch module needs example_inputs")
+        args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
+            else (example_inputs,)
+        model.eval()
+        torch_source = TorchSource(model, args)
+        model = export_module(model, args, Path(output) / ".work" / "source.onnx")
     ref = model_ref(model)
+    if recover_budget_s is None:
+        recover_budget_s = 60.0 if torch_source is not None else 0.0
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
-    registry.get(target, threads=threads)
+    from .search.experts import other_runtimes
+
+    tgt = registry.get(target, threads=threads)
     cfg = SearchConfig(budget_ms=budget_ms, min_fidelity=min_fidelity, time_limit_s=time_limit_s,
-                       families=tuple(families))
+                       families=tuple(families),
+                       runtimes=other_runtimes(tgt, None if runtimes is None else list(runtimes)),
+                       recover_budget_s=recover_budget_s)
     shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
     specs, _ = io_specs(load_onnx(ref.path))
     feeds = make_feeds(specs, seed, shapes, None if inputs is None else str(inputs))
@@ -241,7 +267,7 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
     with Store(store_file) as s:
         result = Search(ref.path, target, cfg, out, s, feeds=feeds, calibration=calib,
                         calibration_is_synthetic=synthetic, progress=progress,
-                        threads=threads).run()
+                        threads=threads, torch_source=torch_source).run()
     write_outputs(result, out)
     return result
 

@@ -66,7 +66,33 @@ def synthetic_result() -> dict:
             "cost": {"candidates": 5, "built": 5, "fidelity_ok": 4, "measured_whole": 3,
                      "units_timed": 40, "units_reused": 12, "seconds": 81.0},
             "env": {"cpu_model": "AMD EPYC 9R14", "threads": 2, "versions": {"onnxruntime": "1.x"}},
-            "per_op": per_op, "notes": ["time limit reached"]}
+            "per_op": per_op, "notes": ["time limit reached", OV_ERROR]}
+
+
+OV_ERROR = ("quantize-static @ target=ov-cpu: no layer table of its own (RuntimeError: Exception "
+            "from src/inference/src/cpp/compiled_model.cpp:84:\nCheck 'false' failed at src/"
+            "plugins/intel_cpu/src/graph.cpp:1234)")
+
+
+def with_runtimes(data: dict) -> dict:
+    """The synthetic result as a search with --runtimes ort-cpu,ov-cpu writes it."""
+    ov = _cand(6, "nncf-int8 @ target=ov-cpu", "int8", 4.1, 0.9991)
+    ov["options"], ov["runtime"] = {"target": "ov-cpu"}, "ov-cpu"
+    ov["expert"] = "OpenVINO expert: NNCF int8"
+    failed = _cand(7, "tucker", "tucker", None, None, status="failed")
+    failed["reason"] = "RuntimeError: Exception from src/core/shape_inference.cpp:99:\nline two"
+    dup = _cand(8, "quantize-static:per_channel=false", "int8", None, 0.9993, status="duplicate")
+    dup["reason"] = "same model as quantize-static"
+    data["candidates"] += [ov, failed, dup]
+    data["candidates"][1]["expert"] = "ORT expert: calibrated static int8, per-channel U8S8"
+    data["alternatives"] = [{"runtime": "ov-cpu", "id": "c6", "name": ov["name"],
+                             "recipe": "nncf-int8", "options": {"target": "ov-cpu"},
+                             "median_ms": 4.1, "ci95_ms": [4.0, 4.2], "baseline_ms": 17.5,
+                             "speedup": 4.268, "speedup_ci95": [4.2, 4.33], "verdict": "realized",
+                             "fidelity": 0.9991, "expert": ov["expert"], "interleaved": True}]
+    data["runtimes"] = {"recommendation": "ort-cpu", "searched": ["ort-cpu", "ov-cpu"],
+                        "not_searched": []}
+    return data
 
 
 def test_tables_and_markdown():
@@ -90,10 +116,11 @@ def test_tables_and_markdown():
 
 
 def test_html_renders_in_headless_chromium(tmp_path, chromium):
-    data = synthetic_result()
+    data = with_runtimes(synthetic_result())
     paths = write_report(data, tmp_path)
     html = paths["html"].read_text()
-    assert "src=\"http" not in html and "<script" not in html  # self-contained
+    assert "src=\"http" not in html and "<script src" not in html  # self-contained, no CDN
+    assert "Exception from src/" not in html  # runtime source paths never reach the page
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--hide-scrollbars", "--no-first-run"]
     dom = subprocess.run(cmd + ["--dump-dom", paths["html"].as_uri()], capture_output=True,
@@ -102,6 +129,36 @@ def test_html_renders_in_headless_chromium(tmp_path, chromium):
     for key in ("3.06x [3.01, 3.11]", "5.731 [5.616, 5.846]", "quantize-static ★",
                 "17.550 ms", "fidelity 0.9993", "AMD EPYC 9R14", "4.875", "15.250"):
         assert key in dom.stdout, key
+    page = dom.stdout
+    # the recommendation leads, then each runtime's best, the plot, and only then the candidates
+    order = [page.index(k) for k in ('id="recommendation"', "Recommendation on ort-cpu",
+                                     "4.27x [4.20, 4.33]", 'id="pareto"', 'id="cands"')]
+    assert order == sorted(order)
+    assert "alternative (another runtime)" in page and "nncf-int8 @ target=ov-cpu" in page
+    assert "per-channel U8S8" in page[:page.index('id="pareto"')]  # why an expert picks it
+    # not-timed candidates folded, summarised in one line, their reasons one line each
+    folded = page[page.index('<details id="folded"'):]
+    assert ("3 candidates not timed: 1 below the fidelity floor, 1 failed to build or run, "
+            "1 duplicates") in folded
+    assert "runtime exception" in folded and "line two" not in page
+    assert page.index('<details id="notes"') > page.index('id="pareto"')
+    # sorting and filtering run in the browser: open it filtered to "int8", sorted by median
+    col = candidate_table(data)[0].index("median ms (95% CI)")
+    for sort, first in ((f"-{col}", "quantize-static ★"), (str(col), "nncf-int8 @")):
+        r = subprocess.run(cmd + ["--dump-dom", paths["html"].as_uri() + f"#filter=int8&sort={sort}"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        table = r.stdout[r.stdout.index('id="cands"'):]
+        assert f'data-sorted="{sort}"' in table[:200]
+        body = table[:table.index("</table>")]
+        shown = [row for row in body.split("<tr")[2:] if "display: none" not in row]
+        hidden = [row for row in body.split("<tr")[2:] if "display: none" in row]
+        assert shown and all("int8" in row for row in shown)  # its family, if not its name
+        assert hidden and not any("int8" in row for row in hidden)
+        assert first in shown[0], shown[0][:300]
+        measured = [row for row in shown if "data-v" in row.split("</td>")[col]]
+        assert len(measured) == 2 and shown[:2] == measured  # unmeasured ones last
+        assert 'id="shown">' + str(len(shown)) in r.stdout
     shot = tmp_path / "shot.png"
     r = subprocess.run(cmd + [f"--screenshot={shot}", "--window-size=1200,1600",
                               paths["html"].as_uri()], capture_output=True, text=True, timeout=120)
@@ -114,6 +171,18 @@ def test_html_renders_in_headless_chromium(tmp_path, chromium):
     # the embedded plot decodes to a real image too
     plot = mpimg.imread(paths["png"])
     assert plot.shape[1] > 500 and float(np.std(plot[..., :3])) > 0.02
+
+
+def test_pareto_legend_is_clear_of_the_points():
+    from deploykit.report.html import pareto_figure
+
+    fig = pareto_figure(with_runtimes(synthetic_result()))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())  # beside the axes, not over the points
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "other runtime" in labels and any(lb.startswith("recommended") for lb in labels)
 
 
 def test_report_cli_and_bad_input(tmp_path):

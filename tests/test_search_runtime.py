@@ -131,7 +131,9 @@ class _NoUnits(NoisyTarget):
         return super().compile(model)
 
 
-def test_variant_without_its_own_layer_table_borrows_the_default_one(cnn, tmp_path):
+def test_runtime_without_its_own_layer_table_is_measured_whole_not_borrowed(cnn, tmp_path):
+    """A runtime that cannot time a unit alone is not predicted from ORT's table (another
+    runtime fuses and quantizes differently): its candidates are left to whole measurements."""
     from functools import partial
 
     from deploykit.search.layer_table import LayerTable
@@ -147,9 +149,11 @@ def test_variant_without_its_own_layer_table_borrows_the_default_one(cnn, tmp_pa
         base, on_other = Row(Candidate("baseline")), Row(Candidate("baseline").with_options(opts))
         for r in (base, on_other):
             s.build(r)
-        default_ms = s._estimate(base)
-        assert default_ms > 0
-        assert s._estimate(on_other) == default_ms and _NoUnits.refused == 1
+        assert s._estimate(base) > 0
+        assert s._estimate(on_other) is None and _NoUnits.refused == 1
+        assert s._whole_only(on_other) and not s._whole_only(base)
         assert any("no layer table of its own (RuntimeError: cannot compile a fragment)" in n
-                   and "scaled by its own whole measurements" in n for n in s.notes)
-        assert s._estimate(on_other) == default_ms and _NoUnits.refused == 1  # not retried
+                   and "measured whole instead of predicted from another runtime's table" in n
+                   for n in s.notes)
+        assert s._estimate(on_other) is None and _NoUnits.refused == 1  # not retried
+        assert s._measure_whole(on_other, PLAN) is not None and on_other.median > 0

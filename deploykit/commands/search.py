@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import _common
@@ -15,12 +16,17 @@ compositions and target options on MODEL. Fidelity (cosine vs the original outpu
 is checked before anything is timed; a per-layer latency table measured on the target predicts
 each candidate's latency, only promising candidates are measured whole, and the recommendation
 is re-measured interleaved with the original before it is reported. Every measurement is kept in
-the results store, so an interrupted search resumes where it stopped. Exit code 1 when no
-candidate meets --budget-ms."""
+the results store, so an interrupted search resumes where it stopped. The recommendation runs on
+--target's runtime (--runtimes / --any-runtime add others, reported as alternatives); each
+runtime's expert int8 recipes are always measured whole. For a torch factory, pruned candidates
+below the floor are recovered by distillation (--recover-budget). Exit code 1 when no candidate
+meets --budget-ms."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help=".onnx file")
+    p.add_argument("model", metavar="MODEL",
+                   help=".onnx file, or a torch factory file.py:build (exported and verified "
+                        "first; its pruned candidates can be recovered by distillation)")
     _common.add_target_args(p)
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--budget-ms", type=float, default=None,
@@ -42,6 +48,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--families", default=None, metavar="F1,F2",
                    help="only these families and their compositions: int8, prune, lowrank, "
                         "tucker, compact (default: all)")
+    rt = p.add_mutually_exclusive_group()
+    rt.add_argument("--runtimes", default=None, metavar="R1,R2",
+                    help="also search these runtimes (targets, e.g. ort-cpu,ov-cpu) and report "
+                         "each one's best as an alternative; the recommendation stays on "
+                         "--target's runtime (default: --target's runtime only)")
+    rt.add_argument("--any-runtime", action="store_true",
+                    help="--runtimes with every CPU runtime installed here")
+    p.add_argument("--recover-budget", default=None, metavar="DURATION",
+                   help="distillation time per pruned candidate of a torch source, e.g. 30s, 2m "
+                        "(default 60s for a torch factory; 0 turns recovery off)")
     p.add_argument("--no-target-options", action="store_true",
                    help="do not try other thread counts / graph optimisation levels")
     p.add_argument("--no-netadapt", action="store_true",
@@ -53,13 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common.add_store_arg(p)
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--time-limit") -> float:
     """'90s', '20m', '1h', '1.5h' or plain seconds -> seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     from ..errors import InputError
 
     if not m or float(m.group(1)) <= 0:
-        raise InputError(f"bad --time-limit {text!r}: expected e.g. 90s, 20m or 1h")
+        raise InputError(f"bad {option} {text!r}: expected e.g. 90s, 20m or 1h")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
@@ -73,13 +89,19 @@ def run(args: argparse.Namespace) -> int:
     from ..search.candidates import FAMILIES
     from ..store import Store
 
-    if not args.model.endswith(".onnx"):
-        raise InputError(f"{args.model}: search takes an .onnx file (run `deploykit export` first)")
+    torch_factory = not args.model.endswith(".onnx")
+    if torch_factory and not re.fullmatch(r".+\.py:[A-Za-z_]\w*", args.model):
+        raise InputError(f"{args.model}: search takes an .onnx file or a torch factory "
+                         "file.py:build")
     if not 0 < args.min_fidelity <= 1.5:
         raise InputError(f"--min-fidelity must be in (0, 1.5], got {args.min_fidelity}")
     if args.budget_ms is not None and args.budget_ms <= 0:
         raise InputError(f"--budget-ms must be positive, got {args.budget_ms}")
+    recover_s = (60.0 if torch_factory else 0.0) if args.recover_budget is None else \
+        0.0 if args.recover_budget.strip() in ("0", "0s") else \
+        parse_duration(args.recover_budget, "--recover-budget")
     cfg = SearchConfig(budget_ms=args.budget_ms, min_fidelity=args.min_fidelity,
+                       recover_budget_s=recover_s,
                        time_limit_s=parse_duration(args.time_limit), exhaustive=args.exhaustive,
                        target_options=not args.no_target_options,
                        netadapt=not args.no_netadapt,
@@ -90,10 +112,29 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
     check_output_dir(args.out, "-o")
     store_checked = _common.check_store(args)
-    targets.get(args.target, threads=args.threads)
+    target = targets.get(args.target, threads=args.threads)
+    from ..search.experts import other_runtimes
+
+    if args.any_runtime or args.runtimes:
+        names = None if args.any_runtime else [n.strip() for n in args.runtimes.split(",")
+                                               if n.strip()]
+        cfg = replace(cfg, runtimes=other_runtimes(target, names))
+    shapes = _common.parse_shapes(args.shape)
+    torch_source = None
+    if torch_factory:  # exported (verified vs torch) into OUTDIR/.work; the module kept
+        from ..export.exporter import export_module
+        from ..search.recover import from_factory
+
+        torch_source = from_factory(args.model, shapes, args.seed)
+        source_onnx = Path(args.out) / ".work" / "source.onnx"
+        export_module(torch_source.module, torch_source.example, source_onnx)
+        args.model = str(source_onnx)
+    elif args.recover_budget is not None and recover_s > 0:
+        from ..search.recover import UNAVAILABLE_ONNX
+
+        print(f"deploykit: note: {UNAVAILABLE_ONNX}", file=sys.stderr)
     model = load_onnx(args.model)
     specs, _ = io_specs(model)
-    shapes = _common.parse_shapes(args.shape)
     feeds = make_feeds(specs, args.seed, shapes, args.inputs)
     if args.calib:
         calib, synthetic = load_calibration(specs, args.calib), False
@@ -106,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     with Store(store_file) as store:
         search = Search(Path(args.model), args.target, cfg, out, store, feeds=feeds,
                         calibration=calib, calibration_is_synthetic=synthetic, eval_fn=eval_fn,
-                        progress=not args.quiet, threads=args.threads)
+                        progress=not args.quiet, threads=args.threads, torch_source=torch_source)
         result = search.run()
     paths = write_outputs(result, out)
     from ..report.html import summary_lines

@@ -46,6 +46,16 @@ def _batches(n: int, size: int, rng: np.random.Generator):
         yield order[i:i + size]
 
 
+def soft_target_loss(student_logits, teacher_logits, temperature: float):
+    """Hinton's soft-target term: T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
+    import torch.nn.functional as F
+
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1),
+                    F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
 def distill(student, teacher, x: np.ndarray, y: np.ndarray | None,
             cfg: DistillConfig = DistillConfig()) -> list[float]:
     """Train `student` in place against `teacher` (frozen, eval mode); returns loss per epoch."""
@@ -69,8 +79,7 @@ def distill(student, teacher, x: np.ndarray, y: np.ndarray | None,
         for idx in _batches(len(xt), cfg.batch_size, rng):
             idx = torch.from_numpy(idx)
             out = student(xt[idx])
-            soft = F.kl_div(F.log_softmax(out / t, dim=1), F.log_softmax(t_logits[idx] / t, dim=1),
-                            reduction="batchmean", log_target=True) * t * t
+            soft = soft_target_loss(out, t_logits[idx], t)
             loss = (1 - cfg.alpha) * soft
             if cfg.alpha > 0:
                 loss = loss + cfg.alpha * F.cross_entropy(out, yt[idx])

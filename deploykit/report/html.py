@@ -74,6 +74,12 @@ def _bytes(x: Any) -> str:
 
 def candidate_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the candidates table: measured first (fastest first), then the rest."""
+    head, pairs = _candidate_rows(data)
+    return head, [row for _, row in pairs]
+
+
+def _candidate_rows(data: Mapping[str, Any]) -> tuple[list[str], list[tuple[dict, list[str]]]]:
+    """The candidates table as (candidate, its row) pairs."""
     from .realized import verdict
 
     cands = data["candidates"]
@@ -104,13 +110,13 @@ def candidate_table(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
         name = c["name"] + (" ★" if c["id"] == rec_id else "") + (" (front)" if c["id"] in front
                                                                   else "")
         ci = m["ci95_ms"] if m else None
-        rows.append([
+        rows.append((c, [
             name, c["status"], _si(st.get("params")), _bytes(st.get("bytes")), _si(st.get("flops")),
             f"{m['median_ms']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if m else "-",
             _num(c.get("predicted_ms")), speed,
             _num(c.get("fidelity"), "{:.5f}"), verd,
             (c.get("reason") or "") + ("; reused from store" if c.get("reused") else ""),
-        ])
+        ]))
     return head, rows
 
 
@@ -158,6 +164,15 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
             f"{rec['fidelity']:.4f}, {rec['verdict']}")
     if data.get("infeasible"):
         lines.append(data["infeasible"])
+    lines += alternative_lines(data)
+    rec_rows = recovery_rows(data)
+    if rec_rows:
+        best = max(rec_rows, key=lambda r: r[3] - r[2])
+        lines.append(f"Recovery by distillation (soft targets on the calibration inputs, "
+                     f"{cfg.get('recover_budget_s', 0):g} s per pruned candidate): "
+                     f"{sum(r[6] for r in rec_rows)} trained, "
+                     f"{sum(r[4] for r in rec_rows):.0f} s in all; largest gain {best[0]}: "
+                     f"fidelity {best[2]:.4f} -> {best[3]:.4f}")
     lines.append(
         f"Search cost: {cost['candidates']} candidates, {cost['fidelity_ok']} passed fidelity, "
         f"{cost['measured_whole']} measured whole "
@@ -180,6 +195,40 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def recovery_rows(data: Mapping[str, Any]) -> list[tuple]:
+    """(candidate, status, fidelity before, after, seconds, steps, trained) of every candidate
+    built by torch-side pruning + distillation (its int8 compositions share the training)."""
+    out = []
+    for c in data["candidates"]:
+        r = c.get("recovery")
+        if not r or c.get("options") or "+int8" in c.get("family", ""):
+            continue
+        out.append((c["name"], c["status"], r["fidelity_before"], r["fidelity_after"],
+                    r.get("seconds") or 0.0, r.get("steps") or 0, bool(r.get("steps"))))
+    return out
+
+
+def alternative_lines(data: Mapping[str, Any]) -> list[str]:
+    """One line per other runtime searched (its best, measured interleaved with the baseline),
+    and the runtimes installed here that were not searched."""
+    rt = data.get("runtimes") or {}
+    lines = []
+    for a in data.get("alternatives") or ():
+        if a.get("speedup") is None:
+            lines.append(f"Alternative on {a['runtime']}: none ({a.get('reason')})")
+            continue
+        lo, hi = a["speedup_ci95"]
+        lines.append(f"Alternative on {a['runtime']} (not the --target runtime): {a['name']}: "
+                     f"{a['median_ms']:.3f} ms vs baseline {a['baseline_ms']:.3f} ms, speedup "
+                     f"{a['speedup']:.2f}x [{lo:.2f}, {hi:.2f}] (interleaved), fidelity "
+                     f"{a['fidelity']:.4f}")
+    if rt.get("not_searched"):
+        lines.append(f"Not searched: {', '.join(rt['not_searched'])} (installed; "
+                     f"--runtimes {','.join(rt['searched'] + rt['not_searched'])} or "
+                     "--any-runtime to compare)")
+    return lines
+
+
 def env_rows(data: Mapping[str, Any]) -> list[list[str]]:
     env = data.get("env") or {}
     rows = []
@@ -193,6 +242,17 @@ def env_rows(data: Mapping[str, Any]) -> list[list[str]]:
 
 def pareto_png(data: Mapping[str, Any]) -> bytes:
     """Latency vs fidelity: every measured candidate, the front, the recommendation, the budget."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(data)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def pareto_figure(data: Mapping[str, Any]):
+    """The Pareto plot as a matplotlib figure (Agg), its legend beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,15 +260,17 @@ def pareto_png(data: Mapping[str, Any]) -> bytes:
 
     cands = data["candidates"]
     front = set(data.get("pareto", ()))
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    own = (data.get("runtimes") or {}).get("recommendation") or data["target"]
     for c in cands:
         if c.get("fidelity") is None:
             continue
         fam = c["family"].split("+")[0]
         color = _FAMILY_COLORS.get(fam, "#ff7f0e")
+        other = c.get("runtime") not in (None, own)
         if c["measured"]:
             ax.scatter(c["measured"]["median_ms"], c["fidelity"], color=color, s=36,
-                       marker="s" if "+" in c["family"] else "o", zorder=3)
+                       marker="^" if other else "s" if "+" in c["family"] else "o", zorder=3)
         elif c.get("predicted_ms") and c["status"] == "ok":
             ax.scatter(c["predicted_ms"], c["fidelity"], facecolors="none", edgecolors=color,
                        s=30, zorder=2)
@@ -226,16 +288,16 @@ def pareto_png(data: Mapping[str, Any]) -> bytes:
     ax.axhline(data["config"]["min_fidelity"], color="gray", ls=":", lw=1, label="min fidelity")
     for fam, color in _FAMILY_COLORS.items():
         ax.scatter([], [], color=color, label=fam, s=20)
+    if any(c.get("runtime") not in (None, own) for c in cands):
+        ax.scatter([], [], color="#777777", marker="^", s=20, label="other runtime")
     ax.set_xlabel("median latency, ms (hollow: predicted only)")
     ax.set_ylabel("fidelity")
     ax.set_title("latency vs fidelity")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # beside the axes, never over the points
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
@@ -259,19 +321,38 @@ p.summary{margin:4px 0}"""
 
 
 def render_html(data: Mapping[str, Any], png: bytes) -> str:
-    head, rows = candidate_table(data)
+    """The recommendation first, then each runtime's best, the Pareto plot, the search's cost, the
+    candidates (sortable, filterable; the ones not timed folded) and the details."""
+    from . import interactive as ui
+
+    head, pairs = _candidate_rows(data)
     ohead, orows = per_op_table(data)
     img = base64.b64encode(png).decode()
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>deploykit search: "
-             f"{html.escape(Path(data['model']).name)}</title><style>{_CSS}</style></head><body>",
-             "<h1>deploykit search report</h1>"]
-    parts += [f'<p class="summary">{html.escape(s)}</p>' for s in summary_lines(data)]
+             f"{html.escape(Path(data['model']).name)}</title><style>{_CSS}\n{ui.CSS}</style>"
+             "</head><body>", "<h1>deploykit search report</h1>"]
+    skip = ("Recommendation:", "Alternative on", "Not searched:")
+    lines = [s for s in summary_lines({**data, "notes": []}) if not s.startswith(skip)]
+    parts.append(f'<p class="summary">{html.escape(lines[0])}</p>')
+    parts.append(ui.recommendation_box(data))
+    parts.append("<h2>Runtimes</h2>" + ui.runtime_table(data))
     parts.append(f'<h2>Pareto front</h2><img id="pareto" alt="Pareto plot" '
                  f'src="data:image/png;base64,{img}">')
-    parts.append("<h2>Candidates</h2>" + _html_table(head, rows, "candidates"))
+    parts.append("<h2>Search</h2>"
+                 + "".join(f'<p class="summary">{html.escape(s)}</p>' for s in lines[1:])
+                 + ui.notes_section(data.get("notes") or ()))
+    rec_rows = recovery_rows(data)
+    if rec_rows:
+        parts.append("<h2>Recovered by distillation</h2>" + _html_table(
+            ["candidate", "status", "fidelity before", "fidelity after", "seconds",
+             "training steps"],
+            [[n, st, f"{b:.5f}", f"{a:.5f}", f"{s_:.1f}", str(e)]
+             for n, st, b, a, s_, e, _ in rec_rows], "recovery"))
+    parts.append("<h2>Candidates</h2>" + ui.candidates_section(head, pairs))
     parts.append("<h2>Per-op breakdown: baseline vs recommendation</h2>"
                  + (_html_table(ohead, orows, "per-op") if orows else "<p>no recommendation</p>"))
     parts.append("<h2>Environment</h2>" + _html_table(["key", "value"], env_rows(data), "env"))
+    parts.append(ui.JS)
     parts.append("</body></html>")
     return "\n".join(parts)
 

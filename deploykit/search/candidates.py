@@ -195,33 +195,19 @@ def int8_finish(traits: Mapping[str, bool], have: set[str]) -> list[tuple[str, t
     return []
 
 
-# Other runtimes tried for the same CPU when they are installed; fp32 ones only, because
-# fidelity is verified on ORT and a bf16 runtime would change the outputs it was verified on.
-CPU_ALTERNATIVES = ("ov-cpu",)
-
-
-def option_variants(target) -> list[tuple[tuple[str, Any], ...]]:
+def option_variants(target, runtimes: Sequence[str] = ()) -> list[tuple[tuple[str, Any], ...]]:
     """Target options worth trying: fewer threads (a shared or SMT machine can favour them), on
-    ORT the graph optimisation level below "all" (layout rewrites do not always pay), and for an
-    ORT CPU target the other CPU runtimes that are available here (OpenVINO runs QDQ int8); then
-    each of the latter combined with fewer threads (what wins alone need not win together)."""
-    from ..backends import registry as targets
-    from ..errors import TargetError
-
+    ORT the graph optimisation level below "all" (layout rewrites do not always pay), and the other
+    runtimes the user asked to compare (`runtimes`, registry names checked by
+    search/experts.py:other_runtimes); then each of the latter combined with fewer threads (what
+    wins alone need not win together)."""
     fewer = [(("threads", 1),)] if target.threads > 1 else []
     other: list[tuple[tuple[str, Any], ...]] = []
     opts = target.config.get("options", {})
     if target.config.get("backend") == "ort" and opts.get("graph_optimization_level",
                                                           "all") == "all":
         other.append((("graph_optimization_level", "extended"),))
-    if target.config.get("backend") == "ort" and \
-            list(opts.get("providers", ["CPUExecutionProvider"]))[0] == "CPUExecutionProvider":
-        for name in CPU_ALTERNATIVES:
-            try:
-                targets.get(name, threads=target.threads)
-            except TargetError:
-                continue
-            other.append((("target", name),))
+    other += [(("target", name),) for name in runtimes]
     return [(), *fewer, *other, *(tuple(sorted(o + f)) for o in other for f in fewer)]
 
 

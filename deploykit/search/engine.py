@@ -53,6 +53,12 @@ class SearchConfig:
     target_options: bool = True  # also try thread counts / graph optimisation levels
     netadapt: bool = True  # also per-layer pruning ratios / ranks chosen by the layer table
     families: tuple[str, ...] = ()  # restrict the space ("int8", "prune", ...); empty: all
+    # other runtimes (registry names) searched as alternatives; the recommendation stays on the
+    # runtime of the target (search/experts.py)
+    runtimes: tuple[str, ...] = ()
+    experts: bool = True  # build and measure whole the expert recipes of each runtime first
+    # seconds of distillation per pruned candidate of a torch source (search/recover.py); 0: off
+    recover_budget_s: float = 0.0
     unit_plan: TimingPlan = UNIT_PLAN
     whole_plan: TimingPlan = WHOLE_PLAN
     final_plan: TimingPlan = FINAL_PLAN
@@ -76,6 +82,9 @@ class Row:
     predicted_ms: float | None = None  # prediction made before it was measured whole
     measured: dict[str, Any] | None = None  # median_ms, ci95_ms, n, stop_reason
     reused: bool = False  # measurement came from the store
+    expert: str | None = None  # why an expert would pick this recipe on this runtime
+    runtime: str | None = None  # the runtime (target name) it runs on
+    recovery: dict[str, Any] | None = None  # fidelity before/after distillation, its cost
 
     @property
     def median(self) -> float | None:
@@ -100,6 +109,8 @@ class SearchResult(Result):
     env: dict[str, Any]
     per_op: dict[str, list[dict[str, Any]]]
     notes: list[str]
+    alternatives: list[dict[str, Any]] = field(default_factory=list)  # other runtimes' best
+    runtimes: dict[str, Any] = field(default_factory=dict)  # searched / not searched
 
     def __repr__(self) -> str:
         rec = self.recommendation
@@ -122,7 +133,8 @@ class SearchResult(Result):
                 "pareto_size": [ok[i].cand.id for i in front3],  # latency, fidelity, bytes
                 "recommendation": self.recommendation, "infeasible": self.infeasible,
                 "predictor": self.predictor, "cost": self.cost, "env": self.env,
-                "per_op": self.per_op, "notes": self.notes}
+                "per_op": self.per_op, "notes": self.notes,
+                "alternatives": self.alternatives, "runtimes": self.runtimes}
 
 
 def load_eval(spec: str) -> Callable[[str], float]:
@@ -213,7 +225,8 @@ class Search:
                  store, *, feeds: Mapping[str, np.ndarray],
                  calibration: Sequence[Mapping[str, np.ndarray]] = (), calibration_is_synthetic=True,
                  eval_fn: Callable[[str], float] | None = None, progress: bool = False,
-                 threads: int | None = None, log: Callable[[str], None] | None = None):
+                 threads: int | None = None, log: Callable[[str], None] | None = None,
+                 torch_source=None):
         from ..backends import registry as targets
 
         self.cfg = cfg
@@ -243,6 +256,7 @@ class Search:
                                      [_feeds_digest(b) for b in self.calibration], code_id())
         self._ref_outputs: list[list[np.ndarray]] | None = None
         self._borrowed_table: set[tuple] = set()  # variants predicted from the default table
+        self.torch_source = torch_source  # recover.TorchSource: pruned candidates can be distilled
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -397,6 +411,7 @@ class Search:
             d = json.loads(cache.read_text())
             row.status, row.reason, row.notes = d["status"], d["reason"], d["notes"]
             row.path, row.sha256 = d["path"], d["sha256"]
+            row.recovery = d.get("recovery")
             if row.status != "pending":
                 return
         else:
@@ -417,6 +432,10 @@ class Search:
         from ..fsutil import write_text_atomic
         from ..rewrite.recipe import make_step, run_recipe
         from ..rewrite import StepContext
+        from .recover import STEP
+
+        if row.cand.steps[0][0] == STEP:
+            return self._apply_torch(row, cache)
         workdir = cache.parent
         ctx = StepContext(feeds=self.feeds, calibration=self.calibration,
                           calibration_is_synthetic=self.synthetic, workdir=workdir,
@@ -447,6 +466,74 @@ class Search:
                                              "notes": row.notes, "path": row.path,
                                              "sha256": row.sha256}))
 
+    def _apply_torch(self, row: Row, cache: Path) -> None:
+        """A torch-side prune recovered by distillation (search/recover.py), then the rest of the
+        recipe as ordinary rewrite steps on its export; the first step's build is shared."""
+        from ..fsutil import write_text_atomic
+        from ..rewrite import StepContext
+        from ..rewrite.recipe import make_step, run_recipe
+        from .recover import build_recovered
+
+        first, rest = row.cand.steps[0], row.cand.steps[1:]
+        workdir = cache.parent
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.torch_source is None:
+                raise InputError("a torch-prune candidate needs the torch source")
+            if rest:  # the recovered model itself is a candidate: built (and cached) once
+                head = Row(Candidate(row.cand.family.replace("+int8", ""), (first,)))
+                self.build(head)
+                if head.path is None or head.status == "failed":
+                    raise InputError(head.reason or "the recovered model failed to build")
+                path, rec = Path(head.path), head.recovery
+                ctx = StepContext(feeds=self.feeds, calibration=self.calibration,
+                                  calibration_is_synthetic=self.synthetic, workdir=workdir,
+                                  target=self.target.name)
+                res = run_recipe(ModelRef.from_path(path),
+                                 [make_step(n, dict(f)) for n, f in rest], ctx)
+                path = Path(res.final.path)
+            else:
+                f = dict(first[1])
+                path, rec = build_recovered(
+                    self.torch_source, self.source.path, float(f["ratio"]),
+                    float(f["budget_s"]), list(self.calibration) or [self.feeds],
+                    self._verify_batches(), self.cfg.min_fidelity, workdir, self.synthetic)
+            ref = ModelRef.from_path(path)
+            row.path, row.sha256, row.recovery = str(path), ref.sha256, rec
+        except VerificationError as e:
+            row.status, row.reason = "rejected", str(e)
+        except DeployKitError as e:
+            row.status, row.reason = "failed", str(e)
+        except Exception as e:  # a bug in one candidate must not end the whole search
+            row.status = "failed"
+            row.reason = f"{type(e).__name__}: {first_line(e)}"
+        write_text_atomic(cache, json.dumps({"status": row.status, "reason": row.reason,
+                                             "notes": row.notes, "path": row.path,
+                                             "sha256": row.sha256, "recovery": row.recovery},
+                                            default=_json_default))
+
+    def _recover_candidates(self, source_model) -> list[Candidate]:
+        """Torch-side prunes recovered by distillation (and each made int8), when the source is
+        a torch module and --recover-budget allows; a note says why not otherwise."""
+        from .candidates import available_steps, int8_finish, model_traits
+        from .recover import RATIOS, STEP, UNAVAILABLE_ONNX
+
+        budget = self.cfg.recover_budget_s
+        if budget <= 0 or (self.cfg.families and "prune" not in self.cfg.families):
+            return []
+        if self.torch_source is None:
+            self.notes.append(UNAVAILABLE_ONNX)
+            return []
+        traits = model_traits(source_model)
+        finish = int8_finish(traits, available_steps(["quantize-static", "quantize-dynamic"])) \
+            if not self.cfg.families or "int8" in self.cfg.families else []
+        out = []
+        for r in RATIOS:
+            step = (STEP, (("budget_s", budget), ("ratio", r)))
+            out.append(Candidate("prune+kd", (step,)))
+            out += [Candidate("prune+kd+int8", (step, q)) for q in finish]
+        return out
+
     # ---- the search -----------------------------------------------------------------------
 
     def run(self) -> SearchResult:
@@ -456,7 +543,17 @@ class Search:
 
         source_model = load_onnx(self.source.path)
         models = model_candidates(source_model, self.cfg.min_fidelity, self.cfg.families)
-        variants = option_variants(self.target) if self.cfg.target_options else [()]
+        runtimes = tuple(self.cfg.runtimes)
+        variants = option_variants(self.target, runtimes) if self.cfg.target_options else \
+            [(), *((("target", n),) for n in runtimes)]
+        experts = self._experts(source_model, models, runtimes)
+        # the experts' recipes first: built whatever the time limit, then measured whole; then
+        # the recovered prunes of a torch source (their training takes the longest)
+        models = [models[0], *(c for c in models[1:] if c.model_id in experts),
+                  *self._recover_candidates(source_model),
+                  *(c for c in models[1:] if c.model_id not in experts)]
+        n_experts = sum(c.model_id in experts for c in models)
+        self._experts_by_model = experts
         base = Row(models[0])
         if self.eval_fn is not None:
             try:
@@ -492,9 +589,11 @@ class Search:
 
             # 2. build, verify and table-estimate every model candidate (cheap families first)
             sha_seen = {base.sha256: base}
-            for cand in models[1:]:
-                if not self.within_time((1 - BUILD_SHARE) * self.cfg.time_limit_s,
-                                        "building candidates"):
+            for i, cand in enumerate(models[1:]):
+                if i == n_experts:  # every expert recipe built: measure them whole, now
+                    self._measure_experts(rows, points, bar)
+                if i >= n_experts and not self.within_time(
+                        (1 - BUILD_SHARE) * self.cfg.time_limit_s, "building candidates"):
                     self.notes.append("time limit reached while building candidates; "
                                       f"{len(models) - len(rows_by_model)} recipes not tried")
                     break
@@ -511,6 +610,8 @@ class Search:
                 rows += self._variant_rows(row, variants)
                 bar.advance(row, len(variants))
                 self._status(bar, rows)
+            if n_experts == len(models) - 1:
+                self._measure_experts(rows, points, bar)
 
             # 2b. NetAdapt: per-layer cuts, each iteration keeping the most faithful proposal
             # that meets its latency goal on the layer table; then int8 on the last ones
@@ -551,12 +652,22 @@ class Search:
                 # calibrate every variant first: its most promising candidate, measured whole
                 fresh = [r for r in pool if not points[r.cand.options]
                          and r.predicted_ms is not None]
+                # a runtime without a layer table of its own: measured whole, in turn with the
+                # predicted ones (a fair share of the whole measurements), the same model's
+                # table sum on the default variant only ordering them
+                whole_only = [r for r in pool if r.table_ms is None and self._whole_only(r)]
+                done_whole = sum(self._whole_only(r) for r in measured)
                 if self.cfg.exhaustive:
                     nxt = pool[0]
                 elif fresh:
                     nxt = min(fresh, key=lambda r: r.predicted_ms)
                 else:
-                    nxt = self._next(pool, measured if len(measured) >= min_whole else [], margin)
+                    nxt = self._next([r for r in pool if r not in whole_only],
+                                     measured if len(measured) >= min_whole else [], margin)
+                if whole_only and (nxt is None or done_whole * 2 < len(measured)):
+                    hint = {r.cand.model_id: r.table_ms for r in rows if not r.cand.options
+                            and r.table_ms is not None}
+                    nxt = min(whole_only, key=lambda r: hint.get(r.cand.model_id, math.inf))
                 if nxt is None:
                     break
                 try:
@@ -576,8 +687,14 @@ class Search:
         finally:
             bar.close()
 
-        # 4. the recommendation, measured interleaved against the baseline
-        recommendation, infeasible, per_op = self._recommend(rows, base)
+        # 4. the recommendation (on the target's runtime), measured interleaved against the
+        # baseline; each other runtime searched: its best, measured the same way
+        for r in rows:
+            r.runtime = self.runtime_of(r)
+            r.expert = r.expert or experts.get(r.cand.model_id, {}).get(r.cand.options)
+        own = [r for r in rows if r.runtime == self.target.name]
+        recommendation, infeasible, per_op = self._recommend(own, base)
+        alternatives = [self._alternative(rows, base, n) for n in runtimes]
         tested = [r for r in rows if r.median is not None and r.predicted_ms is not None]
         errs = [(r.predicted_ms - r.median) / r.median for r in tested]
         rank = None
@@ -612,7 +729,98 @@ class Search:
         return SearchResult(self.cfg, str(self.source.path), self.target.name, rows,
                             recommendation, infeasible, predictor, cost,
                             fingerprint(self.target.name, self.target.config, self.target.threads),
-                            per_op, self.notes)
+                            per_op, self.notes, alternatives, self._runtimes_info(runtimes))
+
+    def runtime_of(self, row: Row) -> str:
+        """The runtime (target name) a candidate runs on."""
+        return dict(row.cand.options).get("target", self.target.name)
+
+    def _whole_only(self, row: Row) -> bool:
+        """Is the candidate on another runtime whose layer table cannot be built?"""
+        return "target" in dict(row.cand.options) and row.cand.options in self._borrowed_table
+
+    def _experts(self, source_model, models: list[Candidate], runtimes: Sequence[str]
+                 ) -> dict[str, dict[tuple, str]]:
+        """{model id: {target variant: why}}: the expert recipes of every runtime searched,
+        added to `models` when the space lacks them (not when --families leaves out int8)."""
+        from .candidates import available_steps
+        from .experts import expert_steps
+
+        if not self.cfg.experts or (self.cfg.families and "int8" not in self.cfg.families):
+            return {}
+        have = available_steps(["quantize-static", "quantize-dynamic", "nncf-int8",
+                                "nncf-weights"])
+        out: dict[str, dict[tuple, str]] = {}
+        known = {c.model_id for c in models}
+        for opts in [(), *((("target", n),) for n in runtimes)]:
+            backend = self.target_of(opts).config.get("backend", "")
+            for step, why in expert_steps(source_model, backend, have):
+                cand = Candidate("int8", (step,))
+                if cand.model_id not in known:
+                    models.append(cand)
+                    known.add(cand.model_id)
+                out.setdefault(cand.model_id, {})[opts] = why
+        return out
+
+    def _measure_experts(self, rows: list[Row], points: dict, bar: "_Bar") -> None:
+        """Measure whole every expert recipe on its own runtime, whatever the predictor says."""
+        from .layer_table import Predictor
+
+        for r in rows:
+            why = self._experts_by_model.get(r.cand.model_id, {}).get(r.cand.options)
+            if why is None:
+                continue
+            r.expert = why
+            if r.status != "ok" or r.median is not None:
+                continue
+            pts = points.get(r.cand.options)
+            if r.table_ms is not None and pts:  # a real prediction, made before measuring
+                r.predicted_ms = Predictor(tuple(pts)).predict(r.table_ms)
+            try:
+                if self._measure_whole(r, self.cfg.whole_plan) is None:
+                    continue  # below the floor on its own runtime
+            except DeployKitError as e:
+                r.status, r.reason = "failed", str(e)
+                continue
+            if r.table_ms is not None:
+                points[r.cand.options].append((r.table_ms, r.median))
+            bar.advance(r, 0)
+            self._status(bar, rows)
+
+    def _alternative(self, rows: list[Row], base: Row, runtime: str) -> dict[str, Any]:
+        """Another runtime's best candidate, measured interleaved with the baseline on the
+        target (its ratio is what switching runtimes would buy), or why there is none."""
+        from ..measure.timing import Comparison
+        from ..report.realized import verdict
+
+        mine = [r for r in rows if r.runtime == runtime]
+        best = self._best(mine)
+        if best is None:
+            why = "no candidate passed fidelity and was measured on it" if mine else \
+                "not searched"
+            return {"runtime": runtime, "id": None, "reason": why}
+        try:
+            reports = self._compare(base, best)
+        except DeployKitError as e:
+            return {"runtime": runtime, "id": best.cand.id, "name": best.cand.name,
+                    "reason": f"interleaved measurement failed: {first_line(e)}"}
+        sp, lo, hi = Comparison(tuple(reports), ("baseline", best.cand.name)).speedup(1, 0)
+        return {"runtime": runtime, "id": best.cand.id, "name": best.cand.name,
+                "recipe": best.cand.recipe, "options": dict(best.cand.options),
+                "median_ms": reports[1].median_ms, "ci95_ms": list(reports[1].ci95_ms),
+                "baseline_ms": reports[0].median_ms, "speedup": sp, "speedup_ci95": [lo, hi],
+                "verdict": verdict(lo, hi), "fidelity": best.fidelity, "expert": best.expert,
+                "interleaved": True}
+
+    def _runtimes_info(self, runtimes: Sequence[str]) -> dict[str, Any]:
+        from .experts import other_runtimes
+
+        try:
+            installed = other_runtimes(self.target, None)
+        except Exception:  # only informative
+            installed = ()
+        return {"recommendation": self.target.name, "searched": [self.target.name, *runtimes],
+                "not_searched": [n for n in installed if n not in runtimes]}
 
     def _variant_rows(self, row: Row, variants: Sequence[tuple]) -> list[Row]:
         """The candidate on every other target variant (same model, own table estimate)."""
@@ -720,15 +928,21 @@ class Search:
 
         opts = row.cand.options
         model = onnx.load(row.path)
+        other_runtime = "target" in dict(opts)
         if opts and opts not in self._borrowed_table:
             try:
                 return self._table_estimate(opts, model, row.path, keep)
             except Exception as e:
                 self._borrowed_table.add(opts)
-                self.notes.append(f"{row.cand.name}: no layer table of its own "
-                                  f"({type(e).__name__}: {first_line(e)}); this target variant "
-                                  "is predicted from the default variant's table, scaled by its "
-                                  "own whole measurements")
+                self.notes.append(
+                    f"{row.cand.name}: no layer table of its own ({type(e).__name__}: "
+                    f"{first_line(e)}); " + (
+                        "its candidates on this runtime are measured whole instead of predicted "
+                        "from another runtime's table" if other_runtime else
+                        "this target variant is predicted from the default variant's table, "
+                        "scaled by its own whole measurements"))
+        if other_runtime and opts in self._borrowed_table:
+            return None
         try:
             return self._table_estimate((), model, row.path, keep)
         except Exception as e:  # an uncuttable graph only costs the prediction, not the search

@@ -1,0 +1,181 @@
+"""Accuracy recovery inside the search: torch-side structured pruning, then knowledge distillation
+against the original model on the calibration inputs (soft targets, no labels), time-bounded per
+candidate (NetAdapt's short-term fine-tune), then export and verification like any candidate.
+
+Without retraining, structured pruning of trained weights loses too much to pass a sensible floor
+(ResNet-50, 50% channels: cosine 0.72), so a search would return int8 alone. Recovery needs the
+torch module, so it exists only for torch sources (a factory `file.py:build`, or a module given to
+the Python API); for an ONNX file the search says plainly that it is unavailable.
+
+A recovered candidate is the recipe `torch-prune:budget_s=B,ratio=R` (optionally followed by
+ordinary rewrite steps, e.g. int8); its build — the pruned export, the fidelity before recovery,
+the distilled export, the fidelity after, the seconds and steps spent — is cached in OUTDIR/.work
+like every other build, so a killed search resumes without re-training a finished candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+STEP = "torch-prune"  # the recipe step name of a torch-side prune (+ recovery)
+RATIOS = (0.25, 0.5)
+UNAVAILABLE_ONNX = ("recovery by distillation is unavailable: the source is an ONNX file, and no "
+                    "maintained ONNX-to-torch converter is used here to get a trainable module "
+                    "back; search the torch factory (file.py:build) or pass the module to "
+                    "deploykit.search to recover pruned candidates")
+
+
+@dataclass
+class TorchSource:
+    """The torch module a search's ONNX source was exported from, with its example inputs."""
+
+    module: Any  # torch.nn.Module (eval mode)
+    example: tuple  # tensors
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name, t in sorted(self.module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:16]
+
+
+def from_factory(spec: str, shapes, seed: int) -> TorchSource:
+    """`file.py:build` -> the module it builds (weights as the factory sets them)."""
+    from ..export.exporter import _example_inputs, _load_factory
+
+    factory, example, _ = _load_factory(spec)
+    try:
+        module = factory()
+    except Exception as e:  # user code
+        raise InputError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
+    module.eval()
+    args, _ = _example_inputs(module, example, shapes, seed)
+    return TorchSource(module, tuple(args))
+
+
+def inputs_of(batches: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """The calibration batches as one float array for a one-input module."""
+    names = {tuple(sorted(b)) for b in batches}
+    if len(names) != 1 or len(next(iter(names))) != 1:
+        raise InputError("recovery needs a model with one input (calibration batches of one "
+                         "tensor)")
+    return np.concatenate([next(iter(b.values())) for b in batches]).astype(np.float32)
+
+
+def distill_for(student, teacher, x: np.ndarray, budget_s: float, *, fresh: bool = False,
+                lr: float = 1e-3, temperature: float = 4.0, batch_size: int = 32,
+                seed: int = 0) -> dict[str, Any]:
+    """Train `student` against `teacher` for about `budget_s` seconds (at least one step), no
+    labels: Hinton's soft targets (compress/distill.py) plus logit matching (its high-temperature
+    limit, normalised by the teacher's logit variance), which is what the search's output cosine
+    judges. Batches are drawn from `x`, or with `fresh` (synthetic calibration: random inputs
+    anyway) new random inputs of the same mean and spread every step, so a handful of synthetic
+    samples is not memorised. Returns steps, seconds and the mean loss per 20 steps."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-candidate steps: threads cost more than they give
+    try:
+        return _distill_loop(student, teacher, x, budget_s, fresh, lr, temperature, batch_size,
+                             seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _distill_loop(student, teacher, x, budget_s, fresh, lr, temperature, batch_size, seed):
+    import torch
+    import torch.nn.functional as F
+
+    from ..compress.distill import soft_target_loss
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(x)
+    mean, std = float(xt.mean()), float(xt.std()) or 1.0
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    teacher.eval()
+    student.train()
+    t0 = time.monotonic()
+    steps, window, losses = 0, [], []
+    while True:
+        if fresh:
+            xb = torch.randn((batch_size, *xt.shape[1:]), generator=gen) * std + mean
+        else:
+            xb = xt[torch.randint(len(xt), (min(batch_size, len(xt)),), generator=gen)]
+        with torch.no_grad():
+            tl = _first(teacher(xb))
+        sl = _first(student(xb))
+        loss = F.mse_loss(sl, tl) / (tl.var() + 1e-8)
+        if sl.dim() >= 2 and sl.shape[1] > 1:
+            loss = loss + soft_target_loss(sl, tl, temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+        window.append(float(loss.detach()))
+        if len(window) == 20:
+            losses.append(sum(window) / 20)
+            window = []
+        if time.monotonic() - t0 >= budget_s:
+            break
+    student.eval()
+    if window:
+        losses.append(sum(window) / len(window))
+    return {"steps": steps, "seconds": time.monotonic() - t0, "losses": losses}
+
+
+def _first(out):
+    """The first tensor of a module's output (a tensor, or a tuple/list of them)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def build_recovered(src: TorchSource, source_onnx: Path, ratio: float, budget_s: float,
+                    batches: Sequence[dict[str, np.ndarray]], verify: Sequence[dict], floor: float,
+                    workdir: Path, synthetic: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Prune a copy of the module (filters, lowest L1), export it; if its fidelity misses
+    `floor`, distill it against the original and export again; the distilled model is kept only
+    when its fidelity beats the pruned one's. Returns the final ONNX path and the recovery record
+    (fidelity before/after, seconds, steps)."""
+    from ..compress.prune import prune_filters
+    from ..export.exporter import export_module
+    from ..rewrite.recipe import fidelity_over
+
+    student = copy.deepcopy(src.module)
+    layers = prune_filters(student, ratio)
+    if not any("kept" in r for r in layers):
+        raise InputError("no Conv2d in a plain chain to prune (residual or grouped convs only)")
+    before = workdir / "pruned.onnx"
+    export_module(student, src.example, before)
+    fid_before = fidelity_over(source_onnx, before, verify)
+    rec: dict[str, Any] = {"ratio": ratio, "budget_s": budget_s,
+                           "fidelity_before": fid_before.cosine, "fidelity_after": None,
+                           "seconds": 0.0, "steps": 0,
+                           "layers": [r for r in layers if "kept" in r]}
+    if fid_before.finite and fid_before.cosine >= floor or budget_s <= 0:
+        rec["fidelity_after"] = fid_before.cosine
+        rec["recovered"] = False
+        return before, rec
+    teacher = src.module
+    run = distill_for(student, teacher, inputs_of(batches), budget_s, fresh=synthetic)
+    after = workdir / "recovered.onnx"
+    export_module(student, src.example, after)
+    fid_after = fidelity_over(source_onnx, after, verify)
+    rec.update(seconds=run["seconds"], steps=run["steps"], losses=run["losses"],
+               distilled_fidelity=fid_after.cosine)
+    if not (fid_after.finite and fid_after.cosine > fid_before.cosine):
+        rec.update(fidelity_after=fid_before.cosine, recovered=False,
+                   note="distillation did not raise fidelity; the pruned model is kept")
+        return before, rec
+    rec.update(fidelity_after=fid_after.cosine, recovered=True)
+    return after, rec

@@ -1,0 +1,141 @@
+"""Recovery by distillation inside the search: a torch-side pruned candidate below the floor is
+distilled against the original on calibration inputs (no labels) and its fidelity rises; the
+recovered build is cached (a restarted search does not train again); an ONNX-only source says
+plainly that recovery is unavailable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deploykit.search import recover
+from deploykit.search.candidates import Candidate
+from deploykit.search.engine import Row, Search, SearchConfig
+from deploykit.store import Store
+
+
+def _net():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+    return m.eval()
+
+
+def _batches(n, seed):
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.standard_normal((8, 1, 12, 12)).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.fixture()
+def source(tmp_path):
+    from deploykit.export.exporter import export_module
+
+    src = recover.TorchSource(_net(), (torch.randn(8, 1, 12, 12),))
+    path = tmp_path / "net.onnx"
+    export_module(src.module, src.example, path)
+    return src, path
+
+
+def test_distillation_provably_raises_a_pruned_models_fidelity(source, tmp_path):
+    src, path = source
+    held_out = _batches(2, seed=99)  # never trained on
+    out, rec = recover.build_recovered(src, path, 0.5, 6.0, _batches(32, seed=1), held_out,
+                                       floor=0.9999, workdir=tmp_path / "w")
+    assert rec["recovered"] and rec["steps"] >= 1 and 0 < rec["seconds"] < 60
+    assert rec["fidelity_before"] < 0.9999  # pruning half the filters cost fidelity
+    # judged on held-out inputs, on ORT, from the exported file
+    assert rec["fidelity_after"] > rec["fidelity_before"] + 0.02, rec
+    assert out.name == "recovered.onnx" and out.is_file()
+    # above the floor already: nothing is trained
+    _, skip = recover.build_recovered(src, path, 0.5, 6.0, _batches(4, seed=1), held_out,
+                                      floor=0.1, workdir=tmp_path / "w2")
+    assert not skip["recovered"] and skip["steps"] == 0
+    assert skip["fidelity_after"] == skip["fidelity_before"]
+
+
+def test_recovered_candidates_are_cached_and_int8_reuses_the_training(source, tmp_path,
+                                                                      monkeypatch):
+    src, path = source
+    trained = []
+    real = recover.distill_for
+
+    def counting(*a, **kw):
+        trained.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(recover, "distill_for", counting)
+    step = (recover.STEP, (("budget_s", 2.0), ("ratio", 0.5)))
+    feeds = _batches(1, seed=5)[0]
+    got = []
+    for attempt in range(2):  # the second Search is a restarted one: same OUTDIR, new process
+        with Store(tmp_path / "s.sqlite") as store:
+            s = Search(path, "ort-cpu", SearchConfig(min_fidelity=0.9999, recover_budget_s=2.0),
+                       tmp_path / "out", store, feeds=feeds, calibration=_batches(16, seed=1),
+                       calibration_is_synthetic=False, torch_source=src)
+            rows = [Row(Candidate("prune+kd", (step,))),
+                    Row(Candidate("prune+kd+int8", (step, ("quantize-static", ()))))]
+            for r in rows:
+                s.build(r)
+            got.append([(r.sha256, r.recovery["fidelity_after"]) for r in rows])
+            assert all(r.recovery and r.recovery["recovered"] for r in rows)
+            assert rows[1].recovery == rows[0].recovery  # int8 on the recovered model
+        assert len(trained) == 1  # trained once: not for the int8 one, not on restart
+    assert got[0] == got[1]
+    d = rows[0].to_dict()
+    assert d["recovery"]["fidelity_before"] < d["recovery"]["fidelity_after"]
+
+
+def test_onnx_source_says_recovery_is_unavailable(source, tmp_path):
+    _, path = source
+    with Store(tmp_path / "s.sqlite") as store:
+        s = Search(path, "ort-cpu", SearchConfig(recover_budget_s=30), tmp_path / "o", store,
+                   feeds=_batches(1, seed=5)[0])
+        from deploykit.onnxio import load_onnx
+
+        assert s._recover_candidates(load_onnx(path)) == []
+    assert any("recovery by distillation is unavailable: the source is an ONNX file" in n
+               for n in s.notes)
+
+
+FACTORY = '''import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+
+
+def example_inputs():
+    return (torch.randn(1, 1, 12, 12),)
+'''
+
+
+def test_cli_searches_a_torch_factory_with_recovery(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_search import REPO
+
+    (tmp_path / "net.py").write_text(FACTORY)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "deploykit", "search", f"{tmp_path / 'net.py'}:build",
+                        "--families", "prune", "--no-netadapt", "--no-target-options",
+                        "--recover-budget", "2s", "--min-fidelity", "0.999", "--time-limit", "10m",
+                        "-q", "--no-store", "-o", str(out)],
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Recovery by distillation" in r.stdout
+    data = json.loads((out / "search.json").read_text())
+    recs = [c["recovery"] for c in data["candidates"] if c.get("recovery") and not c["options"]]
+    assert len(recs) == 2 and all(x["steps"] > 0 for x in recs)  # both ratios missed the floor
+    assert all(x["fidelity_after"] >= x["fidelity_before"] for x in recs)
+    assert any(x["recovered"] and x["fidelity_after"] > x["fidelity_before"] for x in recs)
+    assert "Recovered by distillation" in (out / "report.html").read_text()
+    assert data["config"]["recover_budget_s"] == 2.0
