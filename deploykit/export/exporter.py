@@ -9,7 +9,6 @@ the reason recorded. Nothing is written unless every check passed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from ..onnxio import quiet
 from .checks import (OutputCheck, check_model, compare_outputs, fmt_shapes, maybe_simplify,
                      raise_if_failed, verify_torch)
 from .exporters import root_cause, run_exporter
-from .torch_source import load_factory, load_weights, make_example_inputs, one_line, run_torch
+from .torch_source import (load_factory, load_weights, make_example_inputs, one_line, run_torch,
+                           state_dict_sha256)
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,8 @@ def export_module(module, example_inputs, output: str | os.PathLike, *,
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"export needs a torch.nn.Module, got {type(module).__name__}")
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    digest = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
     origin = {"source": f"<module {type(module).__module__}.{type(module).__qualname__}>",
-              "source_sha256": digest.hexdigest(), "weights_sha256": None}
+              "source_sha256": state_dict_sha256(module), "weights_sha256": None}
     return _export_module(module, lambda: args, origin, Path(output), {}, dynamic_batch,
                           dynamic_axes, opset, simplify, seed)
 

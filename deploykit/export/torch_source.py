@@ -151,3 +151,11 @@ def run_torch(model, args) -> list[np.ndarray]:
         return _flat_outputs(model(*args))
 
 
+def state_dict_sha256(module) -> str:
+    """sha256 of a module's parameters and buffers (names and bytes): the same weights give the
+    same id, whatever object holds them."""
+    digest = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

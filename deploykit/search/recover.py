@@ -16,7 +16,6 @@ like every other build, so a killed search resumes without re-training a finishe
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,24 +42,22 @@ class TorchSource:
 
     @property
     def digest(self) -> str:
-        h = hashlib.sha256()
-        for name, t in sorted(self.module.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:16]
+        from ..export.torch_source import state_dict_sha256
+
+        return state_dict_sha256(self.module)[:16]
 
 
 def from_factory(spec: str, shapes, seed: int) -> TorchSource:
     """`file.py:build` -> the module it builds (weights as the factory sets them)."""
-    from ..export.exporter import _example_inputs, _load_factory
+    from ..export.torch_source import load_factory, make_example_inputs
 
-    factory, example, _ = _load_factory(spec)
+    factory, example, _ = load_factory(spec)
     try:
         module = factory()
     except Exception as e:  # user code
         raise InputError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
     module.eval()
-    args, _ = _example_inputs(module, example, shapes, seed)
+    args, _ = make_example_inputs(module, example, shapes, seed)
     return TorchSource(module, tuple(args))
 
 
