@@ -142,18 +142,23 @@ class OrtTarget(Target):
     def compile(self, model: ModelRef) -> OrtArtifact:
         import onnxruntime as ort
 
+        from ..measure.memory import RssSampler
+
         proto = load_onnx(model.path, load_external=False)
         inputs, outputs = io_specs(proto)
         so = session_options(self.config)
         providers = self.config.get("options", {}).get("providers", ["CPUExecutionProvider"])
-        t0 = time.perf_counter()
-        try:
-            sess = ort.InferenceSession(str(model.path), so, providers=providers)
-        except Exception as e:  # ORT raises its own exception types per failure
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TargetError(f"{self.name}: onnxruntime cannot load {model.path}: {first}") from None
-        create_ms = (time.perf_counter() - t0) * 1e3
+        with RssSampler() as load:
+            t0 = time.perf_counter()
+            try:
+                sess = ort.InferenceSession(str(model.path), so, providers=providers)
+            except Exception as e:  # ORT raises its own exception types per failure
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise TargetError(f"{self.name}: onnxruntime cannot load {model.path}: "
+                                  f"{first}") from None
+            create_ms = (time.perf_counter() - t0) * 1e3
         art = OrtArtifact(model, self, sess, inputs, outputs, create_ms)
+        art.load_memory = load.phase
         if providers[0] not in art.providers:
             raise TargetError(f"{self.name}: {providers[0]} was not used by the session")
         return art

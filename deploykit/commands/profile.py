@@ -121,6 +121,9 @@ def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
 
     from ..onnxio import make_feeds
 
+    from ..measure.memory import preload
+
+    preload()
     artifacts, feeds = [], []
     for model in models:
         for t in tlist:

@@ -144,4 +144,6 @@ def _merge(parts: Sequence[LatencyReport], per_op) -> LatencyReport:
                    stop_reason="time-cap", per_op=tuple(per_op),
                    session_create_ms=median(r.session_create_ms for r in parts),
                    first_inference_ms=median(r.first_inference_ms for r in parts),
-                   warmup_samples=sum(r.warmup_samples for r in parts), created=parts[0].created)
+                   warmup_samples=sum(r.warmup_samples for r in parts), created=parts[0].created,
+                   warmup_ms=sum(r.warmup_ms for r in parts),
+                   cold_start_samples_ms=tuple(c for r in parts for c in r.cold_start_samples_ms))
