@@ -101,6 +101,8 @@ class OpTime:
     total_ms: float  # mean time per inference spent in this node
     share: float  # fraction of the summed node time
     calls: int = 1
+    layer: str = ""  # the model's node this runtime node came from (after fusion / renaming)
+    module: str = ""  # the torch module path, for models deploykit exported
 
 
 @dataclass(frozen=True)

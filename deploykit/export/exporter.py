@@ -261,8 +261,26 @@ def _name_nodes_by_module(proto) -> None:
         depth = 3 if "pkg.onnxscript.rewriter.rule_name" in meta else 2
         module = scopes[-depth] if len(scopes) >= depth else ""
         base = f"{module}/{node.op_type}" if module else node.name
+        if module:  # kept for the per-op tables (backends/op_names.py), whatever renames nodes
+            entry = node.metadata_props.add()
+            entry.key, entry.value = _MODULE_KEY, module
         used[base] = used.get(base, 0) + 1
         node.name = base if used[base] == 1 else f"{base}_{used[base] - 1}"
+
+
+_MODULE_KEY = "deploykit.module"  # read by backends/op_names.py
+
+
+def _node_modules(proto) -> dict[str, str]:
+    return {n.name: p.value for n in proto.graph.node for p in n.metadata_props
+            if p.key == _MODULE_KEY}
+
+
+def _set_node_modules(proto, modules: dict[str, str]) -> None:
+    for n in proto.graph.node:
+        if n.name in modules and not any(p.key == _MODULE_KEY for p in n.metadata_props):
+            entry = n.metadata_props.add()
+            entry.key, entry.value = _MODULE_KEY, modules[n.name]
 
 
 def _opset(model) -> int | None:
@@ -522,7 +540,9 @@ def _export_module(model, example, origin, output, shapes, dynamic_batch, dynami
         except Exception as e:  # noqa: BLE001 - any exporter failure means: try the next one
             failures.append(f"{exporter} exporter failed ({_root_cause(e)})")
             continue
+        modules = _node_modules(proto)
         proto, simplified = _maybe_simplify(proto, simplify, warns)
+        _set_node_modules(proto, modules)  # onnxsim keeps node names but not their metadata
         data = _serialize(proto)
         try:
             checks = _verify_torch(model, data, args, names,

@@ -63,10 +63,17 @@ def print_report(r: LatencyReport, top: int = 10, console: Console | None = None
     console.print(t)
     if r.per_op:
         ops = Table(title=f"per-operator breakdown (top {top} nodes of {len(r.per_op)})")
-        for c in ("node", "op type", "ms / inference", "share"):
+        # the model's own names next to the runtime's when they differ (fused / renamed nodes)
+        named = any(o.layer and o.layer != o.name for o in r.per_op[:top])
+        modules = any(o.module for o in r.per_op[:top])
+        cols = (["node"] + (["model node"] if named else []) + (["module"] if modules else [])
+                + ["op type", "ms / inference", "share"])
+        for c in cols:
             ops.add_column(c, justify="right" if c in ("ms / inference", "share") else "left")
         for o in r.per_op[:top]:
-            ops.add_row(o.name[-60:], o.op_type, f"{o.total_ms:.3f}", f"{o.share:.1%}")
+            row = [o.name[-60:]] + ([o.layer[-50:]] if named else []) + \
+                  ([o.module[-40:]] if modules else [])
+            ops.add_row(*row, o.op_type, f"{o.total_ms:.3f}", f"{o.share:.1%}")
         console.print(ops)
 
 
