@@ -145,6 +145,8 @@ class LatencyReport(Result):
     memory: Mapping[str, Any] = field(default_factory=dict)
     # one cold start (session creation + first inference) per fresh session, for the gate
     cold_start_samples_ms: tuple[float, ...] = ()
+    # measure.stability of a single profile run: drift, trend, spread, the halves flag; {}: none
+    stability: Mapping[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         lo, hi = self.ci95_ms
@@ -270,5 +272,6 @@ class LatencyReport(Result):
         kw["per_op"] = tuple(OpTime(**o) for o in d.get("per_op", ()))
         kw["labels"] = tuple(d.get("labels", ()))
         kw["memory"] = dict(d.get("memory") or {})
+        kw["stability"] = dict(d.get("stability") or {})
         kw["cold_start_samples_ms"] = tuple(float(x) for x in d.get("cold_start_samples_ms", ()))
         return cls(**kw)

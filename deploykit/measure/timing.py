@@ -366,7 +366,11 @@ def profile_artifact(artifact: Artifact, feeds: Mapping[str, np.ndarray],
     memory = mem.memory_dict(load.start_bytes if load else first.start_bytes, load, first.phase,
                              steady, str(artifact.model.path))
     ops = artifact.per_op(feeds, trace_path=trace_path) if per_op else []
-    return _report(artifact, timing, ops, flops, roofline_ms, _batch(feeds), memory)
+    rep = _report(artifact, timing, ops, flops, roofline_ms, _batch(feeds), memory)
+    from .stability import stability
+
+    st = stability(rep)
+    return _replace(rep, stability=st.to_dict()) if st else rep
 
 
 @dataclass(frozen=True)

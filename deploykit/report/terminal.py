@@ -46,6 +46,14 @@ def print_report(r: LatencyReport, top: int = 10, console: Console | None = None
               + (f" in {_ms(r.warmup_ms)} ms)" if r.warmup_ms == r.warmup_ms else ")"))
     for row in memory_rows(r):
         t.add_row(*row)
+    st = r.stability
+    if st:
+        lo, hi = st["trend_ci"]
+        style = "bold red" if st["flagged"] else ""
+        text = (f"{st['note']}; trend {st['trend_per_min']:+.2%}/min (95% CI {lo:+.2%} – "
+                f"{hi:+.2%}) over {st['duration_s']:.0f} s; IQR {_ms(st['iqr_ms'])} ms, "
+                f"p99/p50 {st['p99_over_p50']:.2f}")
+        t.add_row("stability", f"[{style}]{text}[/{style}]" if style else text)
     mean_load = (sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, sum(b.n for b in r.blocks)))
     style = "red" if r.contaminated_fraction else ""
     t.add_row("foreign CPU load", f"[{style}]{mean_load:.0%} of cores on average; "
