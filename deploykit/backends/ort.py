@@ -166,6 +166,7 @@ class OrtTarget(Target):
 
         proto = load_onnx(model.path, load_external=False)
         inputs, outputs = io_specs(proto)
+        del proto  # its copy of the weights is not the session's: gone before memory is sampled
         so = session_options(self.config)
         providers = self.config.get("options", {}).get("providers", ["CPUExecutionProvider"])
         with RssSampler() as load:
