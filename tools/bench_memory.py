@@ -11,7 +11,8 @@ weights, and two MLPs with ~32 MiB and ~192 MiB of weights), on ORT and OpenVINO
   imports the runtime, loads the model and runs it 50 times, minus the same script that imports
   the runtime and runs nothing: the model's share of the high-water mark. Both sides start from
   a runtime that has answered "which devices do you have" (deploykit asks before it loads a
-  model: for OpenVINO that loads the CPU plugin, ~19 MiB, which is then not the model's).
+  model: for OpenVINO that loads the CPU plugin, ~19 MiB, which is then not the model's) and
+  has numpy.random loaded (numpy imports it lazily, ~7 MiB; deploykit has it from scipy).
 
 Each figure is the median of --runs fresh processes. Memory is nearly deterministic, but the
 machine may be shared: say so when reporting.
@@ -40,6 +41,7 @@ MINIMAL = r'''
 import sys
 import numpy as np
 backend, path = sys.argv[1], sys.argv[2]
+np.random.default_rng(0)  # numpy.random loads lazily (~7 MiB): making inputs is not the model
 if backend == "ort":
     import onnxruntime as ort
     ort.get_available_providers()  # as deploykit's availability check

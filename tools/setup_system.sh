@@ -4,9 +4,10 @@
 # C++ compiler (TVM x86 libraries and bundle runners), headless Chromium (the HTML report test),
 # the PostgreSQL server (the shared results store's tests start a throwaway cluster; only its
 # binaries are needed: the package's own cluster may stay stopped).
+# GNU time (/usr/bin/time -v: the independent peak-RSS figure of tools/bench_memory.py).
 # Idempotent; needs root (or sudo).
 set -euo pipefail
-pkgs=(g++-aarch64-linux-gnu qemu-user qemu-user-binfmt debootstrap binfmt-support g++ chromium
+pkgs=(g++-aarch64-linux-gnu qemu-user qemu-user-binfmt debootstrap binfmt-support g++ chromium time
       postgresql)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
