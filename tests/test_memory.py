@@ -98,3 +98,22 @@ def test_profile_reports_every_phase_with_the_weights_in_it(tmp_path):
     for k in ("min_ms", "p5_ms", "p95_ms", "max_ms", "trimmed_mean_ms", "iqr_ms", "warmup_ms",
               "cold_start_ms"):
         assert d[k] == d[k] and d[k] >= 0, k
+
+
+def test_the_store_keeps_memory_stability_and_layer_names(tmp_path):
+    """The report JSON is stored whole: memory, cold starts, stability and per-op names come
+    back from the store."""
+    from deploykit.core import OpTime
+    from deploykit.store import Store
+
+    d = _report_dict()
+    d.update(model_sha256="a" * 64, memory={"steady_peak_bytes": 123, "runs": [{"x": 1}]},
+             cold_start_samples_ms=[5.0, 6.0], stability={"flagged": False, "drift": 0.01},
+             per_op=[{"name": "r0_nchwc", "op_type": "Conv", "total_ms": 0.5, "share": 1.0,
+                      "layer": "c/Conv + r/Relu", "module": "c"}])
+    rep = LatencyReport.from_dict(d)
+    with Store(tmp_path / "s.sqlite") as st:
+        back = st.report(st.record_report(rep))
+    assert back.memory == rep.memory and back.cold_start_samples_ms == (5.0, 6.0)
+    assert back.stability == rep.stability
+    assert back.per_op == (OpTime("r0_nchwc", "Conv", 0.5, 1.0, 1, "c/Conv + r/Relu", "c"),)
