@@ -50,6 +50,10 @@ def test_cold_start_verdict_on_planted_rounds():
     assert cold_start_verdict(_rep(old), _rep(old * 1.5), 0.2, paired=False).status == \
         "regression"
     assert cold_start_verdict(_rep(old[:3]), _rep(old), 0.2, paired=True).status == "no-data"
+    from deploykit.errors import InputError
+
+    with pytest.raises(InputError, match="cannot decide"):  # fails closed, never a pass
+        cold_start_verdict(_rep([*old[:-1], float("nan")]), _rep(old), 0.2, paired=True)
 
 
 @pytest.fixture(scope="module")

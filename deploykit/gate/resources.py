@@ -88,7 +88,8 @@ def memory_verdict(old: Sequence[int], new: Sequence[int], threshold: float) -> 
         return ResourceVerdict("memory", "no-data", threshold, None, None, None,
                                f"{side} has no fresh-process memory measurement (re-record the "
                                "baseline with this deploykit, or pass --against OLD_MODEL)")
-    bad = [v for v in (*old, *new) if not isinstance(v, (int, float)) or not math.isfinite(v)]
+    bad = [v for v in (*old, *new) if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v)]
     if bad:
         raise InputError(f"the memory gate cannot decide: unusable measurements {bad!r}")
     mo, mn = float(median(old)), float(median(new))
@@ -111,7 +112,14 @@ def cold_start_verdict(old: LatencyReport, new: LatencyReport, threshold: float,
     from ..stats import MIN_UNITS, mann_whitney_p, paired_log_ratio_ci, shift_log_ratio_ci
     from .decision import Estimate, decide
 
+    from ..errors import InputError
+    from ..stats import positive_finite
+
     xo, xn = list(old.cold_start_samples_ms), list(new.cold_start_samples_ms)
+    bad = [v for v in (*xo, *xn) if not positive_finite(v)]
+    if bad:  # fails closed: a verdict never rests on an unusable number
+        raise InputError(f"the cold-start gate cannot decide: unusable samples {bad[:5]!r} (re-"
+                         "record the baseline if they come from it)")
     if len(xo) < MIN_UNITS or len(xn) < MIN_UNITS:
         side = "the baseline" if len(xo) < MIN_UNITS else "this run"
         return ResourceVerdict("cold-start", "no-data", threshold, None, None, None,
