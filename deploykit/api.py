@@ -152,8 +152,10 @@ def compress(model: Any, recipe: str, output: PathLike | None = None, *,
 def _compile_with_feeds(refs: Sequence[ModelRef], target_names: Sequence[str],
                         threads: int | None, inputs, shapes, seed: int, **overrides):
     from .backends import registry
+    from .measure.memory import preload
     from .onnxio import make_feeds
 
+    preload()  # memory deltas count the model, not the imports timing makes later
     shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
     tlist = [registry.get(n, threads=threads, **overrides) for n in target_names]
     arts, feeds = [], []

@@ -101,6 +101,8 @@ class OpTime:
     total_ms: float  # mean time per inference spent in this node
     share: float  # fraction of the summed node time
     calls: int = 1
+    layer: str = ""  # the model's node this runtime node came from (after fusion / renaming)
+    module: str = ""  # the torch module path, for models deploykit exported
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,14 @@ class LatencyReport(Result):
     created: float = field(default_factory=time.time)
     discarded_blocks: int = 0  # blocks dropped by --wait-quiet because they overlapped load
     quiet_wait_s: float = 0.0  # time spent waiting for the machine to quieten
+    warmup_ms: float = float("nan")  # wall time of the warm-up runs
+    # peak RSS per phase (measure.memory.memory_dict: load / first / steady, absolute and as a
+    # delta over the process before loading, weight and file bytes); {} when not measured
+    memory: Mapping[str, Any] = field(default_factory=dict)
+    # one cold start (session creation + first inference) per fresh session, for the gate
+    cold_start_samples_ms: tuple[float, ...] = ()
+    # measure.stability of a single profile run: drift, trend, spread, the halves flag; {}: none
+    stability: Mapping[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         lo, hi = self.ci95_ms
@@ -172,6 +182,26 @@ class LatencyReport(Result):
     @property
     def cv(self) -> float:
         return self.std_ms / self.mean_ms if self.mean_ms else float("nan")
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.samples_ms, q))
+
+    @property
+    def trimmed_mean_ms(self) -> float:
+        """Mean of the samples between the 5th and 95th percentiles (tails cut, 10% in all)."""
+        x = np.sort(np.asarray(self.samples_ms))
+        k = int(len(x) * 0.05)
+        return float(np.mean(x[k:len(x) - k] if len(x) > 2 * k else x))
+
+    @property
+    def cold_start_ms(self) -> float:
+        """Time to the first answer: session creation (compile) + first inference."""
+        return self.session_create_ms + self.first_inference_ms
+
+    def memory_bytes(self, key: str) -> int | None:
+        """A `memory` entry (e.g. "steady_peak_bytes"), None when not measured."""
+        v = self.memory.get(key) if self.memory else None
+        return None if v is None else int(v)
 
     @property
     def ci95_ms(self) -> tuple[float, float]:
@@ -215,6 +245,13 @@ class LatencyReport(Result):
             median_ms=self.median_ms,
             p90_ms=self.p90_ms,
             p99_ms=self.p99_ms,
+            min_ms=float(np.min(self.samples_ms)),
+            p5_ms=self.percentile_ms(5),
+            p95_ms=self.percentile_ms(95),
+            max_ms=float(np.max(self.samples_ms)),
+            iqr_ms=self.percentile_ms(75) - self.percentile_ms(25),
+            trimmed_mean_ms=self.trimmed_mean_ms,
+            cold_start_ms=self.cold_start_ms,
             mean_ms=self.mean_ms,
             std_ms=self.std_ms,
             cv=self.cv,
@@ -234,4 +271,7 @@ class LatencyReport(Result):
         kw["blocks"] = tuple(Block(**b) for b in d.get("blocks", ()))
         kw["per_op"] = tuple(OpTime(**o) for o in d.get("per_op", ()))
         kw["labels"] = tuple(d.get("labels", ()))
+        kw["memory"] = dict(d.get("memory") or {})
+        kw["stability"] = dict(d.get("stability") or {})
+        kw["cold_start_samples_ms"] = tuple(float(x) for x in d.get("cold_start_samples_ms", ()))
         return cls(**kw)

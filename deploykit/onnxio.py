@@ -27,6 +27,10 @@ FEEDABLE = {"float32", "float16", "float64", "int8", "uint8", "int16", "uint16",
             "int64", "uint32", "uint64", "bool"}
 MAX_INPUT_ELEMENTS = 1 << 31  # 8 GiB of float32: beyond that a shape is a typo, not a model
 
+# node metadata key holding the torch module a node came from (written by export, read by the
+# per-op tables of backends/op_names.py)
+MODULE_KEY = "deploykit.module"
+
 
 def check_external_data(model, folder: Path) -> None:
     """Every external-data location must resolve inside the model's own folder."""

@@ -284,7 +284,10 @@ class Store:
         d["samples_ms"] = np.frombuffer(bytes(r[0][1]), dtype="<f8").tolist()
         ops = self._read("SELECT name, op_type, total_ms, share, calls FROM per_op "
                          "WHERE run_id = ? ORDER BY pos", (int(run_id),))
-        d["per_op"] = [dict(zip(("name", "op_type", "total_ms", "share", "calls"), row))
+        # the model's names for each row (layer, module) live in the report JSON only
+        named = {o.get("name"): o for o in d.get("per_op") or () if isinstance(o, dict)}
+        d["per_op"] = [{**dict(zip(("name", "op_type", "total_ms", "share", "calls"), row)),
+                        **{k: str(named.get(row[0], {}).get(k) or "") for k in ("layer", "module")}}
                        for row in ops]
         return LatencyReport.from_dict(d)
 

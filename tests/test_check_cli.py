@@ -15,7 +15,7 @@ from deploykit.cli import main
 from deploykit.core import Block, LatencyReport
 from deploykit.store import Store
 
-FAST = ["--max-time", "1", "--warmup-max", "0.2", "-q"]
+FAST = ["--max-time", "1", "--warmup-max", "0.2", "--memory-runs", "1", "-q"]
 
 
 class _Load:

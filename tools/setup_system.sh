@@ -4,10 +4,11 @@
 # C++ compiler (TVM x86 libraries and bundle runners), headless Chromium (the HTML report test),
 # the PostgreSQL server (the shared results store's tests start a throwaway cluster; only its
 # binaries are needed: the package's own cluster may stay stopped), the OpenSSH server (the
-# ssh:// device tests start a throwaway key-only sshd on the loopback; the system one may stay off).
+# ssh:// device tests start a throwaway key-only sshd on the loopback; the system one may stay off),
+# GNU time (/usr/bin/time -v: the independent peak-RSS figure of tools/bench_memory.py).
 # Idempotent; needs root (or sudo).
 set -euo pipefail
-pkgs=(g++-aarch64-linux-gnu qemu-user qemu-user-binfmt debootstrap binfmt-support g++ chromium
+pkgs=(g++-aarch64-linux-gnu qemu-user qemu-user-binfmt debootstrap binfmt-support g++ chromium time
       postgresql openssh-server)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -30,6 +30,8 @@ class Artifact:
         self.labels: tuple[str, ...] = ()
         # backend facts that belong in the report's environment (e.g. the precision OpenVINO ran)
         self.env: dict[str, Any] = {}
+        # peak RSS while the target compiled / loaded it (measure.memory.Phase), set by compile
+        self.load_memory = None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError

@@ -192,22 +192,28 @@ class OpenVinoTarget(Target):
     def compile(self, model: ModelRef) -> OpenVinoArtifact:
         import onnx
 
+        from ..measure.memory import RssSampler
+
         ov = _openvino()
-        core = ov.Core()
-        t0 = time.perf_counter()
-        try:
-            ov_model = core.read_model(str(model.path))
-        except RuntimeError as e:
-            raise TargetError(f"{self.name} cannot compile {model.path.name}: "
-                              f"{_conversion_failure(e)}") from None
-        try:
-            compiled = core.compile_model(ov_model, "CPU", self.properties())
-        except RuntimeError as e:
-            raise TargetError(f"{self.name} cannot compile {model.path.name}: "
-                              f"{_unsupported_nodes(core, ov_model) or first_line(e)}") from None
-        create_ms = (time.perf_counter() - t0) * 1e3
+        with RssSampler() as load:  # from the Core on: the runtime's own start counts as load
+            core = ov.Core()
+            t0 = time.perf_counter()
+            try:
+                ov_model = core.read_model(str(model.path))
+            except RuntimeError as e:
+                raise TargetError(f"{self.name} cannot compile {model.path.name}: "
+                                  f"{_conversion_failure(e)}") from None
+            try:
+                compiled = core.compile_model(ov_model, "CPU", self.properties())
+            except RuntimeError as e:
+                raise TargetError(f"{self.name} cannot compile {model.path.name}: "
+                                  f"{_unsupported_nodes(core, ov_model) or first_line(e)}") \
+                    from None
+            create_ms = (time.perf_counter() - t0) * 1e3
         proto = onnx.load(str(model.path), load_external_data=False)
-        return OpenVinoArtifact(model, self, core, ov_model, compiled, proto, create_ms)
+        art = OpenVinoArtifact(model, self, core, ov_model, compiled, proto, create_ms)
+        art.load_memory = load.phase
+        return art
 
 
 def _conversion_failure(e: RuntimeError) -> str:

@@ -63,7 +63,12 @@ class OrtArtifact(Artifact):
         session stays unprofiled); optionally keep ORT's Chrome trace for Perfetto."""
         import onnxruntime as ort
 
+        from .op_names import name_ops, name_trace_events
+
         so = session_options(self.target.config, profiling=True)
+        # the graph ORT runs, to name its fused / renamed nodes after the model's (op_names.py)
+        optimized = os.path.join(os.path.dirname(so.profile_file_prefix), "optimized.onnx")
+        so.optimized_model_filepath = optimized
         sess = ort.InferenceSession(str(self.model.path), so, providers=list(self.providers))
         f = dict(feeds)
         for _ in range(3):  # warm-up runs, dropped by aggregate_node_events
@@ -74,14 +79,29 @@ class OrtArtifact(Artifact):
         try:
             with open(path) as fh:
                 events = json.load(fh)
+            names = _names(self.model.path, optimized)
             if trace_path:
-                from ..fsutil import atomic_path
+                from ..fsutil import dumps_json, write_text_atomic
 
-                with atomic_path(trace_path) as tmp:
-                    shutil.copyfile(path, tmp)
+                write_text_atomic(trace_path, dumps_json(name_trace_events(events, names), None))
         finally:
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-        return aggregate_node_events(events, runs_skip=3, runs=runs)
+        return name_ops(aggregate_node_events(events, runs_skip=3, runs=runs), names)
+
+
+def _names(model_path, optimized_path) -> dict:
+    """op_names.name_map of the model and the graph ORT saved; {} when it saved none."""
+    from .op_names import name_map
+
+    if not os.path.exists(optimized_path):
+        return {}
+    from ..onnxio import load_onnx
+
+    try:
+        return name_map(load_onnx(model_path, load_external=False),
+                        load_onnx(optimized_path, load_external=False))
+    except Exception:  # naming is a convenience: a graph that does not load keeps ORT's names
+        return {}
 
 
 def aggregate_node_events(events: list[dict], runs: int, runs_skip: int = 0) -> list[OpTime]:
@@ -142,18 +162,24 @@ class OrtTarget(Target):
     def compile(self, model: ModelRef) -> OrtArtifact:
         import onnxruntime as ort
 
+        from ..measure.memory import RssSampler
+
         proto = load_onnx(model.path, load_external=False)
         inputs, outputs = io_specs(proto)
+        del proto  # its copy of the weights is not the session's: gone before memory is sampled
         so = session_options(self.config)
         providers = self.config.get("options", {}).get("providers", ["CPUExecutionProvider"])
-        t0 = time.perf_counter()
-        try:
-            sess = ort.InferenceSession(str(model.path), so, providers=providers)
-        except Exception as e:  # ORT raises its own exception types per failure
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TargetError(f"{self.name}: onnxruntime cannot load {model.path}: {first}") from None
-        create_ms = (time.perf_counter() - t0) * 1e3
+        with RssSampler() as load:
+            t0 = time.perf_counter()
+            try:
+                sess = ort.InferenceSession(str(model.path), so, providers=providers)
+            except Exception as e:  # ORT raises its own exception types per failure
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise TargetError(f"{self.name}: onnxruntime cannot load {model.path}: "
+                                  f"{first}") from None
+            create_ms = (time.perf_counter() - t0) * 1e3
         art = OrtArtifact(model, self, sess, inputs, outputs, create_ms)
+        art.load_memory = load.phase
         if providers[0] not in art.providers:
             raise TargetError(f"{self.name}: {providers[0]} was not used by the session")
         return art

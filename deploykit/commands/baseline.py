@@ -37,6 +37,9 @@ def add_gate_timing_args(p: argparse.ArgumentParser) -> None:
                         f"at least {MIN_ROUNDS} rounds are always measured)")
     g.add_argument("--warmup-max", type=float, default=0.5,
                    help="longest warm-up of each fresh session in seconds (default 0.5)")
+    g.add_argument("--memory-runs", type=int, default=3,
+                   help="fresh-process peak-memory measurements per model (default 3; 0: no "
+                        "memory measurement, so the memory gate has no data)")
 
 
 def check_gate_timing(args: argparse.Namespace) -> None:
@@ -48,6 +51,8 @@ def check_gate_timing(args: argparse.Namespace) -> None:
         raise InputError(f"--max-time must be a positive number of seconds, got {args.max_time}")
     if not (math.isfinite(args.warmup_max) and args.warmup_max >= 0):
         raise InputError(f"--warmup-max must be >= 0 seconds, got {args.warmup_max}")
+    if args.memory_runs < 0:
+        raise InputError(f"--memory-runs must be >= 0, got {args.memory_runs}")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
 
@@ -69,6 +74,15 @@ def run(args: argparse.Namespace) -> int:
                  "npz": args.inputs}
     (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
                                progress=not args.quiet, wait_quiet=_common.wait_quiet(args))
+    if args.memory_runs:
+        from dataclasses import replace
+
+        from ..gate.memory_probe import measure_memory
+        from ..gate.resources import with_memory_runs
+
+        (runs,) = measure_memory(args.target, args.threads, [str(model.path)], feeds_cfg,
+                                 args.memory_runs)
+        report = replace(report, memory=with_memory_runs(runs))
     with Outputs() as outs:
         baseline = checked(make_baseline(  # what check could not read is not written
             report, inputs, outputs, feeds_cfg, args.output))

@@ -30,6 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="file written by `deploykit baseline`")
     p.add_argument("--max-slowdown", default="5%",
                    help="threshold: slowdowns smaller than this pass (default 5%%)")
+    p.add_argument("--max-memory-increase", default="10%",
+                   help="threshold of the memory gate on peak steady memory over the fresh "
+                        "process (default 10%%)")
+    p.add_argument("--max-cold-start-increase", default="20%",
+                   help="threshold of the cold-start gate on session creation + first "
+                        "inference (default 20%%)")
     p.add_argument("--against", metavar="OLD_MODEL",
                    help="old .onnx to measure interleaved with MODEL (default: the baseline's "
                         "model file, if it is still there unchanged)")
@@ -57,12 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from ..gate.baseline import BaselineError, checked, load_baseline, make_baseline
     from ..gate.decision import (decide, env_differences, interleaved_estimate, parse_threshold,
                                  per_op_diff, refuse_contaminated, stored_estimate)
+    from ..gate.resources import cold_start_verdict
     from ..validity import summary_dict
 
     from ..outputs import Outputs, check_distinct, check_output_file
 
     t_start = time.perf_counter()
     threshold = parse_threshold(args.max_slowdown)
+    mem_threshold = parse_threshold(args.max_memory_increase)
+    cold_threshold = parse_threshold(args.max_cold_start_increase)
     check_output_file(args.json, "--json")
     check_output_file(args.junit, "--junit")
     check_output_file(args.markdown, "--markdown")
@@ -134,12 +143,18 @@ def run(args: argparse.Namespace) -> int:
                                     progress=not args.quiet, wait_quiet=wait)
         estimate = stored_estimate(old_rep, new_rep)
     verdict = decide(estimate, threshold)
+    old_rep, new_rep, mem_v = _memory_gate(args, base, target, threads, old_model, model,
+                                           old_rep, new_rep, mem_threshold)
+    cold_v = cold_start_verdict(old_rep, new_rep, cold_threshold, paired=old_model is not None)
+    failed = verdict.failed or mem_v.failed or cold_v.failed
     ops = per_op_diff(old_rep.per_op, new_rep.per_op, top=args.top)
     vo, vn = old_rep.validity, new_rep.validity
     result = {
         **summary_dict({"old": vo, "new": vn}),
         "contaminated_share": {"old": vo.contaminated_share, "new": vn.contaminated_share},
-        "status": verdict.status, "failed": verdict.failed, "summary": verdict.summary,
+        "status": verdict.status, "failed": failed, "summary": verdict.summary,
+        "latency_failed": verdict.failed, "memory": mem_v.to_dict(),
+        "cold_start": cold_v.to_dict(),
         "threshold": threshold, "mode": estimate.mode, "ratio": estimate.ratio,
         "ratio_ci": [estimate.lo, estimate.hi], "conf": estimate.conf,
         "n_units": estimate.n_units, "p_units": estimate.p_units, "p_raw": estimate.p_raw,
@@ -164,7 +179,26 @@ def run(args: argparse.Namespace) -> int:
         outs.commit()
     if not args.quiet:
         _print(result, args)
-    return 1 if verdict.failed else 0
+    return 1 if failed else 0
+
+
+def _memory_gate(args, base, target, threads, old_model, model, old_rep, new_rep, threshold):
+    """Fresh-process memory runs of the new model (and of the old one when it is at hand,
+    alternating with the new); the old side otherwise comes from the baseline. Returns both
+    reports with their runs attached (so --update-baseline carries them) and the verdict."""
+    from dataclasses import replace
+
+    from ..gate.memory_probe import measure_memory
+    from ..gate.resources import memory_runs, memory_verdict, with_memory_runs
+
+    if args.memory_runs == 0:
+        return old_rep, new_rep, memory_verdict(memory_runs(old_rep), [], threshold)
+    paths = ([str(old_model.path)] if old_model is not None else []) + [str(model.path)]
+    runs = measure_memory(base.report.target, threads, paths, base.feeds, args.memory_runs)
+    new_rep = replace(new_rep, memory=with_memory_runs(runs[-1]))
+    if old_model is not None:
+        old_rep = replace(old_rep, memory=with_memory_runs(runs[0]))
+    return old_rep, new_rep, memory_verdict(memory_runs(old_rep), memory_runs(new_rep), threshold)
 
 
 def _fingerprint(target) -> dict:
@@ -196,6 +230,8 @@ def _rows(r: dict) -> list[tuple[str, str]]:
             ("tests", f"rank test on rounds p={r['p_units']:.2g}; "
                       f"Mann-Whitney on raw samples p={r['p_raw']:.2g}"),
             ("threshold", f"{r['threshold']:.1%}"),
+            ("memory", r["memory"]["summary"]),
+            ("cold start", r["cold_start"]["summary"]),
             ("wall time", f"{r['wall_s']:.1f} s")]
     share = r["contaminated_share"]
     rows.append(("measurement", f"{r['state']} (rounds with foreign load: old "
@@ -212,7 +248,12 @@ def markdown(r: dict) -> str:
     """A PR-comment summary: verdict, the numbers, and the nodes that got slower."""
     head = {"regression": "❌ latency regression", "improvement": "🚀 latency improvement",
             "within-threshold": "✅ within threshold", "no-change": "✅ no significant change"}
-    lines = [f"### deploykit check: {head[r['status']]}", "",
+    title = head[r["status"]]
+    extra = [k for k in ("memory", "cold_start") if r[k]["failed"]]
+    if extra:
+        title = "❌ " + " and ".join(k.replace("_", "-") + " regression" for k in extra) + \
+            ("" if r["status"] != "regression" else " and latency regression")
+    lines = [f"### deploykit check: {title}", "",
              f"`{r['model']}` on `{r['target']}` against `{r['baseline']}`", "",
              "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _rows(r)]
@@ -231,17 +272,30 @@ def junit_xml(r: dict) -> str:
     import xml.etree.ElementTree as ET
 
     suites = ET.Element("testsuites")
-    suite = ET.SubElement(suites, "testsuite", name="deploykit check", tests="1",
-                          failures=str(int(r["failed"])), errors="0", time=f"{r['wall_s']:.3f}")
+    res = [r["memory"], r["cold_start"]]
+    suite = ET.SubElement(suites, "testsuite", name="deploykit check", tests="3",
+                          failures=str(int(r["latency_failed"]) + sum(x["failed"] for x in res)),
+                          errors="0", skipped=str(sum(x["status"] == "no-data" for x in res)),
+                          time=f"{r['wall_s']:.3f}")
     case = ET.SubElement(suite, "testcase", classname=f"deploykit.latency.{r['target']}",
                          name=Path(r["model"]).name, time=f"{r['wall_s']:.3f}")
     details = "\n".join(f"{k}: {v}" for k, v in _rows(r))
     ops = "\n".join(f"{o['name']} ({o['op_type']}): {_fmt_ms(o['old_ms'])} -> "
                     f"{_fmt_ms(o['new_ms'])} ms ({o['delta_ms']:+.3f})" for o in r["per_op_diff"])
-    if r["failed"]:
+    if r["latency_failed"]:
         ET.SubElement(case, "failure", message=r["summary"], type="LatencyRegression").text = \
             details + "\n\nper-op diff:\n" + ops
     ET.SubElement(case, "system-out").text = details
+    for x, kind in zip(res, ("memory", "cold_start")):
+        c = ET.SubElement(suite, "testcase", classname=f"deploykit.{kind}.{r['target']}",
+                          name=Path(r["model"]).name, time="0")
+        if x["failed"]:
+            ET.SubElement(c, "failure", message=x["summary"],
+                          type="MemoryRegression" if kind == "memory" else "ColdStartRegression"
+                          ).text = x["detail"]
+        elif x["status"] == "no-data":  # not checked is not passed
+            ET.SubElement(c, "skipped", message=x["summary"])
+        ET.SubElement(c, "system-out").text = x["summary"]
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 

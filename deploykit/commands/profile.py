@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-per-op", action="store_true", help="skip the per-operator breakdown")
     p.add_argument("--no-roofline", action="store_true",
                    help="skip the roofline (measuring this machine's ceilings takes ~10 s once)")
+    p.add_argument("--duration", metavar="TIME",
+                   help="run for this long whatever the CI (e.g. 10m, 90s, 1h) and report "
+                        "stability: drift, trend of block medians, CV, IQR, p99/p50, and a flag "
+                        "when the second half differs significantly from the first")
     p.add_argument("--label", help="free-text label stored with the run")
     p.add_argument("--device", help="ssh://USER@HOST[:PORT][/DIR] or adb://SERIAL[/DIR]: package "
                    "an ORT bundle, push it, self-test and time it there; or an RPC device key "
@@ -57,6 +61,21 @@ def _roofline(model_path: Path, threads: int, specs, feeds):
     return facts.get("flops"), roofline.model_roofline_ms(facts, roofline.ceilings(threads))
 
 
+def parse_duration(text: str) -> float:
+    """'10m' / '90s' / '1h' / '30' (seconds) -> seconds."""
+    from ..errors import InputError
+
+    t = str(text).strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    try:
+        v = float(t[:-1] if mult else t) * (mult or 1)
+    except ValueError:
+        raise InputError(f"bad --duration {text!r}: expected e.g. 10m, 90s or 1h") from None
+    if not (v > 0 and v < 7 * 86400):
+        raise InputError(f"--duration must be positive (and under a week), got {text!r}")
+    return v
+
+
 def run(args: argparse.Namespace) -> int:
     from ..backends import registry as targets
     from ..core import ModelRef
@@ -65,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import Outputs, check_distinct, check_output_file
 
     plan = _common.plan_from_args(args)
+    if args.duration is not None:
+        from dataclasses import replace
+
+        # the run lasts the whole duration: no stop on the CI or on a sample count
+        plan = replace(plan, max_time_s=parse_duration(args.duration), min_samples=10**12,
+                       max_samples=10**12)
     shapes = _common.parse_shapes(args.shape)
     check_output_file(args.json, "--json")
     check_output_file(args.trace, "--trace")
@@ -131,6 +156,9 @@ def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
 
     from ..onnxio import make_feeds
 
+    from ..measure.memory import preload
+
+    preload()
     artifacts, feeds = [], []
     for model in models:
         for t in tlist:

@@ -20,7 +20,7 @@ from ..fsutil import atomic_path, sha256_file
 from ..onnxio import quiet
 from .checks import (OutputCheck, check_model, compare_outputs, fmt_shapes, maybe_simplify,
                      raise_if_failed, verify_torch)
-from .exporters import root_cause, run_exporter
+from .exporters import node_modules, root_cause, run_exporter, set_node_modules
 from .torch_source import (load_factory, load_weights, make_example_inputs, one_line, run_torch,
                            state_dict_sha256)
 
@@ -156,7 +156,9 @@ def _export_module(model, example, origin, output, shapes, dynamic_batch, dynami
         except Exception as e:  # noqa: BLE001 - any exporter failure means: try the next one
             failures.append(f"{exporter} exporter failed ({root_cause(e)})")
             continue
+        modules = node_modules(proto)
         proto, simplified = maybe_simplify(proto, simplify, warns)
+        set_node_modules(proto, modules)  # onnxsim keeps node names but not their metadata
         data = _serialize(proto)
         try:
             checks = verify_torch(model, data, args, names,

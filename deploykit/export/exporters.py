@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ..onnxio import quiet
+from ..onnxio import MODULE_KEY, quiet
 from .checks import check_model
 from .torch_source import one_line
 
@@ -53,8 +53,25 @@ def _name_nodes_by_module(proto) -> None:
         depth = 3 if "pkg.onnxscript.rewriter.rule_name" in meta else 2
         module = scopes[-depth] if len(scopes) >= depth else ""
         base = f"{module}/{node.op_type}" if module else node.name
+        if module:  # kept for the per-op tables (backends/op_names.py), whatever renames nodes
+            entry = node.metadata_props.add()
+            entry.key, entry.value = MODULE_KEY, module
         used[base] = used.get(base, 0) + 1
         node.name = base if used[base] == 1 else f"{base}_{used[base] - 1}"
+
+
+def node_modules(proto) -> dict[str, str]:
+    """{node name: torch module path} from the nodes' metadata."""
+    return {n.name: p.value for n in proto.graph.node for p in n.metadata_props
+            if p.key == MODULE_KEY}
+
+
+def set_node_modules(proto, modules: dict[str, str]) -> None:
+    """Put the torch module paths back on the nodes (by name) where they were lost."""
+    for n in proto.graph.node:
+        if n.name in modules and not any(p.key == MODULE_KEY for p in n.metadata_props):
+            entry = n.metadata_props.add()
+            entry.key, entry.value = MODULE_KEY, modules[n.name]
 
 
 def _opset(model) -> int | None:

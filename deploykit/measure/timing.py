@@ -156,6 +156,7 @@ class Timing:
     first_ms: float
     discarded_blocks: int = 0
     quiet_wait_s: float = 0.0
+    warmup_ms: float = float("nan")
 
 
 def _time_once(fn: Callable[[], object]) -> float:
@@ -209,10 +210,13 @@ class _Series:
         self.blocks: list[Block] = []
         self.first_ms = 0.0
         self.warmup_n = 0
+        self.warmup_ms = float("nan")
 
     def prepare(self) -> None:
         self.first_ms = _time_once(self.fn)
+        t0 = time.perf_counter()
         self.warmup_n, _ = warm_up(self.fn, self.plan)
+        self.warmup_ms = (time.perf_counter() - t0) * 1e3
 
     def block(self, seconds: float, monitor: LoadMonitor) -> None:
         """Run for `seconds` of wall time (at least once), recording every call."""
@@ -239,7 +243,7 @@ class _Series:
     def timing(self, stop_reason: str, waiter: "QuietWaiter | None" = None) -> Timing:
         return Timing(tuple(self.samples), tuple(self.blocks), stop_reason, self.warmup_n,
                       self.first_ms, waiter.discarded if waiter else 0,
-                      waiter.spent_s if waiter else 0.0)
+                      waiter.spent_s if waiter else 0.0, self.warmup_ms)
 
 
 def _progress(enabled: bool, description: str):
@@ -318,7 +322,7 @@ def measure_callable(fn: Callable[[], object], plan: TimingPlan = TimingPlan(),
 
 
 def _report(artifact: Artifact, timing: Timing, per_op, flops, roofline_ms,
-            batch: int) -> LatencyReport:
+            batch: int, memory: Mapping | None = None) -> LatencyReport:
     from .env import fingerprint
 
     t = artifact.target
@@ -331,7 +335,8 @@ def _report(artifact: Artifact, timing: Timing, per_op, flops, roofline_ms,
         first_inference_ms=timing.first_ms, warmup_samples=timing.warmup_samples, batch=batch,
         blocks=timing.blocks, per_op=tuple(per_op), flops=flops, roofline_ms=roofline_ms,
         labels=tuple(artifact.labels), discarded_blocks=timing.discarded_blocks,
-        quiet_wait_s=timing.quiet_wait_s)
+        quiet_wait_s=timing.quiet_wait_s, warmup_ms=timing.warmup_ms, memory=memory or {},
+        cold_start_samples_ms=(artifact.session_create_ms + timing.first_ms,))
 
 
 def _batch(feeds: Mapping[str, np.ndarray]) -> int:
@@ -343,10 +348,29 @@ def profile_artifact(artifact: Artifact, feeds: Mapping[str, np.ndarray],
                      plan: TimingPlan = TimingPlan(), *, per_op: bool = True,
                      progress: bool = False, trace_path: str | None = None,
                      flops: float | None = None, roofline_ms: float | None = None) -> LatencyReport:
-    """Time one artifact; the per-op breakdown runs after timing, in its own profiling pass."""
-    timing = measure_callable(artifact.timed_runner(feeds), plan, progress)
+    """Time one artifact; the per-op breakdown runs after timing, in its own profiling pass.
+
+    Memory (measure.memory): the first inference runs here under the RSS sampler (and is the
+    report's first-inference time); the timed blocks run without it; the steady phase is an
+    untimed pass after them."""
+    from dataclasses import replace as _replace
+
+    from . import memory as mem
+
+    fn = artifact.timed_runner(feeds)
+    with mem.RssSampler() as first:
+        first_ms = _time_once(fn)
+    timing = _replace(measure_callable(fn, plan, progress), first_ms=first_ms)
+    steady = mem.steady_pass(fn)
+    load = artifact.load_memory
+    memory = mem.memory_dict(load.start_bytes if load else first.start_bytes, load, first.phase,
+                             steady, str(artifact.model.path))
     ops = artifact.per_op(feeds, trace_path=trace_path) if per_op else []
-    return _report(artifact, timing, ops, flops, roofline_ms, _batch(feeds))
+    rep = _report(artifact, timing, ops, flops, roofline_ms, _batch(feeds), memory)
+    from .stability import stability
+
+    st = stability(rep)
+    return _replace(rep, stability=st.to_dict()) if st else rep
 
 
 @dataclass(frozen=True)

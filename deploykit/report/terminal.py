@@ -38,9 +38,22 @@ def print_report(r: LatencyReport, top: int = 10, console: Console | None = None
     t.add_row("mean ± std (CV)", f"{_ms(r.mean_ms)} ± {_ms(r.std_ms)} ms ({r.cv:.1%})")
     t.add_row("throughput", f"{r.throughput_per_s:.1f} /s (batch {r.batch})")
     t.add_row("samples", required_samples_note(r))
+    t.add_row("min / p5 / p95 / max", f"{_ms(r.percentile_ms(0))} / {_ms(r.percentile_ms(5))} / "
+                                      f"{_ms(r.percentile_ms(95))} / {_ms(r.percentile_ms(100))} ms")
     t.add_row("session creation / first inference",
               f"{_ms(r.session_create_ms)} / {_ms(r.first_inference_ms)} ms "
-              f"(then {r.warmup_samples} warm-up runs)")
+              f"(cold start {_ms(r.cold_start_ms)} ms; then {r.warmup_samples} warm-up runs"
+              + (f" in {_ms(r.warmup_ms)} ms)" if r.warmup_ms == r.warmup_ms else ")"))
+    for row in memory_rows(r):
+        t.add_row(*row)
+    st = r.stability
+    if st:
+        lo, hi = st["trend_ci"]
+        style = "bold red" if st["flagged"] else ""
+        text = (f"{st['note']}; trend {st['trend_per_min']:+.2%}/min (95% CI {lo:+.2%} – "
+                f"{hi:+.2%}) over {st['duration_s']:.0f} s; IQR {_ms(st['iqr_ms'])} ms, "
+                f"p99/p50 {st['p99_over_p50']:.2f}")
+        t.add_row("stability", f"[{style}]{text}[/{style}]" if style else text)
     mean_load = (sum(b.foreign_cpu * b.n for b in r.blocks) / max(1, sum(b.n for b in r.blocks)))
     style = "red" if r.contaminated_fraction else ""
     t.add_row("foreign CPU load", f"[{style}]{mean_load:.0%} of cores on average; "
@@ -58,11 +71,36 @@ def print_report(r: LatencyReport, top: int = 10, console: Console | None = None
     console.print(t)
     if r.per_op:
         ops = Table(title=f"per-operator breakdown (top {top} nodes of {len(r.per_op)})")
-        for c in ("node", "op type", "ms / inference", "share"):
+        # the model's own names next to the runtime's when they differ (fused / renamed nodes)
+        named = any(o.layer and o.layer != o.name for o in r.per_op[:top])
+        modules = any(o.module for o in r.per_op[:top])
+        cols = (["node"] + (["model node"] if named else []) + (["module"] if modules else [])
+                + ["op type", "ms / inference", "share"])
+        for c in cols:
             ops.add_column(c, justify="right" if c in ("ms / inference", "share") else "left")
         for o in r.per_op[:top]:
-            ops.add_row(o.name[-60:], o.op_type, f"{o.total_ms:.3f}", f"{o.share:.1%}")
+            row = [o.name[-60:]] + ([o.layer[-50:]] if named else []) + \
+                  ([o.module[-40:]] if modules else [])
+            ops.add_row(*row, o.op_type, f"{o.total_ms:.3f}", f"{o.share:.1%}")
         console.print(ops)
+
+
+def memory_rows(r: LatencyReport) -> list[tuple[str, str]]:
+    """Peak RSS per phase: delta over the process before loading, and absolute."""
+    from ..measure.memory import fmt_bytes
+
+    m = r.memory
+    if not m:
+        return []
+    rows = []
+    for phase, label in (("load", "memory: load"), ("first", "memory: first inference"),
+                         ("steady", "memory: steady")):
+        if f"{phase}_peak_bytes" in m:
+            rows.append((label, f"peak +{fmt_bytes(m[f'{phase}_delta_bytes'])} over the process "
+                                f"before loading ({fmt_bytes(m[f'{phase}_peak_bytes'])} RSS)"))
+    rows.append(("model bytes", f"weights {fmt_bytes(m.get('weight_bytes'))}, file "
+                                f"{fmt_bytes(m.get('file_bytes'))}"))
+    return rows
 
 
 def print_comparison(c: Comparison, console: Console | None = None) -> None:

@@ -55,6 +55,9 @@ def test_ov_cpu_is_fp32_matches_ort_and_says_so(cnn, feeds, ort_ref):
     assert report.env["ov_inference_precision"] == "f32" and report.env["ov_num_threads"] == 2
     assert report.env["ov_num_streams"] == 1 and "precision=f32" in report.labels
     assert report.target == "ov-cpu" and len(report.samples_ms) >= 10
+    m = report.memory  # memory per phase on OpenVINO too (measure/memory.py)
+    assert m["load_peak_bytes"] > m["rss_before_bytes"]  # the CPU plugin compiled something
+    assert m["steady_peak_bytes"] > 0 and m["weight_bytes"] > 0
 
 
 def test_timed_runner_computes_the_same_outputs(cnn, feeds, ort_ref):

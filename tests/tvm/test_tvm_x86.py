@@ -55,6 +55,9 @@ def test_profile_report_says_untuned(x86, cnn_onnx):
     rep = x86.profile(art, make_feeds(list(art.inputs)), plan, per_op=False)
     assert UNTUNED_LABEL in rep.labels
     assert len(rep.samples_ms) >= 5 and rep.median_ms > 0
+    m = rep.memory  # memory per phase on the TVM local target too (measure/memory.py)
+    assert m["load_peak_bytes"] >= m["rss_before_bytes"] and m["steady_peak_bytes"] > 0
+    assert m["weight_bytes"] > 0
 
 
 def test_output_mismatch_fails_loudly(x86, cnn_onnx, monkeypatch):

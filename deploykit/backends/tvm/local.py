@@ -86,9 +86,13 @@ class TvmTarget(Target):
             from .remote import RemoteTvmArtifact
 
             return RemoteTvmArtifact.build(model, self)
+        from ...measure.memory import RssSampler
+
         _tvm(self.threads)
-        built = tvm_build.build(model, self)
-        art = TvmArtifact(model, self, built)
+        with RssSampler() as load:  # build/load and the VM; not the ORT reference check below
+            built = tvm_build.build(model, self)
+            art = TvmArtifact(model, self, built)
+        art.load_memory = load.phase
         art.check_against_ort()
         return art
 

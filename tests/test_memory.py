@@ -1,0 +1,119 @@
+"""Memory per phase (measure/memory.py): the phase logic with a planted RSS reader, and the real
+sampler on a real ORT session whose weights are large enough to show."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploykit.core import LatencyReport
+from deploykit.measure import memory as mem
+
+
+class Planted:
+    """An RSS reader that returns planted numbers in order (then the last one)."""
+
+    def __init__(self, values):
+        self.values = list(values)
+        self.i = 0
+
+    def __call__(self):
+        v = self.values[min(self.i, len(self.values) - 1)]
+        self.i += 1
+        return v
+
+
+def test_sampler_keeps_the_start_and_the_peak():
+    with mem.RssSampler(interval_s=0.001, reader=Planted([100, 300, 250, 200])) as s:
+        import time
+        time.sleep(0.05)
+    ph = s.phase
+    assert ph.start_bytes == 100 and ph.peak_bytes == 300 and ph.samples >= 4
+
+
+def test_a_short_phase_still_has_its_two_ends():
+    with mem.RssSampler(interval_s=10.0, reader=Planted([100, 180])) as s:
+        pass
+    assert s.phase.start_bytes == 100 and s.phase.peak_bytes == 180 and s.phase.samples == 2
+
+
+def test_memory_dict_gives_deltas_over_the_process_before_loading(tmp_path):
+    path = _model(tmp_path / "m.onnx", 1000)
+    d = mem.memory_dict(1_000, mem.Phase(1_000, 5_000, 3), mem.Phase(4_000, 4_500, 2),
+                        mem.Phase(4_200, 6_000, 20), str(path))
+    assert (d["load_delta_bytes"], d["first_delta_bytes"], d["steady_delta_bytes"]) == \
+        (4_000, 3_500, 5_000)
+    assert d["steady_peak_bytes"] == 6_000
+    assert d["weight_bytes"] == 64 * 1000 * 4 + 1000 * 8 * 4
+    assert d["file_bytes"] == path.stat().st_size
+
+
+def test_old_reports_without_memory_still_load():
+    d = _report_dict()
+    for k in ("memory", "cold_start_samples_ms", "warmup_ms"):
+        d.pop(k, None)
+    r = LatencyReport.from_dict(d)
+    assert r.memory == {} and r.memory_bytes("steady_peak_bytes") is None
+    assert r.cold_start_samples_ms == ()
+
+
+def _model(path, width):
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((64, width)).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array(rng.standard_normal((width, 8)).astype(np.float32), "W2")
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+             helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2")]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w1, w2])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _report_dict():
+    return {"samples_ms": [1.0, 1.1, 0.9], "target": "ort-cpu", "target_config": {},
+            "artifact_id": "a", "model_sha256": "0" * 64, "model_path": "m.onnx", "env": {},
+            "stop_reason": "time-cap"}
+
+
+def test_profile_reports_every_phase_with_the_weights_in_it(tmp_path):
+    """A real ORT session of a model with 32 MiB of weights: load and steady deltas see them."""
+    from deploykit import api
+    from deploykit.core import TimingPlan
+
+    path = _model(tmp_path / "big.onnx", 125_000)
+    plan = TimingPlan(warmup_min_s=0.01, warmup_max_s=0.1, max_time_s=0.3, min_samples=5,
+                      min_blocks=2, block_s=0.05)
+    rep = api.profile(str(path), plan=plan, per_op=False, store=False)
+    m = rep.memory
+    w = m["weight_bytes"]
+    assert w == pytest.approx(125_000 * 72 * 4)
+    assert m["load_delta_bytes"] > 0.8 * w  # the session holds the weights
+    assert m["steady_peak_bytes"] >= m["rss_before_bytes"] + 0.8 * w
+    assert m["steady_delta_bytes"] < 4 * w  # and not a wild overcount
+    d = rep.to_dict()
+    assert d["memory"]["steady_delta_bytes"] == m["steady_delta_bytes"]
+    assert LatencyReport.from_dict(d).memory == m
+    assert rep.cold_start_samples_ms == (rep.session_create_ms + rep.first_inference_ms,)
+    for k in ("min_ms", "p5_ms", "p95_ms", "max_ms", "trimmed_mean_ms", "iqr_ms", "warmup_ms",
+              "cold_start_ms"):
+        assert d[k] == d[k] and d[k] >= 0, k
+
+
+def test_the_store_keeps_memory_stability_and_layer_names(tmp_path):
+    """The report JSON is stored whole: memory, cold starts, stability and per-op names come
+    back from the store."""
+    from deploykit.core import OpTime
+    from deploykit.store import Store
+
+    d = _report_dict()
+    d.update(model_sha256="a" * 64, memory={"steady_peak_bytes": 123, "runs": [{"x": 1}]},
+             cold_start_samples_ms=[5.0, 6.0], stability={"flagged": False, "drift": 0.01},
+             per_op=[{"name": "r0_nchwc", "op_type": "Conv", "total_ms": 0.5, "share": 1.0,
+                      "layer": "c/Conv + r/Relu", "module": "c"}])
+    rep = LatencyReport.from_dict(d)
+    with Store(tmp_path / "s.sqlite") as st:
+        back = st.report(st.record_report(rep))
+    assert back.memory == rep.memory and back.cold_start_samples_ms == (5.0, 6.0)
+    assert back.stability == rep.stability
+    assert back.per_op == (OpTime("r0_nchwc", "Conv", 0.5, 1.0, 1, "c/Conv + r/Relu", "c"),)
