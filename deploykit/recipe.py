@@ -200,6 +200,15 @@ def parse_recipe_file(path: str | Path) -> list[RecipeStep]:
     return steps
 
 
+def opset_need(steps: Sequence[RecipeStep]):
+    """The newest default-domain opset any step needs (a step module's optional
+    `min_opset(cfg) -> intake.OpsetNeed | None`), for intake to upgrade to before step 1."""
+    from .intake import opset_need as strictest
+
+    return strictest([getattr(step_module(s.name), "min_opset", lambda cfg: None)(s.config)
+                      for s in steps])
+
+
 def describe_steps() -> list[tuple[str, str]]:
     """(name, 'field=default, ...') for every step whose module is installed."""
     rows = []

@@ -81,3 +81,21 @@ def store_path(args: argparse.Namespace) -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("deploykit")) / "results.sqlite"
+
+
+def take_in(path: str | Path, workdir: str | Path, need=None, feeds=None):
+    """Run model intake (deploykit.intake) and print its notes on stderr; returns
+    (IntakeResult, ModelRef of the model later stages read, with its lineage to the file given)."""
+    import sys
+
+    from ..core import ModelRef
+    from ..intake import intake
+
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    taken = intake(path, workdir, need=need, feeds=feeds)
+    for note in taken.notes:
+        print(note, file=sys.stderr)
+    if not taken.changed:
+        return taken, ModelRef.from_path(path)
+    return taken, ModelRef.from_path(taken.path, parent_sha256=ModelRef.from_path(path).sha256,
+                                     transform="intake", config=dict(taken.details))

@@ -58,12 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import targets
     from ..calibration import load_calibration, synthetic_calibration
-    from ..core import ModelRef
     from ..errors import InputError
     from ..fsutil import atomic_path, write_text_atomic
     from ..onnxio import io_specs, load_onnx, make_feeds
     from ..realized import realized_report, summarize_notes
-    from ..recipe import describe_steps, parse_recipe, run_recipe
+    from ..recipe import describe_steps, opset_need, parse_recipe, run_recipe
     from ..rewrite import StepContext
 
     if args.list_steps:
@@ -93,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="deploykit-compress-") as tmp:
         workdir = Path(args.keep_steps) if args.keep_steps else Path(tmp)
+        print(f"recipe on {args.model}:", flush=True)
+        taken, start = _common.take_in(args.model, workdir, opset_need(steps), feeds)
         ctx = StepContext(feeds=feeds, calibration=tuple(calib), calibration_is_synthetic=synthetic,
                           workdir=workdir, target=target.name)
-        print(f"recipe on {args.model}:")
-        result = run_recipe(ModelRef.from_path(args.model), steps, ctx)
+        result = run_recipe(start, steps, ctx)
         _print_steps(result)
         if not result.applied:
             raise InputError("no step of the recipe applied (see the reasons above); "
@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.output} (sha256 {result.final.sha256[:12]})")
         if args.json:
             write_text_atomic(args.json, json.dumps(
-                {"recipe": result.to_dict(), "realized": report.to_dict()}, indent=1,
+                {"intake": {"changed": taken.changed, "notes": list(taken.notes),
+                            "opset": taken.opset, "max_rel": taken.max_rel},
+                 "recipe": result.to_dict(), "realized": report.to_dict()}, indent=1,
                 default=str))
         if not args.no_store:
             from ..store import Store
