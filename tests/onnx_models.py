@@ -60,3 +60,83 @@ def make_mlp(path, seed: int = 0, sizes=(16, 32, 4)) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def tiny_encoder(path, seed: int = 0, vocab: int = 50, hidden: int = 16, ffn: int = 64,
+                 layers: int = 2, act: str = "Gelu", gemm: bool = False) -> Path:
+    """A BERT-shaped encoder without attention mixing: input_ids/attention_mask/token_type_ids
+    (int64, [batch, sequence]) -> word + type embeddings (Gather) -> `layers` x [LayerNorm(x +
+    FFN(x))], FFN = MatMul+Add -> act -> MatMul+Add (act: Gelu, Relu, or "erf" for the
+    x*0.5*(1+erf(x/sqrt2)) subgraph exporters write; gemm=True flattens to 2-D Gemm) -> output
+    masked by attention_mask. Opset 20 (Gelu)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, hidden)).astype(np.float32),
+                                     "word_emb"),
+             numpy_helper.from_array(rng.standard_normal((2, hidden)).astype(np.float32),
+                                     "type_emb")]
+    nodes = [helper.make_node("Gather", ["word_emb", "input_ids"], ["we"]),
+             helper.make_node("Gather", ["type_emb", "token_type_ids"], ["te"]),
+             helper.make_node("Add", ["we", "te"], ["h0"])]
+    x = "h0"
+    if gemm:
+        inits.append(numpy_helper.from_array(np.array([-1, hidden], np.int64), "flat_shape"))
+        nodes.append(helper.make_node("Reshape", [x, "flat_shape"], ["h0_flat"]))
+        x = "h0_flat"
+    for i in range(layers):
+        p = f"l{i}"
+        w1 = (rng.standard_normal((hidden, ffn)) / np.sqrt(hidden)).astype(np.float32)
+        w2 = (rng.standard_normal((ffn, hidden)) / np.sqrt(ffn)).astype(np.float32)
+        inits += [numpy_helper.from_array(w1.T.copy() if gemm else w1, f"{p}.fc1.w"),
+                  numpy_helper.from_array(rng.standard_normal(ffn).astype(np.float32) * 0.1,
+                                          f"{p}.fc1.b"),
+                  numpy_helper.from_array(w2.T.copy() if gemm else w2, f"{p}.fc2.w"),
+                  numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32) * 0.1,
+                                          f"{p}.fc2.b"),
+                  numpy_helper.from_array(np.ones(hidden, np.float32), f"{p}.ln.g"),
+                  numpy_helper.from_array(np.zeros(hidden, np.float32), f"{p}.ln.b")]
+        if gemm:
+            nodes.append(helper.make_node("Gemm", [x, f"{p}.fc1.w", f"{p}.fc1.b"], [f"{p}.a"],
+                                          transB=1, name=f"{p}.fc1"))
+        else:
+            nodes += [helper.make_node("MatMul", [x, f"{p}.fc1.w"], [f"{p}.m"], name=f"{p}.fc1"),
+                      helper.make_node("Add", [f"{p}.m", f"{p}.fc1.b"], [f"{p}.a"])]
+        if act == "erf":
+            inits += [numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), f"{p}.sqrt2"),
+                      numpy_helper.from_array(np.array(1.0, np.float32), f"{p}.one"),
+                      numpy_helper.from_array(np.array(0.5, np.float32), f"{p}.half")]
+            nodes += [helper.make_node("Div", [f"{p}.a", f"{p}.sqrt2"], [f"{p}.d"]),
+                      helper.make_node("Erf", [f"{p}.d"], [f"{p}.e"]),
+                      helper.make_node("Add", [f"{p}.e", f"{p}.one"], [f"{p}.e1"]),
+                      helper.make_node("Mul", [f"{p}.a", f"{p}.e1"], [f"{p}.g0"]),
+                      helper.make_node("Mul", [f"{p}.g0", f"{p}.half"], [f"{p}.g"])]
+        else:
+            nodes.append(helper.make_node(act, [f"{p}.a"], [f"{p}.g"]))
+        if gemm:
+            nodes.append(helper.make_node("Gemm", [f"{p}.g", f"{p}.fc2.w", f"{p}.fc2.b"],
+                                          [f"{p}.o"], transB=1, name=f"{p}.fc2"))
+        else:
+            nodes += [helper.make_node("MatMul", [f"{p}.g", f"{p}.fc2.w"], [f"{p}.o0"],
+                                       name=f"{p}.fc2"),
+                      helper.make_node("Add", [f"{p}.o0", f"{p}.fc2.b"], [f"{p}.o"])]
+        nodes += [helper.make_node("Add", [x, f"{p}.o"], [f"{p}.r"]),
+                  helper.make_node("LayerNormalization", [f"{p}.r", f"{p}.ln.g", f"{p}.ln.b"],
+                                   [f"{p}.h"], axis=-1)]
+        x = f"{p}.h"
+    if gemm:  # [batch*sequence, hidden] back to the embeddings' [batch, sequence, hidden]
+        nodes += [helper.make_node("Shape", ["h0"], ["h0_shape"]),
+                  helper.make_node("Reshape", [x, "h0_shape"], ["h_seq"])]
+        x = "h_seq"
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), "last_axis"))
+    nodes += [helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+              helper.make_node("Unsqueeze", ["mf", "last_axis"], ["m3"]),
+              helper.make_node("Mul", [x, "m3"], ["y"])]
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+           for n in ("input_ids", "attention_mask", "token_type_ids")]
+    graph = helper.make_graph(
+        nodes, "tiny_encoder", ids,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -58,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
                           inputs_npz=args.inputs, original=args.original,
                           ort_platform=args.ort_platform, atol_frac=args.atol_frac,
                           tvm_runtime=args.tvm_runtime, force=args.force, store=store)
-    m = package(args.model, target, args.output, opts)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-package-") as tmp:
+        _, source = _common.take_in(args.model, tmp)
+        m = package(source.path, target, args.output, opts)
     sizes = m["sizes"]
     print(f"bundle {args.output} for {target.name}: {sizes['total_bytes'] / 1e6:.2f} MB, of which "
           f"{sizes['payload_bytes'] / 1e6:.2f} MB run on the device "

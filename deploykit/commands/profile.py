@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .. import targets
-    from ..core import ModelRef
     from ..errors import InputError
     from ..fsutil import write_text_atomic
     from ..onnxio import load_onnx, make_feeds
@@ -72,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     tlist = [targets.get(n, **overrides) for n in names]
     if (args.device or args.tracker) and any(t.config.get("backend") != "tvm" for t in tlist):
         raise InputError("--device/--tracker apply only to remote (TVM RPC) targets")
-    models = [ModelRef.from_path(m) for m in args.models]
+    import tempfile
+
+    intake_dir = tempfile.TemporaryDirectory(prefix="deploykit-profile-")
+    models = [_common.take_in(m, Path(intake_dir.name) / str(i))[1]
+              for i, m in enumerate(args.models)]
     artifacts, feeds = [], []
     for model in models:
         for t in tlist:
@@ -114,4 +117,5 @@ def run(args: argparse.Namespace) -> int:
             print_report(reports[0], top=args.top)
     for a in artifacts:
         a.close()
+    intake_dir.cleanup()
     return 0
