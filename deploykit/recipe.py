@@ -34,6 +34,7 @@ STEPS: dict[str, str] = {
     "fold-bn": "deploykit.rewrite.fold_bn",
     "prune-unstructured": "deploykit.rewrite.prune_unstructured",
     "prune-channels": "deploykit.rewrite.prune_channels",
+    "prune-ffn": "deploykit.rewrite.prune_ffn",
     "remove-zero-channels": "deploykit.rewrite.remove_zero_channels",
     "lowrank": "deploykit.rewrite.lowrank_matmul",
     "tucker": "deploykit.rewrite.lowrank_conv",
