@@ -67,7 +67,8 @@ def tiny_encoder(path, seed: int = 0, vocab: int = 50, hidden: int = 16, ffn: in
     """A BERT-shaped encoder without attention mixing: input_ids/attention_mask/token_type_ids
     (int64, [batch, sequence]) -> word + type embeddings (Gather) -> `layers` x [LayerNorm(x +
     FFN(x))], FFN = MatMul+Add -> act -> MatMul+Add (act: Gelu, Relu, or "erf" for the
-    x*0.5*(1+erf(x/sqrt2)) subgraph exporters write; gemm=True flattens to 2-D Gemm) -> output
+    x*0.5*(1+erf(x/sqrt2)) subgraph exporters write; gemm=True flattens to 2-D Gemm
+    with Reshapes around the activation sharing their shape constants across layers) -> output
     masked by attention_mask. Opset 20 (Gelu)."""
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(rng.standard_normal((vocab, hidden)).astype(np.float32),
@@ -82,6 +83,8 @@ def tiny_encoder(path, seed: int = 0, vocab: int = 50, hidden: int = 16, ffn: in
         inits.append(numpy_helper.from_array(np.array([-1, hidden], np.int64), "flat_shape"))
         nodes.append(helper.make_node("Reshape", [x, "flat_shape"], ["h0_flat"]))
         x = "h0_flat"
+        inits += [numpy_helper.from_array(np.array([1, -1, ffn], np.int64), "ffn_3d"),
+                  numpy_helper.from_array(np.array([-1, ffn], np.int64), "ffn_2d")]
     for i in range(layers):
         p = f"l{i}"
         w1 = (rng.standard_normal((hidden, ffn)) / np.sqrt(hidden)).astype(np.float32)
@@ -94,9 +97,10 @@ def tiny_encoder(path, seed: int = 0, vocab: int = 50, hidden: int = 16, ffn: in
                                           f"{p}.fc2.b"),
                   numpy_helper.from_array(np.ones(hidden, np.float32), f"{p}.ln.g"),
                   numpy_helper.from_array(np.zeros(hidden, np.float32), f"{p}.ln.b")]
-        if gemm:
-            nodes.append(helper.make_node("Gemm", [x, f"{p}.fc1.w", f"{p}.fc1.b"], [f"{p}.a"],
-                                          transB=1, name=f"{p}.fc1"))
+        if gemm:  # as torch's exporter writes it: Gemm -> Reshape 3-D -> act -> Reshape 2-D
+            nodes += [helper.make_node("Gemm", [x, f"{p}.fc1.w", f"{p}.fc1.b"], [f"{p}.a2"],
+                                       transB=1, name=f"{p}.fc1"),
+                      helper.make_node("Reshape", [f"{p}.a2", "ffn_3d"], [f"{p}.a"])]
         else:
             nodes += [helper.make_node("MatMul", [x, f"{p}.fc1.w"], [f"{p}.m"], name=f"{p}.fc1"),
                       helper.make_node("Add", [f"{p}.m", f"{p}.fc1.b"], [f"{p}.a"])]
@@ -112,8 +116,9 @@ def tiny_encoder(path, seed: int = 0, vocab: int = 50, hidden: int = 16, ffn: in
         else:
             nodes.append(helper.make_node(act, [f"{p}.a"], [f"{p}.g"]))
         if gemm:
-            nodes.append(helper.make_node("Gemm", [f"{p}.g", f"{p}.fc2.w", f"{p}.fc2.b"],
-                                          [f"{p}.o"], transB=1, name=f"{p}.fc2"))
+            nodes += [helper.make_node("Reshape", [f"{p}.g", "ffn_2d"], [f"{p}.g2"]),
+                      helper.make_node("Gemm", [f"{p}.g2", f"{p}.fc2.w", f"{p}.fc2.b"],
+                                       [f"{p}.o"], transB=1, name=f"{p}.fc2")]
         else:
             nodes += [helper.make_node("MatMul", [f"{p}.g", f"{p}.fc2.w"], [f"{p}.o0"],
                                        name=f"{p}.fc2"),

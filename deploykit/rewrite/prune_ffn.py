@@ -27,6 +27,8 @@ _ELEMENTWISE = {"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "
                 "HardSigmoid", "HardSwish", "Identity", "Mish", "Celu", "ThresholdedRelu",
                 "FastGelu", "QuickGelu"}
 
+_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Exp", "Identity", "Clip"}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -53,6 +55,7 @@ class Block:
     region: list  # ir.Values between fc1 and fc2 (shapes reset after slicing)
     exit: object  # ir.Value: fc2's input
     neurons: int
+    reshapes: list  # ir.Nodes: Reshapes in the region whose target shape ends in `neurons`
 
     @property
     def name(self) -> str:
@@ -113,26 +116,48 @@ def _fc1(node):
     return None
 
 
-def _region(start, graph_outputs):
+def _keeps_last_axis(node, v, neurons: int):
+    """A Reshape of `v` whose constant target shape ends in `neurons` moves whole rows of neurons
+    (row-major), so it is element-wise for pruning; its shape constant then needs the new count."""
+    from onnx_ir import convenience
+
+    if node.op_type != "Reshape" or list(node.inputs)[0] is not v:
+        return False
+    t = convenience.get_const_tensor(list(node.inputs)[1])
+    return t is not None and t.numpy().ndim == 1 and int(t.numpy()[-1]) == neurons
+
+
+def _activated(nodes) -> bool:
+    return any(n.op_type not in _ARITHMETIC for n in nodes)
+
+
+def _region(start, graph_outputs, neurons: int):
     """Values reachable from `start` through element-wise ops whose other operands are scalar
-    constants, and the single fc2 node reading them: (values, fc2, exit), or (reason, whether an
-    activation was on the way) when there is none."""
+    constants (and Reshapes that keep the neuron axis last), and the single fc2 node reading
+    them: (values, fc2, exit, reshapes), or (reason, whether an activation was on the way)."""
     region, frontier, fc2, exit_value = [start], [start], None, None
-    seen, nodes = {id(start)}, []
+    seen, nodes, reshapes = {id(start)}, [], []
     while frontier:
         v = frontier.pop()
         if v in graph_outputs:
-            return "an activation is a graph output", bool(nodes)
+            return "an activation is a graph output", _activated(nodes)
         for node in _users(v):
             if node.op_type in ("MatMul", "Gemm") and list(node.inputs)[0] is v:
                 if fc2 is not None and fc2 is not node:
-                    return "activations feed two matrix products", bool(nodes)
+                    return "activations feed two matrix products", _activated(nodes)
                 if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-                    return "fc2 is a Gemm with transA", bool(nodes)
+                    return "fc2 is a Gemm with transA", _activated(nodes)
                 fc2, exit_value = node, v
                 continue
+            if _keeps_last_axis(node, v, neurons):
+                if node not in reshapes:
+                    reshapes.append(node)
+                    seen.add(id(node.outputs[0]))
+                    region.append(node.outputs[0])
+                    frontier.append(node.outputs[0])
+                continue
             if node.op_type not in _ELEMENTWISE or len(node.outputs) != 1:
-                return f"activation used by {node.op_type} '{node.name}'", bool(nodes)
+                return f"activation used by {node.op_type} '{node.name}'", _activated(nodes)
             if node not in nodes:
                 nodes.append(node)
                 out = node.outputs[0]
@@ -144,8 +169,8 @@ def _region(start, graph_outputs):
             if other is not None and id(other) not in seen and not _scalar(other):
                 return f"{node.op_type} '{node.name}' mixes in a non-scalar tensor", True
     if fc2 is None:
-        return "no second matrix product reads the activations", bool(nodes)
-    return region, fc2, exit_value
+        return "no second matrix product reads the activations", _activated(nodes)
+    return region, fc2, exit_value, reshapes
 
 
 def find_blocks(irm) -> tuple[list[Block], list[str]]:
@@ -161,14 +186,14 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
         if fc is None:
             continue
         w1, axis, bias, start = fc
-        found = _region(start, outputs)
+        neurons = w1.const_value.numpy().shape[axis]
+        found = _region(start, outputs, neurons)
         if len(found) == 2:  # (reason, an activation was on the way): report FFN look-alikes
             if found[1]:
                 reasons.append(f"{w1.name}: {found[0]}")
             continue
-        region, fc2, exit_value = found
+        region, fc2, exit_value, reshapes = found
         w2 = _const(list(fc2.inputs)[1])
-        neurons = w1.const_value.numpy().shape[axis]
         if w2 is None or w2.ndim != 2:
             reasons.append(f"{w1.name}: fc2 '{fc2.name}' has a shared or non-constant weight")
             continue
@@ -179,7 +204,7 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
             continue
         taken.add(id(fc2))
         blocks.append(Block(node, w1, axis, bias, fc2, list(fc2.inputs)[1], w2_axis, region,
-                            exit_value, neurons))
+                            exit_value, neurons, reshapes))
     return blocks, reasons
 
 
@@ -216,15 +241,23 @@ def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
     return out
 
 
+def aliases(b: Block) -> list[str]:
+    """Names `layers` may use for a block: fc1's weight (exporters may leave it a generated name
+    like 'val_118'), fc1's bias and node names."""
+    return [n for n in (b.w1.name, b.b1.name if b.b1 is not None else None, b.fc1.name) if n]
+
+
 def choose_keep(blocks: list[Block], scores: dict[str, np.ndarray], cfg: Config
                 ) -> dict[str, np.ndarray]:
     from . import per_layer, unknown_layers
 
     wanted = per_layer(cfg.layers, "prune-ffn", 0.0, 1.0)
-    unknown_layers("prune-ffn", wanted, [b.name for b in blocks])
+    alias = {n: b.name for b in blocks for n in aliases(b)}
+    unknown_layers("prune-ffn", wanted, alias)
+    ratios = {alias[n]: r for n, r in wanted.items()}
     keep = {}
     for b in blocks:
-        ratio = wanted.get(b.name, cfg.ratio)
+        ratio = ratios.get(b.name, cfg.ratio)
         k = b.neurons - int(round(ratio * b.neurons))
         k = max(min(cfg.min_neurons, b.neurons), k)
         k = min(b.neurons, -(-k // cfg.round_to) * cfg.round_to)
@@ -233,9 +266,12 @@ def choose_keep(blocks: list[Block], scores: dict[str, np.ndarray], cfg: Config
     return keep
 
 
-def apply(blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
-    """Slice fc1's weight (and bias) and fc2's weight for the kept neurons, in place."""
+def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
+    """Slice fc1's weight (and bias) and fc2's weight for the kept neurons, in place; Reshapes
+    between them get their own shape constant ending in the kept count (exporters share one
+    shape constant between layers, which may keep different counts)."""
     import onnx_ir as ir
+    from onnx_ir import convenience
 
     def take(v, axis, idx):
         arr = np.take(v.const_value.numpy(), idx, axis=axis)
@@ -250,6 +286,19 @@ def apply(blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
         if b.b1 is not None:
             take(b.b1, b.b1.const_value.numpy().ndim - 1, idx)
         take(b.w2, b.w2_axis, idx)
+        for node in b.reshapes:
+            arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
+            arr[-1] = len(idx)
+            name = f"{node.outputs[0].name}_shape"
+            while name in graph.initializers:
+                name += "_"
+            value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(
+                ir.DataType.INT64), const_value=ir.tensor(arr, name=name))
+            graph.register_initializer(value)
+            old = list(node.inputs)[1]
+            node.replace_input_with(1, value)
+            if old.is_initializer() and not old.uses() and not old.is_graph_input():
+                graph.initializers.pop(old.name)
         for v in b.region + list(b.fc1.outputs):
             v.shape = None
 
@@ -289,7 +338,7 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
                        "neurons": b.neurons,
                        "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
                       for b in blocks]
-    apply(blocks, keep)
+    apply(irm.graph, blocks, keep)
     out = save_ir(irm)
     before, after = param_count(model), param_count(out)
     return StepResult(out, notes=tuple(notes), fidelity_kind="lossy", details={

@@ -124,3 +124,19 @@ def test_cli_compress_prune_ffn(tmp_path, capsys):
     steps = json.loads(report.read_text())["recipe"]["steps"]
     assert [s["skipped"] for s in steps] == [None, None]
     assert steps[0]["details"]["params_after"] < steps[0]["details"]["params_before"]
+
+
+def test_reshapes_sharing_a_shape_constant_get_their_own_counts(tmp_path):
+    model = _model(tmp_path, act="Gelu", gemm=True)  # Gemm -> Reshape -> Gelu -> Reshape -> Gemm
+    res = pf.step(model, pf.Config(ratio=0.25, round_to=1, layers=("l1.fc1:0.75",)),
+                  StepContext(feeds={}))  # a block named by its fc1 node
+    assert [b["kept"] for b in res.details["blocks"]] == [48, 16]
+    full_check(res.model)
+    shapes = sorted(numpy_helper.to_array(t).tolist() for t in res.model.graph.initializer
+                    if t.name.startswith("l") and t.name.endswith("_shape"))
+    assert shapes == [[-1, 16], [-1, 48], [1, -1, 16], [1, -1, 48]]
+    assert not {"ffn_3d", "ffn_2d"} & {t.name for t in res.model.graph.initializer}
+    feeds = _feeds(model)
+    ref = run_ort(_zeroed_parent(model, res.model, True), feeds)[0]
+    np.testing.assert_allclose(run_ort(res.model, feeds)[0], ref, rtol=1e-4,
+                               atol=1e-4 * np.abs(ref).max())
