@@ -627,10 +627,11 @@ class Search:
         traits = model_traits(source)
         kinds = {k for k in ("prune", "lowrank")
                  if not self.cfg.families or k in self.cfg.families}
-        have = available_steps(["prune-channels", "lowrank", "quantize-static",
+        kinds |= {"ffn"} if "prune" in kinds else set()  # feed-forward neurons: the pruning
+        have = available_steps(["prune-channels", "prune-ffn", "lowrank", "quantize-static",
                                 "quantize-dynamic"])
-        kinds &= {k for k, st in (("prune", "prune-channels"), ("lowrank", "lowrank"))
-                  if st in have}
+        kinds &= {k for k, st in (("prune", "prune-channels"), ("ffn", "prune-ffn"),
+                                  ("lowrank", "lowrank")) if st in have}
         if traits["quantized"] or not kinds:
             return []
         layers = layers_of(source, kinds)

@@ -29,14 +29,14 @@ class NetAdaptConfig:
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # "prune" (a channel group) | "lowrank" (a MatMul/Gemm weight)
+    kind: str  # "prune" (a channel group) | "ffn" (a feed-forward block) | "lowrank" (a weight)
     name: str  # the name its recipe step's `layers` field takes
     moves: tuple[float, ...]  # its values, gentlest first
     weights: frozenset[str]  # initializers whose units' table time is this layer's cost
 
 
 def layers_of(model, kinds: set[str]) -> list[Layer]:
-    """The per-layer moves that apply to an onnx model (`kinds`: "prune", "lowrank"): each move
+    """The per-layer moves that apply to an onnx model (`kinds`: "prune", "ffn", "lowrank"): each move
     changes the layer (moves that would keep the same channel count or rank are dropped), and
     only names that survive the recipe syntax (no ',', ';', '|', no edge spaces) are used."""
     out: list[Layer] = []
@@ -49,6 +49,14 @@ def layers_of(model, kinds: set[str]) -> list[Layer]:
                               unchanged=channels)
             if moves and _recipe_safe(name):
                 out.append(Layer("prune", name, moves, frozenset(producers + readers)))
+    if "ffn" in kinds:
+        from .rewrite.prune_ffn import Config as FfnConfig, prunable_layers as ffn_blocks
+
+        for name, neurons, w1, w2 in ffn_blocks(model):
+            moves = _distinct(PRUNE_MOVES, lambda m: _ffn_kept(neurons, m, FfnConfig()),
+                              unchanged=neurons)
+            if moves and _recipe_safe(name):
+                out.append(Layer("ffn", name, moves, frozenset(w1 + w2)))
     if "lowrank" in kinds:
         from .rewrite.lowrank_matmul import Config, linear_layers
 
@@ -62,6 +70,12 @@ def layers_of(model, kinds: set[str]) -> list[Layer]:
                 out.append(Layer("lowrank", name, moves,
                                  frozenset({name, f"{name}_svd_u", f"{name}_svd_v"})))
     return out
+
+
+def _ffn_kept(neurons: int, ratio: float, cfg) -> int:
+    """Neurons prune-ffn keeps of a block at `ratio` (its rounding, so equal moves collapse)."""
+    k = max(min(cfg.min_neurons, neurons), neurons - int(round(ratio * neurons)))
+    return min(neurons, -(-k // cfg.round_to) * cfg.round_to)
 
 
 def _distinct(moves: tuple[float, ...], result, unchanged=None) -> tuple[float, ...]:
@@ -82,7 +96,7 @@ def state_steps(state: Mapping[tuple[str, str], float]
                 ) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
     """Recipe steps of a state {(kind, layer name): value}: pruning first, then low rank."""
     steps = []
-    for kind, step in (("prune", "prune-channels"), ("lowrank", "lowrank")):
+    for kind, step in (("prune", "prune-channels"), ("ffn", "prune-ffn"), ("lowrank", "lowrank")):
         items = tuple(f"{name}:{v:g}" for (k, name), v in sorted(state.items()) if k == kind)
         if items:
             steps.append((step, (("layers", items), ("ratio", 0.0))))
@@ -177,4 +191,5 @@ def _next_moves(layer: Layer, state: Mapping[tuple[str, str], float]) -> tuple[f
     now = state.get((layer.kind, layer.name))
     if now is None:
         return layer.moves
-    return tuple(m for m in layer.moves if (m > now if layer.kind == "prune" else m < now))
+    return tuple(m for m in layer.moves if (m > now if layer.kind in ("prune", "ffn")
+                                            else m < now))

@@ -21,6 +21,7 @@ _QUANT_STATIC = [
 _QUANT_DYNAMIC = [{}, {"per_channel": False}, {"preprocess": False}]
 _NNCF_WEIGHTS = [{}, {"mode": "int8_sym"}]
 _PRUNE = [{"ratio": 0.25}, {"ratio": 0.5}, {"ratio": 0.5, "scope": "global"}]
+_PRUNE_FFN = [{"ratio": 0.25}, {"ratio": 0.5}]
 _LOWRANK = [{"ratio": 0.5}, {"ratio": 0.25}, {"ratio": 0.125}]
 
 
@@ -138,8 +139,8 @@ def model_candidates(model, min_fidelity: float | None = None,
 
 def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     t = model_traits(model)
-    have = available_steps(["quantize-static", "quantize-dynamic", "prune-channels", "lowrank",
-                            "tucker", "compact"])
+    have = available_steps(["quantize-static", "quantize-dynamic", "prune-channels", "prune-ffn",
+                            "lowrank", "tucker", "compact"])
     out = [Candidate("baseline")]
     if t["quantized"]:
         return out  # an int8 model is not quantized again, nor pruned through its QDQ pairs
@@ -170,6 +171,8 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     structural: list[tuple[str, tuple]] = []
     if "prune-channels" in have and t["conv"]:
         structural += [("prune", _step("prune-channels", f)) for f in _PRUNE]
+    if "prune-ffn" in have and t["linear"] and _has_ffn(model):
+        structural += [("prune", _step("prune-ffn", f)) for f in _PRUNE_FFN]
     if "lowrank" in have and t["linear"]:
         structural += [("lowrank", _step("lowrank", f)) for f in _LOWRANK]
     if "tucker" in have and t["kxk"]:
@@ -183,6 +186,13 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     for fam, s in structural:
         out += [Candidate(f"{fam}+int8", (s, q)) for q in finish]
     return out
+
+
+def _has_ffn(model) -> bool:
+    """A feed-forward block prune-ffn can shrink (transformers, MLPs)."""
+    from .rewrite.prune_ffn import prunable_layers
+
+    return bool(prunable_layers(model))
 
 
 def int8_finish(traits: Mapping[str, bool], have: set[str]) -> list[tuple[str, tuple]]:
