@@ -90,7 +90,8 @@ def _drop_initializer_inputs(model, names: list[str]) -> None:
 def _fold(model):
     """onnxsim's constant folding (and its other exact simplifications); (model, error).
     Duplicate initializers stay apart: the zoo files' weights are all equal (0.02), and merged
-    into one shared tensor no rewrite could slice them separately."""
+    into one shared tensor no rewrite could slice them separately. BatchNormalization stays too:
+    folding it is the `fold-bn` step's job, which a user asks for (or not)."""
     import onnx
     import onnxsim
 
@@ -99,7 +100,8 @@ def _fold(model):
     try:
         with quiet():
             simple, _ = onnxsim.simplify(
-                model, check_n=0, skipped_optimizers=["eliminate_duplicate_initializer"])
+                model, check_n=0, skip_fuse_bn=True,
+                skipped_optimizers=["eliminate_duplicate_initializer"])
         onnx.checker.check_model(simple)
         return simple, None
     except Exception as e:  # noqa: BLE001 - onnxsim raises many types
