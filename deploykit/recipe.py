@@ -35,6 +35,7 @@ STEPS: dict[str, str] = {
     "prune-unstructured": "deploykit.rewrite.prune_unstructured",
     "prune-channels": "deploykit.rewrite.prune_channels",
     "prune-ffn": "deploykit.rewrite.prune_ffn",
+    "prune-heads": "deploykit.rewrite.prune_heads",
     "remove-zero-channels": "deploykit.rewrite.remove_zero_channels",
     "lowrank": "deploykit.rewrite.lowrank_matmul",
     "tucker": "deploykit.rewrite.lowrank_conv",

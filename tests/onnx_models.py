@@ -145,3 +145,62 @@ def tiny_encoder(path, seed: int = 0, vocab: int = 50, hidden: int = 16, ffn: in
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def tiny_attention(path, seed: int = 0, vocab: int = 40, heads: int = 4, head_dim: int = 4,
+                   layers: int = 2) -> Path:
+    """Multi-head self-attention as torch's exporters write it: input_ids/attention_mask (int64,
+    [1, sequence]) -> embedding -> `layers` x [x + W_out(merge(softmax(q k^T * s + mask) v))] with
+    q/k/v = MatMul+Add -> Reshape [1,-1,H,d] (one shared shape constant) -> Transpose; the mask
+    is (1 - mask) * -1e4 broadcast over heads as [1, 1, 1, sequence]. Opset 17."""
+    rng = np.random.default_rng(seed)
+    hidden = heads * head_dim
+    f32 = np.float32
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, hidden)).astype(f32), "emb"),
+             numpy_helper.from_array(np.array([1, -1, heads, head_dim], np.int64), "split"),
+             numpy_helper.from_array(np.array([1, -1, hidden], np.int64), "merge"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "mask_axes"),
+             numpy_helper.from_array(np.array(1.0, f32), "one"),
+             numpy_helper.from_array(np.array(-1e4, f32), "neg"),
+             numpy_helper.from_array(np.array(1 / np.sqrt(head_dim), f32), "scale")]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h0"]),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["one", "mf"], ["inv"]),
+             helper.make_node("Mul", ["inv", "neg"], ["mb"]),
+             helper.make_node("Unsqueeze", ["mb", "mask_axes"], ["mask4"])]
+    x = "h0"
+    for i in range(layers):
+        p = f"l{i}"
+        for n in ("q", "k", "v", "o"):
+            w = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(f32)
+            inits += [numpy_helper.from_array(w, f"{p}.{n}.w"),
+                      numpy_helper.from_array((rng.standard_normal(hidden) * 0.1).astype(f32),
+                                              f"{p}.{n}.b")]
+        for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+            nodes += [helper.make_node("MatMul", [x, f"{p}.{n}.w"], [f"{p}.{n}.m"],
+                                       name=f"{p}.{n}"),
+                      helper.make_node("Add", [f"{p}.{n}.m", f"{p}.{n}.b"], [f"{p}.{n}.a"]),
+                      helper.make_node("Reshape", [f"{p}.{n}.a", "split"], [f"{p}.{n}.r"]),
+                      helper.make_node("Transpose", [f"{p}.{n}.r"], [f"{p}.{n}.t"], perm=perm)]
+        nodes += [helper.make_node("MatMul", [f"{p}.q.t", f"{p}.k.t"], [f"{p}.s0"]),
+                  helper.make_node("Mul", [f"{p}.s0", "scale"], [f"{p}.s1"]),
+                  helper.make_node("Add", [f"{p}.s1", "mask4"], [f"{p}.s2"]),
+                  helper.make_node("Softmax", [f"{p}.s2"], [f"{p}.p"], axis=-1),
+                  helper.make_node("MatMul", [f"{p}.p", f"{p}.v.t"], [f"{p}.c"]),
+                  helper.make_node("Transpose", [f"{p}.c"], [f"{p}.ct"], perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", [f"{p}.ct", "merge"], [f"{p}.cm"]),
+                  helper.make_node("MatMul", [f"{p}.cm", f"{p}.o.w"], [f"{p}.om"],
+                                   name=f"{p}.o"),
+                  helper.make_node("Add", [f"{p}.om", f"{p}.o.b"], [f"{p}.oa"]),
+                  helper.make_node("Add", [x, f"{p}.oa"], [f"{p}.h"])]
+        x = f"{p}.h"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, [1, "sequence"])
+           for n in ("input_ids", "attention_mask")]
+    graph = helper.make_graph(
+        nodes, "tiny_attention", ids,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "sequence", hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)
