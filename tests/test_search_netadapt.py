@@ -148,3 +148,20 @@ def test_feed_forward_blocks_are_per_layer_moves(tmp_path):
     assert [name for name, _ in steps] == ["prune-channels", "prune-ffn"]
     cfg = make_step("prune-ffn", dict(steps[1][1])).config
     assert cfg.layers == ("l1.fc1.w:0.5",) and cfg.ratio == 0.0
+
+
+def test_attention_blocks_are_per_layer_moves(tmp_path):
+    import onnx
+
+    from deploykit.search_space import model_candidates
+    from onnx_models import tiny_attention
+
+    model = onnx.load(str(tiny_attention(tmp_path / "att.onnx", heads=4)))
+    layers = layers_of(model, {"heads"})
+    assert [(la.kind, la.name) for la in layers] == [("heads", "l0.q.w"), ("heads", "l1.q.w")]
+    # 4 heads: the first move of each distinct head count kept (3, 2, 1); 0.125 removes none
+    assert layers[0].moves == (0.25, 0.375, 0.75)
+    assert layers[0].weights == {"l0.q.w", "l0.k.w", "l0.v.w", "l0.o.w"}
+    assert [name for name, _ in state_steps({("heads", "l0.q.w"): 0.5})] == ["prune-heads"]
+    assert "prune-heads:ratio=0.25; quantize-dynamic" in [c.recipe for c in
+                                                          model_candidates(model)]

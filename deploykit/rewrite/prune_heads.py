@@ -292,3 +292,12 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     return StepResult(out, fidelity_kind="lossy", details={
         "blocks": details, "params_before": before, "params_after": after,
         "compression": round(before / max(after, 1), 3)})
+
+
+def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
+    """(name for `layers`, heads, [W_q, W_k, W_v], [W_out]) per attention block: a search's
+    moves."""
+    from .prune_channels import load_ir
+
+    return [(a.name, a.heads, [a.q.w.name, a.k.w.name, a.v.w.name], [a.w_out.name])
+            for a in find_attention(load_ir(model))]
