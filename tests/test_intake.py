@@ -1,9 +1,7 @@
 """Model intake on models shaped like the onnx package's zoo files: IR 3, opset 9, weights built by
 ConstantOfShape from initializers that are also graph inputs."""
 
-import glob
 import json
-import os
 from pathlib import Path
 
 import numpy as np

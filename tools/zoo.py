@@ -34,8 +34,8 @@ HF = {
     "bert": ("text", {}), "distilbert": ("text", {"n_layers": 2}), "roberta": ("text", {}),
     "albert": ("text", {}), "electra": ("text", {}), "xlm-roberta": ("text", {}),
     "mpnet": ("text", {}), "deberta-v2": ("text", {}), "camembert": ("text", {}),
-    "gpt2": ("decoder", {"n_layer": 2}), "gpt_neo": ("decoder", {"num_layers": 2,
-                                                                "attention_types": [[["global"], 2]]}),
+    "gpt2": ("decoder", {"n_layer": 2}),
+    "gpt_neo": ("decoder", {"num_layers": 2, "attention_types": [[["global"], 2]]}),
     "opt": ("decoder", {}), "llama": ("decoder", {"hidden_size": 256, "intermediate_size": 688,
                                                  "num_attention_heads": 4,
                                                  "num_key_value_heads": 4}),
@@ -44,7 +44,8 @@ HF = {
     "vit": ("image", {}), "deit": ("image", {}), "beit": ("image", {}), "dinov2": ("image", {}),
     "convnext": ("image", {"depths": [1, 1, 1, 1]}), "resnet": ("image", {"depths": [1, 1, 1, 1]}),
     "regnet": ("image", {"depths": [1, 1, 1, 1]}), "mobilenet_v2": ("image", {}),
-    "efficientnet": ("image", {}), "mobilevit": ("image", {}), "swin": ("image", {"depths": [1, 1, 1, 1]}),
+    "efficientnet": ("image", {}), "mobilevit": ("image", {}),
+    "swin": ("image", {"depths": [1, 1, 1, 1]}),
     "wav2vec2": ("audio", {}), "hubert": ("audio", {}),
 }
 FACTORY = '''"""transformers {arch} from its config (random weights, 2 layers), for tools/zoo.py."""
