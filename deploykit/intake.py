@@ -22,6 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import InputError, VerificationError
+from .rewrite import OpsetNeed  # noqa: F401 - re-exported: the need a stage states
 
 # input slots that hold weights: a computed value here makes every rewrite refuse the node
 _WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
@@ -29,14 +30,6 @@ _WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMu
                  "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2)}
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                      "Multinomial", "Bernoulli"}
-
-
-@dataclass(frozen=True)
-class OpsetNeed:
-    """A later stage's requirement: at least `opset` of the default domain, because `why`."""
-
-    opset: int
-    why: str
 
 
 @dataclass(frozen=True)

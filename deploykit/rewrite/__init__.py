@@ -29,6 +29,15 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class OpsetNeed:
+    """A step's requirement (its module's optional `min_opset(cfg)`): at least `opset` of the
+    default domain, because `why`; model intake upgrades to it before step 1."""
+
+    opset: int
+    why: str
+
+
+@dataclass(frozen=True)
 class StepResult:
     """`model` is None exactly when the step did not apply; `skipped` then says why."""
 

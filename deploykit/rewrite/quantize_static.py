@@ -67,7 +67,7 @@ class Config:
 def min_opset(cfg: Config):
     """Per-channel QDQ writes DequantizeLinear with `axis`, which exists from opset 13: intake
     upgrades older models before this step runs."""
-    from ..intake import OpsetNeed
+    from . import OpsetNeed
 
     return OpsetNeed(13, "quantize-static per_channel=true writes DequantizeLinear with an "
                          "'axis' attribute (opset >= 13)") if cfg.per_channel else None
