@@ -134,7 +134,9 @@ def _step_cell(work: Path, model: Path, recipe: str, tag: str, max_time: float,
     sp = row.get("speedup")
     cos = (row.get("fidelity") or {}).get("cosine")
     text = f"ok {sp['ratio']:.2f}x" if sp else "ok"
-    return {"ok": True, "text": text + (f", cos {cos:.3f}" if cos is not None else ""),
+    step = recipe.split(":")[0]
+    return {"ok": True, "text": text + (f", cos {cos:.3f}" if cos is not None else "")
+            + f" ({step})",
             "speedup": sp and sp["ratio"], "recipe": recipe}
 
 
@@ -253,8 +255,11 @@ def main() -> int:
             tmp_path = res_path.with_suffix(".tmp")
             tmp_path.write_text(json.dumps(results, indent=1))
             os.replace(tmp_path, res_path)
+        load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() \
+            else ["?"]
         results["runs"].append(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-                               f"python tools/zoo.py {' '.join(sys.argv[1:])}")
+                               f"python tools/zoo.py {' '.join(sys.argv[1:])} (load average "
+                               f"{' '.join(load)} on {os.cpu_count()} CPUs at the end)")
         res_path.write_text(json.dumps(results, indent=1))
     (ROOT / "ZOO.md").write_text(report(results))
     print(f"wrote {ROOT / 'ZOO.md'}")
