@@ -117,10 +117,11 @@ def _upgrade(model, need: OpsetNeed):
 
 
 def intake(path: str | Path, workdir: str | Path, *, need: OpsetNeed | None = None,
-           feeds: Mapping[str, np.ndarray] | None = None) -> IntakeResult:
+           feeds: Mapping[str, np.ndarray] | None = None,
+           name: str = "00-intake.onnx") -> IntakeResult:
     """Normalize the model at `path` for the stages after it; a changed model is written to
-    `workdir`/00-intake.onnx and verified against `path` on ORT with `feeds` (default: seeded
-    inputs of the model's own shapes)."""
+    `workdir`/`name` and verified against `path` on ORT with `feeds` (default: seeded inputs of
+    the model's own shapes)."""
     from .onnxio import load_onnx
 
     source = Path(path)
@@ -154,7 +155,7 @@ def intake(path: str | Path, workdir: str | Path, *, need: OpsetNeed | None = No
         details["opset_from"], opset = opset, need.opset
     if model.SerializeToString() == original_bytes:
         return IntakeResult(source, source, False, (), opset, None, details)
-    out = Path(workdir) / "00-intake.onnx"
+    out = Path(workdir) / name
     max_rel = _verify(source, model, out, feeds)
     notes.append(f"intake: normalized model verified against {source.name} on ONNX Runtime "
                  f"(max rel error {max_rel:.1e})")

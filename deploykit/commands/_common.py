@@ -83,7 +83,8 @@ def store_path(args: argparse.Namespace) -> Path:
     return Path(user_data_dir("deploykit")) / "results.sqlite"
 
 
-def take_in(path: str | Path, workdir: str | Path, need=None, feeds=None):
+def take_in(path: str | Path, workdir: str | Path, need=None, feeds=None,
+            name: str = "00-intake.onnx"):
     """Run model intake (deploykit.intake) and print its notes on stderr; returns
     (IntakeResult, ModelRef of the model later stages read, with its lineage to the file given)."""
     import sys
@@ -92,7 +93,7 @@ def take_in(path: str | Path, workdir: str | Path, need=None, feeds=None):
     from ..intake import intake
 
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    taken = intake(path, workdir, need=need, feeds=feeds)
+    taken = intake(path, workdir, need=need, feeds=feeds, name=name)
     for note in taken.notes:
         print(note, file=sys.stderr)
     if not taken.changed:

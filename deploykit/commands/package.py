@@ -59,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
                           ort_platform=args.ort_platform, atol_frac=args.atol_frac,
                           tvm_runtime=args.tvm_runtime, force=args.force, store=store)
     import tempfile
+    from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="deploykit-package-") as tmp:
-        _, source = _common.take_in(args.model, tmp)
+        _, source = _common.take_in(args.model, tmp, name=Path(args.model).name)
         m = package(source.path, target, args.output, opts)
     sizes = m["sizes"]
     print(f"bundle {args.output} for {target.name}: {sizes['total_bytes'] / 1e6:.2f} MB, of which "

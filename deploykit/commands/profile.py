@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     intake_dir = tempfile.TemporaryDirectory(prefix="deploykit-profile-")
-    models = [_common.take_in(m, Path(intake_dir.name) / str(i))[1]
+    # a normalized model keeps its file's name, so reports still say which model it is
+    models = [_common.take_in(m, Path(intake_dir.name) / str(i), name=Path(m).name)[1]
               for i, m in enumerate(args.models)]
     artifacts, feeds = [], []
     for model in models:
