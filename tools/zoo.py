@@ -58,7 +58,9 @@ def build():
     overrides = {overrides!r}
     cfg = AutoConfig.for_model({arch!r}, **overrides)
     for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
-        if hasattr(cfg, key) and key not in overrides and isinstance(getattr(cfg, key), int):
+        # staged CNNs/Swin are shortened by `depths`; their num_hidden_layers is the stage count
+        if hasattr(cfg, key) and key not in overrides and "depths" not in overrides \
+                and isinstance(getattr(cfg, key), int):
             setattr(cfg, key, 2)
     if hasattr(cfg, "use_cache"):
         cfg.use_cache = False
@@ -127,8 +129,11 @@ def _step_cell(work: Path, model: Path, recipe: str, tag: str, max_time: float,
     rep = work / f"{tag}.json"
     ok, out, err = dk(["compress", str(model), "-r", recipe, "-o", str(work / f"{tag}.onnx"),
                        "--no-store", "--json", str(rep), "--max-time", str(max_time)], timeout)
-    if not ok:
-        return {"ok": False, "text": err}
+    if not ok:  # a step that did not apply says why on its "skipped:" line
+        why = next((ln.split("skipped: ", 1)[1] for ln in out.splitlines() if "skipped: " in ln),
+                   None)
+        return {"ok": False, "text": (f"{recipe.split(':')[0]} skipped: {why}" if why
+                                      else err)[:240]}
     data = json.loads(rep.read_text())
     row = data["realized"]["rows"][0]
     sp = row.get("speedup")
