@@ -108,12 +108,13 @@ def corpus() -> dict[str, object]:
     return out
 
 
-def dk(args: list[str], timeout: float) -> tuple[bool, str, str]:
-    """(ok, stdout, one-line reason) of a `deploykit` CLI run."""
+def dk(args: list[str], timeout: float, cwd: Path) -> tuple[bool, str, str]:
+    """(ok, stdout, one-line reason) of a `deploykit` CLI run in `cwd` (onnxruntime's
+    quantization tools leave temporary files in the working directory)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
     try:
         p = subprocess.run([sys.executable, "-m", "deploykit", *args], capture_output=True,
-                           text=True, timeout=timeout, env=env, cwd=ROOT)
+                           text=True, timeout=timeout, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         return False, "", f"over the {timeout:.0f} s limit of this run"
     if p.returncode == 0:
@@ -128,7 +129,8 @@ def _step_cell(work: Path, model: Path, recipe: str, tag: str, max_time: float,
                timeout: float) -> dict:
     rep = work / f"{tag}.json"
     ok, out, err = dk(["compress", str(model), "-r", recipe, "-o", str(work / f"{tag}.onnx"),
-                       "--no-store", "--json", str(rep), "--max-time", str(max_time)], timeout)
+                       "--no-store", "--json", str(rep), "--max-time", str(max_time)],
+                      timeout, work)
     if not ok:  # a step that did not apply says why on its "skipped:" line
         why = next((ln.split("skipped: ", 1)[1] for ln in out.splitlines() if "skipped: " in ln),
                    None)
@@ -159,7 +161,7 @@ def run_model(name: str, source, work: Path, args) -> dict:
                                           names=NAMES[kind]))
         model = work / "model.onnx"
         ok, _, err = dk(["export", f"{factory}:build", "-o", str(model), "--json",
-                         str(work / "export.json")], args.timeout)
+                         str(work / "export.json")], args.timeout, work)
         if not ok:
             cells["export"] = {"ok": False, "text": err}
             return {"cells": cells, "seconds": time.time() - t0}
@@ -188,7 +190,7 @@ def run_model(name: str, source, work: Path, args) -> dict:
     low = "lowrank:ratio=0.5" if traits["linear"] and not traits["conv"] else "tucker"
     cells["low-rank"] = _step_cell(work, model, low, "lr", mt, to)
     ok, out, err = dk(["profile", str(model), "--no-store", "--max-time", str(mt), "--json",
-                       str(work / "profile.json"), "--quiet"], to)
+                       str(work / "profile.json"), "--quiet"], to, work)
     if ok:
         med = json.loads((work / "profile.json").read_text()).get("median_ms")
         cells["profile"] = {"ok": True, "text": f"ok {med:.2f} ms" if med else "ok"}
@@ -196,13 +198,13 @@ def run_model(name: str, source, work: Path, args) -> dict:
         cells["profile"] = {"ok": False, "text": err}
     bundle = work / "bundle"
     ok, _, err = dk(["package", str(model), "-o", str(bundle), "--no-measure", "--no-store",
-                     "--force"], to)
+                     "--force"], to, work)
     if ok:
-        ok, _, err = dk(["verify", str(bundle)], to)
+        ok, _, err = dk(["verify", str(bundle)], to, work)
     cells["package+verify"] = {"ok": ok, "text": "ok" if ok else err}
     if args.search:
         ok, out, err = dk(["search", str(model), "--out", str(work / "search"), "--time-limit",
-                           args.search_limit, "--no-store", "--quiet"], to * 4)
+                           args.search_limit, "--no-store", "--quiet"], to * 4, work)
         cells["search"] = {"ok": ok or "Recommendation" in out, "text": "ok" if ok else err}
     else:
         cells["search"] = {"ok": None, "text": "not run (--search)"}
