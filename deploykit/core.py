@@ -45,6 +45,9 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]  # str for symbolic dims ("batch")
     dtype: str  # numpy dtype name, e.g. "float32"
+    # integer inputs that index a table (token ids -> embedding Gather): valid values [lo, hi),
+    # read from the model so synthetic ids stay inside the vocabulary; not part of identity
+    values: tuple[int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,42 @@ def load_onnx(path: str | Path, load_external: bool = True):
     return model
 
 
+_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+
+
+def _index_ranges(model) -> dict[str, tuple[int, int]]:
+    """{integer graph input: (0, rows)} for inputs that index a constant table through a Gather
+    (token ids into an embedding), following Cast/Reshape/Unsqueeze on the way."""
+    import onnx
+
+    tables = {t.name: list(t.dims) for t in model.graph.initializer}
+    users: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    out: dict[str, tuple[int, int]] = {}
+    for v in model.graph.input:
+        if v.type.tensor_type.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            continue
+        frontier, seen, rows = [v.name], set(), []
+        while frontier:
+            name = frontier.pop()
+            for n in users.get(name, []):
+                if id(n) in seen:
+                    continue
+                seen.add(id(n))
+                if n.op_type == "Gather" and n.input[1] == name and n.input[0] in tables:
+                    axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                    dims = tables[n.input[0]]
+                    if dims:
+                        rows.append(int(dims[axis % len(dims)]))
+                elif n.op_type in _PASS_THROUGH and n.input[0] == name:
+                    frontier.extend(n.output)
+        if rows and min(rows) > 0:
+            out[v.name] = (0, min(rows))
+    return out
+
+
 def _spec(value_info) -> TensorSpec:
     t = value_info.type.tensor_type
     dims: list[int | str] = []
@@ -129,8 +165,12 @@ def _spec(value_info) -> TensorSpec:
 
 def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Graph inputs (excluding initializers) and outputs."""
+    from dataclasses import replace
+
     inits = {i.name for i in model.graph.initializer}
-    ins = [_spec(v) for v in model.graph.input if v.name not in inits]
+    ranges = _index_ranges(model)
+    ins = [replace(_spec(v), values=ranges.get(v.name)) for v in model.graph.input
+           if v.name not in inits]
     outs = [_spec(v) for v in model.graph.output]
     return ins, outs
 
@@ -190,15 +230,64 @@ def make_feeds(specs: list[TensorSpec], seed: int = 0,
         return load_npz_feeds(specs, npz)
     rng = np.random.default_rng(seed)
     feeds = {}
+    dims = _text_dims(specs, overrides)
     for s in specs:
-        shape = resolve_shape(s, overrides)
+        shape = resolve_shape(s, overrides, dims)
         if s.dtype.startswith("int") or s.dtype.startswith("uint"):
-            feeds[s.name] = rng.integers(0, 2, size=shape).astype(s.dtype)
+            kind = _int_kind(s)
+            if kind == "mask":
+                feeds[s.name] = np.ones(shape, dtype=s.dtype)
+            elif kind == "type":
+                feeds[s.name] = np.zeros(shape, dtype=s.dtype)
+            elif kind == "ids":
+                feeds[s.name] = rng.integers(*s.values, size=shape).astype(s.dtype)
+            else:
+                feeds[s.name] = rng.integers(0, 2, size=shape).astype(s.dtype)
         elif s.dtype == "bool":
             feeds[s.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
             feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
     return feeds
+
+
+SYNTHETIC_SEQ = 128  # a symbolic sequence length of token inputs, when no --shape names it
+_NOTED: set[str] = set()
+
+
+def _int_kind(s: TensorSpec) -> str:
+    low = s.name.lower()
+    if "mask" in low:
+        return "mask"
+    if "token_type" in low or "segment" in low:
+        return "type"
+    return "ids" if s.values is not None else "other"
+
+
+def _text_dims(specs, overrides) -> dict[str, int]:
+    """Values of symbolic dims: those an overridden input binds (so inputs sharing a dim agree),
+    then SYNTHETIC_SEQ for the sequence dims of token-id inputs (a sequence of 1 token says
+    nothing about a text model's speed), with a note printed once on stderr."""
+    dims: dict[str, int] = {}
+    for s in specs:
+        if overrides and s.name in overrides:
+            for d, v in zip(s.shape, overrides[s.name]):
+                if isinstance(d, str):
+                    dims.setdefault(d, int(v))
+    ids = [s for s in specs if _int_kind(s) == "ids"]
+    if not ids:
+        return dims
+    seq = sorted({d for s in ids for d in s.shape[1:] if isinstance(d, str) and d not in dims})
+    text = [s for s in specs if _int_kind(s) != "other" and s.dtype.startswith(("int", "uint"))]
+    parts = [f"{s.name}: " + {"mask": "ones", "type": "zeros",
+                              "ids": f"random ids in [0, {s.values[1] if s.values else 2})"}
+             [_int_kind(s)] for s in text]
+    note = ("deploykit: note: synthetic text inputs (" + "; ".join(parts) + ")"
+            + (f", sequence length {SYNTHETIC_SEQ} for {', '.join(seq)}" if seq else "")
+            + "; pass --inputs NPZ with real tokens (or --shape NAME=1,LEN)")
+    if note not in _NOTED:
+        _NOTED.add(note)
+        print(note, file=sys.stderr)
+    return {**dims, **{d: SYNTHETIC_SEQ for d in seq}}
 
 
 def read_npz(path: str | Path, what: str = "inputs") -> dict[str, np.ndarray]:

@@ -211,7 +211,8 @@ def test_netadapt_per_layer_moves_inside_a_search(cnn, tmp_path, quiet):
     res = _search(cnn, tmp_path, cfg)
     assert res.cost["time_limit_reached"] == []
     log = res.cost["netadapt"]
-    assert log["layers"] == 4 and log["proposals"] >= 3
+    # 3 channel groups, the MLP head's neurons (prune-ffn) and its first weight's rank
+    assert log["layers"] == 5 and log["proposals"] >= 3
     chosen = [it for it in log["iterations"] if it["chosen"]]
     assert chosen, log
     per_layer = [r for r in res.rows if r.cand.family.endswith("/layer")]

@@ -129,3 +129,38 @@ def test_many_small_layers_get_a_goal_one_layer_can_meet():
                          lambda row: False, lambda: True)
     assert log[0].goal_ms == pytest.approx(19.5) and len(rows) == 3
     assert rows[0].table_ms == pytest.approx(19.5)  # the smallest move that meets it
+
+
+def test_feed_forward_blocks_are_per_layer_moves(tmp_path):
+    import onnx
+
+    from deploykit.rewrite.recipe import make_step
+    from onnx_models import tiny_encoder
+
+    model = onnx.load(str(tiny_encoder(tmp_path / "enc.onnx", ffn=64)))
+    layers = layers_of(model, {"ffn"})
+    assert [(la.kind, la.name) for la in layers] == [("ffn", "l0.fc1.w"), ("ffn", "l1.fc1.w")]
+    # 64 neurons kept in multiples of 8: 0.125 -> 56, 0.25 -> 48, ... each move a new width
+    assert layers[0].moves == (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+    assert layers[0].weights == {"l0.fc1.w", "l0.fc2.w"}
+    steps = state_steps({("ffn", "l1.fc1.w"): 0.5, ("prune", "w1"): 0.25})
+    assert [name for name, _ in steps] == ["prune-channels", "prune-ffn"]
+    cfg = make_step("prune-ffn", dict(steps[1][1])).config
+    assert cfg.layers == ("l1.fc1.w:0.5",) and cfg.ratio == 0.0
+
+
+def test_attention_blocks_are_per_layer_moves(tmp_path):
+    import onnx
+
+    from deploykit.search.candidates import model_candidates
+    from onnx_models import tiny_attention
+
+    model = onnx.load(str(tiny_attention(tmp_path / "att.onnx", heads=4)))
+    layers = layers_of(model, {"heads"})
+    assert [(la.kind, la.name) for la in layers] == [("heads", "l0.q.w"), ("heads", "l1.q.w")]
+    # 4 heads: the first move of each distinct head count kept (3, 2, 1); 0.125 removes none
+    assert layers[0].moves == (0.25, 0.375, 0.75)
+    assert layers[0].weights == {"l0.q.w", "l0.k.w", "l0.v.w", "l0.o.w"}
+    assert [name for name, _ in state_steps({("heads", "l0.q.w"): 0.5})] == ["prune-heads"]
+    assert "prune-heads:ratio=0.25; quantize-dynamic" in [c.recipe for c in
+                                                          model_candidates(model)]

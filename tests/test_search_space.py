@@ -21,6 +21,10 @@ def test_cnn_with_linear_head_gets_every_available_family(tmp_path):
     # the core families need nothing optional: listed here, not asked of available_steps (which
     # drops a step whose module fails to import, so a broken module would shrink the expectation)
     have = {"quantize-static", "quantize-dynamic", "prune-channels", "lowrank", "tucker", "compact"}
+    from deploykit.rewrite.prune_ffn import prunable_layers
+
+    if prunable_layers(model):  # a Linear block with an activation between: prune-ffn too
+        have.add("prune-ffn")
     if all(importlib.util.find_spec(m) for m in ("nncf", "openvino")):  # CI: the openvino extra
         have |= {"nncf-int8", "nncf-weights"}
     used = {name for c in cands for name, _ in c.steps}
@@ -43,8 +47,11 @@ def test_linear_only_and_already_quantized_models(tmp_path):
     mlp = make_mlp(tmp_path / "mlp.onnx", sizes=(64, 64, 8))
     m = onnx.load(str(mlp))
     fams = {c.family for c in model_candidates(m)}
-    assert "prune" not in fams and "tucker" not in fams and "compact" not in fams
+    assert "tucker" not in fams and "compact" not in fams
     recipes = [c.recipe for c in model_candidates(m)]
+    # MatMul -> Relu -> MatMul is a feed-forward block: pruned by neurons, never by channels
+    assert "prune-ffn:ratio=0.5; quantize-dynamic" in recipes
+    assert not any("prune-channels" in r for r in recipes)
     assert "quantize-dynamic" in recipes
     assert not any("target_cosine" in r for r in recipes)  # no fidelity target given
     floor = [c.recipe for c in model_candidates(m, min_fidelity=0.99213)]

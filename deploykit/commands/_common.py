@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..core import TimingPlan
 from ..errors import InputError
@@ -146,3 +147,22 @@ def check_store(args: argparse.Namespace) -> StoreLocation | None:
 
         Store(loc).close()  # the server answers and holds a deploykit schema it understands
     return loc
+
+
+def take_in(path: str | Path, workdir: str | Path, need=None, feeds=None,
+            name: str = "00-intake.onnx"):
+    """Run model intake (deploykit.intake) and print its notes on stderr; returns
+    (IntakeResult, ModelRef of the model later stages read, with its lineage to the file given)."""
+    import sys
+
+    from ..core import ModelRef
+    from ..intake import intake
+
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    taken = intake(path, workdir, need=need, feeds=feeds, name=name)
+    for note in taken.notes:
+        print(note, file=sys.stderr)
+    if not taken.changed:
+        return taken, ModelRef.from_path(path)
+    return taken, ModelRef.from_path(taken.path, parent_sha256=ModelRef.from_path(path).sha256,
+                                     transform="intake", config=dict(taken.details))

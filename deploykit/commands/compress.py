@@ -85,13 +85,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..backends import registry as targets
     from ..rewrite.calibration import load_calibration, synthetic_calibration
-    from ..core import ModelRef
     from ..errors import InputError, StepVerificationError, VerificationError
     from ..fsutil import dumps_json
     from ..outputs import Outputs, check_distinct, check_output_dir, check_output_file
     from ..onnxio import io_specs, load_onnx, make_feeds
     from ..report.realized import realized_report, summarize_notes
-    from ..rewrite.recipe import CALIBRATED_STEPS, describe_steps, parse_recipe, run_recipe
+    from ..rewrite.recipe import (CALIBRATED_STEPS, describe_steps, opset_need, parse_recipe,
+                                  run_recipe)
     from ..rewrite import StepContext
 
     if args.list_steps:
@@ -129,11 +129,12 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="deploykit-compress-") as tmp, Outputs() as outs:
         workdir = outs.folder(args.keep_steps) if args.keep_steps else Path(tmp)
+        print(f"recipe on {args.model}:", flush=True)
+        taken, start = _common.take_in(args.model, workdir, opset_need(steps), feeds)
         ctx = StepContext(feeds=feeds, calibration=tuple(calib), calibration_is_synthetic=synthetic,
                           workdir=workdir, target=target.name)
-        print(f"recipe on {args.model}:")
         try:
-            result = run_recipe(ModelRef.from_path(args.model), steps, ctx)
+            result = run_recipe(start, steps, ctx)
         except StepVerificationError as e:
             if not args.debug or e.parent is None:
                 raise
@@ -154,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
         outs.copy(result.final.path, args.output)
         kept = _kept_paths(workdir, args.keep_steps)
         if args.json:
-            outs.text(args.json, kept(dumps_json({"recipe": result.to_dict(),
-                                                  "realized": report.to_dict()})))
+            outs.text(args.json, kept(dumps_json({
+                "intake": {"changed": taken.changed, "notes": list(taken.notes),
+                           "opset": taken.opset, "max_rel": taken.max_rel},
+                "recipe": result.to_dict(), "realized": report.to_dict()})))
         if store_file is not None:
             from dataclasses import replace
 

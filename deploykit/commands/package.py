@@ -79,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
                           inputs_npz=args.inputs, original=args.original,
                           ort_platform=args.ort_platform, atol_frac=args.atol_frac,
                           tvm_runtime=args.tvm_runtime, force=args.force, store=store)
-    m = package(args.model, target, args.output, opts)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-package-") as tmp:
+        _, source = _common.take_in(args.model, tmp, name=Path(args.model).name)
+        m = package(source.path, target, args.output, opts)
     sizes = m["sizes"]
     print(f"bundle {args.output} for {target.name}: {sizes['total_bytes'] / 1e6:.2f} MB, of which "
           f"{sizes['payload_bytes'] / 1e6:.2f} MB run on the device "

@@ -78,7 +78,6 @@ def parse_duration(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from ..backends import registry as targets
-    from ..core import ModelRef
     from ..errors import InputError
     from ..onnxio import io_specs, load_onnx, make_feeds
     from ..outputs import Outputs, check_distinct, check_output_file
@@ -120,7 +119,13 @@ def run(args: argparse.Namespace) -> int:
                              "ssh://USER@HOST[:PORT] (or adb://SERIAL)")
     if (args.device or args.tracker) and any(t.config.get("backend") != "tvm" for t in tlist):
         raise InputError("--device/--tracker apply only to remote (TVM RPC) targets")
-    models = [ModelRef.from_path(m) for m in args.models]
+    import tempfile
+
+    intake_dir = tempfile.TemporaryDirectory(prefix="deploykit-profile-")
+    # checked and normalized (deploykit.intake); a normalized model keeps its file's name, so
+    # reports still say which model it is
+    models = [_common.take_in(m, Path(intake_dir.name) / str(i), name=Path(m).name)[1]
+              for i, m in enumerate(args.models)]
     with Outputs() as outs:
         trace = outs.path(args.trace) if args.trace else None
         cmp, reports = _measure(args, models, tlist, shapes, plan, compare, trace)
@@ -144,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             print_report(reports[0][1], top=args.top)
     for a in artifacts:
         a.close()
+    intake_dir.cleanup()
     reps = [r for _, r in reports]
     names = cmp.names if compare else [str(reps[0].model_path)]
     return _common.not_clean_exit(args, {n: r.validity for n, r in zip(names, reps)})

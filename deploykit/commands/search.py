@@ -143,9 +143,14 @@ def run(args: argparse.Namespace) -> int:
         print(SYNTHETIC_WARNING, file=sys.stderr)
     eval_fn = load_eval(args.eval) if args.eval else None
     out = Path(args.out)
+    from ..rewrite import quantize_static
+
+    # the search's int8 candidates are per-channel QDQ: intake upgrades old opsets up front
+    _, source = _common.take_in(args.model, out / ".work" / "intake",
+                                quantize_static.min_opset(quantize_static.Config()), feeds)
     store_file = out / ".work" / "results.sqlite" if store_checked is None else store_checked
     with Store(store_file) as store:
-        search = Search(Path(args.model), args.target, cfg, out, store, feeds=feeds,
+        search = Search(Path(source.path), args.target, cfg, out, store, feeds=feeds,
                         calibration=calib, calibration_is_synthetic=synthetic, eval_fn=eval_fn,
                         progress=not args.quiet, threads=args.threads, torch_source=torch_source)
         result = search.run()

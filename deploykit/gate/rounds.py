@@ -32,6 +32,16 @@ def load_model(path: str):
 
     if not str(path).endswith(".onnx"):
         raise InputError(f"{path}: expected an .onnx file (run `deploykit export` first)")
+    import sys
+    import tempfile
+
+    from ..intake import intake
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-intake-") as tmp:
+        # checked and normalized like every verb's model; the gate times the file as given, so a
+        # baseline stays tied to the file a CI job versions
+        for note in intake(path, tmp).notes:
+            print(note, file=sys.stderr)
     proto = load_onnx(path, load_external=False)
     inputs, outputs = io_specs(proto)
     check_feedable(inputs, path)

@@ -29,6 +29,24 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class OpsetNeed:
+    """A step's requirement (its module's optional `min_opset(cfg)`): at least `opset` of the
+    default domain, because `why`; model intake upgrades to it before step 1."""
+
+    opset: int
+    why: str
+
+
+def strictest_need(needs: list[OpsetNeed | None]) -> OpsetNeed | None:
+    """The strictest of several stages' needs (their reasons joined)."""
+    real = [n for n in needs if n is not None]
+    if not real:
+        return None
+    top = max(n.opset for n in real)
+    return OpsetNeed(top, "; ".join(dict.fromkeys(n.why for n in real if n.opset == top)))
+
+
+@dataclass(frozen=True)
 class StepResult:
     """`model` is None exactly when the step did not apply; `skipped` then says why."""
 

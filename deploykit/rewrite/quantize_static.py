@@ -62,6 +62,15 @@ class Config:
             raise InputError("quantize-static: max_excluded must be >= 0")
 
 
+def min_opset(cfg: Config):
+    """Per-channel QDQ writes DequantizeLinear with `axis`, which exists from opset 13: intake
+    upgrades older models before this step runs."""
+    from . import OpsetNeed
+
+    return OpsetNeed(13, "quantize-static per_channel=true writes DequantizeLinear with an "
+                         "'axis' attribute (opset >= 13)") if cfg.per_channel else None
+
+
 def quantized_ops(model) -> list[str]:
     """Op types that show a model is already quantized (shared with the dynamic step)."""
     return sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
@@ -92,6 +101,30 @@ def preprocess(src: Path, dst: Path) -> str | None:
         except Exception as e:  # ORT raises bare exceptions from its optimisers
             errors.append(str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
     return f"quant_pre_process failed ({errors[-1]}); quantized without it"
+
+
+_SHAPE_ONLY = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose"}
+
+
+def output_softmax(model) -> list[str]:
+    """Softmax nodes whose output reaches a graph output through shape-only ops. ORT quantizes
+    a Softmax output on the fixed range [0, 1], a resolution of 1/255: every probability of a
+    1000-class head below ~0.002 becomes 0 (the uniform output of the onnx zoo files lost all of
+    it). Keeping them fp32 costs nothing: nothing after them computes."""
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+
+    def reaches(value: str) -> bool:
+        if value in outputs:
+            return True
+        users = consumers.get(value, [])
+        return bool(users) and all(u.op_type in _SHAPE_ONLY and reaches(u.output[0])
+                                   for u in users)
+
+    return [n.name for n in model.graph.node if n.op_type == "Softmax" and reaches(n.output[0])]
 
 
 def _cosine_vs_float(float_path: Path, q_path: Path,
@@ -182,6 +215,11 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
             return out
 
         exclude = list(cfg.exclude)
+        if "Softmax" not in cfg.op_types:
+            heads = [n for n in output_softmax(fmodel) if n not in exclude]
+            exclude += heads
+            notes += [f"kept the output Softmax {', '.join(heads)} in fp32 (int8 probabilities "
+                      "have a resolution of 1/255)"] if heads else []
         q_path = quantize(exclude)
         details: dict = {"activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
                          "method": cfg.method, "per_channel": cfg.per_channel,

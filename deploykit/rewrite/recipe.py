@@ -31,9 +31,9 @@ from ..fidelity import Fidelity, Tolerance
 # The recipe steps, each in deploykit/rewrite/<name with '-' as '_'>.py defining `Config` and
 # `step` (step name = file name).
 STEPS: dict[str, str] = {name: f"deploykit.rewrite.{name.replace('-', '_')}" for name in (
-    "cleanup", "fold-bn", "prune-unstructured", "prune-channels", "remove-zero-channels",
-    "lowrank", "tucker", "compact", "quantize-static", "quantize-dynamic", "nncf-int8",
-    "nncf-weights", "fp16")}
+    "cleanup", "fold-bn", "prune-unstructured", "prune-channels", "prune-ffn", "prune-heads",
+    "remove-zero-channels", "lowrank", "tucker", "compact", "quantize-static", "quantize-dynamic",
+    "nncf-int8", "nncf-weights", "fp16")}
 LIST_SEP = "|"
 CALIBRATED_STEPS = ("quantize-static", "nncf-int8")  # steps that read calibration batches
 # Steps that approximate their parent by design: when such a step reports the default "fp32"
@@ -189,6 +189,15 @@ def parse_recipe_file(path: str | Path) -> list[RecipeStep]:
         values = {k: v for k, v in t.items() if k != "name"}
         steps.append(make_step(t["name"], values))
     return steps
+
+
+def opset_need(steps: Sequence[RecipeStep]):
+    """The newest default-domain opset any step needs (a step module's optional
+    `min_opset(cfg) -> intake.OpsetNeed | None`), for intake to upgrade to before step 1."""
+    from . import strictest_need
+
+    return strictest_need([getattr(step_module(s.name), "min_opset", lambda cfg: None)(s.config)
+                      for s in steps])
 
 
 def describe_steps() -> list[tuple[str, str]]:

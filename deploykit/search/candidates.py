@@ -21,6 +21,8 @@ _QUANT_STATIC = [
 _QUANT_DYNAMIC = [{}, {"per_channel": False}, {"preprocess": False}]
 _NNCF_WEIGHTS = [{}, {"mode": "int8_sym"}]
 _PRUNE = [{"ratio": 0.25}, {"ratio": 0.5}, {"ratio": 0.5, "scope": "global"}]
+_PRUNE_FFN = [{"ratio": 0.25}, {"ratio": 0.5}]
+_PRUNE_HEADS = [{"ratio": 0.25}]
 _LOWRANK = [{"ratio": 0.5}, {"ratio": 0.25}, {"ratio": 0.125}]
 
 
@@ -138,8 +140,8 @@ def model_candidates(model, min_fidelity: float | None = None,
 
 def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     t = model_traits(model)
-    have = available_steps(["quantize-static", "quantize-dynamic", "prune-channels", "lowrank",
-                            "tucker", "compact"])
+    have = available_steps(["quantize-static", "quantize-dynamic", "prune-channels", "prune-ffn",
+                            "prune-heads", "lowrank", "tucker", "compact"])
     out = [Candidate("baseline")]
     if t["quantized"]:
         return out  # an int8 model is not quantized again, nor pruned through its QDQ pairs
@@ -170,6 +172,10 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     structural: list[tuple[str, tuple]] = []
     if "prune-channels" in have and t["conv"]:
         structural += [("prune", _step("prune-channels", f)) for f in _PRUNE]
+    if "prune-ffn" in have and t["linear"] and _has_ffn(model):
+        structural += [("prune", _step("prune-ffn", f)) for f in _PRUNE_FFN]
+    if "prune-heads" in have and t["linear"] and _has_attention(model):
+        structural += [("prune", _step("prune-heads", f)) for f in _PRUNE_HEADS]
     if "lowrank" in have and t["linear"]:
         structural += [("lowrank", _step("lowrank", f)) for f in _LOWRANK]
     if "tucker" in have and t["kxk"]:
@@ -183,6 +189,20 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     for fam, s in structural:
         out += [Candidate(f"{fam}+int8", (s, q)) for q in finish]
     return out
+
+
+def _has_ffn(model) -> bool:
+    """A feed-forward block prune-ffn can shrink (transformers, MLPs)."""
+    from ..rewrite.prune_ffn import prunable_layers
+
+    return bool(prunable_layers(model))
+
+
+def _has_attention(model) -> bool:
+    """Multi-head attention prune-heads can shrink."""
+    from ..rewrite.prune_heads import prunable_layers
+
+    return any(n.op_type == "Softmax" for n in model.graph.node) and bool(prunable_layers(model))
 
 
 def int8_finish(traits: Mapping[str, bool], have: set[str]) -> list[tuple[str, tuple]]:

@@ -858,10 +858,12 @@ class Search:
         traits = model_traits(source)
         kinds = {k for k in ("prune", "lowrank")
                  if not self.cfg.families or k in self.cfg.families}
-        have = available_steps(["prune-channels", "lowrank", "quantize-static",
-                                "quantize-dynamic"])
-        kinds &= {k for k, st in (("prune", "prune-channels"), ("lowrank", "lowrank"))
-                  if st in have}
+        # transformers' structured pruning (feed-forward neurons, attention heads) is "prune" too
+        kinds |= {"ffn", "heads"} if "prune" in kinds else set()
+        have = available_steps(["prune-channels", "prune-ffn", "prune-heads", "lowrank",
+                                "quantize-static", "quantize-dynamic"])
+        kinds &= {k for k, st in (("prune", "prune-channels"), ("ffn", "prune-ffn"),
+                                  ("heads", "prune-heads"), ("lowrank", "lowrank")) if st in have}
         if traits["quantized"] or not kinds:
             return []
         layers = layers_of(source, kinds)

@@ -29,14 +29,16 @@ class NetAdaptConfig:
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # "prune" (a channel group) | "lowrank" (a MatMul/Gemm weight)
+    kind: str  # "prune" (a channel group) | "ffn" (a feed-forward block) | "heads" (an
+    # attention block) | "lowrank" (a MatMul/Gemm weight)
     name: str  # the name its recipe step's `layers` field takes
     moves: tuple[float, ...]  # its values, gentlest first
     weights: frozenset[str]  # initializers whose units' table time is this layer's cost
 
 
 def layers_of(model, kinds: set[str]) -> list[Layer]:
-    """The per-layer moves that apply to an onnx model (`kinds`: "prune", "lowrank"): each move
+    """The per-layer moves that apply to an onnx model (`kinds`: "prune", "ffn", "heads",
+    "lowrank"): each move
     changes the layer (moves that would keep the same channel count or rank are dropped), and
     only names that survive the recipe syntax (no ',', ';', '|', no edge spaces) are used."""
     out: list[Layer] = []
@@ -49,6 +51,23 @@ def layers_of(model, kinds: set[str]) -> list[Layer]:
                               unchanged=channels)
             if moves and _recipe_safe(name):
                 out.append(Layer("prune", name, moves, frozenset(producers + readers)))
+    if "ffn" in kinds:
+        from ..rewrite.prune_ffn import Config as FfnConfig, prunable_layers as ffn_blocks
+
+        for name, neurons, w1, w2 in ffn_blocks(model):
+            moves = _distinct(PRUNE_MOVES, lambda m: _ffn_kept(neurons, m, FfnConfig()),
+                              unchanged=neurons)
+            if moves and _recipe_safe(name):
+                out.append(Layer("ffn", name, moves, frozenset(w1 + w2)))
+    if "heads" in kinds:
+        from ..rewrite.prune_heads import Config as HeadsConfig, prunable_layers as attention
+
+        for name, heads, qkv, w_out in attention(model):
+            moves = _distinct(PRUNE_MOVES, lambda m: max(HeadsConfig.min_heads,
+                                                         heads - int(round(m * heads))),
+                              unchanged=heads)
+            if moves and _recipe_safe(name):
+                out.append(Layer("heads", name, moves, frozenset(qkv + w_out)))
     if "lowrank" in kinds:
         from ..rewrite.lowrank import Config, linear_layers
 
@@ -62,6 +81,12 @@ def layers_of(model, kinds: set[str]) -> list[Layer]:
                 out.append(Layer("lowrank", name, moves,
                                  frozenset({name, f"{name}_svd_u", f"{name}_svd_v"})))
     return out
+
+
+def _ffn_kept(neurons: int, ratio: float, cfg) -> int:
+    """Neurons prune-ffn keeps of a block at `ratio` (its rounding, so equal moves collapse)."""
+    k = max(min(cfg.min_neurons, neurons), neurons - int(round(ratio * neurons)))
+    return min(neurons, -(-k // cfg.round_to) * cfg.round_to)
 
 
 def _distinct(moves: tuple[float, ...], result, unchanged=None) -> tuple[float, ...]:
@@ -82,7 +107,8 @@ def state_steps(state: Mapping[tuple[str, str], float]
                 ) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
     """Recipe steps of a state {(kind, layer name): value}: pruning first, then low rank."""
     steps = []
-    for kind, step in (("prune", "prune-channels"), ("lowrank", "lowrank")):
+    for kind, step in (("prune", "prune-channels"), ("ffn", "prune-ffn"), ("heads", "prune-heads"),
+                       ("lowrank", "lowrank")):
         items = tuple(f"{name}:{v:g}" for (k, name), v in sorted(state.items()) if k == kind)
         if items:
             steps.append((step, (("layers", items), ("ratio", 0.0))))
@@ -177,4 +203,5 @@ def _next_moves(layer: Layer, state: Mapping[tuple[str, str], float]) -> tuple[f
     now = state.get((layer.kind, layer.name))
     if now is None:
         return layer.moves
-    return tuple(m for m in layer.moves if (m > now if layer.kind == "prune" else m < now))
+    return tuple(m for m in layer.moves if (m > now if layer.kind in ("prune", "ffn", "heads")
+                                            else m < now))

@@ -1,0 +1,355 @@
+"""Structured pruning of transformer feed-forward neurons, removing them from the ONNX graph.
+
+A feed-forward block is fc1 (MatMul [+ bias Add] or Gemm) -> an element-wise activation region
+-> fc2 (MatMul or Gemm). Every value between fc1 and fc2 carries one entry per neuron on its last
+axis and every op there is element-wise with scalar constants (Relu, Gelu, the exporters'
+x*0.5*(1+erf(x/sqrt2)) and tanh-approximation subgraphs, SiLU...), so neuron j only ever meets
+neuron j: dropping fc1's output columns, their bias entries and fc2's input rows together is
+exact on the neurons kept. The residual stream (fc2's output width) is untouched.
+
+Importance is the weight magnitude |fc1 column|_2 * |fc2 row|_2, or, with `importance=activation`,
+the mean |activation| over the calibration batches times |fc2 row|_2 (what the neuron actually
+adds to the output). Ratios are per block, like `prune-channels`, with per-block overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from . import StepContext, StepResult
+
+# element-wise ops allowed between fc1 and fc2 (other operands must be scalar constants)
+_ELEMENTWISE = {"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Div", "Pow",
+                "LeakyRelu", "Softplus", "Elu", "Selu", "Neg", "Abs", "Sqrt", "Exp", "Clip",
+                "HardSigmoid", "HardSwish", "Identity", "Mish", "Celu", "ThresholdedRelu",
+                "FastGelu", "QuickGelu"}
+
+_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Exp", "Identity", "Clip"}
+
+
+@dataclass(frozen=True)
+class Config:
+    ratio: float = 0.5  # fraction of each block's neurons removed
+    importance: str = "magnitude"  # "magnitude" | "activation" (needs calibration batches)
+    round_to: int = 8  # kept neuron counts are multiples of this (SIMD-friendly GEMM widths)
+    min_neurons: int = 8
+    # per-block ratios "FC1_WEIGHT:RATIO" overriding `ratio`; with ratio=0 only the listed blocks
+    # are pruned (NetAdapt's moves)
+    layers: tuple[str, ...] = ()
+
+
+@dataclass
+class Block:
+    """One feed-forward block: the constants sliced along its neurons."""
+
+    fc1: object  # ir.Node (MatMul or Gemm)
+    w1: object  # ir.Value: fc1 weight
+    w1_axis: int  # neuron axis of w1
+    b1: object | None  # ir.Value: bias on the neuron axis (last), or None
+    fc2: object  # ir.Node
+    w2: object
+    w2_axis: int
+    region: list  # ir.Values between fc1 and fc2 (shapes reset after slicing)
+    exit: object  # ir.Value: fc2's input
+    neurons: int
+    reshapes: list  # ir.Nodes: Reshapes in the region whose target shape ends in `neurons`
+
+    @property
+    def name(self) -> str:
+        return self.w1.name
+
+
+def _const(v):
+    """An initializer used by exactly one node, as an array; None otherwise."""
+    if v is None or not v.is_initializer() or v.const_value is None or v.is_graph_input():
+        return None
+    return v.const_value.numpy() if len(v.uses()) == 1 else None
+
+
+def _scalar(v) -> bool:
+    from onnx_ir import convenience
+
+    if v is None:
+        return True
+    t = convenience.get_const_tensor(v)
+    return t is not None and t.numpy().size == 1
+
+
+def _users(v) -> list:
+    return [u.node for u in v.uses()]
+
+
+def _fc1(node):
+    """(weight, neuron axis, bias value or None, output value after bias) of an fc1 candidate."""
+    ins = list(node.inputs)
+    if node.op_type == "MatMul":
+        w = _const(ins[1])
+        if w is None or w.ndim != 2:
+            return None
+        out, bias = node.outputs[0], None
+        users = _users(out)
+        if len(users) == 1 and users[0].op_type == "Add":
+            add = users[0]
+            other = [v for v in add.inputs if v is not out]
+            b = _const(other[0]) if len(other) == 1 else None
+            if b is not None and b.shape[-1:] == (w.shape[1],) and b.size == w.shape[1]:
+                bias, out = other[0], add.outputs[0]
+        return ins[1], 1, bias, out
+    if node.op_type == "Gemm" and not node.attributes.get_int("transA", 0):
+        w = _const(ins[1])
+        if w is None:
+            return None
+        axis = 0 if node.attributes.get_int("transB", 0) else 1
+        bias = ins[2] if len(ins) > 2 and ins[2] is not None else None
+        if bias is not None:
+            b = _const(bias)
+            if b is None:
+                return None
+            if b.size == 1:
+                bias = None  # a broadcast scalar: nothing to slice
+            elif b.shape[-1:] != (w.shape[axis],) or b.size != w.shape[axis]:
+                return None
+        return ins[1], axis, bias, node.outputs[0]
+    return None
+
+
+def _keeps_last_axis(node, v, neurons: int):
+    """A Reshape of `v` whose constant target shape ends in `neurons` moves whole rows of neurons
+    (row-major), so it is element-wise for pruning; its shape constant then needs the new count."""
+    from onnx_ir import convenience
+
+    if node.op_type != "Reshape" or list(node.inputs)[0] is not v:
+        return False
+    t = convenience.get_const_tensor(list(node.inputs)[1])
+    return t is not None and t.numpy().ndim == 1 and int(t.numpy()[-1]) == neurons
+
+
+def _activated(nodes) -> bool:
+    return any(n.op_type not in _ARITHMETIC for n in nodes)
+
+
+def _region(start, graph_outputs, neurons: int):
+    """Values reachable from `start` through element-wise ops whose other operands are scalar
+    constants (and Reshapes that keep the neuron axis last), and the single fc2 node reading
+    them: (values, fc2, exit, reshapes), or (reason, whether an activation was on the way)."""
+    region, frontier, fc2, exit_value = [start], [start], None, None
+    seen, nodes, reshapes = {id(start)}, [], []
+    while frontier:
+        v = frontier.pop()
+        if v in graph_outputs:
+            return "an activation is a graph output", _activated(nodes)
+        for node in _users(v):
+            if node.op_type in ("MatMul", "Gemm") and list(node.inputs)[0] is v:
+                if fc2 is not None and fc2 is not node:
+                    return "activations feed two matrix products", _activated(nodes)
+                if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+                    return "fc2 is a Gemm with transA", _activated(nodes)
+                fc2, exit_value = node, v
+                continue
+            if _keeps_last_axis(node, v, neurons):
+                if node not in reshapes:
+                    reshapes.append(node)
+                    seen.add(id(node.outputs[0]))
+                    region.append(node.outputs[0])
+                    frontier.append(node.outputs[0])
+                continue
+            if node.op_type not in _ELEMENTWISE or len(node.outputs) != 1:
+                return f"activation used by {node.op_type} '{node.name}'", _activated(nodes)
+            if node not in nodes:
+                nodes.append(node)
+                out = node.outputs[0]
+                seen.add(id(out))
+                region.append(out)
+                frontier.append(out)
+    for node in nodes:
+        for other in node.inputs:
+            if other is not None and id(other) not in seen and not _scalar(other):
+                return f"{node.op_type} '{node.name}' mixes in a non-scalar tensor", True
+    if fc2 is None:
+        return "no second matrix product reads the activations", _activated(nodes)
+    return region, fc2, exit_value, reshapes
+
+
+def find_blocks(irm) -> tuple[list[Block], list[str]]:
+    """Every prunable feed-forward block of an onnx_ir model, and why other candidates are not."""
+    graph = irm.graph
+    outputs = set(graph.outputs)
+    blocks, reasons = [], []
+    taken: set[int] = set()
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or id(node) in taken:
+            continue
+        fc = _fc1(node)
+        if fc is None:
+            continue
+        w1, axis, bias, start = fc
+        neurons = w1.const_value.numpy().shape[axis]
+        found = _region(start, outputs, neurons)
+        if len(found) == 2:  # (reason, an activation was on the way): report FFN look-alikes
+            if found[1]:
+                reasons.append(f"{w1.name}: {found[0]}")
+            continue
+        region, fc2, exit_value, reshapes = found
+        w2 = _const(list(fc2.inputs)[1])
+        if w2 is None or w2.ndim != 2:
+            reasons.append(f"{w1.name}: fc2 '{fc2.name}' has a shared or non-constant weight")
+            continue
+        w2_axis = 1 if fc2.op_type == "Gemm" and fc2.attributes.get_int("transB", 0) else 0
+        if w2.shape[w2_axis] != neurons:
+            reasons.append(f"{w1.name}: fc2 '{fc2.name}' reads {w2.shape[w2_axis]} features, "
+                           f"fc1 makes {neurons}")
+            continue
+        taken.add(id(fc2))
+        blocks.append(Block(node, w1, axis, bias, fc2, list(fc2.inputs)[1], w2_axis, region,
+                            exit_value, neurons, reshapes))
+    return blocks, reasons
+
+
+def magnitude(b: Block) -> np.ndarray:
+    w1 = np.moveaxis(b.w1.const_value.numpy(), b.w1_axis, 0).reshape(b.neurons, -1)
+    w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
+    return np.linalg.norm(w1, axis=1) * np.linalg.norm(w2, axis=1)
+
+
+def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
+    """Mean |fc2 input| per neuron over `batches` (ORT), times |fc2 row|_2, per block."""
+    import onnx
+
+    from ..fidelity import run_ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    names = [b.exit.name for b in blocks]
+    for n in names:
+        if n not in known:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(
+                n, onnx.TensorProto.FLOAT, None))
+    sums = {n: 0.0 for n in names}
+    for batch in batches:
+        outs = dict(zip([o.name for o in probe.graph.output], run_ort(probe, batch)))
+        for n in names:
+            a = np.abs(outs[n].astype(np.float64))
+            sums[n] = sums[n] + a.reshape(-1, a.shape[-1]).mean(axis=0)
+    out = {}
+    for b in blocks:
+        w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
+        out[b.name] = sums[b.exit.name] / max(len(batches), 1) * np.linalg.norm(w2, axis=1)
+    return out
+
+
+def aliases(b: Block) -> list[str]:
+    """Names `layers` may use for a block: fc1's weight (exporters may leave it a generated name
+    like 'val_118'), fc1's bias and node names."""
+    return [n for n in (b.w1.name, b.b1.name if b.b1 is not None else None, b.fc1.name) if n]
+
+
+def choose_keep(blocks: list[Block], scores: dict[str, np.ndarray], cfg: Config
+                ) -> dict[str, np.ndarray]:
+    from . import per_layer, unknown_layers
+
+    wanted = per_layer(cfg.layers, "prune-ffn", 0.0, 1.0)
+    alias = {n: b.name for b in blocks for n in aliases(b)}
+    unknown_layers("prune-ffn", wanted, alias)
+    ratios = {alias[n]: r for n, r in wanted.items()}
+    keep = {}
+    for b in blocks:
+        ratio = ratios.get(b.name, cfg.ratio)
+        k = b.neurons - int(round(ratio * b.neurons))
+        k = max(min(cfg.min_neurons, b.neurons), k)
+        k = min(b.neurons, -(-k // cfg.round_to) * cfg.round_to)
+        if k < b.neurons:
+            keep[b.name] = np.sort(np.argsort(-scores[b.name], kind="stable")[:k])
+    return keep
+
+
+def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
+    """Slice fc1's weight (and bias) and fc2's weight for the kept neurons, in place; Reshapes
+    between them get their own shape constant ending in the kept count (exporters share one
+    shape constant between layers, which may keep different counts)."""
+    import onnx_ir as ir
+    from onnx_ir import convenience
+
+    def take(v, axis, idx):
+        arr = np.take(v.const_value.numpy(), idx, axis=axis)
+        v.const_value = ir.tensor(np.ascontiguousarray(arr), name=v.name)
+        v.shape = ir.Shape(arr.shape)
+
+    for b in blocks:
+        if b.name not in keep:
+            continue
+        idx = keep[b.name]
+        take(b.w1, b.w1_axis, idx)
+        if b.b1 is not None:
+            take(b.b1, b.b1.const_value.numpy().ndim - 1, idx)
+        take(b.w2, b.w2_axis, idx)
+        for node in b.reshapes:
+            arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
+            arr[-1] = len(idx)
+            name = f"{node.outputs[0].name}_shape"
+            while name in graph.initializers:
+                name += "_"
+            value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(
+                ir.DataType.INT64), const_value=ir.tensor(arr, name=name))
+            graph.register_initializer(value)
+            old = list(node.inputs)[1]
+            node.replace_input_with(1, value)
+            if old.is_initializer() and not old.uses() and not old.is_graph_input():
+                graph.initializers.pop(old.name)
+        for v in b.region + list(b.fc1.outputs):
+            v.shape = None
+
+
+def step(model, cfg: Config, ctx: StepContext) -> StepResult:
+    from .prune_channels import load_ir, param_count, save_ir
+
+    if not 0.0 <= cfg.ratio < 1.0:
+        raise InputError(f"prune-ffn: ratio must be in [0, 1), got {cfg.ratio}")
+    if cfg.importance not in ("magnitude", "activation"):
+        raise InputError(f"prune-ffn: importance must be 'magnitude' or 'activation', "
+                         f"got {cfg.importance!r}")
+    if cfg.round_to < 1 or cfg.min_neurons < 1:
+        raise InputError("prune-ffn: round_to and min_neurons must be >= 1")
+    irm = load_ir(model)
+    blocks, reasons = find_blocks(irm)
+    if not blocks:
+        return StepResult(None, skipped="no prunable feed-forward block (MatMul/Gemm -> "
+                          "element-wise activation -> MatMul/Gemm)"
+                          + (f" ({'; '.join(reasons[:3])})" if reasons else ""))
+    notes: list[str] = []
+    if cfg.importance == "activation":
+        from .calibration import SYNTHETIC_WARNING
+
+        batches = list(ctx.calibration) or [dict(ctx.feeds)]
+        if ctx.calibration_is_synthetic:
+            notes.append(SYNTHETIC_WARNING)
+        scores = activation(model, blocks, batches)
+    else:
+        scores = {b.name: magnitude(b) for b in blocks}
+    keep = choose_keep(blocks, scores, cfg)
+    if not keep:
+        return StepResult(None, skipped=f"ratio {cfg.ratio}"
+                          + (" and layers=..." if cfg.layers else "")
+                          + " remove no neuron from any block")
+    details_blocks = [{"fc1": b.fc1.name, "fc2": b.fc2.name, "weight": b.name,
+                       "neurons": b.neurons,
+                       "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
+                      for b in blocks]
+    apply(irm.graph, blocks, keep)
+    out = save_ir(irm)
+    before, after = param_count(model), param_count(out)
+    return StepResult(out, notes=tuple(notes), fidelity_kind="lossy", details={
+        "blocks": details_blocks, "importance": cfg.importance, "not_prunable": reasons[:10],
+        "params_before": before, "params_after": after,
+        "compression": round(before / max(after, 1), 3)})
+
+
+def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
+    """(name for `layers`, neurons, [fc1 weight], [fc2 weight]) per block: a search's moves."""
+    from .prune_channels import load_ir
+
+    blocks, _ = find_blocks(load_ir(model))
+    return [(b.name, b.neurons, [b.w1.name], [b.w2.name]) for b in blocks]

@@ -1,0 +1,27 @@
+"""tools/zoo.py: the corpus it names and the ZOO.md it renders from results alone."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import zoo  # noqa: E402
+
+
+def test_corpus_has_the_zoo_files_and_at_least_25_architectures():
+    names = list(zoo.corpus())
+    assert len([n for n in names if n.startswith("onnx:")]) == 9
+    assert len(names) >= 25 and "hf:bert" in names and "hf:vit" in names
+
+
+def test_report_counts_pass_rates_over_the_cells_run():
+    results = {"models": {
+        "onnx:a": {"cells": {"export": {"ok": True, "text": "as given"},
+                             "int8 static": {"ok": True, "text": "ok 2.00x"},
+                             "int8 dynamic": {"ok": None, "text": "n/a (no MatMul/Gemm)"}}},
+        "hf:b": {"cells": {"export": {"ok": False, "text": "exporter failed | twice"}}}},
+        "runs": ["x"]}
+    md = zoo.report(results)
+    assert "export: 1/2" in md and "int8 static: 1/1" in md and "int8 dynamic: 0/0" in md
+    assert "| hf:b | exporter failed / twice | not reached |" in md
+    assert md.count("\n| ") == 3  # header + 2 models
