@@ -11,7 +11,7 @@ from deploykit.cli import main
 from deploykit.onnxio import SYNTHETIC_SEQ, io_specs, load_onnx, make_feeds
 from onnx_models import tiny_encoder
 
-FAST = ["--max-time", "0.5", "--warmup-max", "0.1", "--min-samples", "5"]
+FAST = ["--max-time", "0.5", "--warmup-max", "0.1", "--min-samples", "5", "--no-strict"]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,8 @@ def test_compress_profile_package_check_a_text_model(encoder, tmp_path, capsys):
     assert main(["package", str(out), "-o", str(bundle), "--no-measure", "--no-store"]) == 0
     assert main(["verify", str(bundle)]) == 0
     base = tmp_path / "base.json"
-    gate = ["--max-time", "1", "--warmup-max", "0.2", "-q", "--no-store"]
-    assert main(["baseline", str(encoder), "-o", str(base), *gate]) == 0
+    gate = ["--max-time", "1", "--warmup-max", "0.2", "-q", "--no-store", "--memory-runs", "1"]
+    assert main(["baseline", str(encoder), "-o", str(base), *gate, "--no-strict"]) == 0
     verdict = tmp_path / "v.json"
     assert main(["check", str(encoder), "--baseline", str(base), "--json", str(verdict),
                  *gate]) in (0, 1)  # the verdict on timings of a loaded machine may go either way
