@@ -92,13 +92,17 @@ def test_search_end_to_end(cnn, tmp_path):
 
 def test_a_limit_that_cuts_the_search_is_recorded(cnn, tmp_path):
     """The other side of NO_LIMIT_S: a limit spent before the first candidate is built leaves
-    only the baseline, and the result says where the limit cut."""
+    only the baseline and the expert recipes (built whatever the limit, search/experts.py), and
+    the result says where the limit cut."""
     cfg = SearchConfig(min_fidelity=0.9, time_limit_s=1e-6, families=("int8", "prune"),
                        target_options=False, **FAST)
     res = _search(cnn, tmp_path, cfg)
     assert res.cost["time_limit_reached"][:1] == ["building candidates"]
     assert "NetAdapt" in res.cost["time_limit_reached"]  # its loop never started an iteration
-    assert [r.cand.family for r in res.rows] == ["baseline"]
+    assert res.rows[0].cand.family == "baseline"
+    extra = res.rows[1:]
+    assert extra and all(r.expert for r in extra)  # ORT's expert int8 recipe, nothing else
+    assert {r.cand.family for r in extra} == {"int8"}
     assert any(n.startswith("time limit reached while building candidates") for n in res.notes)
 
 
