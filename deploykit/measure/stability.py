@@ -76,7 +76,13 @@ def stability(r: LatencyReport) -> Stability | None:
     else:
         note = f"second half vs first {drift:+.1%} (p={p:.2g}): steady"
     return Stability(duration_s=float(dur.sum()), blocks=len(blocks), drift=float(drift),
-                     trend_per_min=float(math.expm1(slope)),
-                     trend_ci=(float(math.expm1(lo)), float(math.expm1(hi))), halves_p=float(p),
+                     trend_per_min=_expm1(slope), trend_ci=(_expm1(lo), _expm1(hi)),
+                     halves_p=float(p),
                      cv=r.cv, iqr_ms=float(q3 - q1), p99_over_p50=float(p99 / p50),
                      flagged=flagged, note=note)
+
+
+def _expm1(log_slope: float) -> float:
+    """exp(x) - 1 of a log-scale slope; a slope beyond float range (blocks of a few microseconds
+    give a time axis of nothing) is infinite, not an OverflowError."""
+    return math.expm1(log_slope) if log_slope < 700 else math.inf
