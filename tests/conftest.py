@@ -43,20 +43,12 @@ def _hardware(item) -> str | None:
     return next((m for m in HARDWARE if item.get_closest_marker(m) is not None), None)
 
 
-def load_pg_cluster():
-    """tools/pg_cluster.py as a module (tools/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pg_cluster", REPO / "tools" / "pg_cluster.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A real PostgreSQL server for this test session (throwaway cluster on a loopback port)."""
-    cluster = load_pg_cluster().PgCluster()
+    from _tools import load_tool
+
+    cluster = load_tool("pg_cluster").PgCluster()
     yield cluster
     cluster.remove()
 

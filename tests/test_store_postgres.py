@@ -7,9 +7,9 @@ import multiprocessing as mp
 import re
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from _tools import load_tool
 
 from deploykit.cli import main
 from deploykit.errors import InputError, StoreError
@@ -23,25 +23,13 @@ FAST = ["--max-time", "0.3", "--warmup-max", "0.1", "--min-samples", "10", "--no
 SECRET = "s3cr3t-pw"
 
 
-def load_pg_cluster():
-    """tools/pg_cluster.py as a module (tools/ is not a package; `from conftest import ...` would
-    find whichever conftest.py was imported last)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "pg_cluster.py"
-    spec = importlib.util.spec_from_file_location("pg_cluster", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     return conv_relu_gemm(tmp_path_factory.mktemp("m") / "m.onnx")
 
 
 def _dead_url(user_pw: str = f"ci:{SECRET}") -> str:
-    port = load_pg_cluster().free_port()  # nothing listens there
+    port = load_tool("pg_cluster").free_port()  # nothing listens there
     return f"postgresql://{user_pw}@127.0.0.1:{port}/results"
 
 
@@ -153,7 +141,7 @@ def _endless_writer(url: str, errors) -> None:
 
 def test_server_killed_mid_run_fails_cleanly_and_keeps_committed_runs(onnx_file, tmp_path,
                                                                      capsys):
-    cluster = load_pg_cluster().PgCluster()  # its own server: this test kills it
+    cluster = load_tool("pg_cluster").PgCluster()  # its own server: this test kills it
     try:
         url = cluster.create_db()
         secret_url = url.replace("postgresql://dk@", f"postgresql://dk:{SECRET}@")

@@ -6,7 +6,6 @@ Nothing here skips when system packages are missing: the emulated device install
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 from pathlib import Path
@@ -52,18 +51,13 @@ def tracker():
     kill_group(proc)
 
 
-def load_arm_device():
-    spec = importlib.util.spec_from_file_location("arm_device", REPO / "tools" / "arm_device.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="session")
 def arm_device():
     """(tools/arm_device.py as a module, arm64 rootfs, aarch64 site-packages): set up on first
     use (about a minute, installing what is missing), cached afterwards; fails loudly."""
-    arm = load_arm_device()
+    from _tools import load_tool
+
+    arm = load_tool("arm_device")
     rootfs, site = arm.setup()
     return arm, rootfs, site
 
