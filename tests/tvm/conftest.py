@@ -14,7 +14,6 @@ import pytest
 
 import tvm_models as models
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
