@@ -9,8 +9,10 @@ interval's tightness made it look precise. So every LatencyReport carries a stat
   be kept (too few clean ones to drop them), or the clean blocks themselves carried a steady
   foreign load of at least half the contamination threshold;
 * ``unstable``: no foreign load, but the machine did not hold still -- the block medians drifted
-  by more than MAX_DRIFT from the first half of the run to the second, or they scattered by more
-  than MAX_SPREAD (robust CV);
+  by more than MAX_DRIFT from the first half of the run to the second *and* by more than
+  DRIFT_Z standard errors of that difference (estimated from the scatter of the block medians
+  within each half: on a short run of six blocks, a 6% difference between two halves of three
+  noisy blocks is noise, not drift), or they scattered by more than MAX_SPREAD (robust CV);
 * ``clean``: neither.
 
 Everything here is a pure function of samples and blocks (tested on synthetic samples); the
@@ -33,6 +35,7 @@ MAX_DRIFT = 0.05
 MAX_SPREAD = 0.10
 MIN_CLEAN_BLOCKS = 8  # as stats.block_medians: fewer clean blocks and contaminated ones are kept
 MIN_DRIFT_BLOCKS = 4
+DRIFT_Z = 3.0  # drift must exceed this many standard errors of the halves' difference
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,28 @@ def _mean_load(blocks: Sequence) -> float:
     return sum(b.foreign_cpu * b.n for b in blocks) / n if n else 0.0
 
 
-def _drift_and_spread(meds: np.ndarray) -> tuple[float, float]:
+def _drift_and_spread(meds: np.ndarray) -> tuple[float, float, float]:
+    """(drift, spread, drift's standard error), all relative; nans with too few blocks.
+    The standard error comes from the scatter *within* each half (robust: MAD around each
+    half's own median), so a real step between the halves does not hide itself by inflating
+    it; 1.2533 * sigma / sqrt(n) is the large-sample standard error of a median."""
     if len(meds) < MIN_DRIFT_BLOCKS:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     half = len(meds) // 2
-    first, second = float(np.median(meds[:half])), float(np.median(meds[half:]))
+    a, b = meds[:half], meds[half:]
+    first, second = float(np.median(a)), float(np.median(b))
     mid = float(np.median(meds))
     mad = float(np.median(np.abs(meds - mid)))
-    return second / first - 1.0, 1.4826 * mad / mid
+    within = 1.4826 * float(np.median(np.abs(np.concatenate([a - first, b - second])))) / mid
+    se = 1.2533 * within * math.sqrt(1.0 / len(a) + 1.0 / len(b))
+    return second / first - 1.0, 1.4826 * mad / mid, se
+
+
+def drift_is_real(drift: float, drift_se: float) -> bool:
+    """Drift beyond MAX_DRIFT and beyond DRIFT_Z standard errors (nan: not judged)."""
+    if math.isnan(drift):
+        return False
+    return abs(drift) > MAX_DRIFT and abs(drift) > DRIFT_Z * drift_se
 
 
 def assess(samples_ms: Sequence[float], blocks: Sequence, *, threshold: float = 0.25,
@@ -95,7 +112,7 @@ def assess(samples_ms: Sequence[float], blocks: Sequence, *, threshold: float = 
     basis = used if kept_dirty else clean
     meds = np.array([np.median(x[b.start:b.start + b.n]) for b in basis]) if basis else \
         np.array([])
-    drift, spread = _drift_and_spread(meds)
+    drift, spread, drift_se = _drift_and_spread(meds)
     load, clean_load = _mean_load(used), _mean_load(clean)
     common = dict(contaminated_share=share, foreign_load=load, drift=drift, spread=spread,
                   blocks_used=len(basis), discarded_blocks=discarded_blocks,
@@ -117,9 +134,11 @@ def assess(samples_ms: Sequence[float], blocks: Sequence, *, threshold: float = 
                                       f"throughout the run (below the {threshold:.0%} per-block "
                                       f"mark, but steady); the median below is inflated by the "
                                       f"load" + waited, **common)
-    if not math.isnan(drift) and abs(drift) > MAX_DRIFT:
+    if drift_is_real(drift, drift_se):
         return Validity(UNSTABLE, f"block medians drifted {drift:+.1%} from the first half of "
-                                  f"the run to the second (limit ±{MAX_DRIFT:.0%}): the machine "
+                                  f"the run to the second (limit ±{MAX_DRIFT:.0%}, standard "
+                                  f"error {drift_se:.1%} from the scatter within each half): "
+                                  f"the machine "
                                   f"did not hold still (frequency, thermal or host contention; "
                                   f"see `deploykit doctor`)" + waited, **common)
     if not math.isnan(spread) and spread > MAX_SPREAD:

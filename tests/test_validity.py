@@ -75,6 +75,21 @@ def test_scatter_without_drift_is_unstable():
     assert v.state == "unstable" and v.spread > validity.MAX_SPREAD
 
 
+def test_short_run_halves_differing_within_their_noise_are_clean():
+    # 6 blocks of a 3 s run, block medians scattering ~4% (a quiet 2-core VM): the halves
+    # differ by ~8%, more than MAX_DRIFT, but by less than DRIFT_Z of their standard errors
+    meds = [7.0, 7.6, 7.2, 7.9, 7.4, 8.1]
+    v = validity.assess(*_run(meds, [0.0] * 6))
+    assert v.drift > validity.MAX_DRIFT and v.state == "clean"
+
+
+def test_short_run_with_a_real_step_is_unstable():
+    meds = [7.0, 7.1, 6.95, 9.8, 9.9, 9.75]  # the same 6 blocks, a +40% step after the third
+    v = validity.assess(*_run(meds, [0.0] * 6))
+    assert v.state == "unstable" and v.drift == pytest.approx(0.40, abs=0.02)
+    assert "standard error" in v.reason
+
+
 def test_small_drift_is_clean():
     meds = list(np.linspace(7.0, 7.0 * 1.02, 20))
     assert validity.assess(*_run(meds, [0.0] * 20)).state == "clean"
