@@ -12,7 +12,7 @@ The protocol of issue 22, each run a fresh `deploykit profile MODEL --strict --j
 * half: a hog that runs during the first half of a profile run (half the median wall time of
   the quiet runs), profiled with `--wait-quiet 60` -> the median of the runs' medians within 3%
   of the quiet runs' (one run is not within 3% of another even when quiet: run-to-run medians
-  vary by +/-5% on the 2-core VM), and no half run called clean outside the quiet runs' range.
+  vary by +/-5% on the 2-core VM), and no half run called clean slower than every quiet run.
 The model defaults to the bundled TinyResNet (deploykit/examples/tinyresnet.py, ~7 ms on 2 cores),
 exported once. "quiet" means no hog of ours: on a shared machine other processes may still be
 running, and the script records the foreign load each report saw, so read the quiet figures with
@@ -137,11 +137,12 @@ def _verdicts(res: dict) -> list[str]:
         # honesty: a half run called clean must be as good as a quiet run (the quiet runs'
         # own run-to-run range is the yardstick; one run is not within 3% of another here)
         lo, hi = min(quiet_meds), max(quiet_meds)
-        bad = [r for r in res["half"] if r["state"] == "clean" and not lo <= r["median_ms"] <= hi]
-        worst = max((abs(r["vs_quiet"]) for r in bad), default=0.0)
+        # (slower than every quiet run: load that inflated a run called clean; a faster one is not)
+        bad = [r for r in res["half"] if r["state"] == "clean" and r["median_ms"] > hi]
+        worst = max((r["vs_quiet"] for r in bad), default=0.0)
         lines.append(f"half-time hog: {sum(r['state'] == 'clean' for r in res['half'])}/"
-                     f"{len(res['half'])} clean; clean runs outside the quiet runs' range "
-                     f"{lo:.3f}-{hi:.3f} ms: {len(bad)}"
+                     f"{len(res['half'])} clean; clean runs slower than every quiet run "
+                     f"({lo:.3f}-{hi:.3f} ms): {len(bad)}"
                      + (f" (worst {worst:+.1%})" if bad else "")
                      + f" (target 0): {'PASS' if not bad else 'FAIL'}")
     return lines
