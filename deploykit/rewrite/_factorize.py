@@ -70,15 +70,17 @@ class ConvFactorRule(RewriteRuleClassBase):
         return op.Conv(x, w, **attrs)
 
 
-def apply_rules(step_pass, model, rules, log: RuleLog, nothing: str):
+def apply_rules(step_pass, model, rules, log: RuleLog, nothing: str, source=None):
     """Run `rules` on `model` in place for `step_pass`: its PassResult, with the per-layer
-    details; `nothing` is the skip reason when none fired."""
+    details; `nothing` is the skip reason when none fired. A functional pass that rewrites a
+    prepared copy passes its input as `source`: a skip returns that, unchanged."""
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
     fired = rules.apply_to_model(model)
     if not fired:
         why = "; ".join(f"{k}: {v}" for k, v in list(log.refused.items())[:3])
-        return step_pass.skip(model, nothing + (f" ({why})" if why else ""))
+        return step_pass.skip(model if source is None else source,
+                              nothing + (f" ({why})" if why else ""))
     for name, node in log.checked.items():
         if not node.name:
             node.name = name

@@ -117,4 +117,4 @@ class TuckerPass(StepPass, ir.passes.FunctionalPass):
         work = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
         log = RuleLog()
         return apply_rules(self, work, RewriteRuleSet([ConvTucker2.rule(cfg, log)]), log,
-                           "no Conv to factorize")
+                           "no Conv to factorize", source=model)
