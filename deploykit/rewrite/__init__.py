@@ -88,7 +88,7 @@ class StepPass:
         functional pass returns a copy, as onnx-ir requires of it)."""
         from onnx_ir.passes import PassResult
 
-        self.report = StepReport(skipped=why, notes=tuple(notes), fidelity_kind=self.fidelity_kind)
+        self.report = StepReport(skipped=why, notes=tuple(notes))  # no output: nothing judged
         return PassResult(model if self.in_place else model.clone(), False)
 
     def done(self, model, *, notes=(), details: Mapping[str, Any] | None = None):

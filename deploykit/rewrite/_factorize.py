@@ -14,20 +14,26 @@ from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 @dataclass
 class RuleLog:
     """Filled by a rule set as it matches: one dict per rewritten node (with
-    rel_frobenius_error), refusals (node -> reason), the weights the step made (never matched
-    again) and every node checked, by the name the report gives it."""
+    rel_frobenius_error), refusals (node name -> reason), the weights the step made (never
+    matched again) and the unnamed nodes it named."""
 
     layers: list[dict[str, Any]] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     created: set[str] = field(default_factory=set)
-    checked: dict[str, Any] = field(default_factory=dict)  # report name -> ir.Node
+    named: list[tuple[Any, Any]] = field(default_factory=list)  # (ir.Node, its name before)
 
     def label(self, node, w) -> str:
-        """The node's name, or "Op(weight)" for an unnamed node; the unnamed ones get it in the
-        output once the step applies (so a refusal names a node the file has)."""
-        name = node.name or f"{node.op_type}({w.name})"
-        self.checked[name] = node
-        return name
+        """The node's name; an unnamed node is named "Op(weight)" here, before the rule set's
+        own name fixing, so a refusal names a node the output has (`unname` undoes it when
+        nothing fired)."""
+        if not node.name:
+            self.named.append((node, node.name))
+            node.name = f"{node.op_type}({w.name})"
+        return node.name
+
+    def unname(self) -> None:
+        for node, name in self.named:
+            node.name = name
 
     def refuse(self, name: str, reason: str):
         self.refused[name] = reason
@@ -78,12 +84,10 @@ def apply_rules(step_pass, model, rules, log: RuleLog, nothing: str, source=None
 
     fired = rules.apply_to_model(model)
     if not fired:
+        log.unname()
         why = "; ".join(f"{k}: {v}" for k, v in list(log.refused.items())[:3])
         return step_pass.skip(model if source is None else source,
                               nothing + (f" ({why})" if why else ""))
-    for name, node in log.checked.items():
-        if not node.name:
-            node.name = name
     RemoveUnusedNodesPass()(model)
     done = {d["node"] for d in log.layers}
     return step_pass.done(model, details={

@@ -320,6 +320,13 @@ def _check(model, where: str) -> None:
         raise VerificationError(f"{where} fails onnx.checker: {str(e).splitlines()[0]}") from None
 
 
+def _same_graph(a, b) -> bool:
+    """The same computation: nodes, weights, inputs and outputs equal (value_info, the shape
+    annotations onnx-ir writes for every typed value, aside)."""
+    return all(list(getattr(a, f)) == list(getattr(b, f))
+               for f in ("node", "initializer", "sparse_initializer", "input", "output"))
+
+
 def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContext, *,
                tolerances: Mapping[str, Tolerance] | None = None) -> RecipeResult:
     """Apply `steps` in order; intermediates go to ctx.workdir as NN-step.onnx.
@@ -351,8 +358,7 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
                       details=rep.details, fidelity_kind=rep.fidelity_kind)
         skipped = None if result.modified else rep.skipped or "step left the model unchanged"
         out = ir.to_proto(result.model) if result.modified else None
-        if out is not None and (out.graph.SerializeToString(deterministic=True)
-                                == parent_proto.graph.SerializeToString(deterministic=True)):
+        if out is not None and _same_graph(out.graph, parent_proto.graph):
             skipped = "step left the model unchanged"
         if skipped:
             records.append(StepRecord(output=None, skipped=skipped, fidelity=None,

@@ -45,15 +45,20 @@ def _bn_on_input():
         opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _conv_relu_gemm(tmp_path, dead_channel=False):
-    """3 -> 8 channels: below the factorization steps' min_channels; with `dead_channel`, the
-    head reads nothing of channel 0 (a channel remove-zero-channels removes)."""
-    model = onnx.load(conv_relu_gemm(tmp_path / "crg.onnx"))
-    if dead_channel:
-        fc_w = next(t for t in model.graph.initializer if t.name == "fc_w")
-        arr = numpy_helper.to_array(fc_w).copy()
-        arr[:, 0] = 0  # Gemm transB: column 0 reads channel 0
-        fc_w.CopyFrom(numpy_helper.from_array(arr, "fc_w"))
+def _conv_relu_gemm(tmp_path):
+    """3 -> 8 channels: below the factorization steps' min_channels."""
+    return onnx.load(conv_relu_gemm(tmp_path / "crg.onnx"))
+
+
+def _dead_channel():
+    """bn_concat_net with concat channel 8 zero through the depthwise conv: remove-zero-channels
+    removes it."""
+    model = bn_concat_net()
+    for t in model.graph.initializer:
+        if t.name in ("wb", "bd"):
+            arr = numpy_helper.to_array(t).copy()
+            arr[2 if t.name == "wb" else 8] = 0
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
     return model
 
 
@@ -70,8 +75,7 @@ CASES = {
     "prune-channels": ({}, lambda p: bn_concat_net(), lambda p: mlp()),
     "prune-ffn": ({}, lambda p: mlp(), lambda p: conv_bn_net()),
     "prune-heads": ({}, _attention, lambda p: mlp()),
-    "remove-zero-channels": ({}, lambda p: _conv_relu_gemm(p, dead_channel=True),
-                             lambda p: conv_bn_net()),
+    "remove-zero-channels": ({}, lambda p: _dead_channel(), lambda p: bn_concat_net()),
     "lowrank": ({}, lambda p: mlp(), lambda p: _unnamed(conv_bn_net())),
     "tucker": ({}, lambda p: conv_bn_net(), lambda p: _unnamed(_conv_relu_gemm(p))),
     "compact": ({}, lambda p: conv_bn_net(), lambda p: _unnamed(_conv_relu_gemm(p))),
