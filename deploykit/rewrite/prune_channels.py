@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
 from ..errors import InputError
-from . import StepContext, StepResult
+from . import StepPass
 
 _UNARY = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
           "Elu", "Selu", "Softplus", "Identity", "Dropout", "MaxPool", "AveragePool",
@@ -321,7 +322,6 @@ class ChannelGraph:
 
     def apply(self, keep: dict[int, np.ndarray]) -> None:
         """Slice every weight, BN/constant parameter and shape for the kept channels, in place."""
-        import onnx_ir as ir
 
         def take(v, axis, segs, spatial=1):
             arr = v.const_value.numpy()
@@ -373,7 +373,6 @@ def _axes(node):
 def load_ir(model):
     """onnx.ModelProto -> onnx_ir model with inferred shapes and constants as initializers."""
     import onnx
-    import onnx_ir as ir
     from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -385,7 +384,6 @@ def load_ir(model):
 def save_ir(irm):
     """onnx_ir model -> checked onnx.ModelProto with fresh shapes."""
     import onnx
-    import onnx_ir as ir
 
     proto = ir.to_proto(irm)
     del proto.graph.value_info[:]
@@ -450,35 +448,46 @@ def choose_keep(cg: ChannelGraph, cfg: Config) -> dict[int, np.ndarray]:
     return keep
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    if not 0.0 <= cfg.ratio < 1.0:
-        raise InputError(f"prune-channels: ratio must be in [0, 1), got {cfg.ratio}")
-    if cfg.scope not in ("layer", "global"):
-        raise InputError(f"prune-channels: scope must be 'layer' or 'global', got {cfg.scope!r}")
-    if cfg.layers and cfg.scope != "layer":
-        raise InputError("prune-channels: per-layer ratios (layers=...) need scope=layer")
-    if cfg.round_to < 1 or cfg.min_channels < 1:
-        raise InputError("prune-channels: round_to and min_channels must be >= 1")
-    irm = load_ir(model)
-    cg = ChannelGraph(irm)
-    if not cg.prunable():
-        reasons = sorted(set(cg.blocked.values()))[:3]
-        return StepResult(None, skipped="no prunable Conv channel group"
-                          + (f" ({'; '.join(reasons)})" if reasons else ""))
-    keep = choose_keep(cg, cfg)
-    if not keep:
-        return StepResult(None, skipped=f"ratio {cfg.ratio}"
-                          + (" and layers=..." if cfg.layers else "")
-                          + " remove no channel from any group")
-    groups = [{"producers": cg.producer_names(r), "channels": cg.size[r],
-               "kept": int(len(keep.get(r, range(cg.size[r])))),
-               "removed": sorted(set(range(cg.size[r])) - set(keep[r].tolist()))
-               if r in keep else []} for r in cg.prunable()]
-    cg.apply(keep)
-    out = save_ir(irm)
-    before, after = param_count(model), param_count(out)
-    return StepResult(out, fidelity_kind="lossy", details={
-        "groups": groups, "pinned_groups": len({cg.find(s) for s, _ in cg.producers}
-                                               - set(cg.prunable())),
-        "params_before": before, "params_after": after,
-        "compression": round(before / max(after, 1), 3)})
+class PruneChannelsPass(StepPass, ir.passes.FunctionalPass):
+    """The least important channels of each group removed. Functional: channel groups are found
+    on a copy shape-inferred by onnx's `infer_shapes` with data propagation, and the pruned model
+    is re-inferred strictly and checked (`load_ir` / `save_ir`: `onnx.ModelProto` APIs, so the
+    model is converted at this boundary)."""
+
+    fidelity_kind = "lossy"
+
+    def call(self, model):
+        cfg = self.cfg
+        if not 0.0 <= cfg.ratio < 1.0:
+            raise InputError(f"prune-channels: ratio must be in [0, 1), got {cfg.ratio}")
+        if cfg.scope not in ("layer", "global"):
+            raise InputError(f"prune-channels: scope must be 'layer' or 'global', "
+                             f"got {cfg.scope!r}")
+        if cfg.layers and cfg.scope != "layer":
+            raise InputError("prune-channels: per-layer ratios (layers=...) need scope=layer")
+        if cfg.round_to < 1 or cfg.min_channels < 1:
+            raise InputError("prune-channels: round_to and min_channels must be >= 1")
+        proto = ir.to_proto(model)
+        irm = load_ir(proto)
+        cg = ChannelGraph(irm)
+        if not cg.prunable():
+            reasons = sorted(set(cg.blocked.values()))[:3]
+            return self.skip(model, "no prunable Conv channel group"
+                             + (f" ({'; '.join(reasons)})" if reasons else ""))
+        keep = choose_keep(cg, cfg)
+        if not keep:
+            return self.skip(model, f"ratio {cfg.ratio}"
+                             + (" and layers=..." if cfg.layers else "")
+                             + " remove no channel from any group")
+        groups = [{"producers": cg.producer_names(r), "channels": cg.size[r],
+                   "kept": int(len(keep.get(r, range(cg.size[r])))),
+                   "removed": sorted(set(range(cg.size[r])) - set(keep[r].tolist()))
+                   if r in keep else []} for r in cg.prunable()]
+        cg.apply(keep)
+        out = save_ir(irm)
+        before, after = param_count(proto), param_count(out)
+        return self.done(ir.from_proto(out), details={
+            "groups": groups, "pinned_groups": len({cg.find(s) for s, _ in cg.producers}
+                                                   - set(cg.prunable())),
+            "params_before": before, "params_after": after,
+            "compression": round(before / max(after, 1), 3)})

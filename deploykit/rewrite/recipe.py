@@ -6,10 +6,12 @@ are separated by '|':
     "fold-bn; prune-channels:ratio=0.5; quantize-static:per_channel=true,exclude=conv1|fc"
 
 or a TOML file with one `[[step]]` table per step (`name = "..."` plus the fields). Every step
-module `deploykit/rewrite/<step_name>.py` defines a frozen dataclass `Config` and
-`step(model, cfg, ctx) -> StepResult`. The runner writes every intermediate model (with its
-lineage), checks it with onnx.checker and verifies its outputs against its parent's on ORT
-before anything is timed; a step that did not apply is recorded as skipped, with its reason.
+module `deploykit/rewrite/<step_name>.py` defines a frozen dataclass `Config` and an onnx-ir pass
+class named after the step (`fold-bn` -> `FoldBnPass(cfg, ctx)`, see `deploykit.rewrite`). The
+runner converts the model to onnx-ir once, runs the passes in order on it, writes every
+intermediate model (with its lineage), checks it with onnx.checker and verifies its outputs
+against its parent's on ORT before anything is timed; a step that did not apply (its
+PassResult's `modified` is False) is recorded as skipped, with its report's reason.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Any, Mapping, Sequence
 
 from ..core import ModelRef, Result
 from ..errors import InputError, StepVerificationError, VerificationError
-from . import StepContext, StepResult, quiet_library_warnings
+from . import StepContext, StepReport, quiet_library_warnings
 from ..fidelity import Fidelity, Tolerance
 
 # The recipe steps, each in deploykit/rewrite/<name with '-' as '_'>.py defining `Config` and
-# `step` (step name = file name).
+# the pass `<CamelName>Pass` (step name = file name = class name: prune-channels ->
+# prune_channels.py, PruneChannelsPass).
 STEPS: dict[str, str] = {name: f"deploykit.rewrite.{name.replace('-', '_')}" for name in (
     "cleanup", "fold-bn", "prune-unstructured", "prune-channels", "prune-ffn", "prune-heads",
     "remove-zero-channels", "lowrank", "tucker", "compact", "quantize-static", "quantize-dynamic",
@@ -68,6 +71,19 @@ def step_module(name: str) -> types.ModuleType:
                              f"({STEPS[name]} is missing)") from None
         raise InputError(f"recipe step '{name}' needs a package that is not installed: "
                          f"{e.name}") from None
+
+
+def pass_name(name: str) -> str:
+    """The pass class a step's module defines: 'prune-channels' -> 'PruneChannelsPass'."""
+    return "".join(part.capitalize() for part in name.split("-")) + "Pass"
+
+
+def pass_class(name: str) -> type:
+    """The onnx-ir pass class of step `name`."""
+    cls = getattr(step_module(name), pass_name(name), None)
+    if cls is None:
+        raise InputError(f"recipe step '{name}' has no pass {pass_name(name)} in {STEPS[name]}")
+    return cls
 
 
 def _convert(raw: Any, typ: Any, where: str) -> Any:
@@ -304,10 +320,22 @@ def _check(model, where: str) -> None:
         raise VerificationError(f"{where} fails onnx.checker: {str(e).splitlines()[0]}") from None
 
 
+def _same_graph(a, b) -> bool:
+    """The same computation: nodes, weights, inputs and outputs equal (value_info, the shape
+    annotations onnx-ir writes for every typed value, aside)."""
+    return all(list(getattr(a, f)) == list(getattr(b, f))
+               for f in ("node", "initializer", "sparse_initializer", "input", "output"))
+
+
 def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContext, *,
                tolerances: Mapping[str, Tolerance] | None = None) -> RecipeResult:
-    """Apply `steps` in order; intermediates go to ctx.workdir as NN-step.onnx."""
+    """Apply `steps` in order; intermediates go to ctx.workdir as NN-step.onnx.
+
+    The model is converted to onnx-ir once and handed from pass to pass in memory; each applied
+    step's output is serialized once, to be checked, written and verified. A skipped step leaves
+    the model as it was (`modified` is truthful, see `deploykit.rewrite.StepPass`)."""
     import onnx
+    import onnx_ir as ir
 
     from ..fsutil import atomic_path
     from ..onnxio import load_onnx
@@ -318,38 +346,39 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
         batches += [dict(b) for b in ctx.calibration[:2]]
     Path(ctx.workdir).mkdir(parents=True, exist_ok=True)
     current, records = model_ref, []
+    parent_proto = load_onnx(current.path)
+    model = ir.from_proto(parent_proto)
     for i, rs in enumerate(steps, 1):
         t0 = time.perf_counter()
-        parent_model = load_onnx(current.path)
+        step_pass = pass_class(rs.name)(rs.config, ctx)
         with quiet_library_warnings():
-            res: StepResult = step_module(rs.name).step(parent_model, rs.config, ctx)
-        common = dict(index=i, name=rs.name, spec=rs.spec(), parent=current, notes=res.notes,
-                      details=res.details, fidelity_kind=res.fidelity_kind)
-        skipped = res.skipped
-        if res.model is None and not skipped:
-            skipped = "step returned no model"
-        if res.model is not None and (res.model.graph.SerializeToString(deterministic=True)
-                                      == parent_model.graph.SerializeToString(deterministic=True)):
+            result = step_pass(model)
+        rep: StepReport = step_pass.report
+        common = dict(index=i, name=rs.name, spec=rs.spec(), parent=current, notes=rep.notes,
+                      details=rep.details, fidelity_kind=rep.fidelity_kind)
+        skipped = None if result.modified else rep.skipped or "step left the model unchanged"
+        out = ir.to_proto(result.model) if result.modified else None
+        if out is not None and _same_graph(out.graph, parent_proto.graph):
             skipped = "step left the model unchanged"
         if skipped:
             records.append(StepRecord(output=None, skipped=skipped, fidelity=None,
                                       seconds=time.perf_counter() - t0, **common))
             continue
         where = f"step {i} '{rs.name}'"
-        _check(res.model, where)
+        _check(out, where)
         out_path = Path(ctx.workdir) / f"{i:02d}-{rs.name}.onnx"
         with atomic_path(out_path) as tmp:
-            onnx.save(res.model, str(tmp))
+            onnx.save(out, str(tmp))
         child = ModelRef.from_path(out_path, parent_sha256=current.sha256, transform=rs.name,
                                    config=dataclasses.asdict(rs.config))
         fid = fidelity_over(current.path, child.path, batches)
-        reason = judge(fid, res.fidelity_kind, tolerances)
+        reason = judge(fid, rep.fidelity_kind, tolerances)
         if reason:
             raise StepVerificationError(f"{where} fails verification against its parent: "
                                         f"{reason} ({fid.summary()})", current.path, child.path)
         records.append(StepRecord(output=child, skipped=None, fidelity=fid,
                                   seconds=time.perf_counter() - t0, **common))
-        current = child
+        current, parent_proto, model = child, out, result.model
     overall = fidelity_over(model_ref.path, current.path, batches) if current is not model_ref \
         else None
     return RecipeResult(model_ref, current, tuple(records), overall)

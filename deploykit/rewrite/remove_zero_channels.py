@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
-from . import StepContext, StepResult
+from . import StepPass
 from .prune_channels import ChannelGraph, load_ir, param_count, save_ir
 
 _KEEPS_ZERO = {"Relu", "LeakyRelu", "PRelu", "Identity", "Dropout", "MaxPool", "AveragePool",
@@ -123,21 +124,27 @@ def removable(cg: ChannelGraph, tol: float) -> dict[int, np.ndarray]:
     return keep
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    irm = load_ir(model)
-    cg = ChannelGraph(irm)
-    keep = removable(cg, cfg.tolerance)
-    if not keep:
-        return StepResult(None, skipped="no channel is entirely zero or unread")
-    groups = [{"producers": cg.producer_names(r), "channels": cg.size[r], "kept": len(k)}
-              for r, k in keep.items()]
-    cg.apply(keep)
-    out = save_ir(irm)
-    before, after = param_count(model), param_count(out)
-    notes = () if cfg.tolerance == 0 else (
-        f"tolerance {cfg.tolerance}: near-zero channels removed, outputs may change slightly",)
-    return StepResult(out, notes=notes, details={
-        "groups": groups,
-        "channels_removed": int(sum(cg.size[r] - len(k) for r, k in keep.items())),
-        "params_before": before, "params_after": after,
-        "compression": round(before / max(after, 1), 3)})
+class RemoveZeroChannelsPass(StepPass, ir.passes.FunctionalPass):
+    """Dead channels removed (exact). Functional, like prune-channels: channel groups are found on
+    a copy shape-inferred by onnx (`load_ir` / `save_ir`, at this boundary)."""
+
+    def call(self, model):
+        cfg = self.cfg
+        proto = ir.to_proto(model)
+        irm = load_ir(proto)
+        cg = ChannelGraph(irm)
+        keep = removable(cg, cfg.tolerance)
+        if not keep:
+            return self.skip(model, "no channel is entirely zero or unread")
+        groups = [{"producers": cg.producer_names(r), "channels": cg.size[r], "kept": len(k)}
+                  for r, k in keep.items()]
+        cg.apply(keep)
+        out = save_ir(irm)
+        before, after = param_count(proto), param_count(out)
+        notes = () if cfg.tolerance == 0 else (
+            f"tolerance {cfg.tolerance}: near-zero channels removed, outputs may change slightly",)
+        return self.done(ir.from_proto(out), notes=notes, details={
+            "groups": groups,
+            "channels_removed": int(sum(cg.size[r] - len(k) for r, k in keep.items())),
+            "params_before": before, "params_after": after,
+            "compression": round(before / max(after, 1), 3)})
