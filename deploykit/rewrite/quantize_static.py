@@ -92,13 +92,18 @@ def name_nodes(model) -> None:
 
 def preprocess(src: Path, dst: Path) -> str | None:
     """ORT's quant_pre_process; symbolic shape inference fails on some exported transformers,
-    so retry without it. Returns a note when the model had to be quantized unprocessed."""
+    so retry without it. Returns a note when the model had to be quantized unprocessed.
+    Runs inside `dst`'s folder: when symbolic inference is incomplete, ORT saves
+    `sym_shape_infer_temp.onnx` (+ external data) into the *working directory* before raising,
+    which would litter the user's folder."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     errors = []
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            with contextlib.chdir(dst.parent):
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
             return None
         except Exception as e:  # ORT raises bare exceptions from its optimisers
             errors.append(str(e).splitlines()[0][:120] if str(e) else type(e).__name__)

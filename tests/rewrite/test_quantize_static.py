@@ -101,3 +101,28 @@ def test_static_skips_quantized_and_op_free_models(tmp_path):
 def test_static_bad_config(kw):
     with pytest.raises(InputError, match="quantize-static"):
         _cfg(**kw)
+
+
+def test_preprocess_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    # an op ORT's symbolic shape inference does not know: it saves sym_shape_infer_temp.onnx
+    # into the working directory before raising "Incomplete symbolic shape inference"
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploykit.rewrite.quantize_static import preprocess
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = helper.make_graph([helper.make_node("Foo", ["x"], ["t"], domain="com.example"),
+                           helper.make_node("Relu", ["t"], ["y"])], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("com.example", 1)])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "cwd").mkdir()
+    onnx.save(m, tmp_path / "in" / "m.onnx")
+    monkeypatch.chdir(tmp_path / "cwd")
+    note = preprocess(tmp_path / "in" / "m.onnx", tmp_path / "work" / "pre.onnx")
+    assert note is None or note.startswith("quant_pre_process failed")
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["m.onnx"]
