@@ -80,7 +80,7 @@ def test_static_sensitive_nodes_kept_in_fp32_until_target(tmp_path):
     assert d["cosine_all_int8"] < target <= d["cosine_vs_float"]
     assert d["excluded_nodes"] and set(d["excluded_nodes"]) <= {"conv1", "block/conv2", "fc"}
     assert list(d["sensitivity"])[0] == d["excluded_nodes"][0]  # worst node first
-    prod, inits = _producer(res.model), _inits(res.model)
+    inits = _inits(res.model)
     for n in res.model.graph.node:  # excluded nodes keep float weights
         if n.name in d["excluded_nodes"]:
             assert inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
