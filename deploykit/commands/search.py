@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                         progress=not args.quiet, threads=args.threads, torch_source=torch_source)
         result = search.run()
     paths = write_outputs(result, out)
-    from ..report.html import summary_lines
+    from ..report.search_text import summary_lines
 
     for line in summary_lines(result.to_dict()):
         print(line)
