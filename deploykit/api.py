@@ -327,10 +327,11 @@ def check(model: Any, baseline: PathLike, *, against: Any = None, max_slowdown: 
     return decide(est, threshold), est
 
 
-def package(model: Any, target: str, output: PathLike, *, force: bool = False,
+def package(model: Any, target: Any, output: PathLike, *, force: bool = False,
             **options: Any) -> dict[str, Any]:
-    """Build a self-checking deployment bundle for `target` at `output`; returns its manifest.
-    `options` are PackageOptions fields (e.g. original=..., ort_platform=...)."""
+    """Build a self-checking deployment bundle for `target` (a registry name, or a Target
+    already configured: threads, device) at `output`; returns its manifest. `options` are
+    PackageOptions fields (e.g. original=..., ort_platform=...)."""
     from dataclasses import fields
 
     from .backends import registry
@@ -340,8 +341,8 @@ def package(model: Any, target: str, output: PathLike, *, force: bool = False,
     bad = set(options) - known
     if bad:
         raise InputError(f"unknown package options {sorted(bad)} (known: {', '.join(sorted(known))})")
-    return build(model_ref(model).path, registry.get(target), output,
-                 PackageOptions(force=force, **options))
+    tgt = registry.get(target) if isinstance(target, str) else target
+    return build(model_ref(model).path, tgt, output, PackageOptions(force=force, **options))
 
 
 def verify(bundle: PathLike, *, device: str | None = None, tracker: str | None = None,
