@@ -167,15 +167,25 @@ def compress(model: Any, recipe: str, output: PathLike | None = None, *,
 def _compile_with_feeds(refs: Sequence[ModelRef], target_names: Sequence[str],
                         threads: int | None, inputs, shapes, seed: int, **overrides):
     from .backends import registry
+
+    tlist = [registry.get(n, threads=threads, **overrides) for n in target_names]
+    return compile_with_feeds(refs, tlist, seed=seed, shapes=shapes, inputs=inputs)
+
+
+def compile_with_feeds(refs: Sequence[ModelRef], targets: Sequence[Any], *, seed: int = 0,
+                       shapes: Mapping[str, Sequence[int]] | None = None,
+                       inputs: PathLike | None = None):
+    """([artifact], [feeds]): every model compiled on every target (model-major), each with the
+    seeded feeds (or the `inputs` .npz) of its compiled inputs; what `profile` and `compare`
+    (and the `deploykit profile` verb) time."""
     from .measure.memory import preload
     from .onnxio import make_feeds
 
     preload()  # memory deltas count the model, not the imports timing makes later
     shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
-    tlist = [registry.get(n, threads=threads, **overrides) for n in target_names]
     arts, feeds = [], []
     for ref in refs:
-        for t in tlist:
+        for t in targets:
             art = t.compile(ref)
             arts.append(art)
             feeds.append(make_feeds(list(art.inputs), seed, shapes,
