@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deploykit import validity
+from deploykit.measure import load as load_monitor
 from deploykit.measure import timing as measure
 from deploykit.core import Block, LatencyReport, TimingPlan
 
@@ -164,7 +165,7 @@ def clock(monkeypatch):
     monkeypatch.setattr(measure.time, "perf_counter_ns", lambda: c.ns)
     monkeypatch.setattr(measure.time, "perf_counter", c.now)
     monkeypatch.setattr(measure.time, "sleep", c.sleep)
-    monkeypatch.setattr(measure, "QUIET_PROBE_S", 0.25)
+    monkeypatch.setattr(load_monitor, "QUIET_PROBE_S", 0.25)
     return c
 
 

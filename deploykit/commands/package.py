@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..backends import registry as targets
     from ..errors import InputError
-    from ..bundle.package import PackageOptions, package
+    from ..api import package
 
     if args.atol_frac is not None and not args.atol_frac > 0:
         raise InputError(f"--atol-frac must be positive, got {args.atol_frac}")
@@ -74,17 +74,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         target = targets.get(args.target, require_available=not args.no_measure,
                              threads=args.threads, device=args.device, tracker=args.tracker)
-    opts = PackageOptions(measure=not args.no_measure and transport is None, plan=plan,
-                          seed=args.seed, shapes=shapes,
-                          inputs_npz=args.inputs, original=args.original,
-                          ort_platform=args.ort_platform, atol_frac=args.atol_frac,
-                          tvm_runtime=args.tvm_runtime, force=args.force, store=store)
+    opts = dict(measure=not args.no_measure and transport is None, plan=plan, seed=args.seed,
+                shapes=shapes, inputs_npz=args.inputs, original=args.original,
+                ort_platform=args.ort_platform, atol_frac=args.atol_frac,
+                tvm_runtime=args.tvm_runtime, store=store)
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="deploykit-package-") as tmp:
         _, source = _common.take_in(args.model, tmp, name=Path(args.model).name)
-        m = package(source.path, target, args.output, opts)
+        m = package(source, target, args.output, force=args.force, **opts)
     sizes = m["sizes"]
     print(f"bundle {args.output} for {target.name}: {sizes['total_bytes'] / 1e6:.2f} MB, of which "
           f"{sizes['payload_bytes'] / 1e6:.2f} MB run on the device "

@@ -160,17 +160,10 @@ def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
     timed, alone or interleaved."""
     from dataclasses import replace
 
-    from ..onnxio import make_feeds
+    from ..api import compile_with_feeds
 
-    from ..measure.memory import preload
-
-    preload()
-    artifacts, feeds = [], []
-    for model in models:
-        for t in tlist:
-            art = t.compile(model)
-            artifacts.append(art)
-            feeds.append(make_feeds(list(art.inputs), args.seed, shapes, args.inputs))
+    artifacts, feeds = compile_with_feeds(models, tlist, seed=args.seed, shapes=shapes,
+                                          inputs=args.inputs)
     if compare:
         from ..measure.timing import compare as run_compare
 
