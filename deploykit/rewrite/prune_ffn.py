@@ -311,7 +311,7 @@ class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
     fidelity_kind = "lossy"
 
     def call(self, model):
-        from .prune_channels import load_ir, param_count, save_ir
+        from ._channel_graph import load_ir, param_count, save_ir
 
         cfg, ctx = self.cfg, self.ctx
         if not 0.0 <= cfg.ratio < 1.0:
@@ -358,7 +358,7 @@ class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
 
 def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
     """(name for `layers`, neurons, [fc1 weight], [fc2 weight]) per block: a search's moves."""
-    from .prune_channels import load_ir
+    from ._channel_graph import load_ir
 
     blocks, _ = find_blocks(load_ir(model))
     return [(b.name, b.neurons, [b.w1.name], [b.w2.name]) for b in blocks]

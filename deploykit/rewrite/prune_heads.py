@@ -263,7 +263,7 @@ class PruneHeadsPass(StepPass, ir.passes.FunctionalPass):
 
     def call(self, model):
         from . import per_layer, unknown_layers
-        from .prune_channels import load_ir, param_count, save_ir
+        from ._channel_graph import load_ir, param_count, save_ir
 
         cfg = self.cfg
         if not 0.0 <= cfg.ratio < 1.0:
@@ -307,7 +307,7 @@ class PruneHeadsPass(StepPass, ir.passes.FunctionalPass):
 def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
     """(name for `layers`, heads, [W_q, W_k, W_v], [W_out]) per attention block: a search's
     moves."""
-    from .prune_channels import load_ir
+    from ._channel_graph import load_ir
 
     return [(a.name, a.heads, [a.q.w.name, a.k.w.name, a.v.w.name], [a.w_out.name])
             for a in find_attention(load_ir(model))]

@@ -6,7 +6,7 @@ output when either
   * it is identically zero: every producing filter and bias is zero and every op of its group keeps
     zero at zero (BatchNorm only when its shift is zero there, Relu, pooling, Add, Mul, ...), or
   * nothing reads it: every consuming weight (next Conv's input slice, Gemm rows) is zero.
-The coupled groups come from `prune_channels.ChannelGraph`, so residual Adds, depthwise convs,
+The coupled groups come from `_channel_graph.ChannelGraph`, so residual Adds, depthwise convs,
 Concat and Flatten -> Gemm heads are handled the same way as in structured pruning.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from . import StepPass
-from .prune_channels import ChannelGraph, load_ir, param_count, save_ir
+from ._channel_graph import ChannelGraph, load_ir, param_count, save_ir
 
 _KEEPS_ZERO = {"Relu", "LeakyRelu", "PRelu", "Identity", "Dropout", "MaxPool", "AveragePool",
                "GlobalAveragePool", "GlobalMaxPool", "HardSwish", "Tanh", "Neg", "Abs", "Gelu",
