@@ -165,10 +165,10 @@ def compress(model: Any, recipe: str, output: PathLike | None = None, *,
 
 
 def _compile_with_feeds(refs: Sequence[ModelRef], target_names: Sequence[str],
-                        threads: int | None, inputs, shapes, seed: int, **overrides):
+                        threads: int | None, inputs, shapes, seed: int):
     from .backends import registry
 
-    tlist = [registry.get(n, threads=threads, **overrides) for n in target_names]
+    tlist = [registry.get(n, threads=threads) for n in target_names]
     return compile_with_feeds(refs, tlist, seed=seed, shapes=shapes, inputs=inputs)
 
 
@@ -215,15 +215,16 @@ def compare(models: Sequence[Any], target: str | Sequence[str] = "ort-cpu", *,
             threads: int | None = None, per_op: bool = False, progress: bool = False,
             store: PathLike | bool | None = None) -> "Comparison":
     """Measure every model x target in interleaved rounds in one process; ratios to the first,
-    with paired confidence intervals. ORT sessions run with spinning off (they share the cores)."""
+    with paired confidence intervals. Sessions run as their target files say, exactly as
+    `deploykit profile --compare` runs them (the shipped ORT targets turn spinning off: two
+    spinning pools in one process distort each other)."""
     from .measure.timing import compare as run_compare
 
     refs = [model_ref(m) for m in models]
     names = [target] if isinstance(target, str) else list(target)
     if len(refs) * len(names) < 2:
         raise InputError("compare needs at least two models or targets")
-    arts, feeds = _compile_with_feeds(refs, names, threads, inputs, shapes, seed,
-                                      allow_spinning=False)
+    arts, feeds = _compile_with_feeds(refs, names, threads, inputs, shapes, seed)
     try:
         cmp = run_compare(arts, feeds, plan, progress=progress, per_op=per_op)
     finally:
