@@ -6,6 +6,7 @@ apache-tvm wheels (pip download). Cached under ~/.cache/deploykit/arm-device.
     python tools/arm_device.py start [--port 9190] [--tracker HOST:PORT --key aarch64-emu]
     python tools/arm_device.py setup | status | stop [--port 9190]
     python tools/arm_device.py ort-python    # prints the emulated python3 + onnxruntime command
+    python tools/arm_device.py runner-shell  # prints the emulated sh that runs TVM bundles' runners
 
 `start` builds what is missing (about a minute the first time), then runs
 `python -m tvm.exec.rpc_server` under qemu on 127.0.0.1 and returns once it listens. SECURITY: an
@@ -213,6 +214,20 @@ def ort_python() -> str:
             f"{shlex.quote(str(prefix))} {shlex.quote(str(rootfs / 'usr/bin' / f'python{PYVER}'))}")
 
 
+def runner_shell() -> str:
+    """A shell command that is the emulated device's sh for a TVM bundle's selftest.sh: the arm64
+    rootfs's sh under qemu-aarch64, with QEMU_LD_PREFIX in its environment so that the bundle's
+    aarch64 runner, which it executes, is run by the binfmt handler against the rootfs's libc and
+    libstdc++. (Other programs it calls, sha256sum, are the host's: qemu-user does not redirect
+    exec; the device's `uname -m` is therefore the host's, and the target says `emulated`.)"""
+    import shlex
+
+    rootfs, _ = setup()
+    qemu = shutil.which("qemu-aarch64") or "qemu-aarch64"
+    return (f"env QEMU_LD_PREFIX={shlex.quote(str(rootfs))} {shlex.quote(qemu)} "
+            f"{shlex.quote(str(rootfs / 'bin/sh'))}")
+
+
 def pid_file(port: int) -> Path:
     return cache_dir() / f"rpc-server-{port}.pid"
 
@@ -248,7 +263,8 @@ def stop(port: int = DEFAULT_PORT) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["setup", "start", "stop", "status", "ort-python"])
+    p.add_argument("action", choices=["setup", "start", "stop", "status", "ort-python",
+                                      "runner-shell"])
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address (default loopback; an RPC server runs uploaded code)")
@@ -269,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
               f"stop --port {port}")
     elif args.action == "ort-python":
         print(ort_python())
+    elif args.action == "runner-shell":
+        print(runner_shell())
     elif args.action == "stop":
         print("stopped" if stop(args.port) else f"no server recorded on port {args.port}")
     else:

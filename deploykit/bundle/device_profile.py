@@ -1,6 +1,7 @@
 """`deploykit profile MODEL --target T --device ssh://...|adb://...`: package the model as an ORT
-bundle (in a temporary folder), push it, verify its golden outputs on the device, time it there
-with the bundle's own timing mode, and read the samples back as a LatencyReport.
+or TVM bundle (in a temporary folder), push it, verify its golden outputs on the device, time it
+there with the bundle's own timing mode (ORT: dk_timing.py; TVM: the C++ runner's --time), and
+read the samples back as a LatencyReport.
 
 A bundle that fails its self-test on the device is a VerificationError: it is never timed.
 """
@@ -14,7 +15,7 @@ from typing import Mapping
 from ..backends.base import Target
 from ..core import LatencyReport, TimingPlan
 from ..errors import InputError, VerificationError
-from .device_run import DeviceRun, first_problem, passed, run_on_device
+from .device_run import DeviceRun, device_labels, first_problem, passed, run_on_device
 from .package import PackageOptions, package
 from .transport import Transport
 
@@ -22,10 +23,10 @@ from .transport import Transport
 def profile_on_device(model: str | Path, target: Target, transport: Transport, plan: TimingPlan,
                       *, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None,
                       inputs_npz: str | None = None) -> tuple[LatencyReport, DeviceRun]:
-    if target.config.get("backend") != "ort":
-        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
-                         f"targets; '{target.name}' is {target.config.get('backend')}")
-    labels = ("emulated",) if target.config.get("emulated") else ()
+    if target.config.get("backend") not in ("ort", "tvm"):
+        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT and "
+                         f"TVM targets; '{target.name}' is {target.config.get('backend')}")
+    labels = device_labels(target.config)
     with tempfile.TemporaryDirectory(prefix="deploykit-device-") as tmp:
         bundle = Path(tmp) / "bundle"
         package(model, target, bundle,
@@ -48,9 +49,10 @@ def check_on_device(old_model: str | Path, new_model: str | Path, target: Target
     the device, then timed there in the gate's interleaved rounds of fresh sessions
     (`min_rounds` rounds of `round_s` seconds at least, alternating every `sub_s`)."""
     if target.config.get("backend") != "ort":
-        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
-                         f"targets; '{target.name}' is {target.config.get('backend')}")
-    labels = ("emulated",) if target.config.get("emulated") else ()
+        raise InputError(f"--device {transport.where}: interleaved rounds on an ssh:// or adb:// "
+                         f"device run ORT targets; '{target.name}' is "
+                         f"{target.config.get('backend')} (profile each model there instead)")
+    labels = device_labels(target.config)
     shapes = {k: tuple(v) for k, v in (feeds_cfg.get("shapes") or {}).items()}
     opts = PackageOptions(measure=False, seed=int(feeds_cfg.get("seed", 0)),
                           shapes=tuple(shapes.items()), inputs_npz=feeds_cfg.get("npz"))

@@ -87,7 +87,7 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
         raise InputError(f"{bundle}: unknown bundle runtime '{backend}'")
     from .transport import is_url
 
-    if is_url(device):  # ssh:// or adb://: integrity here, then push, self-test there
+    if is_url(device):  # ssh:// or adb://: integrity here, then push, self-test there (ORT, TVM)
         from .device_run import run_on_device
         from .transport import parse
 
@@ -95,7 +95,8 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
             raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
         t0 = time.perf_counter()
         r = run_on_device(parse(device), bundle)
-        how = f"onnxruntime on {r.where} ({r.runtime})" if r.runtime else \
+        runtime = "the C++ runner" if backend == "tvm" else "onnxruntime"
+        how = f"{runtime} on {r.where} ({r.runtime})" if r.runtime else \
             "integrity check only (nothing pushed or run)"
         return VerifyResult(r.problems, r.rows, how, time.perf_counter() - t0)
     if (device is None) != (tracker is None):

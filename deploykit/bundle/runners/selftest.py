@@ -10,6 +10,7 @@ numpy, plus onnxruntime (ORT bundles) or the tvm runtime (TVM bundles) on the de
     python3 selftest.py [BUNDLE_DIR] --time OUT.json [--max-time S] [--threads N]
         ORT bundles: the self-test first (a bundle that fails it is not timed), then the timing
         mode of runners/timing.py (copied into the bundle as dk_timing.py), one JSON to OUT.
+        (TVM bundles: `sh selftest.sh --time OUT.json`, the C++ runner's own timing mode.)
 """
 
 from __future__ import annotations
@@ -258,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     if lines[-1] != "PASS":
         return 1
+    if timing_args and load_manifest(bundle)["runtime"]["backend"] == "tvm":
+        print("selftest: error: a TVM bundle times itself with its C++ runner: "
+              "sh selftest.sh --time OUT.json", file=sys.stderr)
+        return 2
     if timing_args:
         sys.dont_write_bytecode = True  # a __pycache__ in the bundle would be an extra file
         sys.path.insert(0, str(Path(__file__).resolve().parent))
