@@ -1,7 +1,7 @@
-"""`deploykit profile MODEL --target T --device ssh://...|adb://...`: package the model as an ORT
-or TVM bundle (in a temporary folder), push it, verify its golden outputs on the device, time it
-there with the bundle's own timing mode (ORT: dk_timing.py; TVM: the C++ runner's --time), and
-read the samples back as a LatencyReport.
+"""`deploykit profile MODEL --target T --device ssh://...|adb://...`: package the model as an ORT,
+OpenVINO or TVM bundle (in a temporary folder), push it, verify its golden outputs on the device,
+time it there with the bundle's own timing mode (ORT, OpenVINO: dk_timing.py; TVM: the C++
+runner's --time), and read the samples back as a LatencyReport.
 
 A bundle that fails its self-test on the device is a VerificationError: it is never timed.
 """
@@ -23,9 +23,10 @@ from .transport import Transport
 def profile_on_device(model: str | Path, target: Target, transport: Transport, plan: TimingPlan,
                       *, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None,
                       inputs_npz: str | None = None) -> tuple[LatencyReport, DeviceRun]:
-    if target.config.get("backend") not in ("ort", "tvm"):
-        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT and "
-                         f"TVM targets; '{target.name}' is {target.config.get('backend')}")
+    if target.config.get("backend") not in ("ort", "tvm", "openvino"):
+        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT, "
+                         f"OpenVINO and TVM targets; '{target.name}' is "
+                         f"{target.config.get('backend')}")
     labels = device_labels(target.config)
     with tempfile.TemporaryDirectory(prefix="deploykit-device-") as tmp:
         bundle = Path(tmp) / "bundle"
@@ -48,9 +49,9 @@ def check_on_device(old_model: str | Path, new_model: str | Path, target: Target
     """`deploykit check NEW --against OLD --device ...`: both packaged, pushed and self-tested on
     the device, then timed there in the gate's interleaved rounds of fresh sessions
     (`min_rounds` rounds of `round_s` seconds at least, alternating every `sub_s`)."""
-    if target.config.get("backend") != "ort":
+    if target.config.get("backend") not in ("ort", "openvino"):
         raise InputError(f"--device {transport.where}: interleaved rounds on an ssh:// or adb:// "
-                         f"device run ORT targets; '{target.name}' is "
+                         f"device run ORT and OpenVINO targets; '{target.name}' is "
                          f"{target.config.get('backend')} (profile each model there instead)")
     labels = device_labels(target.config)
     shapes = {k: tuple(v) for k, v in (feeds_cfg.get("shapes") or {}).items()}

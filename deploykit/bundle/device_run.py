@@ -51,8 +51,10 @@ for rel in keep:
     os.makedirs(os.path.dirname(os.path.join(root, rel)) or root, exist_ok=True)
 print(json.dumps(have))
 """
-_PROBE = ("import sys, platform, numpy, onnxruntime; "
-          "print(platform.machine(), onnxruntime.__version__, sys.version.split()[0])")
+_RUNTIME = {"ort": "onnxruntime", "openvino": "openvino"}  # the module a Python bundle needs
+_PROBE = ("import sys, platform, numpy, {m}; "
+          "print(platform.machine(), getattr({m}, '__version__', None) or {m}.get_version(), "
+          "sys.version.split()[0])")
 
 
 @dataclass(frozen=True)
@@ -80,19 +82,22 @@ def _python(manifest: Mapping[str, Any]) -> str:
         dev.get("python", "python3") if isinstance(dev, Mapping) else "python3")
 
 
-def probe(t: Transport, python: str) -> str:
-    """The device's machine + onnxruntime version, or a one-line error that names what is
+def probe(t: Transport, python: str, backend: str = "ort") -> str:
+    """The device's machine + runtime version, or a one-line error that names what is
     missing."""
-    r = t.shell(f"{python} -c {shlex.quote(_PROBE)}", PROBE_TIMEOUT_S, "the runtime check")
+    module = _RUNTIME[backend]
+    r = t.shell(f"{python} -c {shlex.quote(_PROBE.format(m=module))}", PROBE_TIMEOUT_S,
+                "the runtime check")
     if r.rc != 0:
         lines = [ln for ln in (r.err + r.out).splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else f"exit status {r.rc}"
-        raise DeviceError(f"{t.where}: the device cannot run ORT bundles with {python} "
-                          f"(it needs python3, numpy and onnxruntime): {last}")
+        kind = "ORT" if backend == "ort" else "OpenVINO"
+        raise DeviceError(f"{t.where}: the device cannot run {kind} bundles with {python} "
+                          f"(it needs python3, numpy and {module}): {last}")
     words = r.out.split()
     if len(words) != 3:
         raise DeviceError(f"{t.where}: unexpected answer to the runtime check: {r.out.strip()!r}")
-    return f"{words[0]}, onnxruntime {words[1]}, python {words[2]}"
+    return f"{words[0]}, {module} {words[1]}, python {words[2]}"
 
 
 def emulated(config: Mapping[str, Any]) -> bool:
@@ -175,9 +180,9 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
     except st.BundleUnusable as e:
         raise InputError(str(e)) from None
     backend = manifest["runtime"]["backend"]
-    if backend not in ("ort", "tvm"):
-        raise InputError(f"{bundle}: ssh:// and adb:// devices run ORT and TVM bundles, not "
-                         f"'{backend}'")
+    if backend not in ("ort", "tvm", "openvino"):
+        raise InputError(f"{bundle}: ssh:// and adb:// devices run ORT, OpenVINO and TVM "
+                         f"bundles, not '{backend}'")
     tvm = backend == "tvm"
     if tvm and against is not None:
         raise InputError("interleaved rounds on an ssh:// or adb:// device (check --against) run "
@@ -203,7 +208,7 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
                                                  or []))))
     else:
         python = _python(manifest)
-        runtime = probe(t, python)
+        runtime = probe(t, python, backend)
         pushed = sync(t, bundle, manifest, python, remote_dir)
         cmd = f"cd {shlex.quote(where_dir)} && {python} -B selftest.py ."
     run_file = f"../../runs/{int(time.time() * 1000)}.json"

@@ -116,6 +116,8 @@ def parse_doc(d: Any, manifest: Mapping[str, Any], *, where: str,
            "bundle_manifest_sha256": manifest.get("manifest_sha256")}
     if dev.get("runtime") == "tvm":  # the C++ runner of a TVM bundle (runners/dk_timing.h)
         env.update(tvm=dev.get("tvm"), runner=dev.get("runner"))
+    elif dev.get("runtime") == "openvino":
+        env["openvino"] = dev.get("openvino")
     return LatencyReport(
         samples_ms=samples_ms, target=str(tgt.get("name", "?")), target_config=config,
         artifact_id=str(manifest.get("artifact_id", "")),

@@ -95,7 +95,7 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
             raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
         t0 = time.perf_counter()
         r = run_on_device(parse(device), bundle)
-        runtime = "the C++ runner" if backend == "tvm" else "onnxruntime"
+        runtime = {"tvm": "the C++ runner", "openvino": "openvino"}.get(backend, "onnxruntime")
         how = f"{runtime} on {r.where} ({r.runtime})" if r.runtime else \
             "integrity check only (nothing pushed or run)"
         return VerifyResult(r.problems, r.rows, how, time.perf_counter() - t0)

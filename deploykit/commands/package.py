@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
     if transport is not None:  # measured on the device after packaging, not here
         target = targets.get(args.target, require_available=False, threads=args.threads)
-        if target.config.get("backend") not in ("ort", "tvm"):
-            raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
-                             f"and TVM bundles; '{target.name}' is "
+        if target.config.get("backend") not in ("ort", "tvm", "openvino"):
+            raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT, "
+                             f"OpenVINO and TVM bundles; '{target.name}' is "
                              f"{target.config.get('backend')}")
     else:
         target = targets.get(args.target, require_available=not args.no_measure,
