@@ -35,8 +35,8 @@ SUITE = "bookworm"  # python3.11, matching the cp311 aarch64 wheels
 PYVER = "3.11"
 MIRROR = os.environ.get("DEPLOYKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEFAULT_PORT = 9190
-DEFAULT_KEY = "aarch64-emu"
-OV_PLATFORM = "manylinux_2_36_aarch64"  # bookworm's glibc: accepts every manylinux <= 2.36 wheel  # "emu" in a key makes deploykit label its timings "emulated"
+DEFAULT_KEY = "aarch64-emu"  # "emu" in a key makes deploykit label its timings "emulated"
+OV_PLATFORM = "manylinux_2_35_aarch64"  # the tag openvino 2026 publishes (bookworm: glibc 2.36)
 
 
 def cache_dir() -> Path:

@@ -116,3 +116,27 @@ def test_tvm_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, arm_device, t
     manifests = [json.loads(p.read_text()) for p in (folder / "bundles").glob("*/manifest.json")]
     assert any(m["runtime"].get("arch") == "aarch64" and m["runtime"]["backend"] == "tvm"
                for m in manifests)
+
+
+def test_openvino_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, arm_device, tmp_path,
+                                                               capsys):
+    """targets/openvino-aarch64.toml on the emulated device: the bundle's IR compiled by the
+    aarch64 openvino wheel's CPU plugin under qemu (tools/arm_device.py ov-python), self-tested
+    and timed there by the bundle's Python timing mode."""
+    device, _, folder = arm_ssh
+    arm = arm_device[0]
+    target = tmp_path / "openvino-aarch64-emu.toml"
+    text = (REPO / "targets" / "openvino-aarch64.toml").read_text()
+    text = text.replace('name = "openvino-aarch64"', 'name = "openvino-aarch64-emu"\nemulated = true')
+    target.write_text(text.replace('python = "python3"', f"python = {json.dumps(arm.ov_python())}"))
+    model = conv_relu_gemm(tmp_path / "conv.onnx")
+    rc = main(["profile", str(model), "-t", str(target), "--device", device, "--threads", "1",
+               "--shape", "x=1,3,16,16", "--max-time", "2", "--json", str(tmp_path / "r.json"),
+               "--no-store", "--no-strict"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "self-test passed (y ok)" in out and "aarch64, openvino" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["labels"] == ["emulated"] and rep["env"]["device"]["machine"] == "aarch64"
+    assert rep["env"]["openvino"] and rep["target_config"]["threads"] == 1
+    assert len(rep["samples_ms"]) >= 10 and rep["env"]["peak_rss_kb"] > 0

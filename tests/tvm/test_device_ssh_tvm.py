@@ -103,7 +103,7 @@ def test_interleaved_rounds_on_a_device_refuse_tvm(server, model, tmp_path):
     from deploykit.bundle.device_profile import check_on_device
     from deploykit.errors import InputError
 
-    with pytest.raises(InputError, match="run ORT targets"):
+    with pytest.raises(InputError, match="run ORT and OpenVINO targets"):
         check_on_device(model, model, registry.get("tvm-x86", require_available=False),
                         parse(server), {}, 1.0, 0.5, min_rounds=10, round_s=0.1, sub_s=0.05)
 
