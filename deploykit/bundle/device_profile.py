@@ -68,7 +68,8 @@ def check_on_device(old_model: str | Path, new_model: str | Path, target: Target
         run = run_on_device(transport, new_b, timing=True, max_time_s=max_time_s,
                             threads=target.threads, labels=labels, against=old,
                             rounds_args=f"--min-rounds {min_rounds} --round-time {round_s:g} "
-                                        f"--sub-block {sub_s:g} --warmup-max {warmup_max_s:g}")
+                                        f"--sub-block {sub_s:g} --warmup-max {warmup_max_s:g}",
+                            min_rounds=min_rounds)
     if not passed(run):
         raise VerificationError(f"{transport.where}: the new model's bundle failed its "
                                 f"self-test on the device, so nothing was timed: "

@@ -27,6 +27,10 @@ from .transport import Transport
 
 PROBE_TIMEOUT_S = 60
 PUSH_TIMEOUT_S = 600
+# A round of `--against` (two session creations, first inferences, warm-ups and timed
+# sub-blocks) bounded in units of one self-test (interpreter start, session, one inference):
+# generous, it only has to catch a device that hangs.
+ROUND_COST_SELFTESTS = 8
 
 # Runs on the device with its python3: make the folder, drop files the bundle does not list,
 # print {relative path: sha256} of what is there.
@@ -70,6 +74,7 @@ class DeviceRun:
     runtime: str  # "aarch64, onnxruntime 1.32.0, python 3.11.2" / "aarch64, TVM C++ runner"
     report: Any = None  # LatencyReport with timing; (old, new) with `against`
     manifest: Any = None
+    seconds: float = 0.0  # wall time of the run on the device (self-test, and timing if asked)
 
 
 def _python(manifest: Mapping[str, Any]) -> str:
@@ -170,7 +175,8 @@ def parse_lines(text: str) -> tuple[list[str], list[dict[str, Any]]]:
 def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
                   max_time_s: float = 30.0, threads: int | None = None,
                   rel_ci: float = 0.01, labels: tuple[str, ...] = (),
-                  against: DeviceRun | None = None, rounds_args: str = "") -> DeviceRun:
+                  against: DeviceRun | None = None, rounds_args: str = "",
+                  min_rounds: int = 0) -> DeviceRun:
     """Self-test (and with `timing`, time) `bundle` on the device. With `against` (the
     DeviceRun of an old bundle already pushed and self-tested there), time both in the gate's
     interleaved rounds instead; the report is then (old report, new report)."""
@@ -219,9 +225,14 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
                + (f" --threads {int(threads)}" if threads else ""))
         if against is not None:
             cmd += f" --against ../{against.remote_dir.rsplit('/', 1)[-1]} {rounds_args}"
-            timeout += 2 * max_time_s
+            # at least `min_rounds` rounds, whatever --max-time: each makes two fresh sessions,
+            # warms both up and times them; on a slow (or emulated, or busy) device a round costs
+            # several of the old bundle's own self-tests, measured just before on that device
+            timeout += 2 * max_time_s + min_rounds * ROUND_COST_SELFTESTS * against.seconds
         timeout += max_time_s + 30  # warm-up (<= 5 s), the last block, session creation
+    t0 = time.perf_counter()
     r = t.shell(cmd, timeout, "the self-test" + (" and timing" if timing else ""))
+    seconds = time.perf_counter() - t0
     problems2, rows = device_sh.parse_output(r.out) if tvm else parse_lines(r.out)
     if r.rc == 2 or (r.rc != 0 and not rows and not problems2):
         raise DeviceError(f"{t.where}: the self-test could not run: {_last_line(r)}")
@@ -241,7 +252,7 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
         else:
             report = device_timing.parse(got.out, manifest, where=t.where, labels=labels)
     return DeviceRun(t.where, where_dir, pushed, tuple(problems2), tuple(rows), r.out, runtime,
-                     report, manifest)
+                     report, manifest, seconds)
 
 
 def remote_name(manifest: Mapping[str, Any]) -> str:
