@@ -2,9 +2,9 @@
 self-test there, optionally its timing mode, and read the result back.
 
 Order: the bundle's integrity is checked here first (nothing of a changed bundle goes anywhere);
-then the device is asked whether it has the runtime (ORT bundles: python3 + numpy + onnxruntime;
-TVM bundles: a shell with sha256sum and the bundle's architecture, device_sh.py; a one-line
-error if not); then its copy of the bundle is compared file by file (sha256, computed on the
+then the device is asked whether it has the runtime (ORT / OpenVINO bundles: python3 + numpy +
+onnxruntime / openvino; TVM bundles: a shell with sha256sum and the bundle's architecture,
+device_sh.py; a one-line error if not); then its copy of the bundle is compared file by file (sha256, computed on the
 device) and only what differs is pushed, files the bundle does not list are removed there (the
 device's self-test would otherwise refuse the extra files); then the bundle's self-test runs
 there (`selftest.py`, or `selftest.sh` and the C++ runner), and with timing its timing mode
