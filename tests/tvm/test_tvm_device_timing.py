@@ -124,3 +124,52 @@ def test_python_selftest_points_tvm_bundles_to_the_runner(bundle, tmp_path):
                        cwd=bundle, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "TVM_NUM_THREADS": "1"})
     assert p.returncode == 2 and "sh selftest.sh --time" in p.stderr
+
+
+def test_cpp_statistics_and_manifest_reader_match_python(tmp_path):
+    """dk_timing.h's stopping-rule statistics (median, order-statistic CI of the median) give
+    exactly timing.py's on synthetic samples, and its JSON reader finds nested manifest fields
+    (escapes, nesting, look-alike keys at other depths) as json.loads does."""
+    from deploykit.bundle.runners import RUNNER_HEADERS, timing
+
+    src = tmp_path / "probe.cc"
+    src.write_text(r'''#include "dk_timing.h"
+#include <iostream>
+int main(int argc, char** argv) {
+  if (std::string(argv[1]) == "ci") {
+    std::vector<double> v;
+    for (double x; std::cin >> x;) v.push_back(x);
+    auto ci = dk::median_ci(v);
+    std::printf("%.17g %.17g %.17g\n", ci.first, ci.second, dk::median(v));
+    return 0;
+  }
+  std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  dk::JsonReader r(text);
+  std::string out;
+  std::vector<std::string> path(argv + 1, argv + argc);
+  std::printf("%s\n", r.find(path, &out) ? out.c_str() : "<missing>");
+}
+''')
+    exe = tmp_path / "probe"
+    subprocess.run(["g++", "-std=c++17", "-O1", f"-I{RUNNER_HEADERS[0].parent}", str(src), "-o",
+                    str(exe)], check=True, capture_output=True)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 6, 7, 10, 31, 100, 257, 1000):
+        x = [float(v) for v in rng.lognormal(0.0, 0.3, n)]
+        p = subprocess.run([str(exe), "ci"], input=" ".join(repr(v) for v in x),
+                           capture_output=True, text=True, check=True)
+        lo, hi, med = map(float, p.stdout.split())
+        assert (lo, hi) == timing.median_ci(x) and med == timing._median(x), n
+    doc = {"schema": "x", "target": {"name": "t", "config": {"threads": 3, "device": {
+        "threads": 9}}}, "threads": 7, "tvm": {"tvm_version": "0.27.0.post1"},
+        "model": {"source": 'a "quoted" \\ path', "sha256": "ab" * 32},
+        "manifest_sha256": "cd" * 32, "list": [{"manifest_sha256": "no"}]}
+    text = json.dumps(doc, indent=1)
+    for path, want in ((["manifest_sha256"], "cd" * 32), (["model", "sha256"], "ab" * 32),
+                       (["model", "source"], 'a "quoted" \\ path'),
+                       (["target", "config", "threads"], "3"), (["threads"], "7"),
+                       (["tvm", "tvm_version"], "0.27.0.post1"), (["artifact_id"], "<missing>"),
+                       (["target"], "<missing>")):  # an object is not a scalar
+        p = subprocess.run([str(exe), *path], input=text, capture_output=True, text=True,
+                           check=True)
+        assert p.stdout.strip() == want, path
