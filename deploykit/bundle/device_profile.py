@@ -1,6 +1,7 @@
-"""`deploykit profile MODEL --target T --device ssh://...|adb://...`: package the model as an ORT
-bundle (in a temporary folder), push it, verify its golden outputs on the device, time it there
-with the bundle's own timing mode, and read the samples back as a LatencyReport.
+"""`deploykit profile MODEL --target T --device ssh://...|adb://...`: package the model as an ORT,
+OpenVINO or TVM bundle (in a temporary folder), push it, verify its golden outputs on the device,
+time it there with the bundle's own timing mode (ORT, OpenVINO: dk_timing.py; TVM: the C++
+runner's --time), and read the samples back as a LatencyReport.
 
 A bundle that fails its self-test on the device is a VerificationError: it is never timed.
 """
@@ -14,7 +15,7 @@ from typing import Mapping
 from ..backends.base import Target
 from ..core import LatencyReport, TimingPlan
 from ..errors import InputError, VerificationError
-from .device_run import DeviceRun, first_problem, passed, run_on_device
+from .device_run import DeviceRun, device_labels, first_problem, passed, run_on_device
 from .package import PackageOptions, package
 from .transport import Transport
 
@@ -22,10 +23,11 @@ from .transport import Transport
 def profile_on_device(model: str | Path, target: Target, transport: Transport, plan: TimingPlan,
                       *, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None,
                       inputs_npz: str | None = None) -> tuple[LatencyReport, DeviceRun]:
-    if target.config.get("backend") != "ort":
-        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
-                         f"targets; '{target.name}' is {target.config.get('backend')}")
-    labels = ("emulated",) if target.config.get("emulated") else ()
+    if target.config.get("backend") not in ("ort", "tvm", "openvino"):
+        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT, "
+                         f"OpenVINO and TVM targets; '{target.name}' is "
+                         f"{target.config.get('backend')}")
+    labels = device_labels(target.config)
     with tempfile.TemporaryDirectory(prefix="deploykit-device-") as tmp:
         bundle = Path(tmp) / "bundle"
         package(model, target, bundle,
@@ -47,10 +49,11 @@ def check_on_device(old_model: str | Path, new_model: str | Path, target: Target
     """`deploykit check NEW --against OLD --device ...`: both packaged, pushed and self-tested on
     the device, then timed there in the gate's interleaved rounds of fresh sessions
     (`min_rounds` rounds of `round_s` seconds at least, alternating every `sub_s`)."""
-    if target.config.get("backend") != "ort":
-        raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
-                         f"targets; '{target.name}' is {target.config.get('backend')}")
-    labels = ("emulated",) if target.config.get("emulated") else ()
+    if target.config.get("backend") not in ("ort", "openvino"):
+        raise InputError(f"--device {transport.where}: interleaved rounds on an ssh:// or adb:// "
+                         f"device run ORT and OpenVINO targets; '{target.name}' is "
+                         f"{target.config.get('backend')} (profile each model there instead)")
+    labels = device_labels(target.config)
     shapes = {k: tuple(v) for k, v in (feeds_cfg.get("shapes") or {}).items()}
     opts = PackageOptions(measure=False, seed=int(feeds_cfg.get("seed", 0)),
                           shapes=tuple(shapes.items()), inputs_npz=feeds_cfg.get("npz"))
@@ -65,7 +68,8 @@ def check_on_device(old_model: str | Path, new_model: str | Path, target: Target
         run = run_on_device(transport, new_b, timing=True, max_time_s=max_time_s,
                             threads=target.threads, labels=labels, against=old,
                             rounds_args=f"--min-rounds {min_rounds} --round-time {round_s:g} "
-                                        f"--sub-block {sub_s:g} --warmup-max {warmup_max_s:g}")
+                                        f"--sub-block {sub_s:g} --warmup-max {warmup_max_s:g}",
+                            min_rounds=min_rounds)
     if not passed(run):
         raise VerificationError(f"{transport.where}: the new model's bundle failed its "
                                 f"self-test on the device, so nothing was timed: "

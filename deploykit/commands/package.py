@@ -68,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
     if transport is not None:  # measured on the device after packaging, not here
         target = targets.get(args.target, require_available=False, threads=args.threads)
-        if target.config.get("backend") != "ort":
-            raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
-                             f"bundles; '{target.name}' is {target.config.get('backend')}")
+        if target.config.get("backend") not in ("ort", "tvm", "openvino"):
+            raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT, "
+                             f"OpenVINO and TVM bundles; '{target.name}' is "
+                             f"{target.config.get('backend')}")
     else:
         target = targets.get(args.target, require_available=not args.no_measure,
                              threads=args.threads, device=args.device, tracker=args.tracker)
@@ -110,10 +111,10 @@ def run(args: argparse.Namespace) -> int:
 def _on_device(args, target, transport, plan, store) -> int:
     """The new bundle pushed, self-tested and (unless --no-measure) timed on the device; the
     timing is stored (label "package"), the bundle itself is left as packaged."""
-    from ..bundle.device_run import first_problem, passed, run_on_device
+    from ..bundle.device_run import device_labels, first_problem, passed, run_on_device
     from ..errors import VerificationError
 
-    labels = ("emulated",) if target.config.get("emulated") else ()
+    labels = device_labels(target.config)
     run = run_on_device(transport, args.output, timing=not args.no_measure,
                         max_time_s=plan.max_time_s, threads=target.threads,
                         rel_ci=plan.target_rel_ci, labels=labels)
