@@ -249,6 +249,9 @@ def test_check_against_on_the_device_in_interleaved_rounds(server, model, tmp_pa
     assert len(r["old_report"]["blocks"]) == len(r["new_report"]["blocks"]) >= 10
     assert len(list((tmp_path / "device" / "bundles").iterdir())) == 2
     assert target.exists()
+    # the memory gate's fresh processes would run here, not on the device: not gated
+    assert r["memory"]["status"] == "no-data"
+    assert "not gated with --device" in r["memory"]["detail"]
 
 
 def test_package_with_device_verifies_and_times_there(server, model, tmp_path, capsys):

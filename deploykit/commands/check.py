@@ -192,6 +192,15 @@ def _memory_gate(args, base, target, threads, old_model, model, old_rep, new_rep
 
     if args.memory_runs == 0:
         return old_rep, new_rep, memory_verdict(memory_runs(old_rep), [], threshold)
+    from ..bundle.transport import is_url
+
+    if is_url(args.device):  # fresh processes here would measure this machine, not the device
+        from ..gate.resources import ResourceVerdict
+
+        return old_rep, new_rep, ResourceVerdict(
+            "memory", "no-data", threshold, None, None, None,
+            "not gated with --device: its fresh-process runs would measure this machine, not "
+            "the device; each side's peak RSS on the device is in its report (`memory`)")
     paths = ([str(old_model.path)] if old_model is not None else []) + [str(model.path)]
     runs = measure_memory(base.report.target, threads, paths, base.feeds, args.memory_runs)
     new_rep = replace(new_rep, memory=with_memory_runs(runs[-1]))
