@@ -98,14 +98,29 @@ def test_device_without_sha256sum_is_one_line_exit_2(server, model, tmp_path, ca
     assert rc == 2 and len(err.splitlines()) == 1 and "no sha256sum on the device" in err
 
 
-def test_interleaved_rounds_on_a_device_refuse_tvm(server, model, tmp_path):
-    from deploykit.backends import registry
-    from deploykit.bundle.device_profile import check_on_device
-    from deploykit.errors import InputError
-
-    with pytest.raises(InputError, match="run ORT and OpenVINO targets"):
-        check_on_device(model, model, registry.get("tvm-x86", require_available=False),
-                        parse(server), {}, 1.0, 0.5, min_rounds=10, round_s=0.1, sub_s=0.05)
+def test_check_against_on_a_device_runs_tvm_in_interleaved_rounds(server, model, tmp_path,
+                                                                    capsys):
+    """The C++ runner times one model per process, so each round runs both bundles' runners in
+    turn (fresh processes, order alternating); round k of each is block k of its report."""
+    old = Path(conv_relu_gemm(tmp_path / "old.onnx", seed=1))
+    base = tmp_path / "base.json"
+    assert main(["baseline", str(old), "-t", "tvm-x86", "--threads", "1", "-o", str(base),
+                 "--max-time", "1", "--no-store", "--no-strict", "-q", "--memory-runs", "0",
+                 *SHAPE]) == 0, capsys.readouterr().err
+    dev = f"{server}{tmp_path / 'device'}"
+    rc = main(["check", str(model), "--baseline", str(base), "--against", str(old),
+               "--device", dev, "--max-time", "2", "--json", str(tmp_path / "c.json"),
+               "--no-store", "-q"])
+    assert rc in (0, 1), capsys.readouterr().err
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["mode"] == "interleaved" and r["n_units"] >= 10
+    o, n = r["old_report"], r["new_report"]
+    assert len(o["blocks"]) == len(n["blocks"]) >= 10  # one block per fresh-process round
+    assert len(o["cold_start_samples_ms"]) == len(o["blocks"])
+    assert o["env"]["where"].startswith("ssh://") and o["target"] == "tvm-x86"
+    assert o["model_sha256"] != n["model_sha256"]
+    assert len(list((tmp_path / "device" / "bundles").iterdir())) == 2
+    assert not list((tmp_path / "device" / "runs").iterdir())  # each timing pulled and removed
 
 
 def test_bundle_for_another_architecture_is_refused_before_any_push(server, tmp_path):
