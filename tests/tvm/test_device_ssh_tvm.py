@@ -134,3 +134,43 @@ def test_bundle_for_another_architecture_is_refused_before_any_push(server, tmp_
     # an emulated device's shell reports its host: there the runner itself is the test
     assert "emulated aarch64" in device_sh.probe(t, "sh", "aarch64", True, 30)
     assert not (tmp_path / "device").exists()
+
+
+def test_tvm_over_adb_against_a_stand_in(model, tmp_path, monkeypatch, capsys):
+    """adb's command construction for a TVM bundle (no device or emulator here): a stand-in
+    `adb` records argv, copies `push`es and runs `shell` commands locally under tmp_path."""
+    import sys
+
+    root, log = tmp_path / "phone", tmp_path / "adb.log"
+    fake = tmp_path / "bin" / "adb"
+    fake.parent.mkdir()
+    fake.write_text(f"""#!{sys.executable}
+import json, os, shutil, subprocess, sys
+with open({str(log)!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+a = sys.argv[1:]
+assert a[0] == "-s" and a[1] == "SERIAL1", a
+if a[2] == "push":
+    os.makedirs(os.path.dirname(a[4]), exist_ok=True)
+    shutil.copyfile(a[3], a[4])  # no mode bits: the device side must chmod the runner itself
+    sys.exit(0)
+if a[2] == "shell":
+    sys.exit(subprocess.run(["sh", "-c", a[3]]).returncode)
+sys.exit("adb: unknown command")
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    rc = main(["profile", str(model), "-t", "tvm-x86", "--threads", "1", "--device",
+               f"adb://SERIAL1{root}", *SHAPE, "--max-time", "1", "--no-store", "--json",
+               str(tmp_path / "r.json"), "--no-strict"])
+    assert rc == 0, capsys.readouterr().err
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    pushes = [c for c in calls if c[2] == "push"]
+    assert {Path(c[3]).name for c in pushes} >= {"model.so", "dk_runner", "selftest.sh",
+                                                 "manifest.json"}
+    assert all(c[4].startswith(f"{root}/bundles/") for c in pushes)
+    assert pushes[-1][4].endswith("/manifest.json")  # the manifest goes last
+    shells = [c[3] for c in calls if c[2] == "shell"]
+    assert any("selftest.sh" in s and "--time" in s and "--threads 1" in s for s in shells)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["env"]["where"] == "adb://SERIAL1" and len(rep["samples_ms"]) >= 10
