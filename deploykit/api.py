@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .bundle.verify import VerifyResult
     from .core import LatencyReport
     from .export.exporter import ExportResult
-    from .gate.decision import Estimate, Verdict
+    from .gatecheck import CheckOutcome
     from .measure.timing import Comparison
     from .rewrite.recipe import RecipeResult
     from .search.engine import SearchResult
@@ -311,31 +311,26 @@ def run_search(model: PathLike, target: str, cfg, output: PathLike, store, *,
 
 
 def check(model: Any, baseline: PathLike, *, against: Any = None, max_slowdown: str = "5%",
+          max_memory_increase: str = "10%", max_cold_start_increase: str = "20%",
           max_time: float = 20.0, warmup_max: float = 0.5, threads: int | None = None,
-          conf: float = 0.99) -> tuple["Verdict", "Estimate"]:
-    """The CI latency gate on one model: interleaved against `against` (the old model) when given
-    or the baseline's model when it is still on disk, else against the baseline's stored samples.
-    Returns (Verdict, Estimate); `verdict.regression` is what `deploykit check` exits 1 on."""
-    from .gate.baseline import load_baseline
-    from .gate.decision import decide, interleaved_estimate, parse_threshold, stored_estimate
-    from .gate.rounds import gate_target, load_model, measure_rounds
+          memory_runs: int = 3, wait_quiet: float = 0.0, device: str | None = None,
+          allow_env_change: bool = False, progress: bool = False) -> "CheckOutcome":
+    """The CI gate on one model, as `deploykit check` runs it: latency interleaved against
+    `against` (the old model) when given or the baseline's model when it is still on disk, else
+    against the baseline's stored samples; the memory and cold-start gates beside it; on a device
+    with `device="ssh://..."`. Returns the CheckOutcome: `.result` (the verdicts, as
+    `check --json`), `.failed` (what the CLI exits 1 on), both reports."""
+    from .gatecheck import CheckSpec, run_check
 
-    threshold = parse_threshold(max_slowdown)
-    base = load_baseline(baseline)
-    new, inputs, outputs = load_model(str(model_ref(model).path))
-    why = base.signature_mismatch(inputs, outputs)
-    if why:
-        raise InputError(f"{new.path} is not the model {baseline} is for: {why}")
-    target = gate_target(base.report.target, threads)
-    old_path = model_ref(against).path if against is not None else base.model_file()
-    if old_path is not None:
-        old, _, _ = load_model(str(old_path))
-        old_rep, new_rep = measure_rounds(target, [old, new], base.feeds, max_time, warmup_max)
-        est = interleaved_estimate(old_rep, new_rep, conf)
-    else:
-        (new_rep,) = measure_rounds(target, [new], base.feeds, max_time, warmup_max)
-        est = stored_estimate(base.report, new_rep, conf)
-    return decide(est, threshold), est
+    def path(m: Any) -> str | None:
+        return None if m is None else str(model_ref(m).path)
+
+    return run_check(CheckSpec(
+        model=path(model), baseline=str(baseline), against=path(against),
+        max_slowdown=max_slowdown, max_memory_increase=max_memory_increase,
+        max_cold_start_increase=max_cold_start_increase, max_time=max_time,
+        warmup_max=warmup_max, threads=threads, memory_runs=memory_runs, wait_quiet=wait_quiet,
+        device=device, allow_env_change=allow_env_change, progress=progress))
 
 
 def package(model: Any, target: Any, output: PathLike, *, force: bool = False,

@@ -72,6 +72,32 @@ def test_export_compress_profile_compare_with_lineage(tmp_path):
     assert "Comparison(" in repr(cmp) and len(_strict(cmp.to_json())["items"]) == 2
 
 
+def test_check_is_the_cli_gate_with_memory_and_cold_start(tmp_path):
+    """dk.check runs what `deploykit check` runs (deploykit/gatecheck.py): the latency verdict
+    interleaved against the old model, and the memory and cold-start gates beside it."""
+    from deploykit.cli import main
+
+    x = torch.randn(1, 3, 16, 16)
+    old = dk.export(_net(), x, tmp_path / "old.onnx")
+    new = dk.compress(old, "prune-channels:ratio=0.5", tmp_path / "new.onnx")
+    base = tmp_path / "b.json"
+    assert main(["baseline", str(old.model.path), "-o", str(base), "--max-time", "1",
+                 "--memory-runs", "1", "--no-store", "--no-strict", "-q"]) == 0
+    out = dk.check(new, base, against=old, max_time=2.0, memory_runs=1)
+    r = out.result
+    assert r["mode"] == "interleaved" and r["model_sha256"] == new.final.sha256
+    assert r["baseline_model_sha256"] == old.model.sha256 and r["n_units"] >= 8
+    assert r["memory"]["status"] in ("no-change", "within-threshold", "improvement",
+                                     "regression")  # measured: fresh processes on both sides
+    assert r["cold_start"]["status"] != "no-data"
+    assert out.failed == (r["latency_failed"] or r["memory"]["failed"]
+                          or r["cold_start"]["failed"])
+    assert out.new_report.model_sha256 == new.final.sha256
+    assert "CheckOutcome(" in repr(out) and _strict(out.to_json())["status"] == r["status"]
+    with pytest.raises(InputError, match="--max-time"):
+        dk.check(new, base, max_time=float("nan"))
+
+
 def test_strict_json_turns_nan_into_null():
     from deploykit.core import to_json
 

@@ -152,7 +152,7 @@ def test_env_change_refuses_stored_comparison_unless_allowed_and_update(models, 
 def test_bad_baselines_exit_2_with_what_to_do(models, baseline, tmp_path, capsys, case, message,
                                               monkeypatch):
     from deploykit.measure import timing as measure
-    from deploykit.commands import check
+    from deploykit.gate import rounds
 
     timed = []  # refused before measuring anything: nothing may reach the timing loop
 
@@ -160,7 +160,7 @@ def test_bad_baselines_exit_2_with_what_to_do(models, baseline, tmp_path, capsys
         timed.append(a)
         raise AssertionError("a bad baseline must be refused before anything is timed")
 
-    monkeypatch.setattr(check, "measure_rounds", no_timing)
+    monkeypatch.setattr(rounds, "measure_rounds", no_timing)
     monkeypatch.setattr(measure, "measure_many", no_timing)
     path, model = tmp_path / "b.json", "old"
     if case == "corrupt":
@@ -229,13 +229,13 @@ def _stored_mode_baseline(baseline, tmp_path, load=None):
 
 def test_stored_mode_refuses_a_contaminated_baseline_before_measuring(models, baseline, tmp_path,
                                                                       capsys, monkeypatch):
-    from deploykit.commands import check
+    from deploykit.gate import rounds
     from deploykit.measure import timing as measure
 
     def no_timing(*a, **k):
         raise AssertionError("a contaminated baseline must be refused before anything is timed")
 
-    monkeypatch.setattr(check, "measure_rounds", no_timing)
+    monkeypatch.setattr(rounds, "measure_rounds", no_timing)
     monkeypatch.setattr(measure, "measure_many", no_timing)
     path = _stored_mode_baseline(baseline, tmp_path, load=0.6)
     rc, v = _check(models, path, tmp_path, "old")
