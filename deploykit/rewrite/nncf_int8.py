@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .calibration import SYNTHETIC_WARNING
 from ..errors import DeployKitError, InputError
 from . import StepContext, StepResult
-from .quantize_static import quantized_ops
+from .quantize_static import name_nodes, quantized_ops
 
 PRESETS = ("auto", "performance", "mixed")
 MODEL_TYPES = ("auto", "transformer", "default")
@@ -33,6 +33,7 @@ class Config:
     subset_size: int = 300  # calibration batches used at most
     model_type: str = "auto"  # auto: transformer when the graph has MatMul and Softmax
     fast_bias_correction: bool = True
+    exclude: tuple[str, ...] = ()  # node names kept in fp32 (NNCF's IgnoredScope; debug --fix)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -103,17 +104,20 @@ def step(model, cfg: Config, ctx: StepContext) -> StepResult:
     preset = cfg.preset if cfg.preset != "auto" else "mixed" if transformer else "performance"
     work = onnx.ModelProto()
     work.CopyFrom(model)  # nncf's preprocessing edits its input in place
+    name_nodes(work)  # so that every node can be excluded and reported by name
     with quiet_nncf("nncf-int8"):
         qmodel = nncf.quantize(
             work, nncf.Dataset(batches), subset_size=subset,
             preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
             model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-            fast_bias_correction=cfg.fast_bias_correction)
+            fast_bias_correction=cfg.fast_bias_correction,
+            ignored_scope=nncf.IgnoredScope(names=list(cfg.exclude)) if cfg.exclude else None)
     n_q = sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node)
     if n_q == 0:
         return StepResult(None, skipped="nncf placed no quantizer in this model")
     notes = [f"nncf-int8: {SYNTHETIC_WARNING}"] if ctx.calibration_is_synthetic else []
     details = {"preset": preset, "model_type": "transformer" if transformer else "default",
                "calibration_batches": subset, "quantize_linear_nodes": n_q,
-               "fast_bias_correction": cfg.fast_bias_correction}
+               "fast_bias_correction": cfg.fast_bias_correction,
+               "excluded_nodes": list(cfg.exclude)}
     return StepResult(qmodel, notes=tuple(notes), details=details, fidelity_kind="int8")
