@@ -1,13 +1,18 @@
 """tools/bench.py's photo views (shared by bench.py and bench_debug.py): each view is the crop it
 names, mirrored second; bench_debug's held-out photos are distinct from the calibration ones."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from _tools import load_tool
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import bench  # noqa: E402
+import bench_debug as bd  # noqa: E402
 
 
 def test_views_are_the_named_crops_and_their_mirrors():
-    bench = load_tool("bench")
     h, w = 20, 30
     img = np.zeros((h, w, 3), np.float32)
     img[..., 0] = np.arange(h)[:, None] / h  # row index in red, column index in green
@@ -27,7 +32,6 @@ def test_views_are_the_named_crops_and_their_mirrors():
 
 
 def test_debug_bench_judges_photos_it_never_calibrates_on():
-    bd = load_tool("bench_debug")
     calib_photos = {"astronaut", "chelsea", "coffee"}  # real_photos()[:16]: 6 + 6 + 4 views
     names = {n for _, n in bd.UNSEEN_PHOTOS}
     assert not names & calib_photos and "cat" not in names  # skimage's cat is chelsea
