@@ -67,13 +67,37 @@ def _record(store: PathLike | bool | None, models: Sequence[ModelRef] = (),
             s.record_report(rep, label=label, model=m)
 
 
+def prepare_inputs(model: Any, *, seed: int = 0,
+                   shapes: Mapping[str, Sequence[int]] | None = None,
+                   inputs: PathLike | None = None, calibration: PathLike | None = None,
+                   calib_batches: int = 64, synthetic: bool = True):
+    """(input specs, feeds, calibration batches, whether they are synthetic) of `model`: the
+    seeded feeds (or the `inputs` .npz) every stage verifies and times with, and the calibration
+    data: loaded from `calibration` (at most `calib_batches`), else seeded synthetic batches when
+    `synthetic` asks for them, else none. `compress` and `search` (and their verbs) share it."""
+    from .onnxio import io_specs, load_onnx, make_feeds
+    from .rewrite.calibration import load_calibration, synthetic_calibration
+
+    shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
+    path = model if isinstance(model, (str, os.PathLike)) else model_ref(model).path
+    specs, _ = io_specs(load_onnx(path))
+    feeds = make_feeds(specs, seed, shapes, None if inputs is None else str(inputs))
+    if calibration is not None:
+        return specs, feeds, load_calibration(specs, str(calibration), calib_batches), False
+    if synthetic:
+        return specs, feeds, synthetic_calibration(specs, min(8, calib_batches), seed + 1,
+                                                   shapes), True
+    return specs, feeds, [], True
+
+
 def export(model: Any, example_inputs: Any = None, output: PathLike | None = None, *,
            input_shapes: Mapping[str, Sequence[int]] | None = None, dynamic_batch: bool = False,
            dynamic_axes: Mapping[str, Mapping[int, str]] | None = None, opset: int | None = None,
            simplify: bool = True, seed: int = 0, weights: PathLike | None = None,
-           store: PathLike | bool | None = None) -> "ExportResult":
+           trust_pickle: bool = False, store: PathLike | bool | None = None) -> "ExportResult":
     """Export a `torch.nn.Module` (called with `example_inputs`), a factory ("file.py:build") or
-    an .onnx file to a verified, simplified ONNX file at `output` (default: NAME.onnx here)."""
+    an .onnx file to a verified, simplified ONNX file at `output` (default: NAME.onnx here).
+    `trust_pickle` allows a `weights` checkpoint that needs pickle (only for files you trust)."""
     from .export.exporter import export_model, export_module
 
     if isinstance(model, (str, os.PathLike)):
@@ -87,7 +111,7 @@ def export(model: Any, example_inputs: Any = None, output: PathLike | None = Non
                                                else f"{stem}.onnx")
         result = export_model(src, out, input_shapes=input_shapes, dynamic_batch=dynamic_batch,
                               dynamic_axes=dynamic_axes, opset=opset, simplify=simplify,
-                              seed=seed, weights=weights)
+                              seed=seed, weights=weights, trust_pickle=trust_pickle)
     else:
         if example_inputs is None:
             raise InputError("exporting a torch.nn.Module needs example_inputs (a tensor or a "
@@ -116,23 +140,14 @@ def compress(model: Any, recipe: str, output: PathLike | None = None, *,
     import tempfile
 
     from .fsutil import atomic_path
-    from .onnxio import io_specs, load_onnx, make_feeds
     from .rewrite import StepContext
-    from .rewrite.calibration import load_calibration, synthetic_calibration
     from .rewrite.recipe import CALIBRATED_STEPS, parse_recipe, run_recipe
 
     ref = model_ref(model)
     steps = parse_recipe(recipe)
-    shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
-    specs, _ = io_specs(load_onnx(ref.path))
-    feeds = make_feeds(specs, seed, shapes, None if inputs is None else str(inputs))
-    if calibration is not None:
-        calib, synthetic = load_calibration(specs, str(calibration), calib_batches), False
-    elif any(s.name in CALIBRATED_STEPS for s in steps):
-        calib, synthetic = synthetic_calibration(specs, min(8, calib_batches), seed + 1,
-                                                 shapes), True
-    else:
-        calib, synthetic = [], True
+    _, feeds, calib, synthetic = prepare_inputs(
+        ref.path, seed=seed, shapes=shapes, inputs=inputs, calibration=calibration,
+        calib_batches=calib_batches, synthetic=any(s.name in CALIBRATED_STEPS for s in steps))
     out = Path(output) if output else ref.path.with_suffix(".compressed.onnx")
     with tempfile.TemporaryDirectory(prefix="deploykit-compress-") as tmp:
         ctx = StepContext(feeds=feeds, calibration=tuple(calib),
@@ -150,17 +165,27 @@ def compress(model: Any, recipe: str, output: PathLike | None = None, *,
 
 
 def _compile_with_feeds(refs: Sequence[ModelRef], target_names: Sequence[str],
-                        threads: int | None, inputs, shapes, seed: int, **overrides):
+                        threads: int | None, inputs, shapes, seed: int):
     from .backends import registry
+
+    tlist = [registry.get(n, threads=threads) for n in target_names]
+    return compile_with_feeds(refs, tlist, seed=seed, shapes=shapes, inputs=inputs)
+
+
+def compile_with_feeds(refs: Sequence[ModelRef], targets: Sequence[Any], *, seed: int = 0,
+                       shapes: Mapping[str, Sequence[int]] | None = None,
+                       inputs: PathLike | None = None):
+    """([artifact], [feeds]): every model compiled on every target (model-major), each with the
+    seeded feeds (or the `inputs` .npz) of its compiled inputs; what `profile` and `compare`
+    (and the `deploykit profile` verb) time."""
     from .measure.memory import preload
     from .onnxio import make_feeds
 
     preload()  # memory deltas count the model, not the imports timing makes later
     shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
-    tlist = [registry.get(n, threads=threads, **overrides) for n in target_names]
     arts, feeds = [], []
     for ref in refs:
-        for t in tlist:
+        for t in targets:
             art = t.compile(ref)
             arts.append(art)
             feeds.append(make_feeds(list(art.inputs), seed, shapes,
@@ -190,15 +215,16 @@ def compare(models: Sequence[Any], target: str | Sequence[str] = "ort-cpu", *,
             threads: int | None = None, per_op: bool = False, progress: bool = False,
             store: PathLike | bool | None = None) -> "Comparison":
     """Measure every model x target in interleaved rounds in one process; ratios to the first,
-    with paired confidence intervals. ORT sessions run with spinning off (they share the cores)."""
+    with paired confidence intervals. Sessions run as their target files say, exactly as
+    `deploykit profile --compare` runs them (the shipped ORT targets turn spinning off: two
+    spinning pools in one process distort each other)."""
     from .measure.timing import compare as run_compare
 
     refs = [model_ref(m) for m in models]
     names = [target] if isinstance(target, str) else list(target)
     if len(refs) * len(names) < 2:
         raise InputError("compare needs at least two models or targets")
-    arts, feeds = _compile_with_feeds(refs, names, threads, inputs, shapes, seed,
-                                      allow_spinning=False)
+    arts, feeds = _compile_with_feeds(refs, names, threads, inputs, shapes, seed)
     try:
         cmp = run_compare(arts, feeds, plan, progress=progress, per_op=per_op)
     finally:
@@ -224,11 +250,9 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
     torch.nn.Module (with `example_inputs`): it is exported first and its pruned candidates can be
     recovered by distillation for `recover_budget_s` seconds each (default 60; 0: off)."""
     from .backends import registry
-    from .onnxio import io_specs, load_onnx, make_feeds
-    from .rewrite.calibration import load_calibration, synthetic_calibration
     from .search.candidates import FAMILIES
-    from .search.engine import Search, SearchConfig, write_outputs
-    from .store import Store, default_store_path
+    from .search.engine import SearchConfig
+    from .store import default_store_path
 
     torch_source = None
     torch_mod = sys.modules.get("torch")  # a module object implies torch is imported
@@ -256,22 +280,34 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
                        families=tuple(families),
                        runtimes=other_runtimes(tgt, None if runtimes is None else list(runtimes)),
                        recover_budget_s=recover_budget_s)
-    shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
-    specs, _ = io_specs(load_onnx(ref.path))
-    feeds = make_feeds(specs, seed, shapes, None if inputs is None else str(inputs))
-    if calibration is not None:
-        calib, synthetic = load_calibration(specs, str(calibration)), False
-    else:
-        calib, synthetic = synthetic_calibration(specs, seed=seed + 1, overrides=shapes), True
+    _, feeds, calib, synthetic = prepare_inputs(ref.path, seed=seed, shapes=shapes,
+                                                inputs=inputs, calibration=calibration)
     out = Path(output)
     store_file = (default_store_path() if store is True else
                   store if store else out / ".work" / "results.sqlite")
-    with Store(store_file) as s:
-        result = Search(ref.path, target, cfg, out, s, feeds=feeds, calibration=calib,
-                        calibration_is_synthetic=synthetic, progress=progress,
+    return run_search(ref.path, target, cfg, out, store_file, feeds=feeds, calibration=calib,
+                      synthetic=synthetic, progress=progress, threads=threads,
+                      torch_source=torch_source)[0]
+
+
+def run_search(model: PathLike, target: str, cfg, output: PathLike, store, *,
+               feeds: Mapping[str, Any], calibration: Sequence[Mapping[str, Any]] = (),
+               synthetic: bool = True, eval_fn=None, progress: bool = False,
+               threads: int | None = None, torch_source=None
+               ) -> tuple["SearchResult", dict[str, Path]]:
+    """The search on prepared inputs (`search` and the `deploykit search` verb share it): a
+    SearchConfig, feeds and calibration batches (`prepare_inputs`), results kept in the store at
+    `store`; writes search.json, the report and recommended.onnx under `output` and returns the
+    result with the paths written."""
+    from .search.engine import Search, write_outputs
+    from .store import Store
+
+    out = Path(output)
+    with Store(store) as s:
+        result = Search(Path(model), target, cfg, out, s, feeds=feeds, calibration=calibration,
+                        calibration_is_synthetic=synthetic, eval_fn=eval_fn, progress=progress,
                         threads=threads, torch_source=torch_source).run()
-    write_outputs(result, out)
-    return result
+    return result, write_outputs(result, out)
 
 
 def check(model: Any, baseline: PathLike, *, against: Any = None, max_slowdown: str = "5%",
@@ -302,10 +338,11 @@ def check(model: Any, baseline: PathLike, *, against: Any = None, max_slowdown: 
     return decide(est, threshold), est
 
 
-def package(model: Any, target: str, output: PathLike, *, force: bool = False,
+def package(model: Any, target: Any, output: PathLike, *, force: bool = False,
             **options: Any) -> dict[str, Any]:
-    """Build a self-checking deployment bundle for `target` at `output`; returns its manifest.
-    `options` are PackageOptions fields (e.g. original=..., ort_platform=...)."""
+    """Build a self-checking deployment bundle for `target` (a registry name, or a Target
+    already configured: threads, device) at `output`; returns its manifest. `options` are
+    PackageOptions fields (e.g. original=..., ort_platform=...)."""
     from dataclasses import fields
 
     from .backends import registry
@@ -315,8 +352,8 @@ def package(model: Any, target: str, output: PathLike, *, force: bool = False,
     bad = set(options) - known
     if bad:
         raise InputError(f"unknown package options {sorted(bad)} (known: {', '.join(sorted(known))})")
-    return build(model_ref(model).path, registry.get(target), output,
-                 PackageOptions(force=force, **options))
+    tgt = registry.get(target) if isinstance(target, str) else target
+    return build(model_ref(model).path, tgt, output, PackageOptions(force=force, **options))
 
 
 def verify(bundle: PathLike, *, device: str | None = None, tracker: str | None = None,

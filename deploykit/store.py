@@ -4,7 +4,8 @@
 Why one transaction per write: several `deploykit` processes, on one machine or many, may write at
 once, and a process (or a database server) that dies mid-run must lose at most the run it was
 writing: a transaction that was not committed simply never appears. Every statement and row
-conversion lives here, once; `store_backends.py` supplies the connection and the few dialect words.
+conversion lives here, once; `store_backends.py` supplies the connection and the few dialect words,
+`store_schema.py` the tables and their migrations.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import numpy as np
 from .core import LatencyReport, ModelRef
 from .errors import StoreError
 from .store_backends import StoreLocation, open_backend, parse_location
-
-SCHEMA_VERSION = 3
+from .store_schema import SCHEMA_VERSION, init_schema
 
 
 def default_store_path() -> StoreLocation:
@@ -34,52 +34,6 @@ def default_store_path() -> StoreLocation:
     from platformdirs import user_data_dir
 
     return parse_location(Path(user_data_dir("deploykit")) / "results.sqlite")
-
-
-# The schema as deploykit 0.1 wrote it (version 1); later versions are the migrations below, so
-# a new store and an upgraded one go through the same statements.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS models (
-    sha256 TEXT PRIMARY KEY, path TEXT, parent_sha256 TEXT, transform TEXT,
-    config TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS artifacts (
-    id TEXT PRIMARY KEY, model_sha256 TEXT NOT NULL, target TEXT NOT NULL,
-    target_config TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    artifact_id TEXT NOT NULL REFERENCES artifacts(id),
-    model_sha256 TEXT NOT NULL REFERENCES models(sha256),
-    model_path TEXT, target TEXT NOT NULL, env TEXT NOT NULL, created REAL NOT NULL,
-    n INTEGER NOT NULL, median_ms REAL, p90_ms REAL, p99_ms REAL, ci_lo_ms REAL, ci_hi_ms REAL,
-    stop_reason TEXT, labels TEXT NOT NULL DEFAULT '[]', label TEXT, report TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS samples (
-    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
-    n INTEGER NOT NULL, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS per_op (
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, name TEXT NOT NULL,
-    op_type TEXT NOT NULL, total_ms REAL NOT NULL, share REAL NOT NULL, calls INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS measurements (
-    key TEXT PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE);
-CREATE INDEX IF NOT EXISTS runs_by_model ON runs(model_sha256, target, created);
-CREATE INDEX IF NOT EXISTS runs_by_path ON runs(model_path, target, created);
-CREATE INDEX IF NOT EXISTS per_op_by_run ON per_op(run_id);
-"""
-
-# version -> {dialect: statements}. 2: per_op rows get an explicit order (PostgreSQL has no rowid);
-# rows written before keep their insertion order.
-_MIGRATIONS: dict[int, dict[str, tuple[str, ...]]] = {
-    2: {"sqlite": ("ALTER TABLE per_op ADD COLUMN pos INTEGER",
-                   "UPDATE per_op SET pos = rowid"),
-        "postgresql": ("ALTER TABLE per_op ADD COLUMN pos INTEGER",
-                       "UPDATE per_op SET pos = o.rn FROM (SELECT ctid AS c, row_number() OVER "
-                       "(ORDER BY ctid) AS rn FROM per_op) o WHERE per_op.ctid = o.c")},
-    # 3: runs carry their measurement's validity state (NULL in older rows: derived from the
-    # stored report when read)
-    # (idempotent: a store an unreleased build gave the column keeps it)
-    3: {"sqlite": ("ALTER TABLE runs ADD COLUMN state TEXT",),
-        "postgresql": ("ALTER TABLE runs ADD COLUMN IF NOT EXISTS state TEXT",)},
-}
 
 
 @dataclass(frozen=True)
@@ -119,7 +73,7 @@ class Store:
             check_store(loc.path, SCHEMA_VERSION)  # before anything could change a foreign file
         self._b = open_backend(loc)  # StoreError when the file or server cannot be opened
         try:
-            self._init_schema()
+            init_schema(self._b, self.shown)
         except self._b.errors as e:
             msg = self._b.message(e)
             self.close()
@@ -127,43 +81,6 @@ class Store:
         except BaseException:
             self.close()
             raise
-
-    def _init_schema(self) -> None:
-        version = self._version()
-        if version == SCHEMA_VERSION:
-            return
-        if version is None or version < SCHEMA_VERSION:
-            with self._b.schema_transaction() as db:
-                version = self._version()  # another process may have done it meanwhile
-                if version is None:
-                    for stmt in filter(str.strip, _SCHEMA.split(";")):
-                        db.execute(self._b.ddl(stmt))
-                    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-                    version = 1
-                if version < SCHEMA_VERSION:
-                    for v in range(version + 1, SCHEMA_VERSION + 1):
-                        for stmt in _MIGRATIONS[v][self._b.dialect]:
-                            if not self._column_exists(stmt):
-                                db.execute(self._b.ddl(stmt))
-                    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                               (str(SCHEMA_VERSION),))
-                    version = SCHEMA_VERSION
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"results store {self.shown} has schema version {version}, newer than "
-                             f"this deploykit understands ({SCHEMA_VERSION}): upgrade deploykit or "
-                             "use another --store")
-
-    def _version(self) -> int | None:
-        if not self._b.has_table("meta"):
-            return None
-        r = self._b.query("SELECT value FROM meta WHERE key = 'schema_version'")
-        if not r:
-            return None
-        try:
-            return int(r[0][0])
-        except ValueError:
-            raise StoreError(f"results store {self.shown} has a malformed schema version "
-                             f"{r[0][0]!r}") from None
 
     def close(self) -> None:
         if self._b is not None:
@@ -340,15 +257,6 @@ class Store:
         sha, path, parent, transform, config = r[0]
         return ModelRef(path=Path(path or ""), sha256=sha, parent_sha256=parent,
                         transform=transform, config=json.loads(config))
-
-    def _column_exists(self, stmt: str) -> bool:
-        """Is `stmt` an SQLite `ALTER TABLE t ADD COLUMN c` whose column is already there?"""
-        import re
-
-        m = re.match(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", stmt)
-        if m is None or self._b.dialect != "sqlite":
-            return False
-        return m.group(2) in {r[1] for r in self._b.query(f"PRAGMA table_info({m.group(1)})")}
 
     def resolve_model(self, prefix: str) -> str | None:
         """The full sha256 of the one stored model whose sha256 starts with `prefix`."""

@@ -31,7 +31,13 @@ CLEAN, CONTAMINATED, UNSTABLE = "clean", "contaminated", "unstable"
 STATES = (CLEAN, CONTAMINATED, UNSTABLE)
 EXIT_NOT_CLEAN = 3  # `--strict`: the measurement ran, but it is not a clean result
 MAX_CONTAMINATED_SHARE = 0.10
-MAX_DRIFT = 0.05
+# Calibrated on the quiet 2-core VM this project runs on (tools/bench_load.py, 20 quiet 10 s runs
+# of a ~5 ms CNN, no foreign load): the host shifts the speed by 6-9% between the halves of a run
+# in about one run of five, and medians vary by +/-5% from run to run anyway. A 5% mark called a
+# fifth of quiet runs unstable -- crying wolf, so users would turn --strict off. 10% keeps the
+# verdict for what changes a result (throttling, a step of the clock); `profile --duration`'s
+# stability flag (measure/stability.py) still reports smaller significant drifts.
+MAX_DRIFT = 0.10
 MAX_SPREAD = 0.10
 MIN_CLEAN_BLOCKS = 8  # as stats.block_medians: fewer clean blocks and contaminated ones are kept
 MIN_DRIFT_BLOCKS = 4

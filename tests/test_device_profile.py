@@ -249,6 +249,9 @@ def test_check_against_on_the_device_in_interleaved_rounds(server, model, tmp_pa
     assert len(r["old_report"]["blocks"]) == len(r["new_report"]["blocks"]) >= 10
     assert len(list((tmp_path / "device" / "bundles").iterdir())) == 2
     assert target.exists()
+    # the memory gate's fresh processes would run here, not on the device: not gated
+    assert r["memory"]["status"] == "no-data"
+    assert "not gated with --device" in r["memory"]["detail"]
 
 
 def test_package_with_device_verifies_and_times_there(server, model, tmp_path, capsys):
@@ -262,8 +265,9 @@ def test_package_with_device_verifies_and_times_there(server, model, tmp_path, c
     assert json.loads((bundle / "manifest.json").read_text())["latency"] is None
     with sqlite3.connect(store) as db:
         assert db.execute("select label from runs").fetchall() == [("package",)]
-    assert main(["package", str(model), "-t", "tvm-x86", "-o", str(tmp_path / "t"), "--device",
-                 server, *SHAPE]) == 2
+    assert main(["package", str(model), "-t", "ort-cpu", "-o", str(tmp_path / "t"), "--device",
+                 server, "--tracker", "127.0.0.1:9", *SHAPE]) == 2  # refused before any work
+    assert "--tracker is for TVM RPC" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
 
 

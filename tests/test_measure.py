@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from deploykit.measure import load as load_monitor
 from deploykit.measure import timing as measure
 from deploykit.core import TimingPlan
 
@@ -110,8 +111,8 @@ def test_load_monitor_known_ticks(monkeypatch):
     wall = iter([0.0, 1.0])
     monkeypatch.setattr(measure.LoadMonitor, "_busy_s", staticmethod(lambda: next(busy)))
     monkeypatch.setattr(measure.LoadMonitor, "_own_s", staticmethod(lambda: next(own)))
-    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(wall))
-    monkeypatch.setattr(measure, "_NCPU", 2)
+    monkeypatch.setattr(load_monitor.time, "perf_counter", lambda: next(wall))
+    monkeypatch.setattr(load_monitor, "_NCPU", 2)
     m = measure.LoadMonitor()
     m.start()
     assert m.stop() == pytest.approx(0.5)  # 1.0 foreign CPU-second over 2 cores x 1 s
@@ -126,13 +127,13 @@ def test_load_monitor_counts_only_the_cpus_it_may_run_on(monkeypatch, tmp_path):
         stat.write_text(line.format("", sum(busy)) + "".join(line.format(i, b)
                                                              for i, b in enumerate(busy)))
 
-    hz = measure._HZ
-    monkeypatch.setattr(measure, "_PROC_STAT", str(stat))
-    monkeypatch.setattr(measure, "_NCPU", 4)
-    monkeypatch.setattr(measure.os, "sched_getaffinity", lambda pid: {0, 1})
+    hz = load_monitor._HZ
+    monkeypatch.setattr(load_monitor, "_PROC_STAT", str(stat))
+    monkeypatch.setattr(load_monitor, "_NCPU", 4)
+    monkeypatch.setattr(load_monitor.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(measure.LoadMonitor, "_own_s", staticmethod(lambda: 0.0))
     wall = iter([0.0, 1.0, 0.0, 1.0])
-    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(wall))
+    monkeypatch.setattr(load_monitor.time, "perf_counter", lambda: next(wall))
     m = measure.LoadMonitor()
     write([0, 0, 0, 0])
     m.start()

@@ -220,8 +220,14 @@ def test_lineage_and_recipe_come_from_the_store(model, tmp_path):
     assert m["recipe"] == [{"transform": "prune-channels", "config": {"ratio": 0.5}}]
 
 
-def test_unsupported_backend_is_a_one_line_error(model, tmp_path, capsys):
-    assert main(["package", str(model), "-t", "ov-cpu", "-o", str(tmp_path / "b"),
-                 "--no-measure", "--no-store", *SHAPE]) == 2
-    assert "ORT and TVM targets" in capsys.readouterr().err
+def test_unsupported_backend_is_a_one_line_error(model, tmp_path):
+    """Every registered backend packages (ORT, TVM, OpenVINO); a target of another backend is
+    refused before anything is written."""
+    from deploykit.backends.base import Target
+    from deploykit.bundle.package import PackageOptions, package
+    from deploykit.errors import InputError
+
+    with pytest.raises(InputError, match="ORT, TVM and OpenVINO targets"):
+        package(model, Target("other", {"backend": "other"}), tmp_path / "b",
+                PackageOptions(measure=False))
     assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())

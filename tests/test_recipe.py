@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
-from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent / "rewrite"))
 from _quant_models import conv_bn_net, messy  # noqa: E402
@@ -16,7 +16,7 @@ from deploykit.rewrite import recipe
 from deploykit.cli import main  # noqa: E402
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError, VerificationError  # noqa: E402
-from deploykit.rewrite import StepContext, StepResult  # noqa: E402
+from deploykit.rewrite import StepContext, StepPass  # noqa: E402
 from deploykit.fidelity import compare, judge, worst
 
 
@@ -118,24 +118,30 @@ def test_run_recipe_writes_verified_lineage_and_records_skips(tmp_path, conv_mod
 
 
 def _fake_step(monkeypatch, name, fn, kind="fp32"):
+    """A step module for `name` whose pass runs fn(model, cfg) in place and claims it changed
+    the model (the runner must not take its word for it)."""
     mod = types.ModuleType(f"fake_{name}")
 
     @dataclasses.dataclass(frozen=True)
     class Config:
         scale: float = 1.0
 
+    class FakePass(StepPass, ir.passes.InPlacePass):
+        fidelity_kind = kind
+
+        def call(self, model):
+            fn(model, self.cfg)
+            return self.done(model)
+
     mod.Config = Config
-    mod.step = lambda model, cfg, ctx: fn(model, cfg, kind)
+    setattr(mod, recipe.pass_name(name), FakePass)
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setitem(recipe.STEPS, name, mod.__name__)
 
 
-def _scale_first_weight(model, cfg, kind):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    w = next(t for t in m.graph.initializer if t.name == "w1")
-    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(cfg.scale), "w1"))
-    return StepResult(m, fidelity_kind=kind)
+def _scale_first_weight(model, cfg):
+    w = model.graph.initializers["w1"]
+    w.const_value = ir.tensor(w.const_value.numpy() * np.float32(cfg.scale), name="w1")
 
 
 def test_run_recipe_refuses_a_wrong_exact_rewrite(tmp_path, conv_model, monkeypatch):
@@ -159,11 +165,9 @@ def test_run_recipe_never_reports_an_unchanged_model(tmp_path, conv_model, monke
 
 
 def test_run_recipe_checker_failure(tmp_path, conv_model, monkeypatch):
-    def broken(model, cfg, kind):
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        m.graph.node[0].input[0] = "nowhere"
-        return StepResult(m)
+    def broken(model, cfg):
+        first = next(iter(model.graph))
+        first.replace_input_with(0, ir.Value(name="nowhere"))
 
     _fake_step(monkeypatch, "broken", broken)
     with pytest.raises(VerificationError, match="fails onnx.checker"):
@@ -234,7 +238,8 @@ def test_library_root_warnings_do_not_flood_a_recipe_run(tmp_path, caplog, capfd
 
 
 def test_step_name_is_file_name():
-    """Every recipe step lives in deploykit/rewrite/<step name, '-' as '_'>.py with Config + step."""
+    """Every recipe step lives in deploykit/rewrite/<step name, '-' as '_'>.py with Config and
+    its pass <CamelName>Pass."""
     import ast
 
     folder = Path(recipe.__file__).parent
@@ -244,4 +249,4 @@ def test_step_name_is_file_name():
         assert module == "deploykit.rewrite." + path.stem and path.is_file(), name
         defs = {n.name for n in ast.parse(path.read_text()).body
                 if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-        assert {"Config", "step"} <= defs, name
+        assert {"Config", recipe.pass_name(name)} <= defs, name

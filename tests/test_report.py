@@ -174,7 +174,7 @@ def test_html_renders_in_headless_chromium(tmp_path, chromium):
 
 
 def test_pareto_legend_is_clear_of_the_points():
-    from deploykit.report.html import pareto_figure
+    from deploykit.report.pareto import pareto_figure
 
     fig = pareto_figure(with_runtimes(synthetic_result()))
     fig.canvas.draw()

@@ -16,6 +16,7 @@ from deploykit.core import ModelRef
 from deploykit.fidelity import run_ort
 from deploykit.search.candidates import option_variants
 from deploykit.search.engine import Search, SearchConfig, write_outputs
+from deploykit.search.estimate import Estimator
 from deploykit.store import Store
 
 from _search_models import residual_cnn
@@ -83,7 +84,7 @@ def test_recommendation_stays_on_the_target_runtime_when_another_is_faster(cnn, 
                        target_options=False, netadapt=False, runtimes=("fastrt",), **FAST)
 
     def setup(s):
-        s._targets[FAST_OPTS] = FastRuntime()
+        s.measure.targets[FAST_OPTS] = FastRuntime()
 
     res = _run(cnn, tmp_path, cfg, setup)
     assert res.cost["time_limit_reached"] == []
@@ -116,13 +117,13 @@ def test_recommendation_stays_on_the_target_runtime_when_another_is_faster(cnn, 
 
 def test_expert_recipe_with_a_bad_prediction_is_still_measured_whole(cnn, tmp_path, monkeypatch):
     expert_recipe = "quantize-static"  # ORT's expert: calibrated static int8, per-channel U8S8
-    real = Search._estimate
+    real = Estimator.estimate
 
     def pessimistic(self, row, keep=None):  # the predictor calls the expert 1000x too slow
         ms = real(self, row, keep)
         return ms * 1000 if ms is not None and row.cand.recipe == expert_recipe else ms
 
-    monkeypatch.setattr(Search, "_estimate", pessimistic)
+    monkeypatch.setattr(Estimator, "estimate", pessimistic)
     found = {}
     for experts in (False, True):  # same OUTDIR: the builds are reused
         cfg = SearchConfig(min_fidelity=0.9, time_limit_s=NO_LIMIT_S, families=("int8",),

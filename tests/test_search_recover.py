@@ -94,7 +94,9 @@ def test_onnx_source_says_recovery_is_unavailable(source, tmp_path):
                    feeds=_batches(1, seed=5)[0])
         from deploykit.onnxio import load_onnx
 
-        assert s._recover_candidates(load_onnx(path)) == []
+        from deploykit.search.space import recover_candidates
+
+        assert recover_candidates(s.cfg, s.builder.torch_source, load_onnx(path), s.notes) == []
     assert any("recovery by distillation is unavailable: the source is an ONNX file" in n
                for n in s.notes)
 

@@ -74,12 +74,12 @@ def test_candidate_below_the_floor_on_its_runtime_is_rejected_before_timing(cnn,
         cand = Candidate("prune", (("prune-channels", (("ratio", 0.25),)),))
         for noise, ok in ((3.0, False), (1e-3, True)):
             opts = (("target", f"noisy-{noise:g}"),)
-            s._targets[opts] = NoisyTarget(noise)
+            s.measure.targets[opts] = NoisyTarget(noise)
             row = Row(cand.with_options(opts))
             s.build(row)
             assert row.status == "ok"
             ort_fidelity = row.fidelity
-            rep = s._measure_whole(row, PLAN)
+            rep = s.measure.whole(row, PLAN)
             rt = row.fidelity_detail["runtime"]
             assert rt["target"] == f"noisy-{noise:g}" and rt["against"] == "the original on ORT"
             if ok:  # timed, and its fidelity is the worse of ORT's and the runtime's
@@ -92,16 +92,16 @@ def test_candidate_below_the_floor_on_its_runtime_is_rejected_before_timing(cnn,
         before = NoisyTarget.compiled
         again = Row(cand.with_options((("target", "noisy-3"),)))
         s.build(again)
-        assert s._measure_whole(again, PLAN) is None and NoisyTarget.compiled == before
+        assert s.measure.whole(again, PLAN) is None and NoisyTarget.compiled == before
 
 
 def test_the_baseline_is_never_rejected_on_the_users_runtime(cnn, tmp_path):
     with Store(tmp_path / "s.sqlite") as store:
         s = _search(cnn, tmp_path / "out", store)
-        s._targets[()] = NoisyTarget(0.5)  # the user's own --target computes like this
+        s.measure.targets[()] = NoisyTarget(0.5)  # the user's own --target computes like this
         base = Row(Candidate("baseline"))
         s.build(base)
-        assert s._measure_whole(base, PLAN) is not None and base.status == "ok"
+        assert s.measure.whole(base, PLAN) is not None and base.status == "ok"
         assert base.fidelity_detail["runtime"]["cosine"] < 0.99  # reported, not hidden
 
 
@@ -142,18 +142,19 @@ def test_runtime_without_its_own_layer_table_is_measured_whole_not_borrowed(cnn,
         s = Search(cnn, "ort-cpu", SearchConfig(whole_plan=PLAN, unit_plan=PLAN), tmp_path / "o",
                    store, feeds=_feeds())
         opts = (("target", "nounits"),)
-        s._targets[opts] = _NoUnits(0.0)
-        s._tables = {v: LayerTable(partial(s._time_unit, s.target_of(v)),
-                                   partial(s._lookup_unit, s.target_of(v)),
-                                   tmp_path / "units" / str(i)) for i, v in enumerate([(), opts])}
+        s.measure.targets[opts] = _NoUnits(0.0)
+        s.estimator.tables = {v: LayerTable(partial(s.measure.time_unit, s.target_of(v)),
+                                           partial(s.measure.lookup_unit, s.target_of(v)),
+                                           tmp_path / "units" / str(i))
+                              for i, v in enumerate([(), opts])}
         base, on_other = Row(Candidate("baseline")), Row(Candidate("baseline").with_options(opts))
         for r in (base, on_other):
             s.build(r)
-        assert s._estimate(base) > 0
-        assert s._estimate(on_other) is None and _NoUnits.refused == 1
-        assert s._whole_only(on_other) and not s._whole_only(base)
+        assert s.estimator.estimate(base) > 0
+        assert s.estimator.estimate(on_other) is None and _NoUnits.refused == 1
+        assert s.estimator.whole_only(on_other) and not s.estimator.whole_only(base)
         assert any("no layer table of its own (RuntimeError: cannot compile a fragment)" in n
                    and "measured whole instead of predicted from another runtime's table" in n
                    for n in s.notes)
-        assert s._estimate(on_other) is None and _NoUnits.refused == 1  # not retried
-        assert s._measure_whole(on_other, PLAN) is not None and on_other.median > 0
+        assert s.estimator.estimate(on_other) is None and _NoUnits.refused == 1  # not retried
+        assert s.measure.whole(on_other, PLAN) is not None and on_other.median > 0

@@ -156,7 +156,7 @@ def test_version_1_store_is_migrated_in_place(store_location):
     when opened: its runs read back whole, per-op order kept, and new runs go in after them."""
     import json
 
-    from deploykit.store import _SCHEMA
+    from deploykit.store_schema import _SCHEMA
     from deploykit.store_backends import PostgresBackend
 
     ddl = PostgresBackend.ddl if store_location.startswith("postgresql") else (lambda s: s)

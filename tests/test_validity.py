@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deploykit import validity
+from deploykit.measure import load as load_monitor
 from deploykit.measure import timing as measure
 from deploykit.core import Block, LatencyReport, TimingPlan
 
@@ -62,9 +63,9 @@ def test_steady_load_below_the_per_block_mark_is_still_contamination():
 
 
 def test_drift_makes_a_quiet_run_unstable():
-    meds = list(np.linspace(7.0, 7.0 * 1.15, 20))  # the clock sagged: +15% over the run
+    meds = list(np.linspace(7.0, 7.0 * 1.3, 20))  # the clock sagged: +30% over the run
     v = validity.assess(*_run(meds, [0.0] * 20))
-    assert v.state == "unstable" and v.drift == pytest.approx(0.075, abs=0.03)
+    assert v.state == "unstable" and v.drift == pytest.approx(0.15, abs=0.03)
     assert v.headline().startswith("UNSTABLE MEASUREMENT: block medians drifted +")
 
 
@@ -76,9 +77,9 @@ def test_scatter_without_drift_is_unstable():
 
 
 def test_short_run_halves_differing_within_their_noise_are_clean():
-    # 6 blocks of a 3 s run, block medians scattering ~4% (a quiet 2-core VM): the halves
-    # differ by ~8%, more than MAX_DRIFT, but by less than DRIFT_Z of their standard errors
-    meds = [7.0, 7.6, 7.2, 7.9, 7.4, 8.1]
+    # 6 blocks of a 3 s run, block medians scattering ~6%: the halves differ by ~14%, more
+    # than MAX_DRIFT, but by less than DRIFT_Z of their standard errors
+    meds = [7.0, 8.2, 7.3, 8.3, 7.6, 8.6]
     v = validity.assess(*_run(meds, [0.0] * 6))
     assert v.drift > validity.MAX_DRIFT and v.state == "clean"
 
@@ -88,6 +89,14 @@ def test_short_run_with_a_real_step_is_unstable():
     v = validity.assess(*_run(meds, [0.0] * 6))
     assert v.state == "unstable" and v.drift == pytest.approx(0.40, abs=0.02)
     assert "standard error" in v.reason
+
+
+def test_a_host_level_step_as_seen_on_the_quiet_vm_is_clean():
+    # quiet 10 s run 14 of tools/bench_load.py: 10 blocks at 4.72 ms, then 10 at 5.12 (+8%),
+    # no foreign load: within the machine's run-to-run variation, not a broken result
+    meds = [4.72] * 10 + [5.12] * 10
+    v = validity.assess(*_run(meds, [0.0] * 20))
+    assert v.drift == pytest.approx(0.085, abs=0.01) and v.state == "clean"
 
 
 def test_small_drift_is_clean():
@@ -156,7 +165,7 @@ def clock(monkeypatch):
     monkeypatch.setattr(measure.time, "perf_counter_ns", lambda: c.ns)
     monkeypatch.setattr(measure.time, "perf_counter", c.now)
     monkeypatch.setattr(measure.time, "sleep", c.sleep)
-    monkeypatch.setattr(measure, "QUIET_PROBE_S", 0.25)
+    monkeypatch.setattr(load_monitor, "QUIET_PROBE_S", 0.25)
     return c
 
 

@@ -6,6 +6,8 @@ apache-tvm wheels (pip download). Cached under ~/.cache/deploykit/arm-device.
     python tools/arm_device.py start [--port 9190] [--tracker HOST:PORT --key aarch64-emu]
     python tools/arm_device.py setup | status | stop [--port 9190]
     python tools/arm_device.py ort-python    # prints the emulated python3 + onnxruntime command
+    python tools/arm_device.py ov-python     # prints the emulated python3 + openvino command
+    python tools/arm_device.py runner-shell  # prints the emulated sh that runs TVM bundles' runners
 
 `start` builds what is missing (about a minute the first time), then runs
 `python -m tvm.exec.rpc_server` under qemu on 127.0.0.1 and returns once it listens. SECURITY: an
@@ -34,6 +36,7 @@ PYVER = "3.11"
 MIRROR = os.environ.get("DEPLOYKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DEFAULT_PORT = 9190
 DEFAULT_KEY = "aarch64-emu"  # "emu" in a key makes deploykit label its timings "emulated"
+OV_PLATFORM = "manylinux_2_35_aarch64"  # the tag openvino 2026 publishes (bookworm: glibc 2.36)
 
 
 def cache_dir() -> Path:
@@ -157,28 +160,38 @@ _CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd e
                    "CPU part\t: 0xd08\nCPU revision\t: 3\n\n" for i in range(2))
 
 
-def ensure_ort(root: Path) -> Path:
-    """The aarch64 onnxruntime wheel (this machine's version) in its own folder, so that
-    bundles' self-tests and timing mode run on the emulated device."""
-    site = root / "site-ort"
+def _wheel_site(root: Path, name: str, pins: list[str], platform: str) -> Path:
+    """aarch64 wheels (`pins`, no dependencies) installed into root/site-NAME, so that bundles'
+    self-tests and timing mode run on the emulated device with that runtime."""
+    site = root / f"site-{name}"
     if (site / ".complete").exists():
         return site
-    pin = f"onnxruntime=={metadata.version('onnxruntime')}"
-    plat = ["--platform", "manylinux_2_28_aarch64", "--python-version", PYVER,
-            "--only-binary=:all:"]
-    wheels = root / "wheels-ort"
+    plat = ["--platform", platform, "--python-version", PYVER, "--only-binary=:all:"]
+    wheels = root / f"wheels-{name}"
     _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *plat, "-d", str(wheels),
-          pin], "pip download of the aarch64 onnxruntime wheel")
-    tmp = root / "site-ort.partial"
+          *pins], f"pip download of the aarch64 {name} wheel")
+    tmp = root / f"site-{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
           "--target", str(tmp), *plat, *map(str, sorted(wheels.glob("*.whl")))],
-         "installing the aarch64 onnxruntime wheel")
+         f"installing the aarch64 {name} wheel")
     _precompile(tmp)
-    (tmp / ".complete").write_text(pin + "\n")
+    (tmp / ".complete").write_text("\n".join(pins) + "\n")
     shutil.rmtree(site, ignore_errors=True)
     tmp.rename(site)
     return site
+
+
+def ensure_ort(root: Path) -> Path:
+    """The aarch64 onnxruntime wheel (this machine's version)."""
+    return _wheel_site(root, "ort", [f"onnxruntime=={metadata.version('onnxruntime')}"],
+                       "manylinux_2_28_aarch64")
+
+
+def ensure_ov(root: Path) -> Path:
+    """The aarch64 openvino wheel (this machine's version) and its pure-Python dependency."""
+    return _wheel_site(root, "ov", [f"openvino=={metadata.version('openvino')}",
+                                    "openvino-telemetry"], OV_PLATFORM)
 
 
 def ensure_prefix(root: Path, rootfs: Path) -> Path:
@@ -211,6 +224,32 @@ def ort_python() -> str:
     qemu = shutil.which("qemu-aarch64") or "qemu-aarch64"
     return (f"env PYTHONPATH={shlex.quote(f'{ort_site}:{site}')} {shlex.quote(qemu)} -L "
             f"{shlex.quote(str(prefix))} {shlex.quote(str(rootfs / 'usr/bin' / f'python{PYVER}'))}")
+
+
+def ov_python() -> str:
+    """The emulated device's python3 with numpy + openvino (the same qemu prefix as ORT's)."""
+    import shlex
+
+    rootfs, site = setup()
+    root = cache_dir()
+    ov_site, prefix = ensure_ov(root), ensure_prefix(root, rootfs)
+    qemu = shutil.which("qemu-aarch64") or "qemu-aarch64"
+    return (f"env PYTHONPATH={shlex.quote(f'{ov_site}:{site}')} {shlex.quote(qemu)} -L "
+            f"{shlex.quote(str(prefix))} {shlex.quote(str(rootfs / 'usr/bin' / f'python{PYVER}'))}")
+
+
+def runner_shell() -> str:
+    """A shell command that is the emulated device's sh for a TVM bundle's selftest.sh: the arm64
+    rootfs's sh under qemu-aarch64, with QEMU_LD_PREFIX in its environment so that the bundle's
+    aarch64 runner, which it executes, is run by the binfmt handler against the rootfs's libc and
+    libstdc++. (Other programs it calls, sha256sum, are the host's: qemu-user does not redirect
+    exec; the device's `uname -m` is therefore the host's, and the target says `emulated`.)"""
+    import shlex
+
+    rootfs, _ = setup()
+    qemu = shutil.which("qemu-aarch64") or "qemu-aarch64"
+    return (f"env QEMU_LD_PREFIX={shlex.quote(str(rootfs))} {shlex.quote(qemu)} "
+            f"{shlex.quote(str(rootfs / 'bin/sh'))}")
 
 
 def pid_file(port: int) -> Path:
@@ -248,7 +287,8 @@ def stop(port: int = DEFAULT_PORT) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["setup", "start", "stop", "status", "ort-python"])
+    p.add_argument("action", choices=["setup", "start", "stop", "status", "ort-python",
+                                      "ov-python", "runner-shell"])
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address (default loopback; an RPC server runs uploaded code)")
@@ -269,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
               f"stop --port {port}")
     elif args.action == "ort-python":
         print(ort_python())
+    elif args.action == "ov-python":
+        print(ov_python())
+    elif args.action == "runner-shell":
+        print(runner_shell())
     elif args.action == "stop":
         print("stopped" if stop(args.port) else f"no server recorded on port {args.port}")
     else:

@@ -3,13 +3,16 @@
 
     .venv/bin/python tools/bench_load.py                      # the full protocol (~40 min)
     .venv/bin/python tools/bench_load.py --runs 1 --max-time 3 --scenarios quiet,hogs1   # smoke
+    .venv/bin/python tools/bench_load.py --summarize tools/bench_out/load.json   # verdicts again
 
 The protocol of issue 22, each run a fresh `deploykit profile MODEL --strict --json ...` process:
 * quiet: no hog started by us -> the state should be clean in >= 19 of 20 runs;
 * hogs1, hogs2: 1 or 2 busy-loop processes (one core each) beside the profile -> never clean,
   and `--strict` exits 3 in 20 of 20 runs;
 * half: a hog that runs during the first half of a profile run (half the median wall time of
-  the quiet runs), profiled with `--wait-quiet 60` -> the median within 3% of the quiet median.
+  the quiet runs), profiled with `--wait-quiet 60` -> the median of the runs' medians within 3%
+  of the quiet runs' (one run is not within 3% of another even when quiet: run-to-run medians
+  vary by +/-5% on the 2-core VM), and no half run called clean slower than every quiet run.
 The model defaults to the bundled TinyResNet (deploykit/examples/tinyresnet.py, ~7 ms on 2 cores),
 exported once. "quiet" means no hog of ours: on a shared machine other processes may still be
 running, and the script records the foreign load each report saw, so read the quiet figures with
@@ -121,14 +124,27 @@ def _verdicts(res: dict) -> list[str]:
                          f"{strict}/{len(rows)} (target 0 clean, all exit 3): "
                          f"{'PASS' if clean == 0 and strict == len(rows) else 'FAIL'}")
     if "half" in res and "quiet" in res:
-        quiet = statistics.median(r["median_ms"] for r in res["quiet"])
+        quiet_meds = [r["median_ms"] for r in res["quiet"]]
+        quiet = statistics.median(quiet_meds)
         for r in res["half"]:
             r["vs_quiet"] = r["median_ms"] / quiet - 1
-        worst = max(abs(r["vs_quiet"]) for r in res["half"])
+        half = statistics.median(r["median_ms"] for r in res["half"])
         wait = res["protocol"]["wait_quiet"]
-        lines.append(f"half-time hog with --wait-quiet {wait:g}: worst median {worst:+.1%} off "
-                     f"the quiet median {quiet:.3f} ms (target within 3%): "
-                     f"{'PASS' if worst <= 0.03 else 'FAIL'}")
+        lines.append(f"half-time hog with --wait-quiet {wait:g}: median of the runs' medians "
+                     f"{half:.3f} ms, {half / quiet - 1:+.1%} off the quiet runs' "
+                     f"{quiet:.3f} ms (target within 3%): "
+                     f"{'PASS' if abs(half / quiet - 1) <= 0.03 else 'FAIL'}")
+        # honesty: a half run called clean must be as good as a quiet run (the quiet runs'
+        # own run-to-run range is the yardstick; one run is not within 3% of another here)
+        lo, hi = min(quiet_meds), max(quiet_meds)
+        # (slower than every quiet run: load that inflated a run called clean; a faster one is not)
+        bad = [r for r in res["half"] if r["state"] == "clean" and r["median_ms"] > hi]
+        worst = max((r["vs_quiet"] for r in bad), default=0.0)
+        lines.append(f"half-time hog: {sum(r['state'] == 'clean' for r in res['half'])}/"
+                     f"{len(res['half'])} clean; clean runs slower than every quiet run "
+                     f"({lo:.3f}-{hi:.3f} ms): {len(bad)}"
+                     + (f" (worst {worst:+.1%})" if bad else "")
+                     + f" (target 0): {'PASS' if not bad else 'FAIL'}")
     return lines
 
 
@@ -146,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="pin the profile and the hogs to these CPUs, e.g. 0,1 (taskset; for "
                          "machines with more cores than the protocol's 2)")
     ap.add_argument("--out", type=Path, default=ROOT / "tools" / "bench_out" / "load.json")
+    ap.add_argument("--summarize", type=Path, metavar="JSON",
+                    help="only print the verdicts of an earlier run's --out file")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print("\n".join(_verdicts(json.loads(args.summarize.read_text()))))
+        return 0
     names = [s for s in args.scenarios.split(",") if s]
     CPUS[:] = [c for c in args.cpus.split(",") if c]
     if unknown := set(names) - {"quiet", "hogs1", "hogs2", "half"}:

@@ -37,7 +37,7 @@ from deploykit.fidelity import cosine
 from deploykit.rewrite.calibration import data_reader
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 from deploykit.measure.timing import compare, measure_callable
-from deploykit.rewrite import StepContext  # noqa: E402
+from deploykit.rewrite import StepContext, apply_step  # noqa: E402
 from deploykit.rewrite import nncf_int8 as quantize_nncf
 
 
@@ -124,9 +124,9 @@ def bench_model(kind: str, work: Path, args) -> dict:
     import onnx
 
     t0 = time.perf_counter()
-    res = quantize_nncf.step(onnx.load(str(fp32)), quantize_nncf.Config(),
-                             StepContext(feeds=batches[0], calibration=tuple(batches),
-                                         calibration_is_synthetic=True))
+    res = apply_step(quantize_nncf.NncfInt8Pass(
+        quantize_nncf.Config(), StepContext(feeds=batches[0], calibration=tuple(batches),
+                                            calibration_is_synthetic=True)), onnx.load(str(fp32)))
     t_nncf = time.perf_counter() - t0
     nncf_path = work / f"{kind}_nncf_int8.onnx"
     onnx.save(res.model, str(nncf_path))

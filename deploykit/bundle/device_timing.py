@@ -1,5 +1,6 @@
-"""The JSON a bundle's timing mode wrote on a device (runners/timing.py), read back into a
-LatencyReport with the same statistics as a local run.
+"""The JSON a bundle's timing mode wrote on a device (runners/timing.py for ORT bundles, the C++
+runner's runners/dk_timing.h for TVM bundles), read back into a LatencyReport with the same
+statistics as a local run.
 
 It comes from outside (a device, a copy over the network): every field a number rests on is
 checked -- schema, the bundle it claims to time, finite positive samples, blocks that tile the
@@ -113,6 +114,10 @@ def parse_doc(d: Any, manifest: Mapping[str, Any], *, where: str,
            "cpu_model": dev.get("cpu_model"), "machine": dev.get("machine"),
            "onnxruntime": dev.get("onnxruntime"), "plan": d.get("plan"),
            "bundle_manifest_sha256": manifest.get("manifest_sha256")}
+    if dev.get("runtime") == "tvm":  # the C++ runner of a TVM bundle (runners/dk_timing.h)
+        env.update(tvm=dev.get("tvm"), runner=dev.get("runner"))
+    elif dev.get("runtime") == "openvino":
+        env["openvino"] = dev.get("openvino")
     return LatencyReport(
         samples_ms=samples_ms, target=str(tgt.get("name", "?")), target_config=config,
         artifact_id=str(manifest.get("artifact_id", "")),

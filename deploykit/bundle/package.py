@@ -176,8 +176,9 @@ def package(model_path: str | Path, target: Target, out: str | Path,
                              f"{sig(ins)}; outputs {sig(outs)}); give the uncompressed version "
                              "of this model")
     backend = target.config.get("backend")
-    if backend not in ("ort", "tvm"):
-        raise InputError(f"package supports ORT and TVM targets, not backend '{backend}'")
+    if backend not in ("ort", "tvm", "openvino"):
+        raise InputError(f"package supports ORT, TVM and OpenVINO targets, not backend "
+                         f"'{backend}'")
     shapes = dict(opts.shapes)
     if backend == "tvm":
         shapes = _tvm_static_shapes(ins, shapes)
@@ -211,6 +212,16 @@ def package(model_path: str | Path, target: Target, out: str | Path,
                                    "payload": [section["files"]["runtime_model"]]}
             got = st.run_ort(stage, manifest, feeds)
             golden_from = "the bundle's model.ort on onnxruntime (this machine)"
+        elif backend == "openvino":
+            from . import openvino as bundle_ov
+
+            section = bundle_ov.build(model_path, target, stage)
+            manifest["openvino"] = section
+            files = section["files"]
+            manifest["runtime"] = {"backend": "openvino", "model": files["xml"],
+                                   "payload": [files["xml"], files["weights"]]}
+            got = st.run_openvino(stage, manifest, feeds)
+            golden_from = "the bundle's model.xml on OpenVINO's CPU plugin (this machine)"
         else:
             from . import tvm as bundle_tvm
 
@@ -251,21 +262,23 @@ def package(model_path: str | Path, target: Target, out: str | Path,
             from .runners import timing as dk_timing
 
             shutil.copyfile(dk_timing.__file__, stage / "dk_timing.py")
+            ov = backend == "openvino"
             manifest["selftest"] = {"command": "python3 selftest.py",
                                     "timing": "python3 selftest.py . --time OUT.json",
-                                    "needs": "python3, numpy, onnxruntime"}
-            fid_row = _fidelity_row(reference, got, "input model (onnxruntime)",
-                                    "model.ort on onnxruntime")
+                                    "needs": f"python3, numpy, {'openvino' if ov else 'onnxruntime'}"}
+            what = "model.xml on OpenVINO" if ov else "model.ort on onnxruntime"
+            fid_row = _fidelity_row(reference, got, "input model (onnxruntime)", what)
             reason = judge(_as_fidelity(fid_row), kind)
             if reason:
-                raise VerificationError(f"model.ort does not reproduce the input model: {reason}")
+                raise VerificationError(f"{what.split()[0]} does not reproduce the input model: "
+                                        f"{reason}")
             fid = [fid_row]
         if opts.original:
             orig = run_ort(Path(opts.original), feeds)
             # TVM: the input model on ORT stands in for the library (checked against it above)
             fid.append(_fidelity_row(orig, got if got is not None else reference,
                                      f"original model {opts.original}",
-                                     "model.ort on onnxruntime" if got is not None else
+                                     fid[0]["measured_with"] if got is not None else
                                      "input model on onnxruntime"))
         manifest["fidelity"] = fid
 

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from ..core import ModelRef
 from ..backends.base import Target
 from ..errors import TargetError
-from .runners import RUNNER_SOURCE
+from .runners import RUNNER_HEADERS, RUNNER_SOURCE
 from .runners.selftest import RUNNER
 
 RUNTIME_LIBS = {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so",
@@ -170,6 +170,8 @@ def build(model: ModelRef, target: Target, stage: Path, *,
         shutil.copyfile(src, stage / "lib" / name)
     (stage / "runner").mkdir()
     shutil.copyfile(RUNNER_SOURCE, stage / "runner" / RUNNER_SOURCE.name)
+    for header in RUNNER_HEADERS:  # included as "NAME" from the source's own folder
+        shutil.copyfile(header, stage / "runner" / header.name)
     includes = [str(d) for d in _include_dirs()]
     cmd = runner_command(arch, f"runner/{RUNNER_SOURCE.name}", RUNNER, includes, "lib")
     proc = subprocess.run(cmd, cwd=stage, capture_output=True, text=True)
@@ -193,6 +195,7 @@ def build(model: ModelRef, target: Target, stage: Path, *,
             "build_ms": built.build_ms,
             "files": {"library": "model.so", "runner": RUNNER,
                       "runner_source": f"runner/{RUNNER_SOURCE.name}",
+                      "runner_headers": [f"runner/{h.name}" for h in RUNNER_HEADERS],
                       "runtime_libs": [f"lib/{n}" for n in RUNTIME_LIBS]},
             "runner_build_command": " ".join(shlex.quote(a) for a in cmd),
             "runner_build_script": "runner/build.sh"}
@@ -218,12 +221,15 @@ def write_selftest(stage: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     cmd = " ".join(shlex.quote(a) for a in [f"./{RUNNER}", *runner_args(manifest)])
     (stage / "selftest.sh").write_text(
         "#!/bin/sh\n# Device self-test without Python: file hashes, then golden outputs.\n"
-        "set -e\ncd \"$(dirname \"$0\")\"\nsha256sum --quiet -c SHA256SUMS\n"
+        "set -e\ncd \"$(dirname \"$0\")\"\n"
+        "# plain -c: not every sha256sum (busybox, toybox: small boards, Android) takes --quiet\n"
+        "sha256sum -c SHA256SUMS\n"
         f"exec {cmd} \"$@\"\n")
     sums = sorted(p for p in stage.rglob("*") if p.is_file())
     (stage / "SHA256SUMS").write_text("".join(
         f"{sha256_file(p)}  {p.relative_to(stage).as_posix()}\n" for p in sums))
     return {"command": "sh selftest.sh  (add --repeat N to time N runs)", "runner_command": cmd,
+            "timing": "sh selftest.sh --time OUT.json [--max-time S] [--threads N] [--rel-ci X]",
             "python_command": "python3 selftest.py", "needs": "nothing but the bundle "
             "(python3 selftest.py needs numpy and the tvm runtime)"}
 
@@ -241,6 +247,21 @@ _ROW = re.compile(r"^output (?P<name>.+) max_abs_err=(?P<err>\S+) atol=\S+ rtol=
                   r"mismatched=(?P<bad>\d+)/(?P<n>\d+) (?P<status>ok|FAIL)$")
 
 
+def parse_runner_output(stdout: str) -> tuple[list[dict[str, Any]], str | None]:
+    """(per-output rows, the "runs=..." line) from what the C++ runner printed."""
+    rows, timing = [], None
+    for line in stdout.splitlines():
+        m = _ROW.match(line.strip())
+        if m:
+            rows.append({"name": m["name"], "ok": m["status"] == "ok",
+                         "max_abs_err": float(m["err"]), "mismatched": int(m["bad"]),
+                         "size": int(m["n"]),
+                         "detail": line.strip()[len(f"output {m['name']} "):-len(m["status"]) - 1]})
+        elif line.startswith("runs="):
+            timing = line.strip()
+    return rows, timing
+
+
 def run_runner(bundle: Path, manifest: Mapping[str, Any], repeat: int = 1) -> dict[str, Any]:
     """Run the bundle's C++ runner here (under qemu when built for another architecture)."""
     arch = manifest["runtime"]["arch"]
@@ -254,16 +275,7 @@ def run_runner(bundle: Path, manifest: Mapping[str, Any], repeat: int = 1) -> di
         how = f"C++ runner ({arch}, emulated: {' '.join(prefix)})"
     cmd = [*prefix, f"./{RUNNER}", *runner_args(manifest), "--repeat", str(repeat)]
     proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True)
-    rows, timing = [], None
-    for line in proc.stdout.splitlines():
-        m = _ROW.match(line.strip())
-        if m:
-            rows.append({"name": m["name"], "ok": m["status"] == "ok",
-                         "max_abs_err": float(m["err"]), "mismatched": int(m["bad"]),
-                         "size": int(m["n"]),
-                         "detail": line.strip()[len(f"output {m['name']} "):-len(m["status"]) - 1]})
-        elif line.startswith("runs="):
-            timing = line.strip()
+    rows, timing = parse_runner_output(proc.stdout)
     error = None
     if proc.returncode not in (0, 1) or (proc.returncode == 1 and not rows):
         error = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]

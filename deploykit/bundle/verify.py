@@ -4,8 +4,10 @@ Integrity (every file of the folder listed, every listed file present inside the
 sha256, every path the manifest uses a listed file, the manifest digest) is always checked first,
 with deploykit's own copy of runners/selftest.py, never the bundle's; a bundle that fails it is
 reported and nothing of it is loaded or executed. Otherwise the model runs on its golden inputs:
-ORT bundles in onnxruntime; TVM bundles through their C++ runner (native, or under qemu-user for
-another architecture), the tvm Python runtime (--python), or uploaded to a device over RPC.
+ORT bundles in onnxruntime, OpenVINO bundles in its CPU plugin; TVM bundles through their C++
+runner (native, or under qemu-user for another architecture), the tvm Python runtime
+(--python), or uploaded to a device over RPC. With --device ssh:// or adb:// every kind runs on
+the device (device_run.py).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
         raise InputError(f"{bundle}: unknown bundle runtime '{backend}'")
     from .transport import is_url
 
-    if is_url(device):  # ssh:// or adb://: integrity here, then push, self-test there
+    if is_url(device):  # ssh:// or adb://: integrity here, then push, self-test there (ORT, TVM)
         from .device_run import run_on_device
         from .transport import parse
 
@@ -95,7 +97,8 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
             raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
         t0 = time.perf_counter()
         r = run_on_device(parse(device), bundle)
-        how = f"onnxruntime on {r.where} ({r.runtime})" if r.runtime else \
+        runtime = {"tvm": "the C++ runner", "openvino": "openvino"}.get(backend, "onnxruntime")
+        how = f"{runtime} on {r.where} ({r.runtime})" if r.runtime else \
             "integrity check only (nothing pushed or run)"
         return VerifyResult(r.problems, r.rows, how, time.perf_counter() - t0)
     if (device is None) != (tracker is None):
@@ -103,7 +106,8 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
     t0 = time.perf_counter()
     if device:
         if backend != "tvm":
-            raise InputError("--device/--tracker run TVM bundles over RPC; this is an ORT bundle")
+            raise InputError(f"--device/--tracker run TVM bundles over RPC; this is an "
+                             f"{'ORT' if backend == 'ort' else 'OpenVINO'} bundle")
         run, release, where = _rpc_runner(device, tracker, timeout_s)
         try:
             problems, rows = st.selftest(bundle, run)
@@ -111,7 +115,7 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
             release()
         return VerifyResult(tuple(problems), tuple(rows), f"TVM RPC device {where}",
                             time.perf_counter() - t0)
-    if backend == "ort" or python:
+    if backend in ("ort", "openvino") or python:
         if python and backend == "tvm":
             from .tvm import host_arch
 
@@ -119,7 +123,8 @@ def verify(bundle: str | Path, *, device: str | None = None, tracker: str | None
                 raise InputError(f"--python runs the library in this machine's tvm; the bundle "
                                  f"is for {manifest['runtime']['arch']}")
         problems, rows = st.selftest(bundle)
-        how = "onnxruntime (Python)" if backend == "ort" else "tvm runtime (Python)"
+        how = {"ort": "onnxruntime (Python)", "openvino": "OpenVINO CPU plugin (Python)"}.get(
+            backend, "tvm runtime (Python)")
         return VerifyResult(tuple(problems), tuple(rows), how, time.perf_counter() - t0)
 
     from .tvm import run_runner

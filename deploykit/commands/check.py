@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from . import _common
 from .baseline import add_gate_timing_args, check_gate_timing
@@ -193,6 +192,15 @@ def _memory_gate(args, base, target, threads, old_model, model, old_rep, new_rep
 
     if args.memory_runs == 0:
         return old_rep, new_rep, memory_verdict(memory_runs(old_rep), [], threshold)
+    from ..bundle.transport import is_url
+
+    if is_url(args.device):  # fresh processes here would measure this machine, not the device
+        from ..gate.resources import ResourceVerdict
+
+        return old_rep, new_rep, ResourceVerdict(
+            "memory", "no-data", threshold, None, None, None,
+            "not gated with --device: its fresh-process runs would measure this machine, not "
+            "the device; each side's peak RSS on the device is in its report (`memory`)")
     paths = ([str(old_model.path)] if old_model is not None else []) + [str(model.path)]
     runs = measure_memory(base.report.target, threads, paths, base.feeds, args.memory_runs)
     new_rep = replace(new_rep, memory=with_memory_runs(runs[-1]))
@@ -208,6 +216,8 @@ def _fingerprint(target) -> dict:
 
 
 def _write_outputs(outs, args, result: dict, old_rep, new_rep) -> None:
+    from ..gate.render import junit_xml, markdown
+
     if args.json:
         outs.json(args.json, dict(result, old_report=old_rep.to_dict(),
                                   new_report=new_rep.to_dict()))
@@ -217,91 +227,11 @@ def _write_outputs(outs, args, result: dict, old_rep, new_rep) -> None:
         outs.text(args.markdown, markdown(result))
 
 
-def _fmt_ms(x) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
-def _rows(r: dict) -> list[tuple[str, str]]:
-    lo, hi = r["ratio_ci"]
-    rows = [("verdict", r["summary"]),
-            ("median old -> new", f"{r['old_median_ms']:.3f} -> {r['new_median_ms']:.3f} ms"),
-            ("ratio new/old", f"{r['ratio']:.4f}  ({r['conf']:.0%} CI {lo:.4f} – {hi:.4f})"),
-            ("mode", f"{r['mode']} ({r['n_units']} rounds of fresh sessions)"),
-            ("tests", f"rank test on rounds p={r['p_units']:.2g}; "
-                      f"Mann-Whitney on raw samples p={r['p_raw']:.2g}"),
-            ("threshold", f"{r['threshold']:.1%}"),
-            ("memory", r["memory"]["summary"]),
-            ("cold start", r["cold_start"]["summary"]),
-            ("wall time", f"{r['wall_s']:.1f} s")]
-    share = r["contaminated_share"]
-    rows.append(("measurement", f"{r['state']} (rounds with foreign load: old "
-                                f"{share['old']:.0%}, new {share['new']:.0%} of samples)"
-                 + ("" if r["state"] == "clean" else f": {r['reason']}")))
-    if r["note"]:
-        rows.append(("note", r["note"]))
-    if r["env_differences"]:
-        rows.append(("environment changed", "; ".join(r["env_differences"])))
-    return rows
-
-
-def markdown(r: dict) -> str:
-    """A PR-comment summary: verdict, the numbers, and the nodes that got slower."""
-    head = {"regression": "❌ latency regression", "improvement": "🚀 latency improvement",
-            "within-threshold": "✅ within threshold", "no-change": "✅ no significant change"}
-    title = head[r["status"]]
-    extra = [k for k in ("memory", "cold_start") if r[k]["failed"]]
-    if extra:
-        title = "❌ " + " and ".join(k.replace("_", "-") + " regression" for k in extra) + \
-            ("" if r["status"] != "regression" else " and latency regression")
-    lines = [f"### deploykit check: {title}", "",
-             f"`{r['model']}` on `{r['target']}` against `{r['baseline']}`", "",
-             "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in _rows(r)]
-    if r["per_op_diff"]:
-        lines += ["", "<details><summary>per-operator diff (ms per inference, largest increase "
-                      "first)</summary>", "", "| node | op | old | new | Δ |",
-                  "|---|---|---:|---:|---:|"]
-        lines += [f"| `{o['name']}` | {o['op_type']} | {_fmt_ms(o['old_ms'])} | "
-                  f"{_fmt_ms(o['new_ms'])} | {o['delta_ms']:+.3f} |" for o in r["per_op_diff"]]
-        lines += ["", "</details>"]
-    return "\n".join(lines) + "\n"
-
-
-def junit_xml(r: dict) -> str:
-    """One test case per check; a regression is a <failure> (what CI systems display)."""
-    import xml.etree.ElementTree as ET
-
-    suites = ET.Element("testsuites")
-    res = [r["memory"], r["cold_start"]]
-    suite = ET.SubElement(suites, "testsuite", name="deploykit check", tests="3",
-                          failures=str(int(r["latency_failed"]) + sum(x["failed"] for x in res)),
-                          errors="0", skipped=str(sum(x["status"] == "no-data" for x in res)),
-                          time=f"{r['wall_s']:.3f}")
-    case = ET.SubElement(suite, "testcase", classname=f"deploykit.latency.{r['target']}",
-                         name=Path(r["model"]).name, time=f"{r['wall_s']:.3f}")
-    details = "\n".join(f"{k}: {v}" for k, v in _rows(r))
-    ops = "\n".join(f"{o['name']} ({o['op_type']}): {_fmt_ms(o['old_ms'])} -> "
-                    f"{_fmt_ms(o['new_ms'])} ms ({o['delta_ms']:+.3f})" for o in r["per_op_diff"])
-    if r["latency_failed"]:
-        ET.SubElement(case, "failure", message=r["summary"], type="LatencyRegression").text = \
-            details + "\n\nper-op diff:\n" + ops
-    ET.SubElement(case, "system-out").text = details
-    for x, kind in zip(res, ("memory", "cold_start")):
-        c = ET.SubElement(suite, "testcase", classname=f"deploykit.{kind}.{r['target']}",
-                          name=Path(r["model"]).name, time="0")
-        if x["failed"]:
-            ET.SubElement(c, "failure", message=x["summary"],
-                          type="MemoryRegression" if kind == "memory" else "ColdStartRegression"
-                          ).text = x["detail"]
-        elif x["status"] == "no-data":  # not checked is not passed
-            ET.SubElement(c, "skipped", message=x["summary"])
-        ET.SubElement(c, "system-out").text = x["summary"]
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
-
-
 def _print(r: dict, args) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from ..gate.render import fmt_ms, rows
 
     console = Console()
     if not console.is_terminal:  # CI logs are not 80 columns wide: do not truncate
@@ -310,7 +240,7 @@ def _print(r: dict, args) -> None:
     t = Table(title=f"deploykit check: {args.model} vs {args.baseline}", show_header=False)
     t.add_column("", style="bold")
     t.add_column("")
-    for k, v in _rows(r):
+    for k, v in rows(r):
         t.add_row(k, f"[{style}]{v}[/{style}]" if k == "verdict" else v)
     console.print(t)
     if r["per_op_diff"]:
@@ -318,6 +248,6 @@ def _print(r: dict, args) -> None:
         for c in ("node", "op type", "old", "new", "Δ"):
             ops.add_column(c, justify="left" if c in ("node", "op type") else "right")
         for o in r["per_op_diff"]:
-            ops.add_row(o["name"][-50:], o["op_type"], _fmt_ms(o["old_ms"]), _fmt_ms(o["new_ms"]),
+            ops.add_row(o["name"][-50:], o["op_type"], fmt_ms(o["old_ms"]), fmt_ms(o["new_ms"]),
                         f"{o['delta_ms']:+.3f}")
         console.print(ops)

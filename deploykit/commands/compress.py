@@ -83,12 +83,11 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
+    from ..api import prepare_inputs
     from ..backends import registry as targets
-    from ..rewrite.calibration import load_calibration, synthetic_calibration
     from ..errors import InputError, StepVerificationError, VerificationError
     from ..fsutil import dumps_json
     from ..outputs import Outputs, check_distinct, check_output_dir, check_output_file
-    from ..onnxio import io_specs, load_onnx, make_feeds
     from ..report.realized import realized_report, summarize_notes
     from ..rewrite.recipe import (CALIBRATED_STEPS, describe_steps, opset_need, parse_recipe,
                                   run_recipe)
@@ -113,16 +112,10 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.keep_steps, "--keep-steps")
     check_distinct(**{"-o": args.output, "--json": args.json})
     store_file = _common.check_store(args)
-    model = load_onnx(args.model)
-    specs, _ = io_specs(model)
-    feeds = make_feeds(specs, args.seed, shapes, args.inputs)
-    if args.calib:
-        calib, synthetic = load_calibration(specs, args.calib, args.calib_batches), False
-    elif any(s.name in CALIBRATED_STEPS for s in steps):
-        calib, synthetic = synthetic_calibration(specs, min(8, args.calib_batches), args.seed + 1,
-                                                 shapes), True
-    else:
-        calib, synthetic = [], True
+    _, feeds, calib, synthetic = prepare_inputs(
+        args.model, seed=args.seed, shapes=shapes, inputs=args.inputs,
+        calibration=args.calib or None, calib_batches=args.calib_batches,
+        synthetic=any(s.name in CALIBRATED_STEPS for s in steps))
     # interleaved sessions in one process must not spin (FACTS.md)
     target = targets.get(args.target, require_available=not args.no_measure,
                          threads=args.threads, allow_spinning=False)

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
+    from ..api import export
     from ..errors import InputError
-    from ..export.exporter import export_model
     from ..outputs import Outputs, check_distinct, check_output_file
 
     check_output_file(args.output, "-o", suffix=".onnx")
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     axes = _dynamic_axes(args.dynamic_axis) or None
     with Outputs() as outs:
         staged = outs.path(args.output)
-        result = export_model(args.source, staged, input_shapes=shapes,
-                              dynamic_batch=args.dynamic_batch, dynamic_axes=axes,
-                              opset=args.opset, simplify=not args.no_simplify, seed=args.seed,
-                              weights=args.weights, trust_pickle=args.trust_pickle)
+        result = export(args.source, output=staged, input_shapes=shapes,
+                        dynamic_batch=args.dynamic_batch, dynamic_axes=axes, opset=args.opset,
+                        simplify=not args.no_simplify, seed=args.seed, weights=args.weights,
+                        trust_pickle=args.trust_pickle)
         result = replace(result, model=replace(result.model, path=Path(args.output)))
         if args.json:
             outs.json(args.json, result.to_dict())

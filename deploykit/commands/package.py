@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..backends import registry as targets
     from ..errors import InputError
-    from ..bundle.package import PackageOptions, package
+    from ..api import package
 
     if args.atol_frac is not None and not args.atol_frac > 0:
         raise InputError(f"--atol-frac must be positive, got {args.atol_frac}")
@@ -68,23 +68,23 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--tracker is for TVM RPC device keys, not for ssh:// or adb://")
     if transport is not None:  # measured on the device after packaging, not here
         target = targets.get(args.target, require_available=False, threads=args.threads)
-        if target.config.get("backend") != "ort":
-            raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT "
-                             f"bundles; '{target.name}' is {target.config.get('backend')}")
+        if target.config.get("backend") not in ("ort", "tvm", "openvino"):
+            raise InputError(f"--device {transport.where}: ssh:// and adb:// devices run ORT, "
+                             f"OpenVINO and TVM bundles; '{target.name}' is "
+                             f"{target.config.get('backend')}")
     else:
         target = targets.get(args.target, require_available=not args.no_measure,
                              threads=args.threads, device=args.device, tracker=args.tracker)
-    opts = PackageOptions(measure=not args.no_measure and transport is None, plan=plan,
-                          seed=args.seed, shapes=shapes,
-                          inputs_npz=args.inputs, original=args.original,
-                          ort_platform=args.ort_platform, atol_frac=args.atol_frac,
-                          tvm_runtime=args.tvm_runtime, force=args.force, store=store)
+    opts = dict(measure=not args.no_measure and transport is None, plan=plan, seed=args.seed,
+                shapes=shapes, inputs_npz=args.inputs, original=args.original,
+                ort_platform=args.ort_platform, atol_frac=args.atol_frac,
+                tvm_runtime=args.tvm_runtime, store=store)
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="deploykit-package-") as tmp:
         _, source = _common.take_in(args.model, tmp, name=Path(args.model).name)
-        m = package(source.path, target, args.output, opts)
+        m = package(source, target, args.output, force=args.force, **opts)
     sizes = m["sizes"]
     print(f"bundle {args.output} for {target.name}: {sizes['total_bytes'] / 1e6:.2f} MB, of which "
           f"{sizes['payload_bytes'] / 1e6:.2f} MB run on the device "
@@ -111,10 +111,10 @@ def run(args: argparse.Namespace) -> int:
 def _on_device(args, target, transport, plan, store) -> int:
     """The new bundle pushed, self-tested and (unless --no-measure) timed on the device; the
     timing is stored (label "package"), the bundle itself is left as packaged."""
-    from ..bundle.device_run import first_problem, passed, run_on_device
+    from ..bundle.device_run import device_labels, first_problem, passed, run_on_device
     from ..errors import VerificationError
 
-    labels = ("emulated",) if target.config.get("emulated") else ()
+    labels = device_labels(target.config)
     run = run_on_device(transport, args.output, timing=not args.no_measure,
                         max_time_s=plan.max_time_s, threads=target.threads,
                         rel_ci=plan.target_rel_ci, labels=labels)

@@ -160,17 +160,10 @@ def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
     timed, alone or interleaved."""
     from dataclasses import replace
 
-    from ..onnxio import make_feeds
+    from ..api import compile_with_feeds
 
-    from ..measure.memory import preload
-
-    preload()
-    artifacts, feeds = [], []
-    for model in models:
-        for t in tlist:
-            art = t.compile(model)
-            artifacts.append(art)
-            feeds.append(make_feeds(list(art.inputs), args.seed, shapes, args.inputs))
+    artifacts, feeds = compile_with_feeds(models, tlist, seed=args.seed, shapes=shapes,
+                                          inputs=args.inputs)
     if compare:
         from ..measure.timing import compare as run_compare
 
@@ -187,8 +180,8 @@ def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
 
 
 def _on_device(args, names, compare: bool, plan, shapes, store_file) -> int:
-    """One model on one ORT target, packaged, pushed, self-tested and timed on an ssh:// or
-    adb:// device; stored like any run."""
+    """One model on one ORT, OpenVINO or TVM target, packaged, pushed, self-tested and timed on
+    an ssh:// or adb:// device; stored like any run."""
     from ..backends import registry as targets
     from ..bundle.device_profile import profile_on_device
     from ..bundle.transport import parse
@@ -230,8 +223,10 @@ def _on_device(args, names, compare: bool, plan, shapes, store_file) -> int:
         print_report(rep, top=args.top)
         rss = rep.env.get("peak_rss_kb")
         dev = rep.env.get("device", {})
+        runtime = {"tvm": f"tvm {dev.get('tvm')}, {dev.get('runner')}",
+                   "openvino": f"python {dev.get('python')}, openvino {dev.get('openvino')}"}.get(
+            dev.get("runtime"), f"python {dev.get('python')}, onnxruntime {dev.get('onnxruntime')}")
         print(f"device: {dev.get('cpu_model')} ({dev.get('machine')}, {dev.get('cpu_count')} "
-              f"cores, governor {dev.get('governor') or 'n/a'}), {dev.get('os')}, python "
-              f"{dev.get('python')}, onnxruntime {dev.get('onnxruntime')}; peak RSS "
-              f"{f'{rss / 1024:.1f} MiB' if rss else 'n/a'}")
+              f"cores, governor {dev.get('governor') or 'n/a'}), {dev.get('os')}, {runtime}; "
+              f"peak RSS {f'{rss / 1024:.1f} MiB' if rss else 'n/a'}")
     return _common.not_clean_exit(args, {str(model.path): rep.validity})

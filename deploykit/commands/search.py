@@ -80,14 +80,14 @@ def parse_duration(text: str, option: str = "--time-limit") -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rewrite.calibration import SYNTHETIC_WARNING, load_calibration, synthetic_calibration
-    from ..errors import InputError
-    from ..onnxio import io_specs, load_onnx, make_feeds
+    from ..api import prepare_inputs, run_search
     from ..backends import registry as targets
-    from ..search.engine import Search, SearchConfig, load_eval, write_outputs
+    from ..errors import InputError
     from ..outputs import check_output_dir
+    from ..rewrite.calibration import SYNTHETIC_WARNING
+    from ..search.build import load_eval
     from ..search.candidates import FAMILIES
-    from ..store import Store
+    from ..search.engine import SearchConfig
 
     torch_factory = not args.model.endswith(".onnx")
     if torch_factory and not re.fullmatch(r".+\.py:[A-Za-z_]\w*", args.model):
@@ -133,13 +133,10 @@ def run(args: argparse.Namespace) -> int:
         from ..search.recover import UNAVAILABLE_ONNX
 
         print(f"deploykit: note: {UNAVAILABLE_ONNX}", file=sys.stderr)
-    model = load_onnx(args.model)
-    specs, _ = io_specs(model)
-    feeds = make_feeds(specs, args.seed, shapes, args.inputs)
-    if args.calib:
-        calib, synthetic = load_calibration(specs, args.calib), False
-    else:
-        calib, synthetic = synthetic_calibration(specs, seed=args.seed + 1, overrides=shapes), True
+    _, feeds, calib, synthetic = prepare_inputs(args.model, seed=args.seed, shapes=shapes,
+                                                inputs=args.inputs,
+                                                calibration=args.calib or None)
+    if synthetic:
         print(SYNTHETIC_WARNING, file=sys.stderr)
     eval_fn = load_eval(args.eval) if args.eval else None
     out = Path(args.out)
@@ -149,13 +146,11 @@ def run(args: argparse.Namespace) -> int:
     _, source = _common.take_in(args.model, out / ".work" / "intake",
                                 quantize_static.min_opset(quantize_static.Config()), feeds)
     store_file = out / ".work" / "results.sqlite" if store_checked is None else store_checked
-    with Store(store_file) as store:
-        search = Search(Path(source.path), args.target, cfg, out, store, feeds=feeds,
-                        calibration=calib, calibration_is_synthetic=synthetic, eval_fn=eval_fn,
-                        progress=not args.quiet, threads=args.threads, torch_source=torch_source)
-        result = search.run()
-    paths = write_outputs(result, out)
-    from ..report.html import summary_lines
+    result, paths = run_search(source.path, args.target, cfg, out, store_file, feeds=feeds,
+                               calibration=calib, synthetic=synthetic, eval_fn=eval_fn,
+                               progress=not args.quiet, threads=args.threads,
+                               torch_source=torch_source)
+    from ..report.search_text import summary_lines
 
     for line in summary_lines(result.to_dict()):
         print(line)

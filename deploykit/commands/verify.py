@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..bundle.verify import verify
+    from ..api import verify
     from ..errors import InputError
     from ..fsutil import write_json
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from .match import QDQ_OPS
-from .run import DebugResult
+from .result import DebugResult
 
 METRICS = ("cosine", "top1")
 

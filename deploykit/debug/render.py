@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from .fix import FixResult
 from .metrics import Metric
-from .run import DebugResult, Row
+from .result import DebugResult, Row
 
 HEAD = ["#", "tensor", "op", "candidate node", "match", "own cos", "own SQNR", "out SQNR",
         "acc cos", "acc SQNR", "added SQNR"]

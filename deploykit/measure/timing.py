@@ -9,15 +9,14 @@
    own CPU time: blocks where foreign load exceeds `contamination_threshold` are marked; the
    report's `validity` (validity.py) turns them into a verdict on the run.
 5. With `wait_quiet_s`, a round that overlapped foreign load is discarded and the run pauses
-   until the load falls below the mark (QuietWaiter), giving up after `wait_quiet_s` seconds.
+   until the load falls below the mark (QuietWaiter, measure/load.py), giving up after
+   `wait_quiet_s` seconds.
 `compare` runs several callables in interleaved rounds (rotating order) in one process, so slow
 drift of a shared machine hits all of them alike and their ratio stays honest.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -25,124 +24,16 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from .. import stats
-from ..core import Block, LatencyReport, Result, TimingPlan
+from ..core import Block, LatencyReport, TimingPlan
+from .comparison import Comparison
+from .load import LoadMonitor, QuietWaiter, sample_load
 
 if TYPE_CHECKING:  # measuring sits below the backends: it times any object with Artifact's shape
     from ..backends.base import Artifact
 
-_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_NCPU = os.cpu_count() or 1
-_PROC_STAT = "/proc/stat"
-
-
-def _allowed_cpus() -> frozenset[int] | None:
-    """The CPUs this process may run on when they are fewer than the machine's (a cpuset or
-    taskset): load on the other CPUs does not compete with the measurement."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        return None
-    return frozenset(cpus) if len(cpus) < _NCPU else None
-
-
-class LoadMonitor:
-    """Foreign CPU share (0..1 of the cores this process may run on: all of them, or its
-    affinity set when that is smaller) between `start()` and `stop()`."""
-
-    def __init__(self) -> None:
-        self._t0 = self._busy0 = self._own0 = 0.0
-        self._cpus = _allowed_cpus()
-
-    def _busy_s(self) -> float | None:
-        try:
-            with open(_PROC_STAT) as f:
-                lines = f.readlines() if self._cpus else [f.readline()]
-        except OSError:
-            return None
-        busy = 0
-        for line in lines:
-            name, *fields = line.split() or [""]
-            if not name.startswith("cpu") or (
-                    self._cpus and not (name[3:].isdigit() and int(name[3:]) in self._cpus)):
-                continue
-            v = [int(x) for x in fields]
-            idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-            busy += sum(v[:8]) - idle  # user..steal; guest is already inside user
-        return busy / _HZ
-
-    @staticmethod
-    def _own_s() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    def start(self) -> None:
-        self._t0, self._busy0, self._own0 = time.perf_counter(), self._busy_s() or 0.0, self._own_s()
-
-    def stop(self) -> float:
-        wall = time.perf_counter() - self._t0
-        busy = self._busy_s()
-        if busy is None or wall <= 0:
-            return 0.0
-        foreign = (busy - self._busy0) - (self._own_s() - self._own0)
-        # /proc/stat ticks at 1/_HZ: below two ticks per core the estimate is pure rounding.
-        if wall < 2.0 / _HZ:
-            return 0.0
-        ncpu = len(self._cpus) if self._cpus else _NCPU
-        return float(min(max(foreign / (wall * ncpu), 0.0), 1.0))
-
-
 # The seam for the foreign-load sampler: measure_many, QuietWaiter and `deploykit doctor` build
 # their monitor with this, so tests can inject a scripted load (the machine's own is not ours).
 make_load_monitor: Callable[[], LoadMonitor] = LoadMonitor
-QUIET_PROBE_S = 0.5  # how long one look at the machine's load lasts while waiting for quiet
-
-
-def sample_load(monitor: LoadMonitor, seconds: float) -> float:
-    """Foreign CPU share over `seconds` of doing nothing ourselves."""
-    monitor.start()
-    time.sleep(seconds)
-    return monitor.stop()
-
-
-class QuietWaiter:
-    """Waits, between timed rounds, until foreign load is below the contamination mark.
-    Its budget (`plan.wait_quiet_s`) covers both the waiting and the discarded rounds; once it is
-    spent it gives up (says so through `warn`) and the run continues under load, which the
-    report's validity then shows."""
-
-    def __init__(self, monitor: LoadMonitor, plan: TimingPlan, status=None, warn=None):
-        self.monitor, self.plan = monitor, plan
-        self.status = status or (lambda text: None)
-        self.warn = warn or (lambda text: None)
-        self.spent_s = 0.0
-        self.discarded = 0
-        self.gave_up = False
-
-    @property
-    def active(self) -> bool:
-        return not self.gave_up
-
-    def charge(self, seconds: float) -> None:
-        """Count a discarded round against the budget."""
-        self.discarded += 1
-        self.spent_s += seconds
-
-    def wait(self, reason: str) -> None:
-        """Probe the load until it is below the mark or the budget is spent."""
-        mark = self.plan.contamination_threshold
-        while not self.gave_up:
-            if self.spent_s >= self.plan.wait_quiet_s:
-                self.gave_up = True
-                self.warn(f"gave up waiting for quiet after {self.plan.wait_quiet_s:g} s "
-                          f"({reason}): measuring under load; the result will not be clean")
-                return
-            load = sample_load(self.monitor, QUIET_PROBE_S)
-            self.spent_s += QUIET_PROBE_S
-            if load <= mark:
-                return
-            reason = f"foreign load {load:.0%} of the cores > {mark:.0%}"
-            self.status(f"waiting for quiet: {reason} ({self.spent_s:.0f} of "
-                        f"{self.plan.wait_quiet_s:g} s)")
 
 
 @dataclass(frozen=True)
@@ -371,56 +262,6 @@ def profile_artifact(artifact: Artifact, feeds: Mapping[str, np.ndarray],
 
     st = stability(rep)
     return _replace(rep, stability=st.to_dict()) if st else rep
-
-
-@dataclass(frozen=True)
-class Comparison(Result):
-    """Reports of interleaved runs; ratios are median(i) / median(j) with a bootstrap CI."""
-
-    reports: tuple[LatencyReport, ...]
-    names: tuple[str, ...]
-
-    def ratio(self, i: int, j: int = 0, conf: float = 0.95) -> tuple[float, float, float]:
-        """median(i) / median(j) from per-round log ratios of block medians (drift within a
-        round hits both alike): Hodges-Lehmann estimate with the Wilcoxon signed-rank interval.
-        Rounds where either block had foreign load are dropped when >= 8 clean ones remain."""
-        from ..stats import MIN_UNITS, paired_log_ratio_ci
-
-        a, b = self.reports[i], self.reports[j]
-        xa, xb = np.asarray(a.samples_ms), np.asarray(b.samples_ms)
-        pairs = [(p, q) for p, q in zip(a.blocks, b.blocks) if p.n and q.n]
-        clean = [(p, q) for p, q in pairs if not (p.contaminated or q.contaminated)]
-        if len(clean) >= MIN_UNITS:
-            pairs = clean
-        if i == j or not pairs:
-            return 1.0, (1.0 if i == j else float("nan")), (1.0 if i == j else float("nan"))
-        d = [math.log(np.median(xa[p.start:p.start + p.n]) / np.median(xb[q.start:q.start + q.n]))
-             for p, q in pairs]
-        est, lo, hi, _ = paired_log_ratio_ci(d, conf)
-        return math.exp(est), math.exp(lo), math.exp(hi)
-
-    def __repr__(self) -> str:
-        rows = []
-        for i, (name, rep) in enumerate(zip(self.names, self.reports)):
-            r, lo, hi = self.ratio(i, 0)
-            rows.append(f"{name}: {rep.median_ms:.4g} ms, x{r:.3f} [{lo:.3f}, {hi:.3f}]")
-        return f"Comparison(ratios to the first, interleaved: {'; '.join(rows)})"
-
-    def speedup(self, i: int, j: int = 0) -> tuple[float, float, float]:
-        """How many times faster i is than j: median(j) / median(i), with CI."""
-        r, lo, hi = self.ratio(j, i)
-        return r, lo, hi
-
-    def to_dict(self) -> dict:
-        rows = []
-        for i, (name, rep) in enumerate(zip(self.names, self.reports)):
-            r, lo, hi = self.ratio(i, 0)
-            rows.append({"name": name, "ratio_to_first": r, "ratio_ci95": [lo, hi],
-                         "report": rep.to_dict()})
-        from ..validity import summary_dict
-
-        return {**summary_dict({n: r.validity for n, r in zip(self.names, self.reports)}),
-                "mode": "interleaved", "items": rows}
 
 
 def compare(artifacts: Sequence[Artifact], feeds_per_artifact: Sequence[Mapping[str, np.ndarray]],

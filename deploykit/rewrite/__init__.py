@@ -1,8 +1,12 @@
 """Graph-side compression steps: each module holds one transformation on an ONNX model.
 
-A recipe step is a function `step(model, cfg, ctx) -> StepResult` registered in
-`deploykit.rewrite.recipe.STEPS`; `cfg` is the step's own frozen dataclass (defaults for every field).
-Every step's output is verified numerically against its input by the recipe runner before
+A recipe step is an onnx-ir pass (`onnx_ir.passes.InPlacePass` or `FunctionalPass`) in
+`deploykit/rewrite/<step name>.py`, named after its step (`fold-bn` -> `FoldBnPass`), built from
+the step's own frozen `Config` dataclass (defaults for every field) and a `StepContext`. Calling
+it returns onnx-ir's `PassResult(model, modified)`; what a report needs beyond that (why it did
+not apply, notes, details, how its output is judged) is the `StepReport` it leaves in `.report`
+(the `StepPass` mix-in). The recipe runner (`recipe.py`) converts the model to onnx-ir once, runs
+the passes in order, and verifies every step's output numerically against its input before
 anything is timed.
 """
 
@@ -47,17 +51,89 @@ def strictest_need(needs: list[OpsetNeed | None]) -> OpsetNeed | None:
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """`model` is None exactly when the step did not apply; `skipped` then says why."""
+class StepReport:
+    """The record beside a step's `PassResult(model, modified)`: what the runner and the reports
+    read that onnx-ir's result does not carry. `skipped` is set exactly when `modified` is
+    False."""
 
-    model: Any | None  # onnx.ModelProto
     skipped: str | None = None
     notes: tuple[str, ...] = ()  # warnings a user must see ("synthetic calibration data")
-    details: Mapping[str, Any] = field(default_factory=dict)  # e.g. per-layer errors, rule counts
-    # how outputs are judged against the parent (deploykit.verify.TOLERANCES): "fp32" for exact
+    # e.g. per-layer errors; a step built on onnxscript rules counts their firings under `fired`
+    details: Mapping[str, Any] = field(default_factory=dict)
+    # how outputs are judged against the parent (deploykit.fidelity.TOLERANCES): "fp32" for exact
     # rewrites (tight), "int8" / "fp16" / "bf16" (cosine floors), "lossy" for approximations
     # (pruning, low-rank: reported, failing only on broken output)
     fidelity_kind: str = "fp32"
+
+
+class StepPass:
+    """Mixed into every recipe step's onnx-ir pass, before the onnx-ir base:
+    `class FoldBnPass(StepPass, ir.passes.InPlacePass)`. It is not a second pass base class:
+    `call`, `in_place`, `requires`/`ensures` and `PassResult` stay onnx-ir's. It holds the step's
+    `cfg` and `ctx` and leaves the `StepReport` of the last call in `report`.
+
+    `modified` is truthful: an in-place pass that returns False has not touched the model, and a
+    functional pass never touches its input. A pass that needs an `onnx.ModelProto` (an external
+    tool, onnx's shape inference) is a `FunctionalPass` that converts at its own boundary."""
+
+    fidelity_kind = "fp32"  # the StepReport's default, per step class
+
+    def __init__(self, cfg, ctx: StepContext | None = None):
+        self.cfg = cfg
+        self.ctx = ctx if ctx is not None else StepContext(feeds={})
+        self.report = StepReport(fidelity_kind=self.fidelity_kind)
+
+    def skip(self, model, why: str, notes: tuple[str, ...] = ()):
+        """PassResult(model, False) for the input `model`, saying why the step did not apply (a
+        functional pass returns a copy, as onnx-ir requires of it)."""
+        from onnx_ir.passes import PassResult
+
+        self.report = StepReport(skipped=why, notes=tuple(notes))  # no output: nothing judged
+        return PassResult(model if self.in_place else model.clone(), False)
+
+    def done(self, model, *, notes=(), details: Mapping[str, Any] | None = None):
+        """PassResult(model, True), with the step's notes and details."""
+        from onnx_ir.passes import PassResult
+
+        self.report = StepReport(notes=tuple(notes), details=dict(details or {}),
+                                 fidelity_kind=self.fidelity_kind)
+        return PassResult(model, True)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One step run on an `onnx.ModelProto` by `apply_step`: the rewritten proto (None when the
+    step did not apply) and the step's report."""
+
+    model: Any | None  # onnx.ModelProto
+    report: StepReport
+
+    @property
+    def skipped(self) -> str | None:
+        return self.report.skipped
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.report.notes
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        return self.report.details
+
+    @property
+    def fidelity_kind(self) -> str:
+        return self.report.fidelity_kind
+
+
+def apply_step(step_pass, model) -> StepOutcome:
+    """Run one step pass on an `onnx.ModelProto` (tests, tools, a notebook): the proto is
+    converted to onnx-ir, the pass runs, and a modified model is converted back. Nothing is
+    checked or verified here; `recipe.run_recipe` does that for recipes."""
+    import onnx_ir as ir
+
+    with quiet_library_warnings():
+        result = step_pass(ir.from_proto(model))
+    return StepOutcome(ir.to_proto(result.model) if result.modified else None, step_pass.report)
 
 
 def per_layer(items: tuple[str, ...], step: str, lo: float, hi: float,

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import StepContext, StepResult
+import onnx_ir as ir
+
+from . import StepPass
 
 
 @dataclass(frozen=True)
@@ -17,26 +19,27 @@ class Config:
 
 
 def _counts(model) -> tuple[int, int]:
-    return len(model.graph.node), len(model.graph.initializer)
+    return len(model.graph), len(model.graph.initializers)
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    import onnx_ir as ir
-    import onnx_ir.passes.common as common
-    from onnxscript.optimizer import fold_constants
+class CleanupPass(StepPass, ir.passes.InPlacePass):
+    """onnx-ir's clean-up passes (and onnxscript's constant folder) in one pass manager."""
 
-    nodes0, inits0 = _counts(model)
-    m = ir.serde.deserialize_model(model)
-    folded = bool(fold_constants(m).modified) if cfg.fold_constants else False
-    passes = [common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
-              common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass()]
-    if cfg.deduplicate_initializers:
-        passes.insert(0, common.DeduplicateInitializersPass())
-    result = ir.passes.PassManager(passes)(m)
-    if not (folded or result.modified):
-        return StepResult(None, skipped="nothing to clean (no dead nodes, constants to fold, "
-                                        "identities or unused initializers)")
-    out = ir.serde.serialize_model(result.model)
-    nodes1, inits1 = _counts(out)
-    return StepResult(out, details={"nodes": [nodes0, nodes1], "initializers": [inits0, inits1],
-                                    "constants_folded": folded})
+    def call(self, model):
+        import onnx_ir.passes.common as common
+        from onnxscript.optimizer import fold_constants
+
+        nodes0, inits0 = _counts(model)
+        folded = bool(fold_constants(model).modified) if self.cfg.fold_constants else False
+        passes = [common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
+                  common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass()]
+        if self.cfg.deduplicate_initializers:
+            passes.insert(0, common.DeduplicateInitializersPass())
+        result = ir.passes.PassManager(passes)(model)
+        if not (folded or result.modified):
+            return self.skip(model, "nothing to clean (no dead nodes, constants to fold, "
+                                    "identities or unused initializers)")
+        nodes1, inits1 = _counts(model)
+        return self.done(model, details={"nodes": [nodes0, nodes1],
+                                         "initializers": [inits0, inits1],
+                                         "constants_folded": folded})

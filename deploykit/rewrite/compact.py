@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
 from ..errors import InputError
-from . import StepContext, StepResult
-from ._factorize import apply_rules, conv_weight
+from . import StepPass
+from ._factorize import ConvFactorRule, RuleLog, apply_rules
 from .lowrank import blas_threads_for
 
 
@@ -43,68 +44,46 @@ def separable(w: np.ndarray, m: int):
     return dw.astype(np.float32), pw[:, :, None, None].astype(np.float32), err
 
 
-def _rules(cfg: Config, layers: list, refused: dict):
-    from onnxscript import ir
-    from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
+class ConvToSeparable(ConvFactorRule):
+    def refusal(self, node, arr, x, out):
+        o, i, kh, kw = arr.shape
+        if kh * kw == 1:
+            return "1x1 kernel is already pointwise"
+        if min(o, i) < self.cfg.min_channels:
+            return f"{i}->{o} channels, below min_channels {self.cfg.min_channels}"
+        m = min(self.cfg.multiplier, o, kh * kw)
+        before, after = o * i * kh * kw, i * m * kh * kw + i * m * o
+        if after >= before:
+            return f"multiplier {m} does not reduce MACs ({after} >= {before})"
+        return None
 
-    created: set[str] = set()
-
-    class ConvToSeparable(RewriteRuleClassBase):
-        def pattern(self, op, x, w):
-            return op.Conv(x, w, _allow_other_inputs=True, _outputs=["out"])
-
-        def check(self, context, x, w, out, **_):
-            result, node = MatchResult(), out.producer()
-            if w.name in created:
-                return result.fail("made by this step")
-            node.name = node.name or f"Conv({w.name})"
-
-            def refuse(reason):
-                refused[node.name] = reason
-                return result.fail(reason)
-
-            arr, refusal = conv_weight(w, node, refuse)
-            if refusal is not None:
-                return refusal
-            o, i, kh, kw = arr.shape
-            if kh * kw == 1:
-                return refuse("1x1 kernel is already pointwise")
-            if min(o, i) < cfg.min_channels:
-                return refuse(f"{i}->{o} channels, below min_channels {cfg.min_channels}")
-            m = min(cfg.multiplier, o, kh * kw)
-            before, after = o * i * kh * kw, i * m * kh * kw + i * m * o
-            if after >= before:
-                return refuse(f"multiplier {m} does not reduce MACs ({after} >= {before})")
-            return result
-
-        def rewrite(self, op, x, w, out):
-            node = out.producer()
-            arr = w.const_value.numpy()
-            dw, pw, err = separable(arr, cfg.multiplier)
-            o, i, kh, kw = arr.shape
-            layers.append({"node": node.name, "initializer": w.name,
-                           "weight": [o, i, kh, kw],
-                           "multiplier": dw.shape[0] // i, "rel_frobenius_error": round(err, 6),
-                           "macs_per_pixel_before": o * i * kh * kw,
-                           "macs_per_pixel_after": dw.shape[0] * (kh * kw + o)})
-            attrs = {k: v for k, v in node.attributes.items() if k != "group"}
-            created.update((f"{w.name}_dw", f"{w.name}_pw"))
-            depth = op.Conv(x, op.initializer(ir.tensor(dw), name=f"{w.name}_dw"),
-                            group=i, **attrs)
-            pw_w = op.initializer(ir.tensor(pw), name=f"{w.name}_pw")
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                return op.Conv(depth, pw_w, node.inputs[2])
-            return op.Conv(depth, pw_w)
-
-    return RewriteRuleSet([ConvToSeparable.rule()])
+    def rewrite(self, op, x, w, out):
+        node = out.producer()
+        arr = w.const_value.numpy()
+        dw, pw, err = separable(arr, self.cfg.multiplier)
+        o, i, kh, kw = arr.shape
+        self.log.layers.append({"node": self.log.label(node, w), "initializer": w.name,
+                                "weight": [o, i, kh, kw],
+                                "multiplier": dw.shape[0] // i,
+                                "rel_frobenius_error": round(err, 6),
+                                "macs_per_pixel_before": o * i * kh * kw,
+                                "macs_per_pixel_after": dw.shape[0] * (kh * kw + o)})
+        attrs = {k: v for k, v in node.attributes.items() if k != "group"}
+        self.log.created.update((f"{w.name}_dw", f"{w.name}_pw"))
+        depth = op.Conv(x, op.initializer(ir.tensor(dw), name=f"{w.name}_dw"), group=i, **attrs)
+        return self.conv(op, node, depth, op.initializer(ir.tensor(pw), name=f"{w.name}_pw"))
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    if cfg.multiplier < 1:
-        raise InputError(f"compact: multiplier must be >= 1, got {cfg.multiplier}")
-    import onnx_ir as ir
+class CompactPass(StepPass, ir.passes.InPlacePass):
+    """Every eligible kxk Conv made depthwise + pointwise, in place (onnxscript rules)."""
 
-    layers, refused = [], {}
-    irm = ir.from_proto(model)
-    return apply_rules(irm, _rules(cfg, layers, refused), layers, refused,
-                       "no standard kxk Conv to make separable")
+    fidelity_kind = "lossy"
+
+    def call(self, model):
+        if self.cfg.multiplier < 1:
+            raise InputError(f"compact: multiplier must be >= 1, got {self.cfg.multiplier}")
+        from onnxscript.rewriter import RewriteRuleSet
+
+        log = RuleLog()
+        return apply_rules(self, model, RewriteRuleSet([ConvToSeparable.rule(self.cfg, log)]),
+                           log, "no standard kxk Conv to make separable")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import StepContext, StepResult
+import onnx_ir as ir
+
+from . import StepPass
 
 
 @dataclass(frozen=True)
@@ -17,28 +19,28 @@ class Config:
     include_conv_transpose: bool = True
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    import onnx_ir as ir
-    import onnx_ir.passes.common as common
-    from onnxscript.rewriter import RewriteRuleSet
-    from onnxscript.rewriter.rules.common import (fuse_batchnorm_into_conv_rule,
-                                                  fuse_batchnorm_into_conv_transpose_rule,
-                                                  fuse_batchnorm_into_gemm_rule)
+class FoldBnPass(StepPass, ir.passes.InPlacePass):
+    """BatchNormalization folded into the op before it, in place (onnxscript's rules)."""
 
-    rules = [fuse_batchnorm_into_conv_rule]
-    if cfg.include_conv_transpose:
-        rules.append(fuse_batchnorm_into_conv_transpose_rule)
-    if cfg.include_gemm:
-        rules.append(fuse_batchnorm_into_gemm_rule)
-    bn_before = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
-    if not bn_before:
-        return StepResult(None, skipped="no BatchNormalization node")
-    m = ir.serde.deserialize_model(model)
-    fired = RewriteRuleSet(rules).apply_to_model(m)
-    if not fired:
-        return StepResult(None, skipped=f"none of {bn_before} BatchNormalization node(s) follows "
-                                        "a Conv/Gemm with constant, unshared weights")
-    common.RemoveUnusedNodesPass()(m)
-    out = ir.serde.serialize_model(m)
-    return StepResult(out, details={"fired": fired, "batchnorm_before": bn_before,
-                                    "batchnorm_after": bn_before - fired})
+    def call(self, model):
+        import onnx_ir.passes.common as common
+        from onnxscript.rewriter import RewriteRuleSet
+        from onnxscript.rewriter.rules.common import (fuse_batchnorm_into_conv_rule,
+                                                      fuse_batchnorm_into_conv_transpose_rule,
+                                                      fuse_batchnorm_into_gemm_rule)
+
+        rules = [fuse_batchnorm_into_conv_rule]
+        if self.cfg.include_conv_transpose:
+            rules.append(fuse_batchnorm_into_conv_transpose_rule)
+        if self.cfg.include_gemm:
+            rules.append(fuse_batchnorm_into_gemm_rule)
+        bn_before = sum(n.op_type == "BatchNormalization" for n in model.graph)
+        if not bn_before:
+            return self.skip(model, "no BatchNormalization node")
+        fired = RewriteRuleSet(rules).apply_to_model(model)
+        if not fired:
+            return self.skip(model, f"none of {bn_before} BatchNormalization node(s) follows "
+                                    "a Conv/Gemm with constant, unshared weights")
+        common.RemoveUnusedNodesPass()(model)
+        return self.done(model, details={"fired": fired, "batchnorm_before": bn_before,
+                                         "batchnorm_after": bn_before - fired})

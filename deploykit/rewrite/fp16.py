@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx_ir as ir
+
 from ..errors import InputError
-from . import StepContext, StepResult
+from . import StepPass
 from .quantize_static import quantized_ops
 
 CPU_WARNING = ("WARNING: target {target} has no fast fp16 arithmetic; ORT falls back to casts "
@@ -26,22 +28,30 @@ class Config:
             raise InputError("fp16: op_block_list contains an empty op type")
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    import onnx_ir as ir
-    from onnx_ir.passes.common import TopologicalSortPass
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+class Fp16Pass(StepPass, ir.passes.FunctionalPass):
+    """fp16 weights and arithmetic. Functional: onnxruntime's converter takes an
+    `onnx.ModelProto`, so the model is converted at this boundary and the converter's output
+    read back."""
 
-    already = quantized_ops(model)
-    if already:
-        return StepResult(None, skipped=f"model is quantized (has {', '.join(already)}); "
-                                        "convert to fp16 before quantizing, not after")
-    f32 = 1
-    if not any(i.data_type == f32 for i in model.graph.initializer):
-        return StepResult(None, skipped="no fp32 initializer to convert (already fp16 or int8?)")
-    out = convert_float_to_float16(
-        model, keep_io_types=cfg.keep_io_types,
-        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(cfg.op_block_list)))
-    # the converter appends its input Casts at the end of the node list: restore the order
-    out = ir.serde.serialize_model(TopologicalSortPass()(ir.serde.deserialize_model(out)).model)
-    notes = (CPU_WARNING.format(target=ctx.target),) if "cuda" not in ctx.target else ()
-    return StepResult(out, notes=notes, fidelity_kind="fp16")
+    fidelity_kind = "fp16"
+
+    def call(self, model):
+        from onnx_ir.passes.common import TopologicalSortPass
+        from onnxruntime.transformers.float16 import (DEFAULT_OP_BLOCK_LIST,
+                                                      convert_float_to_float16)
+
+        already = quantized_ops(model)
+        if already:
+            return self.skip(model, f"model is quantized (has {', '.join(already)}); "
+                                    "convert to fp16 before quantizing, not after")
+        if not any(v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT
+                   for v in model.graph.initializers.values()):
+            return self.skip(model, "no fp32 initializer to convert (already fp16 or int8?)")
+        out = convert_float_to_float16(
+            ir.to_proto(model), keep_io_types=self.cfg.keep_io_types,
+            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(self.cfg.op_block_list)))
+        # the converter appends its input Casts at the end of the node list: restore the order
+        converted = TopologicalSortPass()(ir.from_proto(out)).model
+        target = self.ctx.target
+        notes = (CPU_WARNING.format(target=target),) if "cuda" not in target else ()
+        return self.done(converted, notes=notes)

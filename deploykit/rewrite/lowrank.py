@@ -12,10 +12,12 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from ..errors import InputError
-from . import StepContext, StepResult
-from ._factorize import apply_rules
+from . import StepPass
+from ._factorize import RuleLog, apply_rules
 
 
 @dataclass(frozen=True)
@@ -81,117 +83,119 @@ def svd_split(w: np.ndarray, ratio: float, energy: float | None):
 
 
 def linear_layers(model) -> list[tuple[str, int, int]]:
-    """(weight name, K, N) of every MatMul/Gemm with a constant 2-D weight (onnx.ModelProto):
-    the names `layers` accepts."""
-    inits = {t.name: t for t in model.graph.initializer}
+    """(weight name, K, N) of every MatMul/Gemm with a constant 2-D weight (an onnx-ir model or
+    an onnx.ModelProto): the names `layers` accepts."""
+    if not isinstance(model, ir.Model):
+        model = ir.from_proto(model)
     out = []
-    for n in model.graph.node:
-        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
-            dims = list(inits[n.input[1]].dims)
-            if len(dims) == 2:
-                trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
-                k, m = (dims[1], dims[0]) if trans else dims
-                out.append((n.input[1], k, m))
+    for n in model.graph:
+        v = n.inputs[1] if n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 else None
+        if v is not None and v.is_initializer() and v.const_value is not None \
+                and len(v.const_value.shape) == 2:
+            k, m = (int(d) for d in v.const_value.shape)
+            if n.op_type == "Gemm" and n.attributes.get_int("transB", 0):
+                k, m = m, k
+            out.append((v.name, k, m))
     return out
 
 
-def _rules(cfg: Config, layers: list, refused: dict):
-    from onnxscript import ir
-    from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
+class _Split(RewriteRuleClassBase):
+    """Shared check: constant 2-D weight, and the rank-r form has fewer FLOPs."""
 
-    created: set[str] = set()
-    from . import per_layer
+    def __init__(self, cfg: Config, log: RuleLog):
+        from . import per_layer
 
-    ratios = per_layer(cfg.layers, "lowrank", 0.0, 1.0, hi_open=False)
+        super().__init__()
+        self.cfg, self.log = cfg, log
+        self.ratios = per_layer(cfg.layers, "lowrank", 0.0, 1.0, hi_open=False)
 
-    class _Split(RewriteRuleClassBase):
-        """Shared check: constant 2-D weight, and the rank-r form has fewer FLOPs."""
+    def weight(self, node) -> np.ndarray:
+        w = node.inputs[1].const_value.numpy()
+        if node.op_type == "Gemm":
+            if node.attributes.get_int("transB", 0):
+                w = w.T
+            w = w * node.attributes.get_float("alpha", 1.0)
+        return w
 
-        def weight(self, node) -> np.ndarray:
-            w = node.inputs[1].const_value.numpy()
-            if node.op_type == "Gemm":
-                if node.attributes.get_int("transB", 0):
-                    w = w.T
-                w = w * node.attributes.get_float("alpha", 1.0)
-            return w
+    def check(self, context, x, w, out, **_):
+        cfg, node = self.cfg, out.producer()
+        if w.name in self.log.created:  # a factor this step just made
+            return MatchResult().fail("made by this step")
+        name = self.log.label(node, w)
+        if w.const_value is None or w.is_graph_input():
+            return self.log.refuse(name, "weight is not a constant")
+        if w.const_value.numpy().ndim != 2:
+            return self.log.refuse(name, "weight is not 2-D")
+        if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+            return self.log.refuse(name, "Gemm with transA")
+        k, n = w.const_value.numpy().shape
+        ratio = self.ratios.get(w.name, cfg.ratio)
+        energy = None if w.name in self.ratios else cfg.energy
+        if ratio == 0 and energy is None:
+            return MatchResult().fail("not selected")
+        if min(k, n) < cfg.min_size:
+            return self.log.refuse(name, f"{k}x{n} weight is below min_size {cfg.min_size}")
+        a, b, r, err = svd_split(self.weight(node), ratio, energy)
+        if r * (k + n) >= k * n:
+            return self.log.refuse(name, f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
+                                         f"({r * (k + n)} >= {k * n} MACs per row)")
+        self.pending = (a, b, r, err)
+        return MatchResult()
 
-        def check(self, context, x, w, out, **_):
-            result, node = MatchResult(), out.producer()
-            if w.name in created:  # a factor this step just made
-                return result.fail("already factorized")
-            node.name = node.name or f"{node.op_type}({w.name})"
-            if w.const_value is None or w.is_graph_input():
-                refused[node.name] = "weight is not a constant"
-                return result.fail(refused[node.name])
-            if w.const_value.numpy().ndim != 2:
-                refused[node.name] = "weight is not 2-D"
-                return result.fail(refused[node.name])
-            if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-                refused[node.name] = "Gemm with transA"
-                return result.fail(refused[node.name])
-            k, n = w.const_value.numpy().shape
-            ratio = ratios.get(w.name, cfg.ratio)
-            energy = None if w.name in ratios else cfg.energy
-            if ratio == 0 and energy is None:
-                return result.fail("not selected")
-            if min(k, n) < cfg.min_size:
-                refused[node.name] = f"{k}x{n} weight is below min_size {cfg.min_size}"
-                return result.fail(refused[node.name])
-            a, b, r, err = svd_split(self.weight(node), ratio, energy)
-            if r * (k + n) >= k * n:
-                refused[node.name] = (f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
-                                      f"({r * (k + n)} >= {k * n} MACs per row)")
-                return result.fail(refused[node.name])
-            self.pending = (a, b, r, err)
-            return result
+    def emit(self, op, x, w, out, tail):
+        node = out.producer()
+        a, b, r, err = self.pending
+        k, n = a.shape[0], b.shape[1]
+        self.log.layers.append({"node": self.log.label(node, w), "initializer": w.name,
+                                "weight": [k, n], "rank": r,
+                                "rel_frobenius_error": round(err, 6),
+                                "macs_per_row_before": k * n, "macs_per_row_after": r * (k + n)})
+        self.log.created.update((f"{w.name}_svd_u", f"{w.name}_svd_v"))
+        h = op.MatMul(x, op.initializer(ir.tensor(a), name=f"{w.name}_svd_u"))
+        return tail(h, op.initializer(ir.tensor(b), name=f"{w.name}_svd_v"))
 
-        def emit(self, op, x, w, out, tail):
-            node = out.producer()
-            a, b, r, err = self.pending
-            k, n = a.shape[0], b.shape[1]
-            layers.append({"node": node.name, "initializer": w.name,
-                           "weight": [k, n], "rank": r,
-                           "rel_frobenius_error": round(err, 6),
-                           "macs_per_row_before": k * n, "macs_per_row_after": r * (k + n)})
-            created.update((f"{w.name}_svd_u", f"{w.name}_svd_v"))
-            h = op.MatMul(x, op.initializer(ir.tensor(a), name=f"{w.name}_svd_u"))
-            return tail(h, op.initializer(ir.tensor(b), name=f"{w.name}_svd_v"))
 
-    class MatMulSvd(_Split):
-        def pattern(self, op, x, w):
-            return op.MatMul(x, w, _outputs=["out"])
+class MatMulSvd(_Split):
+    def pattern(self, op, x, w):
+        return op.MatMul(x, w, _outputs=["out"])
 
-        def rewrite(self, op, x, w, out):
+    def rewrite(self, op, x, w, out):
+        return self.emit(op, x, w, out, op.MatMul)
+
+
+class GemmSvd(_Split):
+    def pattern(self, op, x, w):
+        return op.Gemm(x, w, _allow_other_inputs=True, _allow_other_attributes=True,
+                       _outputs=["out"])
+
+    def rewrite(self, op, x, w, out):
+        node = out.producer()
+        if len(node.inputs) < 3 or node.inputs[2] is None:
             return self.emit(op, x, w, out, op.MatMul)
-
-    class GemmSvd(_Split):
-        def pattern(self, op, x, w):
-            return op.Gemm(x, w, _allow_other_inputs=True, _allow_other_attributes=True,
-                           _outputs=["out"])
-
-        def rewrite(self, op, x, w, out):
-            node = out.producer()
-            if len(node.inputs) < 3 or node.inputs[2] is None:
-                return self.emit(op, x, w, out, op.MatMul)
-            beta = node.attributes.get_float("beta", 1.0)
-            return self.emit(op, x, w, out, lambda h, v: op.Gemm(h, v, node.inputs[2], beta=beta))
-
-    return RewriteRuleSet([MatMulSvd.rule(), GemmSvd.rule()])
+        beta = node.attributes.get_float("beta", 1.0)
+        return self.emit(op, x, w, out, lambda h, v: op.Gemm(h, v, node.inputs[2], beta=beta))
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    if not 0.0 <= cfg.ratio <= 1.0 or (cfg.ratio == 0 and not cfg.layers and cfg.energy is None):
-        raise InputError(f"lowrank: ratio must be in (0, 1] (0 only with layers=...), "
-                         f"got {cfg.ratio}")
-    if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
-        raise InputError(f"lowrank: energy must be in (0, 1], got {cfg.energy}")
-    import onnx_ir as ir
+class LowrankPass(StepPass, ir.passes.InPlacePass):
+    """Every eligible MatMul/Gemm weight split into two factors, in place (onnxscript rules)."""
 
-    from . import per_layer, unknown_layers
+    fidelity_kind = "lossy"
 
-    unknown_layers("lowrank", per_layer(cfg.layers, "lowrank", 0.0, 1.0, hi_open=False),
-                   [name for name, _, _ in linear_layers(model)])
-    layers, refused = [], {}
-    irm = ir.from_proto(model)
-    return apply_rules(irm, _rules(cfg, layers, refused), layers, refused,
-                       "no MatMul/Gemm with a constant weight to factorize")
+    def call(self, model):
+        cfg = self.cfg
+        if not 0.0 <= cfg.ratio <= 1.0 or (cfg.ratio == 0 and not cfg.layers
+                                           and cfg.energy is None):
+            raise InputError(f"lowrank: ratio must be in (0, 1] (0 only with layers=...), "
+                             f"got {cfg.ratio}")
+        if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
+            raise InputError(f"lowrank: energy must be in (0, 1], got {cfg.energy}")
+        from onnxscript.rewriter import RewriteRuleSet
+
+        from . import per_layer, unknown_layers
+
+        unknown_layers("lowrank", per_layer(cfg.layers, "lowrank", 0.0, 1.0, hi_open=False),
+                       [name for name, _, _ in linear_layers(model)])
+        log = RuleLog()
+        rules = RewriteRuleSet([MatMulSvd.rule(cfg, log), GemmSvd.rule(cfg, log)])
+        return apply_rules(self, model, rules, log,
+                           "no MatMul/Gemm with a constant weight to factorize")

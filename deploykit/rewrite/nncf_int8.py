@@ -14,9 +14,11 @@ import io
 import logging
 from dataclasses import dataclass
 
+import onnx_ir as ir
+
 from .calibration import SYNTHETIC_WARNING
 from ..errors import DeployKitError, InputError
-from . import StepContext, StepResult
+from . import StepPass
 from .quantize_static import name_nodes, quantized_ops
 
 PRESETS = ("auto", "performance", "mixed")
@@ -48,7 +50,7 @@ class Config:
 
 def is_transformer_like(model) -> bool:
     """Attention shows up as MatMul feeding Softmax; that is what transformer mode is for."""
-    ops = {n.op_type for n in model.graph.node}
+    ops = {n.op_type for n in model.graph}
     return "Softmax" in ops and "MatMul" in ops
 
 
@@ -73,51 +75,57 @@ def quiet_nncf(step_name: str):
         nncf.set_log_level(level)
 
 
-def nncf_skip(model) -> StepResult | None:
-    """The skips every NNCF step shares: NNCF not installed, or the model already quantized."""
+def nncf_skip(model) -> str | None:
+    """Why no NNCF step applies to this onnx-ir model, or None: NNCF not installed, or the
+    model already quantized (the skips every NNCF step shares)."""
     import importlib
 
     try:
         importlib.import_module("nncf")
     except ImportError:
-        return StepResult(None, skipped=INSTALL_HINT)
+        return INSTALL_HINT
     already = quantized_ops(model)
     if already:
-        return StepResult(None, skipped=f"already quantized (has {', '.join(already)})")
+        return f"already quantized (has {', '.join(already)})"
     return None
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    skip = nncf_skip(model)
-    if skip:
-        return skip
-    import nncf
-    import onnx
+class NncfInt8Pass(StepPass, ir.passes.FunctionalPass):
+    """int8 QDQ by `nncf.quantize`. Functional: NNCF's ONNX backend takes an
+    `onnx.ModelProto`, so the model is converted at this boundary and NNCF's output read back."""
 
-    if not any(n.op_type in ("Conv", "MatMul", "Gemm", "ConvTranspose") for n in model.graph.node):
-        return StepResult(None, skipped="no Conv/MatMul/Gemm node to quantize")
+    fidelity_kind = "int8"
 
-    batches = [dict(b) for b in ctx.calibration] or [dict(ctx.feeds)]
-    transformer = cfg.model_type == "transformer" or (
-        cfg.model_type == "auto" and is_transformer_like(model))
-    subset = min(cfg.subset_size, len(batches))
-    preset = cfg.preset if cfg.preset != "auto" else "mixed" if transformer else "performance"
-    work = onnx.ModelProto()
-    work.CopyFrom(model)  # nncf's preprocessing edits its input in place
-    name_nodes(work)  # so that every node can be excluded and reported by name
-    with quiet_nncf("nncf-int8"):
-        qmodel = nncf.quantize(
-            work, nncf.Dataset(batches), subset_size=subset,
-            preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
-            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-            fast_bias_correction=cfg.fast_bias_correction,
-            ignored_scope=nncf.IgnoredScope(names=list(cfg.exclude)) if cfg.exclude else None)
-    n_q = sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node)
-    if n_q == 0:
-        return StepResult(None, skipped="nncf placed no quantizer in this model")
-    notes = [f"nncf-int8: {SYNTHETIC_WARNING}"] if ctx.calibration_is_synthetic else []
-    details = {"preset": preset, "model_type": "transformer" if transformer else "default",
-               "calibration_batches": subset, "quantize_linear_nodes": n_q,
-               "fast_bias_correction": cfg.fast_bias_correction,
-               "excluded_nodes": list(cfg.exclude)}
-    return StepResult(qmodel, notes=tuple(notes), details=details, fidelity_kind="int8")
+    def call(self, model):
+        skip = nncf_skip(model)
+        if skip:
+            return self.skip(model, skip)
+        import nncf
+
+        cfg, ctx = self.cfg, self.ctx
+        if not any(n.op_type in ("Conv", "MatMul", "Gemm", "ConvTranspose") for n in model.graph):
+            return self.skip(model, "no Conv/MatMul/Gemm node to quantize")
+
+        batches = [dict(b) for b in ctx.calibration] or [dict(ctx.feeds)]
+        transformer = cfg.model_type == "transformer" or (
+            cfg.model_type == "auto" and is_transformer_like(model))
+        subset = min(cfg.subset_size, len(batches))
+        preset = cfg.preset if cfg.preset != "auto" else "mixed" if transformer else "performance"
+        work = ir.to_proto(model)  # a fresh proto: nncf's preprocessing edits its input in place
+        name_nodes(work)  # so that every node can be excluded and reported by name
+        with quiet_nncf("nncf-int8"):
+            qmodel = nncf.quantize(
+                work, nncf.Dataset(batches), subset_size=subset,
+                preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
+                model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                fast_bias_correction=cfg.fast_bias_correction,
+                ignored_scope=nncf.IgnoredScope(names=list(cfg.exclude)) if cfg.exclude else None)
+        n_q = sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node)
+        if n_q == 0:
+            return self.skip(model, "nncf placed no quantizer in this model")
+        notes = [f"nncf-int8: {SYNTHETIC_WARNING}"] if ctx.calibration_is_synthetic else []
+        details = {"preset": preset, "model_type": "transformer" if transformer else "default",
+                   "calibration_batches": subset, "quantize_linear_nodes": n_q,
+                   "fast_bias_correction": cfg.fast_bias_correction,
+                   "excluded_nodes": list(cfg.exclude)}
+        return self.done(ir.from_proto(qmodel), notes=notes, details=details)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx_ir as ir
+
 from ..errors import InputError
-from . import StepContext, StepResult
+from . import StepPass
 from .nncf_int8 import nncf_skip, quiet_nncf
 
 MODES = ("int8_asym", "int8_sym")
@@ -33,27 +35,31 @@ class Config:
                              f"got '{self.mode}'")
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    skip = nncf_skip(model)
-    if skip:
-        return skip
-    import nncf
-    import onnx
+class NncfWeightsPass(StepPass, ir.passes.FunctionalPass):
+    """int8 MatMul/Gemm weights by `nncf.compress_weights`. Functional: NNCF's ONNX backend
+    takes an `onnx.ModelProto`, so the model is converted at this boundary and NNCF's output read
+    back."""
 
-    inits = {t.name for t in model.graph.initializer}
-    if not any(n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input[:2])
-               for n in model.graph.node):
-        return StepResult(None, skipped="no MatMul/Gemm with a constant weight to compress")
-    work = onnx.ModelProto()
-    work.CopyFrom(model)  # nncf edits its input in place
-    with quiet_nncf("nncf-weights"):
-        # Conv weights are left alone: OpenVINO's run-time activation quantization is for
-        # MatMuls, and NNCF 3.4 writes their scales in a shape ORT's DequantizeLinear refuses
-        qmodel = nncf.compress_weights(
-            work, mode=nncf.CompressWeightsMode(cfg.mode),
-            ignored_scope=nncf.IgnoredScope(types=["Conv", "ConvTranspose"], validate=False))
-    n_dq = sum(n.op_type == "DequantizeLinear" for n in qmodel.graph.node)
-    if n_dq == 0:
-        return StepResult(None, skipped="nncf compressed no weight in this model")
-    return StepResult(qmodel, details={"mode": cfg.mode, "compressed_weights": n_dq},
-                      fidelity_kind="int8")
+    fidelity_kind = "int8"
+
+    def call(self, model):
+        skip = nncf_skip(model)
+        if skip:
+            return self.skip(model, skip)
+        import nncf
+
+        if not any(n.op_type in ("MatMul", "Gemm") and any(
+                i is not None and i.is_initializer() for i in n.inputs[:2]) for n in model.graph):
+            return self.skip(model, "no MatMul/Gemm with a constant weight to compress")
+        work = ir.to_proto(model)  # a fresh proto: nncf edits its input in place
+        with quiet_nncf("nncf-weights"):
+            # Conv weights are left alone: OpenVINO's run-time activation quantization is for
+            # MatMuls, and NNCF 3.4 writes their scales in a shape ORT's DequantizeLinear refuses
+            qmodel = nncf.compress_weights(
+                work, mode=nncf.CompressWeightsMode(self.cfg.mode),
+                ignored_scope=nncf.IgnoredScope(types=["Conv", "ConvTranspose"], validate=False))
+        n_dq = sum(n.op_type == "DequantizeLinear" for n in qmodel.graph.node)
+        if n_dq == 0:
+            return self.skip(model, "nncf compressed no weight in this model")
+        return self.done(ir.from_proto(qmodel),
+                         details={"mode": self.cfg.mode, "compressed_weights": n_dq})

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
 from ..errors import InputError
-from . import StepContext, StepResult
+from . import StepPass
 
 # element-wise ops allowed between fc1 and fc2 (other operands must be scalar constants)
 _ELEMENTWISE = {"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Div", "Pow",
@@ -270,7 +271,6 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
     """Slice fc1's weight (and bias) and fc2's weight for the kept neurons, in place; Reshapes
     between them get their own shape constant ending in the kept count (exporters share one
     shape constant between layers, which may keep different counts)."""
-    import onnx_ir as ir
     from onnx_ir import convenience
 
     def take(v, axis, idx):
@@ -303,53 +303,62 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
             v.shape = None
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    from .prune_channels import load_ir, param_count, save_ir
+class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
+    """The least important hidden neurons of each feed-forward block removed. Functional, like
+    prune-channels: blocks are found on a copy shape-inferred by onnx (`load_ir` / `save_ir`, at
+    this boundary), and activation importance runs the parent on ORT."""
 
-    if not 0.0 <= cfg.ratio < 1.0:
-        raise InputError(f"prune-ffn: ratio must be in [0, 1), got {cfg.ratio}")
-    if cfg.importance not in ("magnitude", "activation"):
-        raise InputError(f"prune-ffn: importance must be 'magnitude' or 'activation', "
-                         f"got {cfg.importance!r}")
-    if cfg.round_to < 1 or cfg.min_neurons < 1:
-        raise InputError("prune-ffn: round_to and min_neurons must be >= 1")
-    irm = load_ir(model)
-    blocks, reasons = find_blocks(irm)
-    if not blocks:
-        return StepResult(None, skipped="no prunable feed-forward block (MatMul/Gemm -> "
-                          "element-wise activation -> MatMul/Gemm)"
-                          + (f" ({'; '.join(reasons[:3])})" if reasons else ""))
-    notes: list[str] = []
-    if cfg.importance == "activation":
-        from .calibration import SYNTHETIC_WARNING
+    fidelity_kind = "lossy"
 
-        batches = list(ctx.calibration) or [dict(ctx.feeds)]
-        if ctx.calibration_is_synthetic:
-            notes.append(SYNTHETIC_WARNING)
-        scores = activation(model, blocks, batches)
-    else:
-        scores = {b.name: magnitude(b) for b in blocks}
-    keep = choose_keep(blocks, scores, cfg)
-    if not keep:
-        return StepResult(None, skipped=f"ratio {cfg.ratio}"
-                          + (" and layers=..." if cfg.layers else "")
-                          + " remove no neuron from any block")
-    details_blocks = [{"fc1": b.fc1.name, "fc2": b.fc2.name, "weight": b.name,
-                       "neurons": b.neurons,
-                       "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
-                      for b in blocks]
-    apply(irm.graph, blocks, keep)
-    out = save_ir(irm)
-    before, after = param_count(model), param_count(out)
-    return StepResult(out, notes=tuple(notes), fidelity_kind="lossy", details={
-        "blocks": details_blocks, "importance": cfg.importance, "not_prunable": reasons[:10],
-        "params_before": before, "params_after": after,
-        "compression": round(before / max(after, 1), 3)})
+    def call(self, model):
+        from ._channel_graph import load_ir, param_count, save_ir
+
+        cfg, ctx = self.cfg, self.ctx
+        if not 0.0 <= cfg.ratio < 1.0:
+            raise InputError(f"prune-ffn: ratio must be in [0, 1), got {cfg.ratio}")
+        if cfg.importance not in ("magnitude", "activation"):
+            raise InputError(f"prune-ffn: importance must be 'magnitude' or 'activation', "
+                             f"got {cfg.importance!r}")
+        if cfg.round_to < 1 or cfg.min_neurons < 1:
+            raise InputError("prune-ffn: round_to and min_neurons must be >= 1")
+        proto = ir.to_proto(model)
+        irm = load_ir(proto)
+        blocks, reasons = find_blocks(irm)
+        if not blocks:
+            return self.skip(model, "no prunable feed-forward block (MatMul/Gemm -> "
+                             "element-wise activation -> MatMul/Gemm)"
+                             + (f" ({'; '.join(reasons[:3])})" if reasons else ""))
+        notes: list[str] = []
+        if cfg.importance == "activation":
+            from .calibration import SYNTHETIC_WARNING
+
+            batches = list(ctx.calibration) or [dict(ctx.feeds)]
+            if ctx.calibration_is_synthetic:
+                notes.append(SYNTHETIC_WARNING)
+            scores = activation(proto, blocks, batches)
+        else:
+            scores = {b.name: magnitude(b) for b in blocks}
+        keep = choose_keep(blocks, scores, cfg)
+        if not keep:
+            return self.skip(model, f"ratio {cfg.ratio}"
+                             + (" and layers=..." if cfg.layers else "")
+                             + " remove no neuron from any block")
+        details_blocks = [{"fc1": b.fc1.name, "fc2": b.fc2.name, "weight": b.name,
+                           "neurons": b.neurons,
+                           "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
+                          for b in blocks]
+        apply(irm.graph, blocks, keep)
+        out = save_ir(irm)
+        before, after = param_count(proto), param_count(out)
+        return self.done(ir.from_proto(out), notes=notes, details={
+            "blocks": details_blocks, "importance": cfg.importance,
+            "not_prunable": reasons[:10], "params_before": before, "params_after": after,
+            "compression": round(before / max(after, 1), 3)})
 
 
 def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
     """(name for `layers`, neurons, [fc1 weight], [fc2 weight]) per block: a search's moves."""
-    from .prune_channels import load_ir
+    from ._channel_graph import load_ir
 
     blocks, _ = find_blocks(load_ir(model))
     return [(b.name, b.neurons, [b.w1.name], [b.w2.name]) for b in blocks]

@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
 from ..errors import InputError
-from . import StepContext, StepResult
+from . import StepPass
 from .prune_ffn import _const, _fc1, _users
 
 _SCORE_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Identity", "Cast"}
@@ -213,7 +214,6 @@ def magnitude(a: Attention) -> np.ndarray:
 
 def _set_shape(graph, node, index: int, value: int) -> None:
     """Give `node` its own shape constant with entry `index` set to `value`."""
-    import onnx_ir as ir
 
     arr = _shape_const(node).copy()
     arr[index] = value
@@ -230,7 +230,6 @@ def _set_shape(graph, node, index: int, value: int) -> None:
 
 
 def apply(graph, blocks: list[Attention], keep: dict[str, np.ndarray]) -> None:
-    import onnx_ir as ir
 
     def take(v, axis, idx):
         arr = np.take(v.const_value.numpy(), idx, axis=axis)
@@ -255,49 +254,60 @@ def apply(graph, blocks: list[Attention], keep: dict[str, np.ndarray]) -> None:
             v.shape = None
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    from . import per_layer, unknown_layers
-    from .prune_channels import load_ir, param_count, save_ir
+class PruneHeadsPass(StepPass, ir.passes.FunctionalPass):
+    """The least important attention heads of each block removed. Functional, like
+    prune-channels: blocks are found on a copy shape-inferred by onnx (`load_ir` / `save_ir`, at
+    this boundary)."""
 
-    if not 0.0 <= cfg.ratio < 1.0:
-        raise InputError(f"prune-heads: ratio must be in [0, 1), got {cfg.ratio}")
-    if cfg.min_heads < 1:
-        raise InputError("prune-heads: min_heads must be >= 1")
-    irm = load_ir(model)
-    blocks = find_attention(irm)
-    if not blocks:
-        softmax = sum(1 for n in irm.graph if n.op_type == "Softmax")
-        return StepResult(None, skipped="no prunable attention block (Q/K/V projections -> head "
-                          "split Reshape/Transpose -> Softmax -> head merge -> output projection)"
-                          + (f"; {softmax} Softmax node(s) did not match" if softmax else ""))
-    wanted = per_layer(cfg.layers, "prune-heads", 0.0, 1.0)
-    alias = {n: a.name for a in blocks for n in a.aliases()}
-    unknown_layers("prune-heads", wanted, alias)
-    ratios = {alias[n]: r for n, r in wanted.items()}
-    keep = {}
-    for a in blocks:
-        k = max(min(cfg.min_heads, a.heads),
-                a.heads - int(round(ratios.get(a.name, cfg.ratio) * a.heads)))
-        if k < a.heads:
-            keep[a.name] = np.sort(np.argsort(-magnitude(a), kind="stable")[:k])
-    if not keep:
-        return StepResult(None, skipped=f"ratio {cfg.ratio} removes no head from any block")
-    details = [{"query": a.q.node.name, "weight": a.name, "heads": a.heads,
-                "kept": int(len(keep[a.name])) if a.name in keep else a.heads,
-                "removed": sorted(set(range(a.heads)) - set(keep.get(a.name, range(a.heads))))}
-               for a in blocks]
-    apply(irm.graph, blocks, keep)
-    out = save_ir(irm)
-    before, after = param_count(model), param_count(out)
-    return StepResult(out, fidelity_kind="lossy", details={
-        "blocks": details, "params_before": before, "params_after": after,
-        "compression": round(before / max(after, 1), 3)})
+    fidelity_kind = "lossy"
+
+    def call(self, model):
+        from . import per_layer, unknown_layers
+        from ._channel_graph import load_ir, param_count, save_ir
+
+        cfg = self.cfg
+        if not 0.0 <= cfg.ratio < 1.0:
+            raise InputError(f"prune-heads: ratio must be in [0, 1), got {cfg.ratio}")
+        if cfg.min_heads < 1:
+            raise InputError("prune-heads: min_heads must be >= 1")
+        proto = ir.to_proto(model)
+        irm = load_ir(proto)
+        blocks = find_attention(irm)
+        if not blocks:
+            softmax = sum(1 for n in irm.graph if n.op_type == "Softmax")
+            return self.skip(model, "no prunable attention block (Q/K/V projections -> head "
+                             "split Reshape/Transpose -> Softmax -> head merge -> output "
+                             "projection)"
+                             + (f"; {softmax} Softmax node(s) did not match" if softmax else ""))
+        wanted = per_layer(cfg.layers, "prune-heads", 0.0, 1.0)
+        alias = {n: a.name for a in blocks for n in a.aliases()}
+        unknown_layers("prune-heads", wanted, alias)
+        ratios = {alias[n]: r for n, r in wanted.items()}
+        keep = {}
+        for a in blocks:
+            k = max(min(cfg.min_heads, a.heads),
+                    a.heads - int(round(ratios.get(a.name, cfg.ratio) * a.heads)))
+            if k < a.heads:
+                keep[a.name] = np.sort(np.argsort(-magnitude(a), kind="stable")[:k])
+        if not keep:
+            return self.skip(model, f"ratio {cfg.ratio} removes no head from any block")
+        details = [{"query": a.q.node.name, "weight": a.name, "heads": a.heads,
+                    "kept": int(len(keep[a.name])) if a.name in keep else a.heads,
+                    "removed": sorted(set(range(a.heads))
+                                      - set(keep.get(a.name, range(a.heads))))}
+                   for a in blocks]
+        apply(irm.graph, blocks, keep)
+        out = save_ir(irm)
+        before, after = param_count(proto), param_count(out)
+        return self.done(ir.from_proto(out), details={
+            "blocks": details, "params_before": before, "params_after": after,
+            "compression": round(before / max(after, 1), 3)})
 
 
 def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
     """(name for `layers`, heads, [W_q, W_k, W_v], [W_out]) per attention block: a search's
     moves."""
-    from .prune_channels import load_ir
+    from ._channel_graph import load_ir
 
     return [(a.name, a.heads, [a.q.w.name, a.k.w.name, a.v.w.name], [a.w_out.name])
             for a in find_attention(load_ir(model))]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
 from ..errors import InputError
-from . import StepContext, StepResult
+from . import StepPass
 
 _WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
@@ -56,37 +57,39 @@ def _mask_keep(mag: np.ndarray, ratio: float) -> np.ndarray:
     return keep.reshape(mag.shape)
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    if not 0.0 < cfg.ratio < 1.0:
-        raise InputError(f"prune-unstructured: ratio must be in (0, 1), got {cfg.ratio}")
-    if cfg.scope not in ("layer", "global"):
-        raise InputError("prune-unstructured: scope must be 'layer' or 'global', "
-                         f"got {cfg.scope!r}")
-    import onnx
-    import onnx_ir as ir
+class PruneUnstructuredPass(StepPass, ir.passes.InPlacePass):
+    """The smallest weights set to zero, in place."""
 
-    irm = ir.from_proto(model)
-    ws = weights(irm, cfg.min_size)
-    if not ws:
-        return StepResult(None, skipped="no constant Conv/Gemm/MatMul weight of "
-                                        f">= {cfg.min_size} elements to prune")
-    arrays = [w.const_value.numpy() for w in ws]
-    if cfg.scope == "global":
-        flat = np.concatenate([np.abs(a).reshape(-1) for a in arrays])
-        keep_all = _mask_keep(flat, cfg.ratio)
-        offsets = np.cumsum([0] + [a.size for a in arrays])
-        masks = [keep_all[offsets[j]:offsets[j + 1]].reshape(a.shape) for j, a in enumerate(arrays)]
-    else:
-        masks = [_mask_keep(np.abs(a), cfg.ratio) for a in arrays]
-    layers, zeros, total = [], 0, 0
-    for w, a, keep in zip(ws, arrays, masks):
-        pruned = np.where(keep, a, 0).astype(a.dtype)
-        w.const_value = ir.tensor(pruned, name=w.name)
-        nz = int((pruned == 0).sum())
-        layers.append({"weight": w.name, "size": int(a.size), "sparsity": round(nz / a.size, 4)})
-        zeros, total = zeros + nz, total + a.size
-    out = ir.to_proto(irm)
-    onnx.checker.check_model(out, full_check=True)
-    return StepResult(out, fidelity_kind="lossy", notes=(NO_SPEEDUP,), details={
-        "scope": cfg.scope, "sparsity": round(zeros / total, 4), "pruned_weights": total,
-        "layers": layers, "expected_speedup_on_dense_kernels": False})
+    fidelity_kind = "lossy"
+
+    def call(self, model):
+        cfg = self.cfg
+        if not 0.0 < cfg.ratio < 1.0:
+            raise InputError(f"prune-unstructured: ratio must be in (0, 1), got {cfg.ratio}")
+        if cfg.scope not in ("layer", "global"):
+            raise InputError("prune-unstructured: scope must be 'layer' or 'global', "
+                             f"got {cfg.scope!r}")
+        ws = weights(model, cfg.min_size)
+        if not ws:
+            return self.skip(model, "no constant Conv/Gemm/MatMul weight of "
+                                    f">= {cfg.min_size} elements to prune")
+        arrays = [w.const_value.numpy() for w in ws]
+        if cfg.scope == "global":
+            flat = np.concatenate([np.abs(a).reshape(-1) for a in arrays])
+            keep_all = _mask_keep(flat, cfg.ratio)
+            offsets = np.cumsum([0] + [a.size for a in arrays])
+            masks = [keep_all[offsets[j]:offsets[j + 1]].reshape(a.shape)
+                     for j, a in enumerate(arrays)]
+        else:
+            masks = [_mask_keep(np.abs(a), cfg.ratio) for a in arrays]
+        layers, zeros, total = [], 0, 0
+        for w, a, keep in zip(ws, arrays, masks):
+            pruned = np.where(keep, a, 0).astype(a.dtype)
+            w.const_value = ir.tensor(pruned, name=w.name)
+            nz = int((pruned == 0).sum())
+            layers.append({"weight": w.name, "size": int(a.size),
+                           "sparsity": round(nz / a.size, 4)})
+            zeros, total = zeros + nz, total + a.size
+        return self.done(model, notes=(NO_SPEEDUP,), details={
+            "scope": cfg.scope, "sparsity": round(zeros / total, 4), "pruned_weights": total,
+            "layers": layers, "expected_speedup_on_dense_kernels": False})

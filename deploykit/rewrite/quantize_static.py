@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import onnx_ir as ir
 
 from .calibration import SYNTHETIC_WARNING, data_reader
 from ..errors import DeployKitError, InputError
 from ..fidelity import QUANTIZED_OPS
-from . import StepContext, StepResult
+from . import StepPass
 from ._keep_float import smallest_prefix
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -72,8 +73,9 @@ def min_opset(cfg: Config):
 
 
 def quantized_ops(model) -> list[str]:
-    """Op types that show a model is already quantized (shared with the dynamic step)."""
-    return sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    """Op types that show an onnx-ir model is already quantized (shared with the other
+    quantizing steps and fp16)."""
+    return sorted({n.op_type for n in model.graph if n.op_type in QUANTIZED_OPS})
 
 
 def name_nodes(model) -> None:
@@ -90,13 +92,18 @@ def name_nodes(model) -> None:
 
 def preprocess(src: Path, dst: Path) -> str | None:
     """ORT's quant_pre_process; symbolic shape inference fails on some exported transformers,
-    so retry without it. Returns a note when the model had to be quantized unprocessed."""
+    so retry without it. Returns a note when the model had to be quantized unprocessed.
+    Runs inside `dst`'s folder: when symbolic inference is incomplete, ORT saves
+    `sym_shape_infer_temp.onnx` (+ external data) into the *working directory* before raising,
+    which would litter the user's folder."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     errors = []
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            with contextlib.chdir(dst.parent):
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
             return None
         except Exception as e:  # ORT raises bare exceptions from its optimisers
             errors.append(str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
@@ -165,71 +172,80 @@ def keep_sensitive_fp32(src: Path, q_path: Path, quantize, nodes: Sequence[str],
     return q_path, exclude, note
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+class QuantizeStaticPass(StepPass, ir.passes.FunctionalPass):
+    """int8 QDQ by onnxruntime.quantization. Functional: ORT's quantizer reads and writes model
+    files, so the model is converted to an `onnx.ModelProto` at this boundary and the quantized
+    file read back."""
 
-    already = quantized_ops(model)
-    if already:
-        return StepResult(None, skipped=f"already quantized (has {', '.join(already)})")
-    wanted = cfg.op_types or COMPUTE_OPS
-    if not any(n.op_type in wanted for n in model.graph.node):
-        return StepResult(None, skipped=f"no {'/'.join(wanted)} node to quantize")
-    batches = list(ctx.calibration) or [dict(ctx.feeds)]
-    notes = [SYNTHETIC_WARNING] if ctx.calibration_is_synthetic else []
-    extra = {"CalibPercentile": cfg.percentile} if cfg.method == "percentile" else {}
+    fidelity_kind = "int8"
 
-    with tempfile.TemporaryDirectory(prefix="dk-qstatic-", dir=ctx.workdir) as tmp:
-        work = Path(tmp)
-        src = work / "float.onnx"
-        onnx.save(model, str(src))
-        if cfg.preprocess:
-            failure = preprocess(src, work / "pre.onnx")
-            if failure:
-                notes.append(failure)
-            else:
-                src = work / "pre.onnx"
-        fmodel = onnx.load(str(src))
-        name_nodes(fmodel)
-        onnx.save(fmodel, str(src))
-        cache = work / "calibration.json"
+    def call(self, model):
+        import onnx
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
 
-        def quantize(exclude: Sequence[str], only: str | None = None) -> Path:
-            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", only or "")  # node names may hold '/'
-            out = work / (f"only-{safe}.onnx" if only else f"q{len(exclude)}.onnx")
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
-                    quantize_static(
-                        str(src), str(out), data_reader(batches), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(cfg.op_types) or None,
-                        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                        activation_type=getattr(QuantType, QTYPES[cfg.activation_type]),
-                        weight_type=getattr(QuantType, QTYPES[cfg.weight_type]),
-                        nodes_to_quantize=[only] if only else None,
-                        nodes_to_exclude=list(exclude) or None,
-                        calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]),
-                        extra_options=extra, calibration_cache_path=str(cache))
-            except (ValueError, RuntimeError, KeyError) as e:
-                raise DeployKitError(f"quantize-static failed: {str(e).splitlines()[0]}") from None
-            return out
+        cfg, ctx = self.cfg, self.ctx
+        already = quantized_ops(model)
+        if already:
+            return self.skip(model, f"already quantized (has {', '.join(already)})")
+        wanted = cfg.op_types or COMPUTE_OPS
+        if not any(n.op_type in wanted for n in model.graph):
+            return self.skip(model, f"no {'/'.join(wanted)} node to quantize")
+        batches = list(ctx.calibration) or [dict(ctx.feeds)]
+        notes = [SYNTHETIC_WARNING] if ctx.calibration_is_synthetic else []
+        extra = {"CalibPercentile": cfg.percentile} if cfg.method == "percentile" else {}
 
-        exclude = list(cfg.exclude)
-        if "Softmax" not in cfg.op_types:
-            heads = [n for n in output_softmax(fmodel) if n not in exclude]
-            exclude += heads
-            notes += [f"kept the output Softmax {', '.join(heads)} in fp32 (int8 probabilities "
-                      "have a resolution of 1/255)"] if heads else []
-        q_path = quantize(exclude)
-        details: dict = {"activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
-                         "method": cfg.method, "per_channel": cfg.per_channel,
-                         "calibration_batches": len(batches)}
-        if cfg.target_cosine > 0:
-            q_path, exclude, note = keep_sensitive_fp32(
-                src, q_path, quantize, [n.name for n in fmodel.graph.node
-                                        if n.op_type in (cfg.op_types or COMPUTE_OPS)],
-                exclude, batches, cfg.target_cosine, cfg.max_excluded, details)
-            notes += [note] if note else []
-        details["excluded_nodes"] = list(exclude)
-        qmodel = onnx.load(str(q_path))
-    return StepResult(qmodel, notes=tuple(notes), details=details, fidelity_kind="int8")
+        with tempfile.TemporaryDirectory(prefix="dk-qstatic-", dir=ctx.workdir) as tmp:
+            work = Path(tmp)
+            src = work / "float.onnx"
+            onnx.save(ir.to_proto(model), str(src))
+            if cfg.preprocess:
+                failure = preprocess(src, work / "pre.onnx")
+                if failure:
+                    notes.append(failure)
+                else:
+                    src = work / "pre.onnx"
+            fmodel = onnx.load(str(src))
+            name_nodes(fmodel)
+            onnx.save(fmodel, str(src))
+            cache = work / "calibration.json"
+
+            def quantize(exclude: Sequence[str], only: str | None = None) -> Path:
+                safe = re.sub(r"[^A-Za-z0-9_.-]", "_", only or "")  # node names may hold '/'
+                out = work / (f"only-{safe}.onnx" if only else f"q{len(exclude)}.onnx")
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
+                        quantize_static(
+                            str(src), str(out), data_reader(batches), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(cfg.op_types) or None,
+                            per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                            activation_type=getattr(QuantType, QTYPES[cfg.activation_type]),
+                            weight_type=getattr(QuantType, QTYPES[cfg.weight_type]),
+                            nodes_to_quantize=[only] if only else None,
+                            nodes_to_exclude=list(exclude) or None,
+                            calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]),
+                            extra_options=extra, calibration_cache_path=str(cache))
+                except (ValueError, RuntimeError, KeyError) as e:
+                    raise DeployKitError("quantize-static failed: "
+                                         f"{str(e).splitlines()[0]}") from None
+                return out
+
+            exclude = list(cfg.exclude)
+            if "Softmax" not in cfg.op_types:
+                heads = [n for n in output_softmax(fmodel) if n not in exclude]
+                exclude += heads
+                notes += [f"kept the output Softmax {', '.join(heads)} in fp32 (int8 probabilities "
+                          "have a resolution of 1/255)"] if heads else []
+            q_path = quantize(exclude)
+            details: dict = {"activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
+                             "method": cfg.method, "per_channel": cfg.per_channel,
+                             "calibration_batches": len(batches)}
+            if cfg.target_cosine > 0:
+                q_path, exclude, note = keep_sensitive_fp32(
+                    src, q_path, quantize, [n.name for n in fmodel.graph.node
+                                            if n.op_type in (cfg.op_types or COMPUTE_OPS)],
+                    exclude, batches, cfg.target_cosine, cfg.max_excluded, details)
+                notes += [note] if note else []
+            details["excluded_nodes"] = list(exclude)
+            qmodel = ir.from_proto(onnx.load(str(q_path)))
+        return self.done(qmodel, notes=notes, details=details)

@@ -6,7 +6,7 @@ output when either
   * it is identically zero: every producing filter and bias is zero and every op of its group keeps
     zero at zero (BatchNorm only when its shift is zero there, Relu, pooling, Add, Mul, ...), or
   * nothing reads it: every consuming weight (next Conv's input slice, Gemm rows) is zero.
-The coupled groups come from `prune_channels.ChannelGraph`, so residual Adds, depthwise convs,
+The coupled groups come from `_channel_graph.ChannelGraph`, so residual Adds, depthwise convs,
 Concat and Flatten -> Gemm heads are handled the same way as in structured pruning.
 """
 
@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
-from . import StepContext, StepResult
-from .prune_channels import ChannelGraph, load_ir, param_count, save_ir
+from . import StepPass
+from ._channel_graph import ChannelGraph, load_ir, param_count, save_ir
 
 _KEEPS_ZERO = {"Relu", "LeakyRelu", "PRelu", "Identity", "Dropout", "MaxPool", "AveragePool",
                "GlobalAveragePool", "GlobalMaxPool", "HardSwish", "Tanh", "Neg", "Abs", "Gelu",
@@ -123,21 +124,27 @@ def removable(cg: ChannelGraph, tol: float) -> dict[int, np.ndarray]:
     return keep
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    irm = load_ir(model)
-    cg = ChannelGraph(irm)
-    keep = removable(cg, cfg.tolerance)
-    if not keep:
-        return StepResult(None, skipped="no channel is entirely zero or unread")
-    groups = [{"producers": cg.producer_names(r), "channels": cg.size[r], "kept": len(k)}
-              for r, k in keep.items()]
-    cg.apply(keep)
-    out = save_ir(irm)
-    before, after = param_count(model), param_count(out)
-    notes = () if cfg.tolerance == 0 else (
-        f"tolerance {cfg.tolerance}: near-zero channels removed, outputs may change slightly",)
-    return StepResult(out, notes=notes, details={
-        "groups": groups,
-        "channels_removed": int(sum(cg.size[r] - len(k) for r, k in keep.items())),
-        "params_before": before, "params_after": after,
-        "compression": round(before / max(after, 1), 3)})
+class RemoveZeroChannelsPass(StepPass, ir.passes.FunctionalPass):
+    """Dead channels removed (exact). Functional, like prune-channels: channel groups are found on
+    a copy shape-inferred by onnx (`load_ir` / `save_ir`, at this boundary)."""
+
+    def call(self, model):
+        cfg = self.cfg
+        proto = ir.to_proto(model)
+        irm = load_ir(proto)
+        cg = ChannelGraph(irm)
+        keep = removable(cg, cfg.tolerance)
+        if not keep:
+            return self.skip(model, "no channel is entirely zero or unread")
+        groups = [{"producers": cg.producer_names(r), "channels": cg.size[r], "kept": len(k)}
+                  for r, k in keep.items()]
+        cg.apply(keep)
+        out = save_ir(irm)
+        before, after = param_count(proto), param_count(out)
+        notes = () if cfg.tolerance == 0 else (
+            f"tolerance {cfg.tolerance}: near-zero channels removed, outputs may change slightly",)
+        return self.done(ir.from_proto(out), notes=notes, details={
+            "groups": groups,
+            "channels_removed": int(sum(cg.size[r] - len(k) for r, k in keep.items())),
+            "params_before": before, "params_after": after,
+            "compression": round(before / max(after, 1), 3)})

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 
 from ..errors import InputError
-from . import StepContext, StepResult
-from ._factorize import apply_rules, conv_weight
+from . import StepPass
+from ._factorize import ConvFactorRule, RuleLog, apply_rules
 from .lowrank import blas_threads_for, choose_rank
 
 
@@ -58,79 +59,62 @@ def _pixels(v, fallback: int) -> int:
     return fallback
 
 
-def _rules(cfg: Config, layers: list, refused: dict):
-    from onnxscript import ir
-    from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
+class ConvTucker2(ConvFactorRule):
+    def refusal(self, node, arr, x, out):
+        cfg = self.cfg
+        o, i, kh, kw = arr.shape
+        if min(o, i) < cfg.min_channels:
+            return f"{i}->{o} channels, below min_channels {cfg.min_channels}"
+        u_o, core, u_i, err = tucker2(arr, cfg.ratio, cfg.energy, cfg.sweeps)
+        r_o, r_i = core.shape[:2]
+        strides = node.attributes.get_ints("strides", [1, 1])
+        p_out = _pixels(out, 1)
+        p_in = _pixels(x, p_out * int(np.prod(strides)))
+        before = o * i * kh * kw * p_out
+        after = i * r_i * p_in + r_i * r_o * kh * kw * p_out + r_o * o * p_out
+        if after >= before:
+            return (f"ranks ({r_o}, {r_i}) of a {o}x{i}x{kh}x{kw} conv do not "
+                    f"reduce MACs ({after} >= {before})")
+        self.pending = (u_o, core, u_i, err, before, after)
+        return None
 
-    created: set[str] = set()
-
-    class ConvTucker2(RewriteRuleClassBase):
-        def pattern(self, op, x, w):
-            return op.Conv(x, w, _allow_other_inputs=True, _outputs=["out"])
-
-        def check(self, context, x, w, out, **_):
-            result, node = MatchResult(), out.producer()
-            if w.name in created:
-                return result.fail("already factorized")
-            node.name = node.name or f"Conv({w.name})"
-
-            def refuse(reason):
-                refused[node.name] = reason
-                return result.fail(reason)
-
-            arr, refusal = conv_weight(w, node, refuse)
-            if refusal is not None:
-                return refusal
-            o, i, kh, kw = arr.shape
-            if min(o, i) < cfg.min_channels:
-                return refuse(f"{i}->{o} channels, below min_channels {cfg.min_channels}")
-            u_o, core, u_i, err = tucker2(arr, cfg.ratio, cfg.energy, cfg.sweeps)
-            r_o, r_i = core.shape[:2]
-            strides = node.attributes.get_ints("strides", [1, 1])
-            p_out = _pixels(out, 1)
-            p_in = _pixels(x, p_out * int(np.prod(strides)))
-            before = o * i * kh * kw * p_out
-            after = i * r_i * p_in + r_i * r_o * kh * kw * p_out + r_o * o * p_out
-            if after >= before:
-                return refuse(f"ranks ({r_o}, {r_i}) of a {o}x{i}x{kh}x{kw} conv do not "
-                              f"reduce MACs ({after} >= {before})")
-            self.pending = (u_o, core, u_i, err, before, after)
-            return result
-
-        def rewrite(self, op, x, w, out):
-            node = out.producer()
-            u_o, core, u_i, err, before, after = self.pending
-            layers.append({"node": node.name, "initializer": w.name,
-                           "weight": list(w.const_value.numpy().shape),
-                           "ranks": [int(core.shape[0]), int(core.shape[1])],
-                           "rel_frobenius_error": round(err, 6),
-                           "macs_before": before, "macs_after": after})
-            names = [f"{w.name}_tucker_{p}" for p in ("in", "core", "out")]
-            created.update(names)
-            attrs = {k: v for k, v in node.attributes.items() if k != "group"}
-            first = op.Conv(x, op.initializer(ir.tensor(np.ascontiguousarray(
-                u_i.T[:, :, None, None])), name=names[0]))
-            mid = op.Conv(first, op.initializer(ir.tensor(core), name=names[1]), **attrs)
-            last_w = op.initializer(ir.tensor(np.ascontiguousarray(u_o[:, :, None, None])),
-                                    name=names[2])
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                return op.Conv(mid, last_w, node.inputs[2])
-            return op.Conv(mid, last_w)
-
-    return RewriteRuleSet([ConvTucker2.rule()])
+    def rewrite(self, op, x, w, out):
+        node = out.producer()
+        u_o, core, u_i, err, before, after = self.pending
+        self.log.layers.append({"node": self.log.label(node, w), "initializer": w.name,
+                                "weight": list(w.const_value.numpy().shape),
+                                "ranks": [int(core.shape[0]), int(core.shape[1])],
+                                "rel_frobenius_error": round(err, 6),
+                                "macs_before": before, "macs_after": after})
+        names = [f"{w.name}_tucker_{p}" for p in ("in", "core", "out")]
+        self.log.created.update(names)
+        attrs = {k: v for k, v in node.attributes.items() if k != "group"}
+        first = op.Conv(x, op.initializer(ir.tensor(np.ascontiguousarray(
+            u_i.T[:, :, None, None])), name=names[0]))
+        mid = op.Conv(first, op.initializer(ir.tensor(core), name=names[1]), **attrs)
+        return self.conv(op, node, mid, op.initializer(
+            ir.tensor(np.ascontiguousarray(u_o[:, :, None, None])), name=names[2]))
 
 
-def step(model, cfg: Config, ctx: StepContext) -> StepResult:
-    if not 0.0 < cfg.ratio <= 1.0:
-        raise InputError(f"tucker: ratio must be in (0, 1], got {cfg.ratio}")
-    if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
-        raise InputError(f"tucker: energy must be in (0, 1], got {cfg.energy}")
-    if cfg.sweeps < 0:
-        raise InputError(f"tucker: sweeps must be >= 0, got {cfg.sweeps}")
-    import onnx
-    import onnx_ir as ir
+class TuckerPass(StepPass, ir.passes.FunctionalPass):
+    """Every eligible Conv Tucker-2 factorized (onnxscript rules). Functional: the rules judge
+    MACs at each conv's real resolution, so it works on a copy shape-inferred by onnx's
+    `infer_shapes` (an `onnx.ModelProto` API: the model is converted at this boundary)."""
 
-    layers, refused = [], {}
-    irm = ir.from_proto(onnx.shape_inference.infer_shapes(model))
-    return apply_rules(irm, _rules(cfg, layers, refused), layers, refused,
-                       "no Conv to factorize")
+    fidelity_kind = "lossy"
+
+    def call(self, model):
+        cfg = self.cfg
+        if not 0.0 < cfg.ratio <= 1.0:
+            raise InputError(f"tucker: ratio must be in (0, 1], got {cfg.ratio}")
+        if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:
+            raise InputError(f"tucker: energy must be in (0, 1], got {cfg.energy}")
+        if cfg.sweeps < 0:
+            raise InputError(f"tucker: sweeps must be >= 0, got {cfg.sweeps}")
+        import onnx
+        from onnxscript.rewriter import RewriteRuleSet
+
+        work = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
+        log = RuleLog()
+        return apply_rules(self, work, RewriteRuleSet([ConvTucker2.rule(cfg, log)]), log,
+                           "no Conv to factorize", source=model)

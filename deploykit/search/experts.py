@@ -99,6 +99,16 @@ def other_runtimes(target, names: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+def runtimes_info(target, runtimes: Sequence[str]) -> dict[str, Any]:
+    """Which runtime the recommendation is on, which were searched, and which not (informative)."""
+    try:
+        installed = other_runtimes(target, None)
+    except Exception:  # only informative
+        installed = ()
+    return {"recommendation": target.name, "searched": [target.name, *runtimes],
+            "not_searched": [n for n in installed if n not in runtimes]}
+
+
 def _provider(config: Mapping[str, Any]) -> str | None:
     provs = config.get("options", {}).get("providers")
     return list(provs)[0] if provs else None

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
@@ -13,7 +14,7 @@ from deploykit.backends import registry as targets
 from deploykit.fidelity import cosine
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError  # noqa: E402
-from deploykit.rewrite import StepContext  # noqa: E402
+from deploykit.rewrite import StepContext, apply_step  # noqa: E402
 from deploykit.rewrite import nncf_int8 as qn
 from ov_models import attention, small_cnn  # noqa: E402
 
@@ -28,7 +29,7 @@ def cnn_result(tmp_path_factory):
     path = small_cnn(tmp_path_factory.mktemp("nncf") / "cnn.onnx")
     ctx = StepContext(feeds=_batches((1, 3, 32, 32), 1, 0)[0],
                       calibration=_batches((1, 3, 32, 32), 8, 1), calibration_is_synthetic=True)
-    return path, qn.step(onnx.load(path), qn.Config(), ctx)
+    return path, apply_step(qn.NncfInt8Pass(qn.Config(), ctx), onnx.load(path))
 
 
 def test_cnn_gets_qdq_and_an_honest_note(cnn_result):
@@ -60,10 +61,10 @@ def test_cnn_runs_int8_on_openvino_close_to_fp32(cnn_result, tmp_path):
 def test_transformer_mode_chosen_for_attention(tmp_path):
     path = attention(tmp_path / "attn.onnx")
     model = onnx.load(path)
-    assert qn.is_transformer_like(model)
+    assert qn.is_transformer_like(ir.from_proto(model))
     ctx = StepContext(feeds=_batches((1, 16, 32), 1, 0)[0], calibration=_batches((1, 16, 32), 4, 1),
                       calibration_is_synthetic=False)
-    res = qn.step(model, qn.Config(subset_size=2), ctx)
+    res = apply_step(qn.NncfInt8Pass(qn.Config(subset_size=2), ctx), model)
     assert res.details["model_type"] == "transformer" and res.details["calibration_batches"] == 2
     assert res.details["preset"] == "mixed"
     assert not res.notes
@@ -79,20 +80,20 @@ def test_transformer_mode_chosen_for_attention(tmp_path):
 def test_skips_what_it_cannot_or_need_not_quantize(cnn_result):
     _, res = cnn_result
     ctx = StepContext(feeds={})
-    again = qn.step(res.model, qn.Config(), ctx)
+    again = apply_step(qn.NncfInt8Pass(qn.Config(), ctx), res.model)
     assert again.model is None and "already quantized" in again.skipped
     relu = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])], "relu",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])]))
-    nothing = qn.step(relu, qn.Config(), ctx)
+    nothing = apply_step(qn.NncfInt8Pass(qn.Config(), ctx), relu)
     assert nothing.model is None and "no Conv/MatMul/Gemm" in nothing.skipped
 
 
 def test_missing_nncf_is_a_skip_with_install_command(monkeypatch, cnn_result):
     path, _ = cnn_result
     monkeypatch.setitem(sys.modules, "nncf", None)
-    res = qn.step(onnx.load(path), qn.Config(), StepContext(feeds={}))
+    res = apply_step(qn.NncfInt8Pass(qn.Config(), StepContext(feeds={})), onnx.load(path))
     assert res.model is None and "pip install 'deploykit[openvino]'" in res.skipped
 
 
@@ -113,8 +114,8 @@ def test_exclude_keeps_named_nodes_float(tmp_path):
                       calibration_is_synthetic=False)
     cfg = parse_recipe("nncf-int8:exclude=o_proj|v_proj")[0].config
     assert cfg.exclude == ("o_proj", "v_proj")
-    full = qn.step(onnx.load(path), qn.Config(), ctx).model
-    res = qn.step(onnx.load(path), cfg, ctx)
+    full = apply_step(qn.NncfInt8Pass(qn.Config(), ctx), onnx.load(path)).model
+    res = apply_step(qn.NncfInt8Pass(cfg, ctx), onnx.load(path))
     assert {"o_proj", "v_proj"} <= weighted_nodes(full) & quantized_nodes(full)
     assert not {"o_proj", "v_proj"} & (weighted_nodes(res.model) | quantized_nodes(res.model))
     assert {"q_proj", "k_proj"} <= weighted_nodes(res.model)
@@ -128,5 +129,5 @@ def test_exclude_of_a_missing_node_is_a_one_line_error(tmp_path):
     ctx = StepContext(feeds=_batches((1, 16, 32), 1, 0)[0], calibration=_batches((1, 16, 32), 2, 1),
                       calibration_is_synthetic=False)
     with pytest.raises(DeployKitError, match="nncf-int8 failed") as e:
-        qn.step(onnx.load(path), qn.Config(exclude=("no_such_node",)), ctx)
+        apply_step(qn.NncfInt8Pass(qn.Config(exclude=("no_such_node",)), ctx), onnx.load(path))
     assert "\n" not in str(e.value)

@@ -14,7 +14,7 @@ from deploykit.backends import registry as targets
 from deploykit.core import ModelRef  # noqa: E402
 from deploykit.errors import InputError  # noqa: E402
 from deploykit.rewrite.recipe import parse_recipe, run_recipe
-from deploykit.rewrite import StepContext  # noqa: E402
+from deploykit.rewrite import StepContext, apply_step  # noqa: E402
 from deploykit.rewrite import nncf_weights as cw
 from deploykit.fidelity import compare, run_ort
 from ov_models import attention, small_cnn  # noqa: E402
@@ -29,7 +29,7 @@ def test_transformer_weights_int8_close_to_fp32_on_ort_and_openvino(tmp_path, mo
     path = attention(tmp_path / "attn.onnx")
     model = onnx.load(path)
     feeds = _feeds((1, 16, 32), 3)
-    res = cw.step(model, cw.Config(mode=mode), StepContext(feeds=feeds))
+    res = apply_step(cw.NncfWeightsPass(cw.Config(mode=mode), StepContext(feeds=feeds)), model)
     assert res.skipped is None and res.fidelity_kind == "int8"
     weights = sum(n.op_type in ("MatMul", "Gemm") and n.input[1] in
                   {t.name for t in model.graph.initializer} for n in model.graph.node)
@@ -72,21 +72,22 @@ def test_conv_weights_are_left_alone_and_the_file_stays_valid_for_ort(tmp_path):
 def test_skips_what_it_cannot_or_need_not_compress(tmp_path):
     path = attention(tmp_path / "attn.onnx")
     feeds = _feeds((1, 16, 32), 3)
-    done = cw.step(onnx.load(path), cw.Config(), StepContext(feeds=feeds)).model
-    again = cw.step(done, cw.Config(), StepContext(feeds=feeds))
+    done = apply_step(cw.NncfWeightsPass(cw.Config(), StepContext(feeds=feeds)),
+                      onnx.load(path)).model
+    again = apply_step(cw.NncfWeightsPass(cw.Config(), StepContext(feeds=feeds)), done)
     assert again.model is None and "already quantized" in again.skipped
     relu = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])], "relu",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])]))
-    nothing = cw.step(relu, cw.Config(), StepContext(feeds={}))
+    nothing = apply_step(cw.NncfWeightsPass(cw.Config(), StepContext(feeds={})), relu)
     assert nothing.model is None and "no MatMul/Gemm with a constant weight" in nothing.skipped
 
 
 def test_missing_nncf_is_a_skip_with_install_command(monkeypatch, tmp_path):
     path = attention(tmp_path / "attn.onnx")
     monkeypatch.setitem(sys.modules, "nncf", None)
-    res = cw.step(onnx.load(path), cw.Config(), StepContext(feeds={}))
+    res = apply_step(cw.NncfWeightsPass(cw.Config(), StepContext(feeds={})), onnx.load(path))
     assert res.model is None and "pip install 'deploykit[openvino]'" in res.skipped
 
 

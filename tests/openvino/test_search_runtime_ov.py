@@ -48,7 +48,7 @@ def _row(cnn, out: Path, store, min_fidelity: float):
 def test_ov_cpu_fidelity_is_checked_on_openvino_and_the_worse_is_kept(cnn, tmp_path):
     with Store(tmp_path / "s.sqlite") as store:
         s, row, ort_cosine = _row(cnn, tmp_path / "out", store, min_fidelity=0.9)
-        rep = s._measure_whole(row, PLAN)
+        rep = s.measure.whole(row, PLAN)
         rt = row.fidelity_detail["runtime"]
         assert rt["target"] == "ov-cpu" and rt["against"] == "the original on ORT"
         # by hand: the candidate file on the real CPU plugin vs the original model on ORT
@@ -67,14 +67,14 @@ def test_ov_cpu_fidelity_is_checked_on_openvino_and_the_worse_is_kept(cnn, tmp_p
 def test_a_floor_ort_meets_but_openvino_misses_rejects_before_timing(cnn, tmp_path):
     with Store(tmp_path / "probe.sqlite") as store:  # the two cosines of this candidate
         s, row, ort_cosine = _row(cnn, tmp_path / "probe", store, min_fidelity=0.9)
-        s._measure_whole(row, PLAN)
+        s.measure.whole(row, PLAN)
         ov_cosine = row.fidelity_detail["runtime"]["cosine"]
     assert ov_cosine < ort_cosine
     floor = (ov_cosine + ort_cosine) / 2
     with Store(tmp_path / "s.sqlite") as store:
         s, row, ort_again = _row(cnn, tmp_path / "out", store, min_fidelity=floor)
         assert ort_again >= floor  # ORT alone would let it through
-        assert s._measure_whole(row, PLAN) is None
+        assert s.measure.whole(row, PLAN) is None
         assert row.status == "rejected" and row.median is None
         assert row.reason.startswith("on ov-cpu: cosine") and f"< {floor}" in row.reason
         assert store.runs() == []  # nothing was timed

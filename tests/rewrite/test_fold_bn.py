@@ -4,8 +4,8 @@ import pytest
 
 from _quant_models import conv_bn_net, mlp
 from deploykit.rewrite.recipe import make_step
-from deploykit.rewrite import StepContext
-from deploykit.rewrite.fold_bn import step
+from deploykit.rewrite import StepContext, apply_step
+from deploykit.rewrite.fold_bn import FoldBnPass
 from deploykit.fidelity import run_ort
 
 
@@ -17,7 +17,7 @@ def ctx(tmp_path):
 
 def test_fold_bn_trio(ctx):
     model = conv_bn_net()
-    res = step(model, make_step("fold-bn", {}).config, ctx)
+    res = apply_step(FoldBnPass(make_step("fold-bn", {}).config, ctx), model)
     ops = [n.op_type for n in res.model.graph.node]
     assert "BatchNormalization" not in ops and ops.count("Conv") == 2
     assert res.details["fired"] == 2 and res.fidelity_kind == "fp32"
@@ -28,7 +28,7 @@ def test_fold_bn_trio(ctx):
 
 
 def test_fold_bn_skips_without_batchnorm(ctx):
-    res = step(mlp(), make_step("fold-bn", {}).config, ctx)
+    res = apply_step(FoldBnPass(make_step("fold-bn", {}).config, ctx), mlp())
     assert res.model is None and "no BatchNormalization" in res.skipped
 
 
@@ -37,6 +37,6 @@ def test_fold_bn_refuses_non_constant_statistics(ctx):
     stats = next(i for i in model.graph.initializer if i.name == "m1")
     model.graph.input.append(onnx.helper.make_tensor_value_info("m1", onnx.TensorProto.FLOAT, [16]))
     model.graph.initializer.remove(stats)
-    res = step(model, make_step("fold-bn", {}).config, ctx)
+    res = apply_step(FoldBnPass(make_step("fold-bn", {}).config, ctx), model)
     ops = [n.op_type for n in res.model.graph.node]
     assert res.details["fired"] == 1 and ops.count("BatchNormalization") == 1

@@ -3,8 +3,8 @@ import onnx
 
 from _quant_models import conv_bn_net
 from deploykit.rewrite.recipe import make_step
-from deploykit.rewrite import StepContext
-from deploykit.rewrite.fp16 import step
+from deploykit.rewrite import StepContext, apply_step
+from deploykit.rewrite.fp16 import Fp16Pass
 from deploykit.fidelity import compare, judge, run_ort
 
 
@@ -12,7 +12,7 @@ def test_fp16_trio_keeps_fp32_io(tmp_path):
     model = conv_bn_net()
     ctx = StepContext(feeds={"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)},
                       workdir=tmp_path, target="ort-cpu")
-    res = step(model, make_step("fp16", {}).config, ctx)
+    res = apply_step(Fp16Pass(make_step("fp16", {}).config, ctx), model)
     conv_w = next(t for t in res.model.graph.initializer if t.name == "w1")
     assert conv_w.data_type == onnx.TensorProto.FLOAT16
     assert res.model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -24,10 +24,10 @@ def test_fp16_trio_keeps_fp32_io(tmp_path):
 
 
 def test_fp16_skips_quantized(tmp_path):
-    from deploykit.rewrite.quantize_dynamic import Config, step as qstep
+    from deploykit.rewrite.quantize_dynamic import Config, QuantizeDynamicPass
     from _quant_models import mlp
 
     ctx = StepContext(feeds={"x": np.ones((4, 64), np.float32)}, workdir=tmp_path)
-    q = qstep(mlp(), Config(), ctx).model
-    res = step(q, make_step("fp16", {}).config, ctx)
+    q = apply_step(QuantizeDynamicPass(Config(), ctx), mlp()).model
+    res = apply_step(Fp16Pass(make_step("fp16", {}).config, ctx), q)
     assert res.model is None and "quantized" in res.skipped

@@ -4,7 +4,7 @@ from _compress_models import CTX, full_check, op_types, rel_err
 from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.errors import InputError
-from deploykit.rewrite import lowrank as lm
+from deploykit.rewrite import apply_step, lowrank as lm
 
 
 def _mlp(rank1: int | None = 8, rank2: int | None = 6, seed: int = 0):
@@ -40,11 +40,11 @@ def _run(model, x):
 
 def test_exact_on_low_rank_weights_by_energy():
     model = _mlp()
-    res = lm.step(model, lm.Config(energy=0.999999), CTX)
+    res = apply_step(lm.LowrankPass(lm.Config(energy=0.999999), CTX), model)
     full_check(res.model)
     assert op_types(res.model) == {"MatMul": 3, "Relu": 1, "Gemm": 1}
     assert [d["rank"] for d in res.details["layers"]] == [8, 6]
-    assert res.details["rule_firings"] == 2
+    assert res.details["fired"] == 2
     assert {t.name for t in res.model.graph.initializer}.isdisjoint({"W1", "W2"})
     x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
     assert rel_err(_run(model, x), _run(res.model, x)) < 1e-5
@@ -52,7 +52,7 @@ def test_exact_on_low_rank_weights_by_energy():
 
 def test_reported_error_is_the_real_frobenius_error():
     model = _mlp(None, None)
-    res = lm.step(model, lm.Config(ratio=0.25), CTX)
+    res = apply_step(lm.LowrankPass(lm.Config(ratio=0.25), CTX), model)
     inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     w1 = numpy_helper.to_array(model.graph.initializer[0])
     approx = inits["W1_svd_u"] @ inits["W1_svd_v"]
@@ -64,7 +64,7 @@ def test_reported_error_is_the_real_frobenius_error():
 
 
 def test_refuses_when_flops_would_grow():
-    res = lm.step(_mlp(), lm.Config(ratio=0.9), CTX)
+    res = apply_step(lm.LowrankPass(lm.Config(ratio=0.9), CTX), _mlp())
     assert res.model is None and "does not reduce FLOPs" in res.skipped
 
 
@@ -72,11 +72,11 @@ def test_nothing_to_factorize_and_bad_config():
     model = _mlp()
     del model.graph.node[:]
     model.graph.node.append(helper.make_node("Identity", ["x"], ["out"]))
-    assert lm.step(model, lm.Config(), CTX).skipped.startswith("no MatMul/Gemm")
+    assert apply_step(lm.LowrankPass(lm.Config(), CTX), model).skipped.startswith("no MatMul/Gemm")
     for cfg in (lm.Config(ratio=0.0), lm.Config(energy=1.5), lm.Config(layers=("W9:0.5",)),
                 lm.Config(layers=("W1:1.5",))):
         with pytest.raises(InputError):
-            lm.step(_mlp(), cfg, CTX)
+            apply_step(lm.LowrankPass(cfg, CTX), _mlp())
 
 
 def test_large_weights_use_randomized_svd_with_exact_error():
@@ -96,9 +96,9 @@ def test_per_layer_ranks_override_the_ratio():
     model = _mlp(None, None)
     assert [n for n, _, _ in lm.linear_layers(model)] == ["W1", "W2"]
     assert lm.linear_layers(model)[1][1:] == (96, 80)  # Gemm transB: K x N as x @ W sees it
-    only = lm.step(model, lm.Config(ratio=0.0, layers=("W1:0.25",)), CTX)
+    only = apply_step(lm.LowrankPass(lm.Config(ratio=0.0, layers=("W1:0.25",)), CTX), model)
     assert [(d["initializer"], d["rank"]) for d in only.details["layers"]] == [("W1", 16)]
     assert "W2" in {t.name for t in only.model.graph.initializer}
-    both = lm.step(model, lm.Config(ratio=0.25, layers=("W2:0.5",)), CTX)
+    both = apply_step(lm.LowrankPass(lm.Config(ratio=0.25, layers=("W2:0.5",)), CTX), model)
     assert [(d["initializer"], d["rank"]) for d in both.details["layers"]] == [("W1", 16),
                                                                                ("W2", 40)]

@@ -5,7 +5,7 @@ from _compress_models import (CTX, bn_concat_net, full_check, image, load, op_ty
 from onnx import helper, numpy_helper
 
 from deploykit.errors import InputError
-from deploykit.rewrite import prune_channels as pc
+from deploykit.rewrite import apply_step, prune_channels as pc
 
 
 def _plan(model, cfg):
@@ -19,7 +19,7 @@ def _plan(model, cfg):
 def test_prunes_coupled_groups_and_matches_zeroed_parent(name, scope, groups):
     model = load(name)
     cfg = pc.Config(ratio=0.5, scope=scope)
-    res = pc.step(model, cfg, CTX)
+    res = apply_step(pc.PruneChannelsPass(cfg, CTX), model)
     assert res.skipped is None
     out = res.model
     full_check(out)
@@ -46,7 +46,7 @@ def test_residual_add_prunes_all_joined_tensors_together():
 def test_bn_concat_depthwise_flatten_head_exact_on_zeroed_parent():
     model = bn_concat_net()
     cfg = pc.Config(ratio=0.5)
-    res = pc.step(model, cfg, CTX)
+    res = apply_step(pc.PruneChannelsPass(cfg, CTX), model)
     out = res.model
     full_check(out)
     assert op_types(out) == op_types(model)
@@ -64,7 +64,7 @@ def test_bn_concat_depthwise_flatten_head_exact_on_zeroed_parent():
 
 def test_keeps_filters_with_largest_l1_norm():
     model = bn_concat_net()
-    res = pc.step(model, pc.Config(ratio=0.5), CTX)
+    res = apply_step(pc.PruneChannelsPass(pc.Config(ratio=0.5), CTX), model)
     w0 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w0"))
     kept = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}["w0"]
     top = np.sort(np.argsort(-np.abs(w0).sum(axis=(1, 2, 3)))[:4])
@@ -75,7 +75,7 @@ def test_residual_false_keeps_joined_groups_whole():
     model = load("tinyresnet")
     cg, keep = _plan(model, pc.Config(ratio=0.5, residual=False))
     assert sorted(len(cg.producer_names(r)) for r in keep) == [1, 1, 1, 1]  # the 4 conv1 groups
-    res = pc.step(model, pc.Config(ratio=0.5, residual=False), CTX)
+    res = apply_step(pc.PruneChannelsPass(pc.Config(ratio=0.5, residual=False), CTX), model)
     x = image()
     assert rel_err(run(zeroed_parent(model, keep, cg), x), run(res.model, x)) < 1e-4
 
@@ -96,7 +96,7 @@ def test_channels_reaching_graph_output_are_pinned():
         [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", 1, [1, 4, 8, 8])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    res = pc.step(model, pc.Config(), CTX)
+    res = apply_step(pc.PruneChannelsPass(pc.Config(), CTX), model)
     assert res.model is None and "graph output" in res.skipped
 
 
@@ -107,7 +107,7 @@ def test_channels_reaching_graph_output_are_pinned():
                                  pc.Config(scope="global", layers=("w0:0.5",))])
 def test_bad_config_is_an_input_error(cfg):
     with pytest.raises(InputError):
-        pc.step(bn_concat_net(), cfg, CTX)
+        apply_step(pc.PruneChannelsPass(cfg, CTX), bn_concat_net())
 
 
 def test_per_layer_ratios_prune_only_the_named_groups():
@@ -121,7 +121,7 @@ def test_per_layer_ratios_prune_only_the_named_groups():
     cg, keep = _plan(model, cfg)
     sizes = {cg.producer_names(r)[0]: len(k) for r, k in keep.items()}
     assert sizes == {a: ch_a - round(0.5 * ch_a), b: ch_b - round(0.25 * ch_b)}
-    res = pc.step(model, cfg, CTX)
+    res = apply_step(pc.PruneChannelsPass(cfg, CTX), model)
     full_check(res.model)
     kept = [g["kept"] for g in res.details["groups"]]
     assert sum(k < g["channels"] for k, g in zip(kept, res.details["groups"])) == 2
@@ -130,8 +130,8 @@ def test_per_layer_ratios_prune_only_the_named_groups():
     # unnamed groups take `ratio`
     _, keep_all = _plan(model, pc.Config(ratio=0.5, layers=(f"{a}:0.25",)))
     assert len(keep_all) == 8
-    assert pc.step(model, pc.Config(ratio=0.0), CTX).skipped.endswith("remove no channel "
-                                                                        "from any group")
+    assert apply_step(pc.PruneChannelsPass(pc.Config(ratio=0.0), CTX),
+                      model).skipped.endswith("remove no channel from any group")
 
 
 def test_layers_field_parses_names_with_colons_from_a_recipe():

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from deploykit.cli import main
 from deploykit.errors import InputError
 from deploykit.onnxio import io_specs, make_feeds
-from deploykit.rewrite import StepContext
+from deploykit.rewrite import StepContext, apply_step
 from deploykit.rewrite import prune_ffn as pf
 from deploykit.fidelity import run_ort
 from onnx_models import tiny_encoder
@@ -55,7 +55,7 @@ def _zeroed_parent(model, out, gemm: bool):
                          ids=["gelu", "erf-gelu", "gemm-relu"])
 def test_prunes_blocks_exactly_on_the_kept_neurons(tmp_path, kw):
     model = _model(tmp_path, **kw)
-    res = pf.step(model, pf.Config(ratio=0.5), StepContext(feeds={}))
+    res = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.5), StepContext(feeds={})), model)
     assert res.skipped is None and res.fidelity_kind == "lossy"
     out = res.model
     full_check(out)
@@ -85,21 +85,24 @@ def test_activation_importance_removes_dead_neurons_first(tmp_path):
     feeds = _feeds(model)
     ctx = StepContext(feeds=feeds, calibration=(feeds, _feeds(model, 1)),
                       calibration_is_synthetic=False)
-    act = pf.step(model, pf.Config(ratio=0.5, importance="activation"), ctx).model
+    act = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.5, importance="activation"), ctx),
+                     model).model
     np.testing.assert_allclose(run_ort(act, feeds)[0], run_ort(model, feeds)[0], rtol=1e-4,
                                atol=1e-4)
-    mag = pf.step(model, pf.Config(ratio=0.5), ctx).model  # weights alone cannot see it
+    # weights alone cannot see it
+    mag = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.5), ctx), model).model
     assert np.abs(run_ort(mag, feeds)[0] - run_ort(model, feeds)[0]).max() > 1e-2
 
 
 def test_per_block_ratios_and_errors(tmp_path):
     model = _model(tmp_path)
-    res = pf.step(model, pf.Config(ratio=0.0, layers=("l1.fc1.w:0.75",)), StepContext(feeds={}))
+    res = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.0, layers=("l1.fc1.w:0.75",)),
+                                     StepContext(feeds={})), model)
     assert [b["kept"] for b in res.details["blocks"]] == [64, 16]
     with pytest.raises(InputError, match="not found"):
-        pf.step(model, pf.Config(layers=("nope:0.5",)), StepContext(feeds={}))
+        apply_step(pf.PruneFfnPass(pf.Config(layers=("nope:0.5",)), StepContext(feeds={})), model)
     with pytest.raises(InputError, match="ratio"):
-        pf.step(model, pf.Config(ratio=1.0), StepContext(feeds={}))
+        apply_step(pf.PruneFfnPass(pf.Config(ratio=1.0), StepContext(feeds={})), model)
     assert [n for n, *_ in pf.prunable_layers(model)] == ["l0.fc1.w", "l1.fc1.w"]
 
 
@@ -107,12 +110,12 @@ def test_refuses_what_is_not_a_feed_forward_block(mlp_onnx):
     from onnx_models import conv_relu_gemm
 
     model = onnx.load(str(mlp_onnx))  # MatMul -> Relu -> MatMul, but fc2 feeds the output: ok
-    assert pf.step(model, pf.Config(), StepContext(feeds={})).skipped is None
+    assert apply_step(pf.PruneFfnPass(pf.Config(), StepContext(feeds={})), model).skipped is None
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         conv = onnx.load(conv_relu_gemm(f"{d}/c.onnx"))
-    res = pf.step(conv, pf.Config(), StepContext(feeds={}))
+    res = apply_step(pf.PruneFfnPass(pf.Config(), StepContext(feeds={})), conv)
     assert res.skipped.startswith("no prunable feed-forward block")
 
 
@@ -128,8 +131,8 @@ def test_cli_compress_prune_ffn(tmp_path, capsys):
 
 def test_reshapes_sharing_a_shape_constant_get_their_own_counts(tmp_path):
     model = _model(tmp_path, act="Gelu", gemm=True)  # Gemm -> Reshape -> Gelu -> Reshape -> Gemm
-    res = pf.step(model, pf.Config(ratio=0.25, round_to=1, layers=("l1.fc1:0.75",)),
-                  StepContext(feeds={}))  # a block named by its fc1 node
+    res = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.25, round_to=1, layers=("l1.fc1:0.75",)),
+                                     StepContext(feeds={})), model)  # a block named by its fc1 node
     assert [b["kept"] for b in res.details["blocks"]] == [48, 16]
     full_check(res.model)
     shapes = sorted(numpy_helper.to_array(t).tolist() for t in res.model.graph.initializer

@@ -7,7 +7,7 @@ from onnx import numpy_helper
 from deploykit.cli import main
 from deploykit.errors import InputError
 from deploykit.onnxio import io_specs, make_feeds
-from deploykit.rewrite import StepContext
+from deploykit.rewrite import StepContext, apply_step
 from deploykit.rewrite import prune_heads as ph
 from deploykit.fidelity import run_ort
 from onnx_models import tiny_attention
@@ -41,7 +41,7 @@ def _zeroed_parent(model, details, head_dim=4):
 
 def test_prunes_heads_exactly_on_the_kept_ones(tmp_path):
     model = onnx.load(str(tiny_attention(tmp_path / "att.onnx")))
-    res = ph.step(model, ph.Config(ratio=0.5), CTX)
+    res = apply_step(ph.PruneHeadsPass(ph.Config(ratio=0.5), CTX), model)
     assert res.skipped is None and res.fidelity_kind == "lossy"
     out = res.model
     full_check(out)
@@ -65,13 +65,13 @@ def test_prunes_heads_exactly_on_the_kept_ones(tmp_path):
 
 def test_per_block_ratios_errors_and_refusals(tmp_path, mlp_onnx):
     model = onnx.load(str(tiny_attention(tmp_path / "att.onnx")))
-    res = ph.step(model, ph.Config(ratio=0.0, layers=("l1.q:0.75",)), CTX)
+    res = apply_step(ph.PruneHeadsPass(ph.Config(ratio=0.0, layers=("l1.q:0.75",)), CTX), model)
     assert [b["kept"] for b in res.details["blocks"]] == [4, 1]
     with pytest.raises(InputError, match="not found"):
-        ph.step(model, ph.Config(layers=("nope:0.5",)), CTX)
+        apply_step(ph.PruneHeadsPass(ph.Config(layers=("nope:0.5",)), CTX), model)
     with pytest.raises(InputError, match="ratio"):
-        ph.step(model, ph.Config(ratio=1.5), CTX)
-    res = ph.step(onnx.load(str(mlp_onnx)), ph.Config(), CTX)
+        apply_step(ph.PruneHeadsPass(ph.Config(ratio=1.5), CTX), model)
+    res = apply_step(ph.PruneHeadsPass(ph.Config(), CTX), onnx.load(str(mlp_onnx)))
     assert res.skipped.startswith("no prunable attention block")
 
 

@@ -4,7 +4,7 @@ from _compress_models import CTX, bn_concat_net, full_check, image, op_types, re
 from onnx import numpy_helper
 
 from deploykit.errors import InputError
-from deploykit.rewrite import prune_unstructured as pu
+from deploykit.rewrite import apply_step, prune_unstructured as pu
 
 WEIGHTS = ("w0", "wa", "wb", "wd", "fc_w")  # Conv/Gemm weights of >= 16 elements
 
@@ -24,7 +24,7 @@ def _reference(model, masks):
 
 def test_per_layer_zeroes_smallest_magnitudes_exactly():
     model = bn_concat_net()
-    res = pu.step(model, pu.Config(ratio=0.5, min_size=16), CTX)
+    res = apply_step(pu.PruneUnstructuredPass(pu.Config(ratio=0.5, min_size=16), CTX), model)
     full_check(res.model)
     assert op_types(res.model) == op_types(model)
     before, after = _inits(model), _inits(res.model)
@@ -44,7 +44,8 @@ def test_per_layer_zeroes_smallest_magnitudes_exactly():
 
 def test_global_threshold_is_shared_across_layers():
     model = bn_concat_net()
-    res = pu.step(model, pu.Config(ratio=0.6, scope="global", min_size=16), CTX)
+    res = apply_step(pu.PruneUnstructuredPass(pu.Config(ratio=0.6, scope="global", min_size=16),
+                                              CTX), model)
     before, after = _inits(model), _inits(res.model)
     names = [layer["weight"] for layer in res.details["layers"]]
     allw = np.concatenate([np.abs(before[n]).reshape(-1) for n in names])
@@ -56,9 +57,9 @@ def test_global_threshold_is_shared_across_layers():
 
 
 def test_nothing_big_enough_is_skipped_and_bad_ratio_refused():
-    res = pu.step(bn_concat_net(), pu.Config(min_size=10**6), CTX)
+    res = apply_step(pu.PruneUnstructuredPass(pu.Config(min_size=10**6), CTX), bn_concat_net())
     assert res.model is None and "no constant" in res.skipped
     with pytest.raises(InputError):
-        pu.step(bn_concat_net(), pu.Config(ratio=1.0), CTX)
+        apply_step(pu.PruneUnstructuredPass(pu.Config(ratio=1.0), CTX), bn_concat_net())
     with pytest.raises(InputError):
-        pu.step(bn_concat_net(), pu.Config(scope="net"), CTX)
+        apply_step(pu.PruneUnstructuredPass(pu.Config(scope="net"), CTX), bn_concat_net())

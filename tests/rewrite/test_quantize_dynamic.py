@@ -5,8 +5,8 @@ import pytest
 from _quant_models import conv_bn_net, mlp
 from deploykit.errors import InputError
 from deploykit.rewrite.recipe import make_step
-from deploykit.rewrite import StepContext
-from deploykit.rewrite.quantize_dynamic import step
+from deploykit.rewrite import StepContext, apply_step
+from deploykit.rewrite.quantize_dynamic import QuantizeDynamicPass
 from deploykit.fidelity import compare, run_ort
 
 
@@ -18,7 +18,7 @@ def test_dynamic_trio_matmul(tmp_path):
     model = mlp()
     ctx = StepContext(feeds={"x": np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)},
                       workdir=tmp_path)
-    res = step(model, _cfg(), ctx)
+    res = apply_step(QuantizeDynamicPass(_cfg(), ctx), model)
     ops = [n.op_type for n in res.model.graph.node]
     assert ops.count("MatMulInteger") == 2 and "MatMul" not in ops
     assert res.details["ops"]["MatMulInteger"] == 2
@@ -29,18 +29,18 @@ def test_dynamic_trio_matmul(tmp_path):
 
 def test_dynamic_leaves_conv_alone_unless_asked(tmp_path):
     ctx = StepContext(feeds={"x": np.ones((1, 3, 16, 16), np.float32)}, workdir=tmp_path)
-    res = step(conv_bn_net(), _cfg(), ctx)
+    res = apply_step(QuantizeDynamicPass(_cfg(), ctx), conv_bn_net())
     ops = [n.op_type for n in res.model.graph.node]
     assert "Conv" in ops and "ConvInteger" not in ops and not res.notes
-    res = step(conv_bn_net(), _cfg(include_conv="true"), ctx)
+    res = apply_step(QuantizeDynamicPass(_cfg(include_conv="true"), ctx), conv_bn_net())
     assert "ConvInteger" in [n.op_type for n in res.model.graph.node]
     assert any("ConvInteger" in n and "quantize-static" in n for n in res.notes)
 
 
 def test_dynamic_skips_already_quantized(tmp_path):
     ctx = StepContext(feeds={"x": np.ones((4, 64), np.float32)}, workdir=tmp_path)
-    q = step(mlp(), _cfg(), ctx).model
-    res = step(q, _cfg(), ctx)
+    q = apply_step(QuantizeDynamicPass(_cfg(), ctx), mlp()).model
+    res = apply_step(QuantizeDynamicPass(_cfg(), ctx), q)
     assert res.model is None and "already quantized" in res.skipped
 
 
@@ -50,11 +50,11 @@ def test_dynamic_keeps_sensitive_matmuls_in_fp32_until_target_cosine(tmp_path):
     ctx = StepContext(feeds={"x": rng.standard_normal((4, 64)).astype(np.float32)},
                       calibration=tuple({"x": rng.standard_normal((4, 64)).astype(np.float32)}
                                         for _ in range(2)), workdir=tmp_path)
-    plain = step(model, _cfg(), ctx)
+    plain = apply_step(QuantizeDynamicPass(_cfg(), ctx), model)
     all_int8 = min(compare(run_ort(model, b), run_ort(plain.model, b)).cosine
                    for b in (ctx.feeds, *ctx.calibration))  # what the recipe runner checks too
     target = 1 - (1 - all_int8) * 0.6  # out of reach with both MatMuls in int8
-    res = step(model, _cfg(target_cosine=str(target)), ctx)
+    res = apply_step(QuantizeDynamicPass(_cfg(target_cosine=str(target)), ctx), model)
     d = res.details
     assert d["cosine_all_int8"] == pytest.approx(all_int8)
     assert d["cosine_all_int8"] < target <= d["cosine_vs_float"]
@@ -88,7 +88,7 @@ def test_dynamic_excludes_a_gemm_by_its_own_name(tmp_path):
     model.ir_version = 8
     ctx = StepContext(feeds={"x": rng.standard_normal((4, 64)).astype(np.float32)},
                       workdir=tmp_path)
-    res = step(model, _cfg(exclude="fc", preprocess="false"), ctx)
+    res = apply_step(QuantizeDynamicPass(_cfg(exclude="fc", preprocess="false"), ctx), model)
     nodes = {n.op_type: n for n in res.model.graph.node}
     assert [n.op_type for n in res.model.graph.node].count("MatMulInteger") == 1
     assert nodes["MatMul"].input[1] == "w1"  # the Gemm's weight stays float

@@ -4,7 +4,7 @@ from _compress_models import CTX, full_check, image, load, op_types, rel_err, ru
 from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.errors import InputError
-from deploykit.rewrite import tucker as lc
+from deploykit.rewrite import apply_step, tucker as lc
 
 
 def _conv_net(w: np.ndarray, seed: int = 0):
@@ -30,7 +30,7 @@ def _tucker_weight(rng, o=32, i=24, ro=8, ri=6):
 
 def test_exact_on_a_tucker_rank_weight():
     model = _conv_net(_tucker_weight(np.random.default_rng(0)))
-    res = lc.step(model, lc.Config(energy=0.9999999), CTX)
+    res = apply_step(lc.TuckerPass(lc.Config(energy=0.9999999), CTX), model)
     full_check(res.model)
     assert op_types(res.model) == {"Conv": 3, "Relu": 1}
     layer = res.details["layers"][0]
@@ -54,9 +54,9 @@ def _reconstructed_parent(parent, out):
 
 def test_tinyresnet_matches_its_reconstruction_and_reports_real_error():
     model = load("tinyresnet")
-    res = lc.step(model, lc.Config(ratio=0.5), CTX)
+    res = apply_step(lc.TuckerPass(lc.Config(ratio=0.5), CTX), model)
     full_check(res.model)
-    fired = res.details["rule_firings"]
+    fired = res.details["fired"]
     assert fired == 8 and op_types(res.model)["Conv"] == op_types(model)["Conv"] + 2 * fired
     # the 3-channel stem is too small; the strided 1x1 shortcuts would cost more MACs
     assert {why.split(" ")[0] for why in res.details["refused"].values()} == {"3->32", "ranks"}
@@ -73,9 +73,9 @@ def test_tinyresnet_matches_its_reconstruction_and_reports_real_error():
 
 def test_refusals_and_bad_config():
     model = _conv_net(np.random.default_rng(0).standard_normal((4, 4, 3, 3)))
-    res = lc.step(model, lc.Config(), CTX)
+    res = apply_step(lc.TuckerPass(lc.Config(), CTX), model)
     assert res.model is None and "min_channels" in res.skipped
     with pytest.raises(InputError):
-        lc.step(model, lc.Config(ratio=0.0), CTX)
+        apply_step(lc.TuckerPass(lc.Config(ratio=0.0), CTX), model)
     with pytest.raises(InputError):
-        lc.step(model, lc.Config(energy=2.0), CTX)
+        apply_step(lc.TuckerPass(lc.Config(energy=2.0), CTX), model)

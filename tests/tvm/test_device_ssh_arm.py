@@ -83,3 +83,60 @@ def test_check_against_across_two_bundles_on_emulated_aarch64(arm_ssh, tmp_path,
     for side in ("old_report", "new_report"):
         assert r[side]["labels"] == ["emulated"]
         assert r[side]["env"]["device"]["machine"] == "aarch64"
+
+
+def test_tvm_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, arm_device, tmp_path,
+                                                          capsys):
+    """The aarch64 TVM bundle (cross-compiled library, aarch64 TVM runtime, C++ runner) timed
+    by its runner on the emulated device: the device's sh is the arm64 rootfs's under qemu
+    (tools/arm_device.py runner-shell), no Python involved on the device."""
+    device, _, folder = arm_ssh
+    arm = arm_device[0]
+    target = tmp_path / "tvm-aarch64-emu.toml"
+    text = (REPO / "targets" / "tvm-aarch64.toml").read_text()
+    text = text.replace('name = "tvm-aarch64"', 'name = "tvm-aarch64-emu"')
+    target.write_text(text.replace('shell = "sh"', f"shell = {json.dumps(arm.runner_shell())}\n"
+                                                   "emulated = true"))
+    model = conv_relu_gemm(tmp_path / "conv.onnx")
+    store = tmp_path / "runs.db"
+    rc = main(["profile", str(model), "-t", str(target), "--device", device, "--threads", "1",
+               "--shape", "x=1,3,16,16", "--max-time", "2", "--json", str(tmp_path / "r.json"),
+               "--store", str(store), "--no-strict"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "self-test passed (y ok)" in out and "emulated aarch64" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert "emulated" in rep["labels"] and any("untuned" in x for x in rep["labels"])
+    dev = rep["env"]["device"]
+    assert dev["machine"] == "aarch64" and dev["runtime"] == "tvm"  # qemu's uname: the guest's
+    assert rep["env"]["peak_rss_kb"] > 0 and rep["session_create_ms"] > 0
+    assert len(rep["samples_ms"]) >= 10 and rep["target_config"]["threads"] == 1
+    with sqlite3.connect(store) as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == 1
+    manifests = [json.loads(p.read_text()) for p in (folder / "bundles").glob("*/manifest.json")]
+    assert any(m["runtime"].get("arch") == "aarch64" and m["runtime"]["backend"] == "tvm"
+               for m in manifests)
+
+
+def test_openvino_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, arm_device, tmp_path,
+                                                               capsys):
+    """targets/openvino-aarch64.toml on the emulated device: the bundle's IR compiled by the
+    aarch64 openvino wheel's CPU plugin under qemu (tools/arm_device.py ov-python), self-tested
+    and timed there by the bundle's Python timing mode."""
+    device, _, folder = arm_ssh
+    arm = arm_device[0]
+    target = tmp_path / "openvino-aarch64-emu.toml"
+    text = (REPO / "targets" / "openvino-aarch64.toml").read_text()
+    text = text.replace('name = "openvino-aarch64"', 'name = "openvino-aarch64-emu"\nemulated = true')
+    target.write_text(text.replace('python = "python3"', f"python = {json.dumps(arm.ov_python())}"))
+    model = conv_relu_gemm(tmp_path / "conv.onnx")
+    rc = main(["profile", str(model), "-t", str(target), "--device", device, "--threads", "1",
+               "--shape", "x=1,3,16,16", "--max-time", "2", "--json", str(tmp_path / "r.json"),
+               "--no-store", "--no-strict"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "self-test passed (y ok)" in out and "aarch64, openvino" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["labels"] == ["emulated"] and rep["env"]["device"]["machine"] == "aarch64"
+    assert rep["env"]["openvino"] and rep["target_config"]["threads"] == 1
+    assert len(rep["samples_ms"]) >= 10 and rep["env"]["peak_rss_kb"] > 0

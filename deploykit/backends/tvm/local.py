@@ -35,6 +35,13 @@ def _tvm(threads: int | None = None):
     return tvm
 
 
+def rpc_key(config: Mapping[str, Any]) -> str | None:
+    """The TVM RPC device key (`--device KEY`); a `[device]` table is instead what a board
+    reached with --device ssh:// or adb:// needs (bundle/device_sh.py)."""
+    key = config.get("device")
+    return key if isinstance(key, str) and key else None
+
+
 class TvmTarget(Target):
     """A TVM target from its TOML: `tvm_target` (a JSON target dict), `remote`, `rpc`, ..."""
 
@@ -54,7 +61,7 @@ class TvmTarget(Target):
 
     @property
     def remote(self) -> bool:
-        return bool(self.config.get("remote") or self.config.get("device")
+        return bool(self.config.get("remote") or rpc_key(self.config)
                     or self.config.get("tracker"))
 
     def unavailable_reason(self) -> str | None:

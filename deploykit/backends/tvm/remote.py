@@ -21,6 +21,7 @@ from ...core import Block, LatencyReport, ModelRef, OpTime, TimingPlan, stable_h
 from ...errors import DeployKitError, TargetError, first_line
 from . import build as tvm_build
 from .build import EMULATED_LABEL, _to_numpy
+from .local import rpc_key
 
 
 def export_library(built: tvm_build.Built, target, model: ModelRef) -> Path:
@@ -60,7 +61,7 @@ class RemoteTvmArtifact(Artifact):
         self.session = None
         self.where = ""
         self.connect_ms = self.upload_ms = self.first_ms = float("nan")
-        key = str(target.config.get("device") or "")
+        key = rpc_key(target.config) or ""
         self.emulated = bool(target.config.get("emulated")) if not key else "emu" in key
         self.labels = built.labels + ((EMULATED_LABEL,) if self.emulated else ())
 
@@ -85,7 +86,7 @@ class RemoteTvmArtifact(Artifact):
         cfg = self.target.config
         t0 = time.perf_counter()
         self.session, self.where = rpc.connect(
-            cfg.get("device"), cfg.get("tracker"), cfg.get("rpc"),
+            rpc_key(cfg), cfg.get("tracker"), cfg.get("rpc"),
             session_timeout=float(cfg.get("session_timeout", 0)),
             notify=lambda msg: print(f"deploykit: {msg}", file=sys.stderr))
         self.connect_ms = (time.perf_counter() - t0) * 1e3

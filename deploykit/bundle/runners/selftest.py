@@ -3,13 +3,15 @@ only if all of it holds -- run the bundle's model on the golden inputs and compa
 outputs at the recorded tolerance.
 
 This file is copied into every bundle as `selftest.py` and must stay standalone: Python stdlib +
-numpy, plus onnxruntime (ORT bundles) or the tvm runtime (TVM bundles) on the device.
+numpy, plus onnxruntime (ORT bundles), openvino (OpenVINO bundles) or the tvm runtime (TVM
+bundles) on the device.
 `deploykit verify` imports this same module from the installed package, never the bundle's copy.
 
     python3 selftest.py [BUNDLE_DIR]     exit 0 pass, 1 verification failed, 2 unusable bundle
     python3 selftest.py [BUNDLE_DIR] --time OUT.json [--max-time S] [--threads N]
         ORT bundles: the self-test first (a bundle that fails it is not timed), then the timing
         mode of runners/timing.py (copied into the bundle as dk_timing.py), one JSON to OUT.
+        (TVM bundles: `sh selftest.sh --time OUT.json`, the C++ runner's own timing mode.)
 """
 
 from __future__ import annotations
@@ -204,6 +206,18 @@ def run_tvm(bundle: Path, manifest: Mapping[str, Any], feeds: Mapping[str, Any])
     return flatten_tvm(out)
 
 
+def run_openvino(bundle: Path, manifest: Mapping[str, Any],
+                 feeds: Mapping[str, Any]) -> list[Any]:
+    """The bundle's OpenVINO IR compiled by the CPU plugin with the target's properties."""
+    import openvino as ov
+
+    core = ov.Core()
+    props = dict((manifest.get("openvino") or {}).get("properties") or {})
+    compiled = core.compile_model(str(bundle / manifest["runtime"]["model"]), "CPU", props)
+    res = compiled.create_infer_request().infer({k: v for k, v in feeds.items()})
+    return [res[compiled.output(o["name"])] for o in manifest["outputs"]]
+
+
 def flatten_tvm(out: Any) -> list[Any]:
     if hasattr(out, "numpy"):
         return [out.numpy()]
@@ -211,7 +225,7 @@ def flatten_tvm(out: Any) -> list[Any]:
 
 
 RUNNERS: dict[str, Callable[[Path, Mapping[str, Any], Mapping[str, Any]], list[Any]]] = {
-    "ort": run_ort, "tvm": run_tvm}
+    "ort": run_ort, "tvm": run_tvm, "openvino": run_openvino}
 
 
 def selftest(bundle: Path, run: Callable | None = None) -> tuple[list[str], list[dict[str, Any]]]:
@@ -258,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     if lines[-1] != "PASS":
         return 1
+    if timing_args and load_manifest(bundle)["runtime"]["backend"] == "tvm":
+        print("selftest: error: a TVM bundle times itself with its C++ runner: "
+              "sh selftest.sh --time OUT.json", file=sys.stderr)
+        return 2
     if timing_args:
         sys.dont_write_bytecode = True  # a __pycache__ in the bundle would be an extra file
         sys.path.insert(0, str(Path(__file__).resolve().parent))

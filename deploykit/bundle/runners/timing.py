@@ -1,8 +1,9 @@
 """A bundle that times itself: the on-device half of `deploykit profile --device ssh://...`.
 
-Copied into every ORT bundle as `dk_timing.py` and run by `selftest.py --time OUT.json` after the
-self-test passed, so it must stay standalone like selftest.py: Python stdlib + numpy +
-onnxruntime on the device, no deploykit. It follows deploykit's methodology
+Copied into every ORT and OpenVINO bundle as `dk_timing.py` and run by `selftest.py --time
+OUT.json` after the self-test passed, so it must stay standalone like selftest.py: Python stdlib +
+numpy + onnxruntime (or openvino) on the device, no deploykit. (TVM bundles time themselves with
+their C++ runner: dk_timing.h, the same rules in C++.) It follows deploykit's methodology
 (measure/timing.py): session creation timed (init), the first inference timed alone, warm-up
 until the running median settles, then timed blocks of ~0.5 s keeping every per-iteration
 sample and the foreign CPU load of each block (/proc/stat), until the 95% CI of the median of
@@ -166,10 +167,9 @@ def _read(path: str) -> str | None:
         return None
 
 
-def fingerprint() -> dict[str, Any]:
+def fingerprint(backend: str = "ort") -> dict[str, Any]:
     """What this device is: CPU, cores, frequency policy, OS, runtime versions."""
     import numpy as np
-    import onnxruntime as ort
 
     info: dict[str, str] = {}
     text = _read("/proc/cpuinfo") or ""
@@ -196,8 +196,18 @@ def fingerprint() -> dict[str, Any]:
             "cur_freq_mhz": int(cur) / 1000 if cur and cur.isdigit() else None,
             "max_freq_mhz": int(mx) / 1000 if mx and mx.isdigit() else None,
             "os": f"{platform.system()} {platform.release()}", "hostname": platform.node(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
+            "python": platform.python_version(), "numpy": np.__version__, **_runtime(backend)}
+
+
+def _runtime(backend: str) -> dict[str, Any]:
+    if backend == "openvino":
+        import openvino as ov
+
+        return {"runtime": "openvino", "openvino": ov.get_version(),
+                "ov_devices": list(ov.Core().available_devices)}
+    import onnxruntime as ort
+
+    return {"onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
 
 
 def session_options(config: Mapping[str, Any], threads: int | None):
@@ -244,15 +254,18 @@ class _Bundle:
 
         self.folder = folder
         self.manifest = json.loads((folder / "manifest.json").read_text())
-        if self.manifest["runtime"]["backend"] != "ort":
-            raise SystemExit("selftest: error: the timing mode runs ORT bundles")
+        self.backend = self.manifest["runtime"]["backend"]
+        if self.backend not in ("ort", "openvino"):
+            raise SystemExit("selftest: error: this timing mode runs ORT and OpenVINO bundles")
         self.config = (self.manifest.get("target") or {}).get("config") or {}
         self.threads = threads
         with np.load(folder / self.manifest["golden"]["inputs"], allow_pickle=False) as data:
             self.feeds = {k: data[k] for k in data.files}
 
     def session(self):
-        """(callable running one inference, session options, creation ms)."""
+        """(callable running one inference, threads it uses, creation ms)."""
+        if self.backend == "openvino":
+            return self._ov_session()
         import onnxruntime as ort
 
         so = session_options(self.config, self.threads)
@@ -265,18 +278,41 @@ class _Bundle:
         def fn() -> None:
             run(names, feeds)
 
-        return fn, so, init_ms
+        return fn, so.intra_op_num_threads, init_ms
 
-    def document(self, so, phases, samples, blocks, reason, plan) -> dict[str, Any]:
+    def _ov_session(self):
+        """The IR compiled with the bundle's properties (threads overridden by --threads), one
+        infer request with the feeds bound once, as backends/openvino.py times it."""
+        import openvino as ov
+
+        props = dict((self.manifest.get("openvino") or {}).get("properties") or {})
+        if self.threads:
+            props["INFERENCE_NUM_THREADS"] = int(self.threads)
+        t0 = time.perf_counter_ns()
+        compiled = ov.Core().compile_model(str(self.folder / self.manifest["runtime"]["model"]),
+                                           "CPU", props)
+        req = compiled.create_infer_request()
+        init_ms = (time.perf_counter_ns() - t0) / 1e6
+        for name, a in self.feeds.items():
+            req.set_tensor(compiled.input(name), ov.Tensor(a, shared_memory=True))
+        threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+
+        def fn() -> None:
+            req.infer(share_outputs=True)
+
+        return fn, threads, init_ms
+
+    def document(self, threads, phases, samples, blocks, reason, plan) -> dict[str, Any]:
         first = next(iter(self.feeds.values()), None)
         m = self.manifest
         return {"schema": SCHEMA, "manifest_sha256": m.get("manifest_sha256"),
                 "artifact_id": m.get("artifact_id"),
                 "model_sha256": (m.get("model") or {}).get("sha256"),
-                "threads": so.intra_op_num_threads, "plan": plan, "phases": phases,
+                "threads": threads, "plan": plan, "phases": phases,
                 "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
                 "samples_ms": samples, "blocks": blocks, "stop_reason": reason,
-                "peak_rss_kb": peak_rss_kb(), "device": fingerprint(), "created": time.time()}
+                "peak_rss_kb": peak_rss_kb(), "device": fingerprint(self.backend),
+                "created": time.time()}
 
 
 def _write(dest: Path, doc: Any) -> None:
@@ -290,11 +326,11 @@ def rounds(old: _Bundle, new: _Bundle, a: Mapping[str, Any]) -> list[dict[str, A
     series = [([], [], {}), ([], [], {})]  # samples, blocks, phases
     mon = LoadMonitor()
     t_start, n, clock = time.perf_counter(), 0, time.perf_counter_ns
-    sos = [None, None]
+    nthreads = [0, 0]
     while True:
         made = []
         for i, b in enumerate((old, new)):
-            fn, sos[i], init_ms = b.session()
+            fn, nthreads[i], init_ms = b.session()
             first = _time_once(fn)
             warm = warm_up(fn, min_s=0.05, max_s=a["warmup_max"])
             if not series[i][2]:
@@ -327,7 +363,8 @@ def rounds(old: _Bundle, new: _Bundle, a: Mapping[str, Any]) -> list[dict[str, A
             break
     plan = {"rounds": n, "round_time_s": a["round_time"], "sub_block_s": a["sub_block"],
             "max_time_s": a["max_time"]}
-    return [b.document(sos[i], series[i][2], series[i][0], series[i][1], "time-cap", plan)
+    return [b.document(nthreads[i], series[i][2], series[i][0], series[i][1], "time-cap",
+                       plan)
             for i, b in enumerate((old, new))]
 
 
@@ -347,14 +384,14 @@ def main(argv: Sequence[str]) -> int:
         _write(Path(a["time"]), {"schema": SCHEMA, "rounds": docs})
         print(f"timed in {docs[0]['plan']['rounds']} interleaved rounds -> {a['time']}")
         return 0
-    fn, so, init_ms = new.session()
+    fn, threads, init_ms = new.session()
     first_ms = _time_once(fn)
     warm = warm_up(fn)
     samples, blocks, reason = time_blocks(fn, block_s=a["block"], max_time_s=a["max_time"],
                                           rel_ci=a["rel_ci"])
     plan = {"block_s": a["block"], "max_time_s": a["max_time"], "rel_ci": a["rel_ci"]}
     phases = {"init_ms": init_ms, "first_inference_ms": first_ms, "warmup_samples": warm}
-    _write(Path(a["time"]), new.document(so, phases, samples, blocks, reason, plan))
+    _write(Path(a["time"]), new.document(threads, phases, samples, blocks, reason, plan))
     print(f"timed: {len(samples)} samples in {len(blocks)} blocks ({reason}), "
           f"median {_median(samples):.4g} ms -> {a['time']}")
     return 0

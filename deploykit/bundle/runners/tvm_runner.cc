@@ -2,6 +2,15 @@
 // compares with the golden outputs, with nothing but libtvm_runtime + libtvm_ffi on the device.
 //
 //   dk_runner MODEL.so INPUTS.npz OUTPUTS.npz [--tol NAME:ATOL:RTOL]... [--repeat N]
+//   dk_runner MODEL.so INPUTS.npz OUTPUTS.npz [--tol ...]... --time OUT.json [--max-time S]
+//             [--block S] [--rel-ci X] [--threads N] [--manifest manifest.json]
+//
+// With --time, after the self-test passed (a bundle that fails it is not timed), the bundle
+// times itself with deploykit's methodology (dk_timing.h, beside this file) and writes the
+// deploykit-device-timing/1 JSON that `deploykit profile --device ssh://...` reads back. The
+// thread count (--threads, else $TVM_NUM_THREADS, else the manifest's target threads, else all
+// online cores) is set as TVM_NUM_THREADS before the runtime starts, so the one reported is the
+// one used.
 //
 // INPUTS.npz holds the model inputs in argument order; OUTPUTS.npz the expected outputs in
 // return order. Both must be uncompressed (numpy.savez). An element passes when
@@ -27,6 +36,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "dk_timing.h"
 
 namespace {
 
@@ -167,6 +178,25 @@ void flatten(const tvm::ffi::Any& ret, std::vector<tvm::ffi::Tensor>* out) {
   }
 }
 
+double number(const std::string& flag, const char* v) {
+  char* end = nullptr;
+  double x = std::strtod(v, &end);
+  if (end == v || *end || !(x > 0) || !std::isfinite(x)) throw Usage(flag + " must be a positive number");
+  return x;
+}
+
+// --threads, else $TVM_NUM_THREADS, else the target's threads in the manifest, else all cores.
+int choose_threads(int given, dk::JsonReader& manifest) {
+  if (given > 0) return given;
+  const char* env = std::getenv("TVM_NUM_THREADS");
+  if (env && std::atoi(env) > 0) return std::atoi(env);
+  std::string t;
+  if (manifest.find({"target", "config", "threads"}, &t) && std::atoi(t.c_str()) > 0)
+    return std::atoi(t.c_str());
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -174,24 +204,58 @@ int main(int argc, char** argv) {
     std::vector<std::string> pos;
     std::map<std::string, std::pair<double, double>> tol;
     int repeat = 1;
+    dk::Options topt;
+    bool timing = false;
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
-      if (a == "--tol" && i + 1 < argc) {
+      bool has = i + 1 < argc;
+      if (a == "--tol" && has) {
         std::string v = argv[++i];
-        size_t c2 = v.rfind(':'), c1 = v.rfind(':', c2 - 1);
+        size_t c2 = v.rfind(':'), c1 = c2 == std::string::npos || c2 == 0 ? std::string::npos
+                                                                          : v.rfind(':', c2 - 1);
         if (c1 == std::string::npos || c2 == std::string::npos) throw Usage("bad --tol " + v);
         tol[v.substr(0, c1)] = {std::stod(v.substr(c1 + 1, c2 - c1 - 1)), std::stod(v.substr(c2 + 1))};
-      } else if (a == "--repeat" && i + 1 < argc) {
+      } else if (a == "--repeat" && has) {
         repeat = std::max(1, std::stoi(argv[++i]));
+      } else if (a == "--time" && has) {
+        topt.out = argv[++i];
+        timing = true;
+      } else if (a == "--max-time" && has) {
+        topt.max_time_s = number(a, argv[++i]);
+      } else if (a == "--block" && has) {
+        topt.block_s = number(a, argv[++i]);
+      } else if (a == "--rel-ci" && has) {
+        topt.rel_ci = number(a, argv[++i]);
+      } else if (a == "--threads" && has) {
+        topt.threads = static_cast<int>(number(a, argv[++i]));
+        if (topt.threads < 1) throw Usage("--threads must be a positive integer");
+      } else if (a == "--manifest" && has) {
+        topt.manifest = argv[++i];
+      } else if (a.rfind("--", 0) == 0) {
+        throw Usage("unknown option or missing value: " + a);
       } else {
         pos.push_back(a);
       }
     }
     if (pos.size() != 3)
-      throw Usage("usage: dk_runner MODEL.so INPUTS.npz OUTPUTS.npz [--tol NAME:ATOL:RTOL]... [--repeat N]");
+      throw Usage("usage: dk_runner MODEL.so INPUTS.npz OUTPUTS.npz [--tol NAME:ATOL:RTOL]... "
+                  "[--repeat N] [--time OUT.json [--max-time S] [--threads N]]");
+    if (timing && repeat != 1) throw Usage("--time and --repeat do not go together");
+    std::string manifest_text;
+    int threads = 0;
+    if (timing) {
+      manifest_text = dk::read_file(topt.manifest);
+      if (manifest_text.empty()) throw Usage("--time needs the bundle's " + topt.manifest);
+      dk::JsonReader m(manifest_text);
+      threads = choose_threads(topt.threads, m);
+      // read by the runtime's thread pool when it starts, i.e. after this
+      setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), 1);
+    }
     std::vector<Array> inputs = read_npz(pos[1]);
     std::vector<Array> golden = read_npz(pos[2]);
 
+    // init: the library loaded and the VM made ready, as a session is created
+    int64_t t_init = dk::now_ns();
     // dlopen searches the library path for a bare file name: make it a path.
     std::string lib_path = pos[0].find('/') == std::string::npos ? "./" + pos[0] : pos[0];
     tvm::ffi::Module lib = tvm::ffi::Module::LoadFromFile(lib_path);
@@ -199,17 +263,15 @@ int main(int argc, char** argv) {
     // One CPU device with the pooled allocator, as tvm.relax.VirtualMachine(lib, tvm.cpu()) does.
     vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
     tvm::ffi::Function entry = vm->GetFunction("main").value();
+    double init_ms = (dk::now_ns() - t_init) / 1e6;
 
     std::vector<tvm::ffi::Tensor> args;
     for (const Array& a : inputs) args.push_back(to_tensor(a));
     std::vector<tvm::ffi::AnyView> views(args.begin(), args.end());
     std::vector<double> ms;
     tvm::ffi::Any ret;
-    for (int r = 0; r < repeat; ++r) {
-      auto t0 = std::chrono::steady_clock::now();
-      entry.CallPacked(views.data(), static_cast<int32_t>(views.size()), &ret);
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
+    auto run = [&]() { entry.CallPacked(views.data(), static_cast<int32_t>(views.size()), &ret); };
+    for (int r = 0; r < repeat; ++r) ms.push_back(dk::time_once(run));  // the first: cold
     std::vector<tvm::ffi::Tensor> outs;
     flatten(ret, &outs);
     if (outs.size() != golden.size())
@@ -245,11 +307,22 @@ int main(int argc, char** argv) {
                   bad ? "FAIL" : "ok");
       ok = ok && bad == 0;
     }
+    outs.clear();
     std::vector<double> sorted = ms;
     std::sort(sorted.begin(), sorted.end());
     std::printf("runs=%d median_ms=%.3f first_ms=%.3f\n", repeat, sorted[sorted.size() / 2], ms[0]);
     std::printf("%s\n", ok ? "PASS" : "FAIL");
-    return ok ? 0 : 1;
+    std::fflush(stdout);
+    if (!ok || !timing) return ok ? 0 : 1;  // a bundle that fails its self-test is not timed
+
+    size_t warm = dk::warm_up(run);
+    dk::Timing t = dk::time_blocks(run, topt.block_s, topt.max_time_s, topt.rel_ci);
+    long batch = inputs.empty() || inputs[0].shape.empty() ? 1 : static_cast<long>(inputs[0].shape[0]);
+    dk::JsonReader m(manifest_text);
+    dk::write_document(topt, m, threads, batch, {init_ms, ms[0], warm}, t);
+    std::printf("timed: %zu samples in %zu blocks (%s), median %.4g ms -> %s\n", t.samples_ms.size(),
+                t.blocks.size(), t.stop_reason.c_str(), dk::median(t.samples_ms), topt.out.c_str());
+    return 0;
   } catch (const Usage& e) {
     std::fprintf(stderr, "dk_runner: %s\n", e.what());
     return 2;

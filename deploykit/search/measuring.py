@@ -1,0 +1,166 @@
+"""Measuring candidates: on the target variant each one runs on, reused from the results store
+when the same model was timed the same way before. On a runtime other than the verification one
+(ORT's CPU provider) a candidate's outputs are checked there first: a runtime may compute an
+int8 model differently, and a candidate below the floor on its own runtime is never timed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ..backends.base import Target
+from ..core import LatencyReport, ModelRef, TimingPlan, stable_hash
+from .build import Builder
+from .keys import feeds_digest, measurement_key, reference_runtime, target_fp
+from .result import Row, json_default
+
+# --eval mode: a runtime other than ORT must give the same file's outputs within this cosine
+RUNTIME_AGREEMENT = 0.99
+
+
+class Measurer:
+    """Whole and per-unit measurements of a search's candidates, with the store's reuse."""
+
+    def __init__(self, target: Target, target_spec: str, threads: int | None, store,
+                 builder: Builder, unit_plan: TimingPlan):
+        self.target, self.spec, self.threads = target, target_spec, threads
+        self.store, self.builder, self.unit_plan = store, builder, unit_plan
+        self.targets: dict[tuple, Target] = {(): self.target}  # by candidate options
+        self.feeds = builder.feeds
+        self.feeds_id = feeds_digest(self.feeds)
+        self.now = self.reused = 0  # whole measurements made now / found in the store
+        self._ref_outputs: list[list[np.ndarray]] | None = None
+
+    def target_of(self, options: tuple) -> Target:
+        if options not in self.targets:
+            from .candidates import target_for
+
+            opts = dict(options)
+            if self.threads is not None and "threads" not in opts:
+                opts["threads"] = self.threads
+            self.targets[options] = target_for(self.spec, self.target.config,
+                                               tuple(sorted(opts.items())))
+        return self.targets[options]
+
+    def whole(self, row: Row, plan: TimingPlan) -> LatencyReport | None:
+        """Time the candidate whole on its target variant; None (row rejected, nothing timed)
+        when its outputs on a runtime other than the reference one miss the fidelity floor."""
+        target = self.target_of(row.cand.options)
+        art = None
+        try:
+            if not reference_runtime(target):
+                art = self.runtime_fidelity(row, target)
+                if row.status != "ok":
+                    return None
+            key = measurement_key("whole", row.sha256, target, plan, self.feeds_id)
+            rep = self.store.get_measurement(key)
+            if rep is not None:
+                self.reused += 1
+                row.reused = True
+            else:
+                art = art or target.compile(ModelRef.from_path(row.path))
+                rep = target.profile(art, self.feeds, plan, per_op=False)
+                self.store.put_measurement(key, rep, model=ModelRef.from_path(row.path))
+                self.now += 1
+        finally:
+            if art is not None:
+                art.close()
+        row.measured = {"median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
+                        "n": len(rep.samples_ms), "stop_reason": rep.stop_reason,
+                        "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction,
+                        "state": rep.validity.state}
+        return rep
+
+    def runtime_fidelity(self, row: Row, target: Target):
+        """Fidelity of the candidate as `target` runs it: ORT (the verification runtime) and,
+        say, OpenVINO's CPU plugin need not compute the same int8 model alike (OpenVINO
+        quantizes the activations of int8-weight MatMuls at run time). Cosine mode: the worse of
+        the ORT cosine and the runtime's (its outputs vs the original model's on ORT) becomes
+        the row's fidelity, and a row below the floor is rejected before it is timed. --eval
+        mode (the metric runs on ORT): the runtime must agree with ORT on the same file (cosine
+        >= RUNTIME_AGREEMENT). Returns the compiled artifact (reused for timing), or None when
+        the result came from OUTDIR/.work."""
+        from ..fidelity import Fidelity, compare, run_ort, worst
+        from ..fsutil import write_text_atomic
+
+        b = self.builder
+        cache = b.work / "runtime-fidelity" / (
+            stable_hash(row.sha256, target_fp(target), b.key) + ".json")
+        art = None
+        if cache.exists():
+            fid = Fidelity(**json.loads(cache.read_text()))
+        else:
+            art = target.compile(ModelRef.from_path(row.path))
+            batches = b.verify_batches()
+            if b.eval_fn is None:
+                if self._ref_outputs is None:
+                    self._ref_outputs = [run_ort(b.source.path, x) for x in batches]
+                refs = self._ref_outputs
+            else:
+                refs = [run_ort(row.path, x) for x in batches]
+            fid = worst([compare(r, art.run(x)) for r, x in zip(refs, batches)])
+            write_text_atomic(cache, json.dumps(asdict(fid), default=json_default))
+        against = "the original on ORT" if b.eval_fn is None else "the same file on ORT"
+        row.fidelity_detail = {**row.fidelity_detail,
+                               "runtime": {"target": target.name, "against": against,
+                                           **fid.to_dict()}}
+        if not row.cand.steps and not row.cand.options:
+            return art  # the baseline as the user's target runs it: the reference point
+        floor = b.min_fidelity if b.eval_fn is None else RUNTIME_AGREEMENT
+        if not fid.finite or not fid.shapes_match or not fid.cosine >= floor:
+            row.status = "rejected"
+            row.reason = (f"on {target.name}: cosine {fid.cosine:.4f} vs {against} "
+                          f"< {floor}")
+        elif b.eval_fn is None:
+            row.fidelity = min(row.fidelity, fid.cosine) if row.fidelity is not None \
+                else fid.cosine
+        return art
+
+    def time_unit(self, target: Target, sig: str, path: Path,
+                  feeds: Mapping[str, np.ndarray]) -> float:
+        """Time one layer unit (a layer table's entry) and keep it in the store."""
+        key = measurement_key("unit", sig, target, self.unit_plan, "unit")
+        art = target.compile(ModelRef.from_path(path))
+        try:
+            rep = target.profile(art, feeds, self.unit_plan, per_op=False)
+        finally:
+            art.close()
+        self.store.put_measurement(key, rep)
+        return rep.median_ms
+
+    def lookup_unit(self, target: Target, sig: str) -> float | None:
+        rep = self.store.get_measurement(
+            measurement_key("unit", sig, target, self.unit_plan, "unit"))
+        return None if rep is None else rep.median_ms
+
+    def compare(self, base: Row, best: Row, plan: TimingPlan) -> list[LatencyReport]:
+        """The baseline and a candidate measured interleaved (each on its own target variant)."""
+        from ..measure.timing import compare
+
+        # Targets as deployed (spinning included): measure_many alternates blocks of ~0.25 s, so
+        # the idle session's pool is asleep while the other one runs. Turning spinning off here
+        # would time a configuration nobody deploys (it slows 2-thread runs of small models).
+        ta, tb = self.target_of(()), self.target_of(best.cand.options)
+        keys = [measurement_key("final:0", f"{base.sha256}|{best.sha256}|{best.cand.id}", ta,
+                                plan, self.feeds_id),
+                measurement_key("final:1", f"{base.sha256}|{best.sha256}|{best.cand.id}", tb,
+                                plan, self.feeds_id)]
+        got = [self.store.get_measurement(k) for k in keys]
+        if all(got):
+            self.reused += 1
+            return got
+        arts = [ta.compile(ModelRef.from_path(base.path)), tb.compile(ModelRef.from_path(best.path))]
+        try:
+            comp = compare(arts, [self.feeds, self.feeds], plan, per_op=True,
+                           names=["baseline", best.cand.name])
+        finally:
+            for a in arts:
+                a.close()
+        for k, rep, r in zip(keys, comp.reports, (base, best)):
+            self.store.put_measurement(k, rep, model=ModelRef.from_path(r.path))
+        self.now += 1
+        return list(comp.reports)
