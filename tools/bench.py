@@ -98,9 +98,38 @@ def _torch_model(name: str):
     raise SystemExit(f"unknown model {name}")
 
 
+# (scale of the shorter side, where): the views real_photos takes of each photo
+PHOTO_VIEWS = ((1.0, "center"), (0.8, "top-left"), (0.8, "bottom-right"))
+
+
+def photo_views(img: np.ndarray, views=PHOTO_VIEWS, size: int = 224) -> list[np.ndarray]:
+    """Square crops of an RGB float image in [0, 1] (each also mirrored), resized to size."""
+    from skimage import transform
+
+    h, w = img.shape[:2]
+    out = []
+    for scale, where in views:
+        c = int(min(h, w) * scale)
+        top = {"center": (h - c) // 2, "top-left": 0, "top-right": 0}.get(where, h - c)
+        left = {"center": (w - c) // 2, "top-left": 0, "bottom-left": 0}.get(where, w - c)
+        crop = img[top:top + c, left:left + c]
+        for flip in (False, True):
+            out.append(transform.resize(crop[:, ::-1] if flip else crop, (size, size),
+                                        anti_aliasing=True))
+    return out
+
+
+def imagenet_normalize(imgs: list[np.ndarray]) -> np.ndarray:
+    """HWC images in [0, 1] -> ImageNet-normalised float32 NCHW."""
+    x = np.stack(imgs).astype(np.float32)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
+
+
 def real_photos(size: int = 224) -> np.ndarray:
     """scikit-image's real photos plus deterministic crops and flips, ImageNet-normalised NCHW."""
-    from skimage import data, transform
+    from skimage import data
 
     names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
              "motorcycle_left"]
@@ -112,19 +141,8 @@ def real_photos(size: int = 224) -> np.ndarray:
             continue
         if img.ndim != 3 or img.shape[2] < 3:
             continue
-        img = img[..., :3].astype(np.float32) / 255.0
-        h, w = img.shape[:2]
-        s = min(h, w)
-        crops = [img[(h - s) // 2:(h + s) // 2, (w - s) // 2:(w + s) // 2],
-                 img[: int(s * 0.8), : int(s * 0.8)], img[h - int(s * 0.8):, w - int(s * 0.8):]]
-        for c in crops:
-            for flip in (False, True):
-                r = transform.resize(c[:, ::-1] if flip else c, (size, size), anti_aliasing=True)
-                imgs.append(r)
-    x = np.stack(imgs).astype(np.float32)
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
-    return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
+        imgs += photo_views(img[..., :3].astype(np.float32) / 255.0, PHOTO_VIEWS, size)
+    return imagenet_normalize(imgs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from .calibration import SYNTHETIC_WARNING
 from ..errors import DeployKitError, InputError
 from . import StepPass
-from .quantize_static import quantized_ops
+from .quantize_static import name_nodes, quantized_ops
 
 PRESETS = ("auto", "performance", "mixed")
 MODEL_TYPES = ("auto", "transformer", "default")
@@ -35,6 +35,7 @@ class Config:
     subset_size: int = 300  # calibration batches used at most
     model_type: str = "auto"  # auto: transformer when the graph has MatMul and Softmax
     fast_bias_correction: bool = True
+    exclude: tuple[str, ...] = ()  # node names kept in fp32 (NNCF's IgnoredScope; debug --fix)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -111,17 +112,20 @@ class NncfInt8Pass(StepPass, ir.passes.FunctionalPass):
         subset = min(cfg.subset_size, len(batches))
         preset = cfg.preset if cfg.preset != "auto" else "mixed" if transformer else "performance"
         work = ir.to_proto(model)  # a fresh proto: nncf's preprocessing edits its input in place
+        name_nodes(work)  # so that every node can be excluded and reported by name
         with quiet_nncf("nncf-int8"):
             qmodel = nncf.quantize(
                 work, nncf.Dataset(batches), subset_size=subset,
                 preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
                 model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                fast_bias_correction=cfg.fast_bias_correction)
+                fast_bias_correction=cfg.fast_bias_correction,
+                ignored_scope=nncf.IgnoredScope(names=list(cfg.exclude)) if cfg.exclude else None)
         n_q = sum(n.op_type == "QuantizeLinear" for n in qmodel.graph.node)
         if n_q == 0:
             return self.skip(model, "nncf placed no quantizer in this model")
         notes = [f"nncf-int8: {SYNTHETIC_WARNING}"] if ctx.calibration_is_synthetic else []
         details = {"preset": preset, "model_type": "transformer" if transformer else "default",
                    "calibration_batches": subset, "quantize_linear_nodes": n_q,
-                   "fast_bias_correction": cfg.fast_bias_correction}
+                   "fast_bias_correction": cfg.fast_bias_correction,
+                   "excluded_nodes": list(cfg.exclude)}
         return self.done(ir.from_proto(qmodel), notes=notes, details=details)

@@ -193,3 +193,25 @@ def test_models_that_do_not_belong_together(models, tmp_path, capsys):
     assert "different inputs" in capsys.readouterr().err
     assert main(["debug", str(models["ref"]), str(tmp_path / "nope.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_quantized_nodes_count_a_layer_with_a_float_bias():
+    """NNCF leaves a Gemm/Conv bias float beside int8 weights: the layer is still quantized (so
+    --fix can keep it in float); a layer reading float weights is not."""
+    from onnx import TensorProto, helper
+
+    f32 = lambda *s: np.ones(s, np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(np.ones((4, 4), np.int8), "w_q"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array(128, np.uint8), "za"),
+             numpy_helper.from_array(f32(4), "bias"), numpy_helper.from_array(f32(4, 4), "w_f")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "za"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "za"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w_q", "s", "z"], ["wd"], name="dqw"),
+             helper.make_node("Gemm", ["xd", "wd", "bias"], ["h"], name="int8_gemm"),
+             helper.make_node("Gemm", ["xd", "w_f", "bias"], ["y"], name="float_gemm")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+                           helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4])], inits)
+    assert quantized_nodes(helper.make_model(g)) == {"int8_gemm"}

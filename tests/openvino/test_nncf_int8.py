@@ -101,3 +101,33 @@ def test_missing_nncf_is_a_skip_with_install_command(monkeypatch, cnn_result):
 def test_bad_config_is_input_error(kw):
     with pytest.raises(InputError, match="nncf-int8"):
         qn.Config(**kw)
+
+
+def test_exclude_keeps_named_nodes_float(tmp_path):
+    """exclude= (NNCF's IgnoredScope) is what `debug --fix` rebuilds with: the named MatMul keeps
+    float weights, the others stay int8, and the recipe parses the list."""
+    from deploykit.debug.fix import quantized_nodes, weighted_nodes
+    from deploykit.rewrite.recipe import parse_recipe
+
+    path = attention(tmp_path / "attn.onnx")
+    ctx = StepContext(feeds=_batches((1, 16, 32), 1, 0)[0], calibration=_batches((1, 16, 32), 4, 1),
+                      calibration_is_synthetic=False)
+    cfg = parse_recipe("nncf-int8:exclude=o_proj|v_proj")[0].config
+    assert cfg.exclude == ("o_proj", "v_proj")
+    full = apply_step(qn.NncfInt8Pass(qn.Config(), ctx), onnx.load(path)).model
+    res = apply_step(qn.NncfInt8Pass(cfg, ctx), onnx.load(path))
+    assert {"o_proj", "v_proj"} <= weighted_nodes(full) & quantized_nodes(full)
+    assert not {"o_proj", "v_proj"} & (weighted_nodes(res.model) | quantized_nodes(res.model))
+    assert {"q_proj", "k_proj"} <= weighted_nodes(res.model)
+    assert res.details["excluded_nodes"] == ["o_proj", "v_proj"]
+
+
+def test_exclude_of_a_missing_node_is_a_one_line_error(tmp_path):
+    from deploykit.errors import DeployKitError
+
+    path = attention(tmp_path / "attn.onnx")
+    ctx = StepContext(feeds=_batches((1, 16, 32), 1, 0)[0], calibration=_batches((1, 16, 32), 2, 1),
+                      calibration_is_synthetic=False)
+    with pytest.raises(DeployKitError, match="nncf-int8 failed") as e:
+        apply_step(qn.NncfInt8Pass(qn.Config(exclude=("no_such_node",)), ctx), onnx.load(path))
+    assert "\n" not in str(e.value)
