@@ -79,6 +79,7 @@ class OrtArtifact(Artifact):
         try:
             with open(path) as fh:
                 events = json.load(fh)
+            self.runtime_memory = allocator_stats(events)
             names = _names(self.model.path, optimized)
             if trace_path:
                 from ..fsutil import dumps_json, write_text_atomic
@@ -128,6 +129,31 @@ def aggregate_node_events(events: list[dict], runs: int, runs_skip: int = 0) -> 
     ops = [OpTime(n, types[n], totals[n] / runs, totals[n] / grand, max(1, calls[n] // runs))
            for n in totals]
     return sorted(ops, key=lambda o: -o.total_ms)
+
+
+# What ORT's profiler writes into every node event's args from the session's CPU allocator
+# (its BFC arena's statistics): the only allocator statistics its Python API lets one read.
+_ALLOCATOR_KEYS = {"mem_in_use_peak": "arena_in_use_peak_bytes",
+                   "mem_arena_held": "arena_held_bytes",
+                   "mem_bytes_in_use": "arena_in_use_bytes",
+                   "mem_bytes_requested_in_use": "arena_requested_in_use_bytes"}
+
+
+def allocator_stats(events: list[dict]) -> dict | None:
+    """The largest value of each allocator statistic over the profiled runs (None when this ORT
+    build writes none): bytes the arena handed out at its peak and bytes it holds from the OS."""
+    out: dict = {}
+    for e in events:
+        args = e.get("args") or {}
+        for key, name in _ALLOCATOR_KEYS.items():
+            try:
+                v = int(args[key])
+            except (KeyError, TypeError, ValueError):
+                continue
+            out[name] = max(out.get(name, 0), v)
+    if not out:
+        return None
+    return {"source": "onnxruntime profiler (CPU arena statistics, profiling session)", **out}
 
 
 def by_op_type(ops: list[OpTime]) -> list[OpTime]:
