@@ -171,3 +171,26 @@ def test_terminal_rows_for_a_device_figure_and_a_missing_one():
     d["memory"] = {"device": {"error": "not measured: no compiler"}}
     assert dict(memory_rows(LatencyReport.from_dict(d)))["memory: device"] == \
         "not measured: no compiler"
+
+
+def test_the_kernel_high_water_mark_catches_a_peak_between_samples():
+    """A 96 MiB buffer that lives ~1 ms inside a phase sampled every 10 s: the samples miss it,
+    the kernel's VmHWM (reset when the phase began) does not."""
+    import time
+
+    with mem.RssSampler(interval_s=10.0) as s:
+        b = np.ones(96 * 2**20 // 8)
+        del b
+        time.sleep(0.001)
+    ph = s.phase
+    assert ph.kernel_peak_bytes is not None, "no /proc/self/clear_refs on this Linux?"
+    assert ph.sampled_peak_bytes - ph.start_bytes < 48 * 2**20  # both samples after the free
+    assert ph.peak_bytes - ph.start_bytes > 90 * 2**20
+    d = mem.memory_dict(ph.start_bytes, None, None, ph, __file__)
+    assert d["source"].startswith("kernel VmHWM") and d["steady_sampled_peak_bytes"] > 0
+
+
+def test_planted_readers_do_not_touch_the_kernel_mark():
+    with mem.RssSampler(interval_s=10.0, reader=Planted([100, 180])) as s:
+        pass
+    assert s.phase.kernel_peak_bytes is None and s.phase.peak_bytes == 180

@@ -4,20 +4,27 @@ For three generated models of different sizes (a small CNN whose activations out
 weights, and two MLPs with ~32 MiB and ~192 MiB of weights), on ORT and OpenVINO:
 
 * deploykit: the gate's fresh-process probe (`python -m deploykit.gate.memory_probe`), i.e. the
-  same code `deploykit profile` and `check` run: peak RSS per phase sampled every 10 ms, as a
-  delta over the process before loading; the figure compared is the largest phase delta (what
-  the process's high-water mark rises by);
+  same code `deploykit profile` and `check` run: the peak RSS of each phase (10 ms samples and,
+  on Linux, the kernel's VmHWM reset per phase), as a delta over the RSS just before loading;
+  the figure compared is the largest phase delta (what the process's peak rises by);
 * independent: `/usr/bin/time -v` (GNU time, the kernel's ru_maxrss) of a minimal script that
-  imports the runtime, loads the model and runs it 50 times, minus the same script that imports
-  the runtime and runs nothing: the model's share of the high-water mark. Both sides start from
-  a runtime that has answered "which devices do you have" (deploykit asks before it loads a
-  model: for OpenVINO that loads the CPU plugin, ~19 MiB, which is then not the model's) and
-  has numpy.random loaded (numpy imports it lazily, ~7 MiB; deploykit has it from scipy).
+  imports the runtime, loads the model and runs it 50 times, minus that same process's RSS just
+  before it loaded the model (VmRSS from /proc/self/status, printed by the script): the same
+  definition on both sides, a delta over the process before loading. Both start from a runtime
+  that has answered "which devices do you have" (deploykit asks before it loads a model: for
+  OpenVINO that loads the CPU plugin, ~19 MiB, which is then not the model's) and has
+  numpy.random loaded (numpy imports it lazily, ~7 MiB; deploykit has it from scipy).
+  The earlier comparison subtracted the peak of a second script that loads nothing; that peak
+  sits above the RSS before loading by what the imports allocated and freed, so it understated
+  the model's share (the rows keep that figure as `old_independent_delta_bytes`).
+* --explain also runs the minimal script with deploykit's imports, and with deploykit's
+  sampler thread around its phases, and the probe itself under `time -v`, to locate where a
+  difference comes from.
 
 Each figure is the median of --runs fresh processes. Memory is nearly deterministic, but the
 machine may be shared: say so when reporting.
 
-    .venv/bin/python tools/bench_memory.py [--runs 3] [--json out.json] [--workdir DIR]
+    .venv/bin/python tools/bench_memory.py [--runs 3] [--explain] [--json out.json] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -76,13 +83,13 @@ if backend == "ort":
         so = ort.SessionOptions(); so.intra_op_num_threads = 2; so.inter_op_num_threads = 1
         with phase() as p:
             s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        peaks.append(getattr(p, "peak_bytes", 0))
+        peaks.append(p.phase.peak_bytes if p is not None else 0)
         i = s.get_inputs()[0]
         x = {i.name: np.random.default_rng(0).standard_normal(i.shape).astype(np.float32)}
         with phase() as p:
             for _ in range(50):
                 s.run(None, x)
-        peaks.append(getattr(p, "peak_bytes", 0))
+        peaks.append(p.phase.peak_bytes if p is not None else 0)
 else:
     import openvino as ov
     ov.Core().available_devices  # as deploykit's availability check: loads the CPU plugin
@@ -93,14 +100,14 @@ else:
             c = core.compile_model(core.read_model(path), "CPU",
                                    {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1,
                                     "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
-        peaks.append(getattr(p, "peak_bytes", 0))
+        peaks.append(p.phase.peak_bytes if p is not None else 0)
         r = c.create_infer_request()
         shape = [d.get_length() for d in c.inputs[0].get_partial_shape()]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         with phase() as p:
             for _ in range(50):
                 r.infer({0: x})
-        peaks.append(getattr(p, "peak_bytes", 0))
+        peaks.append(p.phase.peak_bytes if p is not None else 0)
 end = status()
 print(json.dumps({"rss_before": before["VmRSS"], "hwm_before": before["VmHWM"],
                   "rss_end": end["VmRSS"], "hwm_end": end["VmHWM"],
@@ -164,6 +171,8 @@ def minimal(backend: str, path: str, variant: str = "minimal") -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     maxrss, out = _time_v([sys.executable, "-c", MINIMAL, backend, path, variant], env)
     d = json.loads(out.strip().splitlines()[-1])
+    if path != "-" and maxrss <= d["hwm_before"]:  # the process peaked before the model loaded
+        sys.exit(f"{path}: the model never raised the process's peak; time -v cannot see it")
     return {**d, "maxrss": maxrss, "delta": maxrss - d["rss_before"]}
 
 
@@ -176,7 +185,10 @@ def probe(target: str, path: str) -> dict:
     d = parse_probe_output(r.returncode, r.stdout, r.stderr, path)
     maxrss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
     before = d["rss_before_bytes"]
-    d["sampled_delta"] = max(d[f"{k}_delta_bytes"] for k in ("load", "first", "steady"))
+    phases = ("load", "first", "steady")
+    d["sampled_delta"] = max(d[f"{k}_delta_bytes"] for k in phases)  # as reported
+    d["samples_only_delta"] = max(d.get(f"{k}_sampled_peak_bytes", d[f"{k}_peak_bytes"])
+                                  for k in phases) - before  # the 10 ms samples alone
     d["maxrss"] = maxrss * 1024
     d["kernel_delta"] = d["maxrss"] - before
     return d
@@ -219,6 +231,9 @@ def main() -> int:
                    "independent_delta_bytes": median(r["delta"] for r in ind),
                    "deploykit_peak_delta_bytes": median(p["sampled_delta"] for p in probes),
                    "deploykit_steady_delta_bytes": median(p["steady_delta_bytes"] for p in probes),
+                   "deploykit_source": probes[0]["source"],
+                   "deploykit_samples_only_delta_bytes": median(p["samples_only_delta"]
+                                                                for p in probes),
                    "deploykit_steady_peak_bytes": median(p["steady_peak_bytes"] for p in probes),
                    # deploykit's own process under time -v: what its sampler could have seen
                    "deploykit_process_kernel_delta_bytes": median(p["kernel_delta"] for p in probes),
@@ -243,7 +258,8 @@ def main() -> int:
             extra = "".join(f" | {v} {mib(row[f'{v}_delta_bytes'])}" for v in variants[1:])
             print(f"{target:8s} {name[:24]:24s} w {mib(row['weight_bytes'])} MiB | time -v delta "
                   f"{mib(row['independent_delta_bytes'])} | deploykit {mib(row['deploykit_peak_delta_bytes'])}"
-                  f" (steady {mib(row['deploykit_steady_delta_bytes'])}, its process time -v "
+                  f" (samples only {mib(row['deploykit_samples_only_delta_bytes'])}, steady "
+                  f"{mib(row['deploykit_steady_delta_bytes'])}, its process time -v "
                   f"{mib(row['deploykit_process_kernel_delta_bytes'])}) | {row['rel_diff']:+.1%}"
                   f" | old method {mib(row['old_independent_delta_bytes'])} {row['old_rel_diff']:+.1%}"
                   f" | hwm-rss before load {mib(row['hwm_over_rss_before_load_bytes'])}{extra}",
