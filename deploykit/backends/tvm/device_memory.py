@@ -103,12 +103,13 @@ def load(session, cxx: str | None):
 
 def read(module) -> dict[str, int]:
     """{"peak_bytes", "rss_bytes"} of the session's process, from its own /proc/self/status."""
-    hwm, rss = int(module["deploykit_vmhwm_kb"]()), int(module["deploykit_vmrss_kb"]())
+    rss, hwm = int(module["deploykit_vmrss_kb"]()), int(module["deploykit_vmhwm_kb"]())
     if hwm <= 0 or rss <= 0:
         from ...errors import TargetError
 
         raise TargetError("the device's /proc/self/status has no VmHWM/VmRSS")
-    return {"peak_bytes": hwm * 1024, "rss_bytes": rss * 1024}
+    # two reads: the RSS may have grown past the mark read a moment before it
+    return {"peak_bytes": max(hwm, rss) * 1024, "rss_bytes": rss * 1024}
 
 
 def memory_entry(before: dict[str, int] | None, after: dict[str, int],
