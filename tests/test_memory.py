@@ -173,10 +173,12 @@ def test_terminal_rows_for_a_device_figure_and_a_missing_one():
         "not measured: no compiler"
 
 
-def test_the_kernel_high_water_mark_catches_a_peak_between_samples():
+def test_the_kernel_high_water_mark_catches_a_peak_between_samples(monkeypatch):
     """A 96 MiB buffer that lives ~1 ms inside a phase sampled every 10 s: the samples miss it,
     the kernel's VmHWM (reset when the phase began) does not."""
     import time
+
+    monkeypatch.setattr(mem, "_kernel_enabled", True)  # as in the CLI's own process
 
     with mem.RssSampler(interval_s=10.0) as s:
         b = np.ones(96 * 2**20 // 8)
@@ -190,7 +192,11 @@ def test_the_kernel_high_water_mark_catches_a_peak_between_samples():
     assert d["source"].startswith("kernel VmHWM") and d["steady_sampled_peak_bytes"] > 0
 
 
-def test_planted_readers_do_not_touch_the_kernel_mark():
+def test_planted_readers_and_library_use_do_not_touch_the_kernel_mark(monkeypatch):
+    with mem.RssSampler(interval_s=10.0) as s:  # a library inside someone else's process
+        pass
+    assert s.phase.kernel_peak_bytes is None
+    monkeypatch.setattr(mem, "_kernel_enabled", True)
     with mem.RssSampler(interval_s=10.0, reader=Planted([100, 180])) as s:
         pass
     assert s.phase.kernel_peak_bytes is None and s.phase.peak_bytes == 180

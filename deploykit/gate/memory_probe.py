@@ -90,6 +90,9 @@ def measure_memory(target_spec: str, threads: int | None, models: Sequence[str],
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    from ..measure.memory import own_process
+
+    own_process()  # a fresh process of deploykit's own: the kernel's mark may be reset per phase
     print(json.dumps(probe(a["target"], a["threads"], a["model"], a["feeds"])))
     return 0
 

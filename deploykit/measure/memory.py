@@ -6,9 +6,10 @@ mmapped, kernels JITted, thread stacks), while the OS's resident set size is wha
 out of. A thread reads this process's RSS (psutil) every ~10 ms while a phase runs and keeps the
 peak; it never runs while a timed block is measured: the load phase and the first inference are
 sampled as they happen (they are timed once, so its few microseconds every 10 ms are within the
-noise of a one-shot measurement) and the steady phase is its own pass after timing. On Linux
-the kernel's high-water mark (VmHWM, reset per phase through /proc/self/clear_refs) is read as
-well, so a peak shorter than the interval is not missed; the report names its source.
+noise of a one-shot measurement) and the steady phase is its own pass after timing. On Linux,
+in a process deploykit owns (the CLI, the gate's probes), the kernel's high-water mark (VmHWM,
+reset per phase through /proc/self/clear_refs) is read as well, so a peak shorter than the
+interval is not missed; the report names its source.
 
 Deltas are over the RSS just before loading, so they are what the model costs, not the Python
 interpreter and the imported runtime. The absolute peaks are what `/usr/bin/time -v` would show
@@ -88,6 +89,17 @@ def _kernel_peak() -> int | None:
 
 
 _kernel_depth = 0  # samplers inside a sampler: only the outermost resets the kernel's mark
+# Resetting VmHWM also resets what `/usr/bin/time -v` (ru_maxrss) reports for the process
+# (measured: tools/bench_memory.py --explain), so it is done only where deploykit owns the
+# process: the CLI and the gate's fresh probe processes call own_process(); deploykit used as a
+# library inside someone else's program samples only.
+_kernel_enabled = False
+
+
+def own_process(enabled: bool = True) -> None:
+    """Allow the samplers to reset and read this process's kernel high-water mark."""
+    global _kernel_enabled
+    _kernel_enabled = enabled
 
 
 class RssSampler:
@@ -96,13 +108,13 @@ class RssSampler:
 
     Where the kernel keeps a resettable high-water mark (Linux), the phase's peak is also read
     from it: VmHWM is reset when the phase begins and read when it ends, so an allocation that
-    lives shorter than the sampling interval still counts (tools/bench_memory.py measured how
-    much the 10 ms samples alone miss). A planted `reader` (tests) turns this off."""
+    lives shorter than the sampling interval still counts. Only in a process deploykit owns
+    (own_process()); a planted `reader` (tests) turns it off as well."""
 
     def __init__(self, interval_s: float = INTERVAL_S, reader: Callable[[], int] | None = None):
         self.interval_s = interval_s
         self.read = reader or make_rss_reader()
-        self._use_kernel = reader is None
+        self._use_kernel = reader is None and _kernel_enabled
         self._kernel = False
         self.kernel_peak_bytes: int | None = None
         self._stop = threading.Event()
