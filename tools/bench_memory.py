@@ -209,6 +209,7 @@ def main() -> int:
     ap.add_argument("--explain", action="store_true",
                     help="also run the minimal script with deploykit's imports, and with its "
                          "sampler thread, to locate a difference")
+    ap.add_argument("--backends", default="ort,openvino", help="ort,openvino (default both)")
     a = ap.parse_args()
     if not os.path.exists("/usr/bin/time"):
         sys.exit("needs GNU time at /usr/bin/time (tools/setup_system.sh installs it)")
@@ -220,6 +221,8 @@ def main() -> int:
     variants = ("minimal", "imports", "sampler") if a.explain else ("minimal",)
     rows = []
     for backend, target in (("ort", "ort-cpu"), ("openvino", "ov-cpu")):
+        if backend not in a.backends.split(","):
+            continue
         empty = [minimal(backend, "-") for _ in range(a.runs)]
         empty_hwm = median(e["maxrss"] for e in empty)
         for name, path in models.items():
