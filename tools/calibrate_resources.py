@@ -4,7 +4,8 @@
 
 1. Makes a model (default: an MLP with two 2048x2048 MatMuls, 32 MiB of weights, ~1 ms; or
    --model FILE with one input and one output of static shape).
-2. Plants two regressions into copies of it, each leaving the output unchanged:
+2. Plants two regressions into copies of it, each leaving the output unchanged (up to float32
+   rounding of the added and subtracted constant, ~1e-4 relative):
    * memory: a constant B[k, *output shape] of --plant-mib MiB added to the output and
      subtracted back, averaged over its first axis: the session keeps B and the two
      intermediates as big as B alive;
