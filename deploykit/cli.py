@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from .measure.memory import own_process
+
+    own_process()  # the CLI's process is deploykit's: memory phases may use the kernel's mark
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (deploykit.cli.main called from a worker thread)

@@ -117,3 +117,86 @@ def test_the_store_keeps_memory_stability_and_layer_names(tmp_path):
     assert back.memory == rep.memory and back.cold_start_samples_ms == (5.0, 6.0)
     assert back.stability == rep.stability
     assert back.per_op == (OpTime("r0_nchwc", "Conv", 0.5, 1.0, 1, "c/Conv + r/Relu", "c"),)
+
+
+def test_ort_allocator_stats_from_planted_profiler_events():
+    from deploykit.backends.ort import allocator_stats
+
+    ev = [{"cat": "Node", "name": "a", "args": {"mem_arena_held": "4096", "mem_in_use_peak": 100,
+                                                 "mem_bytes_in_use": 50}},
+          {"cat": "Node", "name": "b", "args": {"mem_arena_held": 8192, "mem_in_use_peak": 300}},
+          {"cat": "Session", "name": "model_run", "args": {}}]
+    d = allocator_stats(ev)
+    assert d["arena_held_bytes"] == 8192 and d["arena_in_use_peak_bytes"] == 300
+    assert d["arena_in_use_bytes"] == 50 and "onnxruntime" in d["source"]
+    assert allocator_stats([{"cat": "Node", "args": {"op_name": "Relu"}}]) is None
+
+
+def test_ort_reports_its_arena_statistics_in_the_profile(tmp_path):
+    """A real ORT profile of a model whose intermediates are 16 MiB wide: the arena statistics
+    ORT's profiler writes come back in memory.runtime, and they count that intermediate."""
+    from deploykit import api
+    from deploykit.core import TimingPlan
+    from deploykit.report.terminal import memory_rows
+
+    wide = 4 * 2**20 // 8  # floats per row of the [8, wide] intermediate: 16 MiB in all
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, wide)).astype(np.float32) * 0.01, "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("ReduceSum", ["r"], ["y"], keepdims=1, name="sum")]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [w])
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    plan = TimingPlan(warmup_min_s=0.01, warmup_max_s=0.1, max_time_s=0.3, min_samples=5,
+                      min_blocks=2, block_s=0.05)
+    rep = api.profile(str(path), plan=plan, per_op=True, store=False)
+    rt = rep.memory["runtime"]
+    assert rt["arena_in_use_peak_bytes"] >= 8 * wide * 4  # the intermediate went through it
+    assert rt["arena_held_bytes"] >= rt["arena_in_use_peak_bytes"]
+    assert any(k == "memory: runtime's own" for k, _ in memory_rows(rep))
+
+
+def test_terminal_rows_for_a_device_figure_and_a_missing_one():
+    from deploykit.report.terminal import memory_rows
+
+    d = _report_dict()
+    d["memory"] = {"device": {"peak_bytes": 300 * 2**20, "rss_bytes": 290 * 2**20,
+                              "rss_before_bytes": 200 * 2**20, "peak_delta_bytes": 100 * 2**20,
+                              "emulated": True}}
+    rows = dict(memory_rows(LatencyReport.from_dict(d)))
+    assert rows["memory: device"].startswith("peak RSS 300.0 MiB (+100.0 MiB")
+    assert "EMULATED" in rows["memory: device"] and "model bytes" not in rows
+    d["memory"] = {"device": {"error": "not measured: no compiler"}}
+    assert dict(memory_rows(LatencyReport.from_dict(d)))["memory: device"] == \
+        "not measured: no compiler"
+
+
+def test_the_kernel_high_water_mark_catches_a_peak_between_samples(monkeypatch):
+    """A 96 MiB buffer that lives ~1 ms inside a phase sampled every 10 s: the samples miss it,
+    the kernel's VmHWM (reset when the phase began) does not."""
+    import time
+
+    monkeypatch.setattr(mem, "_kernel_enabled", True)  # as in the CLI's own process
+
+    with mem.RssSampler(interval_s=10.0) as s:
+        b = np.ones(96 * 2**20 // 8)
+        del b
+        time.sleep(0.001)
+    ph = s.phase
+    assert ph.kernel_peak_bytes is not None, "no /proc/self/clear_refs on this Linux?"
+    assert ph.sampled_peak_bytes - ph.start_bytes < 48 * 2**20  # both samples after the free
+    assert ph.peak_bytes - ph.start_bytes > 90 * 2**20
+    d = mem.memory_dict(ph.start_bytes, None, None, ph, __file__)
+    assert d["source"].startswith("kernel VmHWM") and d["steady_sampled_peak_bytes"] > 0
+
+
+def test_planted_readers_and_library_use_do_not_touch_the_kernel_mark(monkeypatch):
+    with mem.RssSampler(interval_s=10.0) as s:  # a library inside someone else's process
+        pass
+    assert s.phase.kernel_peak_bytes is None
+    monkeypatch.setattr(mem, "_kernel_enabled", True)
+    with mem.RssSampler(interval_s=10.0, reader=Planted([100, 180])) as s:
+        pass
+    assert s.phase.kernel_peak_bytes is None and s.phase.peak_bytes == 180

@@ -32,6 +32,9 @@ class Artifact:
         self.env: dict[str, Any] = {}
         # peak RSS while the target compiled / loaded it (measure.memory.Phase), set by compile
         self.load_memory = None
+        # the runtime's own memory counters where it exposes them (a plain JSON mapping, set by
+        # the backend, e.g. ORT's arena statistics from its profiler in per_op); None: none read
+        self.runtime_memory: dict[str, Any] | None = None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError

@@ -43,19 +43,32 @@ def probe(target_spec: str, threads: int | None, model_path: str,
     return out
 
 
-def run_fresh(target_spec: str, threads: int | None, model_path: str,
-              feeds_cfg: Mapping[str, Any], timeout_s: float = 600) -> dict[str, Any]:
-    """`probe` in a new Python process (this interpreter, this deploykit)."""
+def probe_command(target_spec: str, threads: int | None, model_path: str,
+                  feeds_cfg: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of `probe` in a new Python process (this interpreter, this
+    deploykit); tools/bench_memory.py runs the same command under `/usr/bin/time -v`."""
     arg = json.dumps({"target": target_spec, "threads": threads, "model": str(model_path),
                       "feeds": dict(feeds_cfg)})
     env = dict(os.environ)
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in [env.get("PYTHONPATH")] if p])
-    r = subprocess.run([sys.executable, "-m", "deploykit.gate.memory_probe", arg],
-                       capture_output=True, text=True, timeout=timeout_s, env=env)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode != 0 or not lines:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    return [sys.executable, "-m", "deploykit.gate.memory_probe", arg], env
+
+
+def run_fresh(target_spec: str, threads: int | None, model_path: str,
+              feeds_cfg: Mapping[str, Any], timeout_s: float = 600) -> dict[str, Any]:
+    """`probe` in a new Python process (this interpreter, this deploykit)."""
+    argv, env = probe_command(target_spec, threads, model_path, feeds_cfg)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env)
+    return parse_probe_output(r.returncode, r.stdout, r.stderr, model_path)
+
+
+def parse_probe_output(returncode: int, stdout: str, stderr: str,
+                       model_path: str) -> dict[str, Any]:
+    """The probe's JSON line, or a one-line InputError with the last line it printed."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if returncode != 0 or not lines:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
         raise InputError(f"the memory measurement of {model_path} failed in its fresh process: "
                          f"{last}")
     return json.loads(lines[-1])
@@ -77,6 +90,9 @@ def measure_memory(target_spec: str, threads: int | None, models: Sequence[str],
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    from ..measure.memory import own_process
+
+    own_process()  # a fresh process of deploykit's own: the kernel's mark may be reset per phase
     print(json.dumps(probe(a["target"], a["threads"], a["model"], a["feeds"])))
     return 0
 

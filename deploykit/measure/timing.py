@@ -257,6 +257,8 @@ def profile_artifact(artifact: Artifact, feeds: Mapping[str, np.ndarray],
     memory = mem.memory_dict(load.start_bytes if load else first.start_bytes, load, first.phase,
                              steady, str(artifact.model.path))
     ops = artifact.per_op(feeds, trace_path=trace_path) if per_op else []
+    if artifact.runtime_memory:  # what the runtime itself counts (read by per_op, e.g. ORT's)
+        memory = {**memory, "runtime": dict(artifact.runtime_memory)}
     rep = _report(artifact, timing, ops, flops, roofline_ms, _batch(feeds), memory)
     from .stability import stability
 

@@ -98,8 +98,24 @@ def memory_rows(r: LatencyReport) -> list[tuple[str, str]]:
         if f"{phase}_peak_bytes" in m:
             rows.append((label, f"peak +{fmt_bytes(m[f'{phase}_delta_bytes'])} over the process "
                                 f"before loading ({fmt_bytes(m[f'{phase}_peak_bytes'])} RSS)"))
-    rows.append(("model bytes", f"weights {fmt_bytes(m.get('weight_bytes'))}, file "
-                                f"{fmt_bytes(m.get('file_bytes'))}"))
+    rt = m.get("runtime")
+    if isinstance(rt, dict) and "arena_held_bytes" in rt:
+        rows.append(("memory: runtime's own", f"ORT arena holds {fmt_bytes(rt['arena_held_bytes'])}"
+                     f", peak in use {fmt_bytes(rt.get('arena_in_use_peak_bytes'))} "
+                     "(profiling session)"))
+    dev = m.get("device")
+    if isinstance(dev, dict):
+        if "peak_bytes" in dev:
+            over = (f" (+{fmt_bytes(dev['peak_delta_bytes'])} over the session before loading)"
+                    if "peak_delta_bytes" in dev else "")
+            rows.append(("memory: device", f"peak RSS {fmt_bytes(dev['peak_bytes'])}{over}"
+                         + (", EMULATED: qemu's own memory included" if dev.get("emulated")
+                            else "")))
+        else:
+            rows.append(("memory: device", str(dev.get("error", "not measured"))))
+    if "weight_bytes" in m or "file_bytes" in m:
+        rows.append(("model bytes", f"weights {fmt_bytes(m.get('weight_bytes'))}, file "
+                                    f"{fmt_bytes(m.get('file_bytes'))}"))
     return rows
 
 

@@ -26,6 +26,9 @@ def test_aarch64_end_to_end_on_emulated_device(emulated_device, cnn_onnx):
         assert EMULATED_LABEL in rep.labels and UNTUNED_LABEL in rep.labels
         assert rep.env["machine"] == "aarch64" and rep.env["remote"]["emulated"]
         assert len(rep.samples_ms) >= 5 and rep.median_ms > 0
+        dev = rep.memory["device"]  # the qemu process's own VmHWM, labelled as emulated
+        assert dev["emulated"] is True and "qemu" in dev["note"]
+        assert dev["peak_bytes"] >= dev["rss_bytes"] > 0 and dev["peak_delta_bytes"] > 0
     finally:
         art.close()
 
@@ -40,3 +43,4 @@ def test_profile_cli_through_tracker(emulated_device, cnn_onnx, tmp_path):
     rep = json.loads(out.read_text())
     assert EMULATED_LABEL in rep["labels"]
     assert "tracker" in rep["env"]["remote"]["where"]
+    assert rep["memory"]["device"]["peak_bytes"] > 0 and rep["memory"]["device"]["emulated"]

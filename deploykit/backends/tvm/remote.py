@@ -64,6 +64,8 @@ class RemoteTvmArtifact(Artifact):
         key = rpc_key(target.config) or ""
         self.emulated = bool(target.config.get("emulated")) if not key else "emu" in key
         self.labels = built.labels + ((EMULATED_LABEL,) if self.emulated else ())
+        self._rss_probe = self._rss_before = None
+        self.memory_error = "the device session was not opened"
 
     @classmethod
     def build(cls, model: ModelRef, target) -> "RemoteTvmArtifact":
@@ -104,6 +106,7 @@ class RemoteTvmArtifact(Artifact):
             raise self._fail(f"upload of {self.lib.name}", e) from None
         self.upload_ms = (time.perf_counter() - t0) * 1e3
         self.env["remote"]["upload_ms"] = self.upload_ms
+        self._open_memory_probe()
         try:
             rlib = self.session.load_module(self.lib.name)
             self.dev = self.session.cpu(0)
@@ -111,6 +114,33 @@ class RemoteTvmArtifact(Artifact):
             self._main = self.vm["main"]
         except Exception as e:
             raise self._fail(f"loading {self.lib.name}", e) from None
+
+    def _open_memory_probe(self) -> None:
+        """Load deploykit's /proc reader into the session process (device_memory.py) and read
+        the process's RSS before the model is loaded; a device where that fails still runs,
+        its report says why there is no memory figure."""
+        from . import device_memory
+
+        self._rss_probe = self._rss_before = None
+        self.memory_error = None
+        try:
+            self._rss_probe = device_memory.load(self.session,
+                                                 self.target.config.get("cross_compiler"))
+            self._rss_before = device_memory.read(self._rss_probe)
+        except Exception as e:  # no compiler, a non-Linux device, a server without dlopen
+            self._rss_probe, self.memory_error = None, first_line(e)
+
+    def device_memory(self) -> dict:
+        """The report's `memory` for this device: its session process's peak RSS so far."""
+        from . import device_memory
+
+        if self._rss_probe is None:
+            return {"device": {"error": f"not measured: {self.memory_error}"}}
+        try:
+            after = device_memory.read(self._rss_probe)
+        except Exception as e:
+            return {"device": {"error": f"not measured: {first_line(e)}"}}
+        return {"device": device_memory.memory_entry(self._rss_before, after, self.emulated)}
 
     def _args(self, feeds: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -148,7 +178,7 @@ class RemoteTvmArtifact(Artifact):
         when the last remote object of the session is gone."""
         import gc
 
-        self.vm = self._main = self.session = self.dev = None
+        self.vm = self._main = self.session = self.dev = self._rss_probe = None
         gc.collect()
 
 
@@ -200,6 +230,7 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
             break
         if time.perf_counter() - start > plan.max_time_s:
             break
+    memory = a.device_memory()  # after the timed runs: the peak covers load, first and steady
     t = a.target
     env = {**fingerprint(t.name, t.config, t.threads),
            **{k: v for k, v in a.env.items() if v is not None}}
@@ -208,7 +239,8 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
         samples_ms=tuple(samples), target=t.name, target_config=dict(t.config),
         artifact_id=a.id, model_sha256=a.model.sha256, model_path=str(a.model.path), env=env,
         stop_reason=stop, session_create_ms=a.session_create_ms, first_inference_ms=a.first_ms,
-        warmup_samples=1, batch=batch, blocks=tuple(blocks), labels=tuple(a.labels))
+        warmup_samples=1, batch=batch, blocks=tuple(blocks), labels=tuple(a.labels),
+        memory=memory)
 
 
 def _progress(enabled: bool, what: str):
