@@ -59,6 +59,9 @@ class SearchConfig:
     experts: bool = True  # build and measure whole the expert recipes of each runtime first
     # seconds of distillation per pruned candidate of a torch source (search/recover.py); 0: off
     recover_budget_s: float = 0.0
+    # seconds of distillation for the final pick: the deepest recovered prune still below the
+    # floor after its short recovery is pruned and distilled again this long (0: off)
+    recover_final_s: float = 0.0
     unit_plan: TimingPlan = UNIT_PLAN
     whole_plan: TimingPlan = WHOLE_PLAN
     final_plan: TimingPlan = FINAL_PLAN
@@ -612,6 +615,28 @@ class Search:
                 self._status(bar, rows)
             if n_experts == len(models) - 1:
                 self._measure_experts(rows, points, bar)
+
+            # 2a. recovery's final, longer fine-tune of the deepest prune still below the floor
+            # (NetAdapt's long-term fine-tune; search/recover.py picks it)
+            from .recover import final_candidates
+
+            finals, why_not = final_candidates(rows, self.cfg.recover_final_s, self.time_left(),
+                                               (1 - BUILD_SHARE) * self.cfg.time_limit_s)
+            if why_not:
+                self.notes.append(why_not)
+            for cand in finals:
+                row = Row(cand)
+                self.build(row)
+                if row.status == "ok" and row.sha256 not in sha_seen:
+                    sha_seen[row.sha256] = row
+                    row.table_ms = self._estimate(row)
+                elif row.status == "ok":
+                    row.status, row.reason = "duplicate", \
+                        f"same model as {sha_seen[row.sha256].cand.name}"
+                rows.append(row)
+                rows += self._variant_rows(row, variants)
+                n_space += len(variants)
+                bar.grow(row)
 
             # 2b. NetAdapt: per-layer cuts, each iteration keeping the most faithful proposal
             # that meets its latency goal on the layer table; then int8 on the last ones
