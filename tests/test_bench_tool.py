@@ -151,7 +151,7 @@ def test_tool_sections_merge_beside_the_models_and_render(tmp_path):
     results.json; a later bench.py merge keeps them, and BENCHMARKS.md renders them."""
     dc = {"params": 431080, "fp32_bytes": 1724320, "n_train": 4000, "n_test": 1000,
           "plan": {"rounds": 3}, "kept": {"conv1": 0.66, "fc1": 0.08}, "kept_total": 0.085,
-          "archive": {"bytes": 50123}, "met": True,
+          "archive": {"bytes": 50123, "raw_bytes": 77000}, "met": True,
           "survey": {"network": "LeNet-5", "base_kb": 1720, "compressed_kb": 44,
                      "compression": 39, "top1_error_before": 0.8, "top1_error_after": 0.74},
           "target": {"compression": 20.0, "max_loss_points": 0.5},
@@ -172,7 +172,7 @@ def test_tool_sections_merge_beside_the_models_and_render(tmp_path):
     assert "| pruned + int8, read back | archive | 50.0 kB | 34.4x | 97.8% | -0.2 | 3 of 1000 |" \
         in text
     assert "| *survey: LeNet-5, Deep Compression* |" in text and "39x" in text
-    assert "**met** — 34.4x at -0.2 points (50,123 bytes on disk)" in text
+    assert "**met** — 34.4x at -0.2 points (50,123 bytes on disk; 77,000 before LZMA)" in text
     rows = [ln for ln in text.split("## Deep Compression")[1].splitlines() if ln.startswith("| ")]
     assert len(rows) == 6 and all(ln.count(" | ") == 8 for ln in rows)
 

@@ -185,11 +185,13 @@ def deep_compression_markdown(r: dict, header_env: dict | None = None) -> list[s
     lines += ["", f"Target (>= {tg['compression']:g}x smaller than fp32 at <= "
               f"{tg['max_loss_points']} point accuracy loss): **{verdict}** — "
               f"{dc['compression']:.1f}x at {dc['accuracy_change_points']:+.1f} points "
-              f"({r['archive']['bytes']:,} bytes on disk). The survey's 39x used 5-8 bit "
+              f"({r['archive']['bytes']:,} bytes on disk; "
+              f"{r['archive'].get('raw_bytes', 0):,} before LZMA). The survey's 39x used 5-8 bit "
               "shared-weight codebooks and Huffman coding; this row uses plain int8 and LZMA. "
               "Dense CPU kernels multiply the zeros too: the read-back pruned model runs at "
               f"{dc['speedup']:.2f}x of fp32 (its gain is storage), as ORT int8 at "
-              f"{r['rows'][3]['speedup']:.2f}x.", ""]
+              f"{r['rows'][3]['speedup']:.2f}x. Share of timing samples taken under foreign "
+              "load: " + ", ".join(f"{x['contaminated']:.0%}" for x in r["rows"]) + ".", ""]
     return lines
 
 
@@ -229,6 +231,8 @@ def mnist_search_markdown(r: dict, header_env: dict | None = None) -> list[str]:
                          f"{c['fidelity_before']:.4f} | {after} | {c['seconds'] or 0:.0f} | "
                          f"{c['steps'] or 0} |")
     s, lo, hi = r["recovery_vs_int8"]
+    lines += ["", "Share of timing samples taken under foreign load: "
+              + ", ".join(f"{x['contaminated']:.0%}" for x in r["rows"]) + "."]
     lines += ["", f"Target (recovery pick >= {tg['speedup_vs_int8']}x faster than the int8-only "
               f"pick at <= {tg['max_drop_points']} point drop): **{'met' if r['met'] else 'NOT met'}**"
               f" — {s:.2f}x ({lo:.2f}–{hi:.2f}), interleaved.", ""]
