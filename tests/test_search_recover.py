@@ -118,8 +118,14 @@ def test_the_final_pick_is_the_deepest_prune_still_below_the_floor_distilled_lon
         rec = final.recovery
         assert rec["budget_s"] == 3.0 and rec["seconds"] >= 3.0 and rec["steps"] > 0
         assert rec["fidelity_after"] > rec["fidelity_before"]
-        # already final, or not longer than the short budget, or no time: nothing more
-        assert recover.final_candidates([*rows, final], 3.0, 100.0, 10.0)[0] == finals
+        # a final one that still misses the floor: the next deepest gets its turn; one that
+        # meets it: nothing more
+        assert final.status == "rejected"
+        nxt = recover.final_candidates([*rows, final], 3.0, 100.0, 10.0)[0]
+        assert [c.recipe for c in nxt] == ["torch-prune:budget_s=3.0,final=true,ratio=0.25"]
+        final.status = "ok"
+        assert recover.final_candidates([*rows, final], 3.0, 100.0, 10.0) == ([], None)
+        # not longer than the short budget, or no time: nothing
         assert recover.final_candidates(rows, 1.0, 100.0, 10.0) == ([], None)
         none, why = recover.final_candidates(rows, 3.0, time_left=12.0, reserve=10.0)
         assert none == [] and "skipped" in why and "kept for measuring" in why
@@ -178,15 +184,19 @@ def test_cli_searches_a_torch_factory_with_recovery(tmp_path):
     cands = [c for c in data["candidates"] if c.get("recovery") and not c["options"]
              and "+int8" not in c["family"]]
     recs = [c["recovery"] for c in cands if "final=true" not in c["recipe"]]
-    assert len(recs) == 2 and all(x["steps"] > 0 for x in recs)  # both ratios missed the floor
-    # the deepest one still below the floor got the final, longer fine-tune
+    # every ratio missed the floor
+    assert len(recs) == len(recover.RATIOS) and all(x["steps"] > 0 for x in recs)
+    # the deepest ones still below the floor got the final, longer fine-tune, deepest first,
+    # the next only while the previous final one missed the floor
     finals = [c for c in cands if "final=true" in c["recipe"]]
-    missed = [c for c in cands if c not in finals and c["status"] == "rejected"]
-    assert len(finals) == (1 if missed else 0)
-    if finals:
-        assert finals[0]["recipe"] == max(missed, key=lambda c: c["recovery"]["ratio"])[
-            "recipe"].replace("budget_s=2.0", "budget_s=4.0,final=true")
-        assert finals[0]["recovery"]["seconds"] >= 4.0
+    missed = sorted((c for c in cands if c not in finals and c["status"] == "rejected"),
+                    key=lambda c: -c["recovery"]["ratio"])
+    assert bool(finals) == bool(missed) and [f["recipe"] for f in finals] == [
+        m["recipe"].replace("budget_s=2.0", "budget_s=4.0,final=true")
+        for m in missed[:len(finals)]]
+    assert all(f["status"] == "rejected" for f in finals[:-1])
+    assert len(finals) == len(missed) or finals[-1]["status"] == "ok"
+    assert all(f["recovery"]["seconds"] >= 4.0 for f in finals)
     assert all(x["fidelity_after"] >= x["fidelity_before"] for x in recs)
     assert any(x["recovered"] and x["fidelity_after"] > x["fidelity_before"] for x in recs)
     assert "Recovered by distillation" in (out / "report.html").read_text()

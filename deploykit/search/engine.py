@@ -620,23 +620,16 @@ class Search:
             # (NetAdapt's long-term fine-tune; search/recover.py picks it)
             from .recover import final_candidates
 
-            finals, why_not = final_candidates(rows, self.cfg.recover_final_s, self.time_left(),
-                                               (1 - BUILD_SHARE) * self.cfg.time_limit_s)
-            if why_not:
-                self.notes.append(why_not)
-            for cand in finals:
-                row = Row(cand)
-                self.build(row)
-                if row.status == "ok" and row.sha256 not in sha_seen:
-                    sha_seen[row.sha256] = row
-                    row.table_ms = self._estimate(row)
-                elif row.status == "ok":
-                    row.status, row.reason = "duplicate", \
-                        f"same model as {sha_seen[row.sha256].cand.name}"
-                rows.append(row)
-                rows += self._variant_rows(row, variants)
-                n_space += len(variants)
-                bar.grow(row)
+            while True:  # deepest first; the next one only when a final one missed the floor
+                finals, why_not = final_candidates(
+                    rows, self.cfg.recover_final_s, self.time_left(),
+                    (1 - BUILD_SHARE) * self.cfg.time_limit_s)
+                if why_not:
+                    self.notes.append(why_not)
+                if not finals:
+                    break
+                self._build_finals(finals, rows, sha_seen, variants, bar)
+                n_space += len(finals) * len(variants)
 
             # 2b. NetAdapt: per-layer cuts, each iteration keeping the most faithful proposal
             # that meets its latency goal on the layer table; then int8 on the last ones
@@ -846,6 +839,22 @@ class Search:
             installed = ()
         return {"recommendation": self.target.name, "searched": [self.target.name, *runtimes],
                 "not_searched": [n for n in installed if n not in runtimes]}
+
+    def _build_finals(self, cands, rows: list[Row], sha_seen: dict[str, Row],
+                      variants: Sequence[tuple], bar: "_Bar") -> None:
+        """Build recovery's final candidates (search/recover.py) into `rows`, on every variant."""
+        for cand in cands:
+            row = Row(cand)
+            self.build(row)
+            if row.status == "ok" and row.sha256 not in sha_seen:
+                sha_seen[row.sha256] = row
+                row.table_ms = self._estimate(row)
+            elif row.status == "ok":
+                row.status, row.reason = "duplicate", \
+                    f"same model as {sha_seen[row.sha256].cand.name}"
+            rows.append(row)
+            rows += self._variant_rows(row, variants)
+            bar.grow(row)
 
     def _variant_rows(self, row: Row, variants: Sequence[tuple]) -> list[Row]:
         """The candidate on every other target variant (same model, own table estimate)."""

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import InputError
 
 STEP = "torch-prune"  # the recipe step name of a torch-side prune (+ recovery)
-RATIOS = (0.25, 0.5)
+RATIOS = (0.25, 0.5, 0.75)
 FINAL_FACTOR = 5.0  # the final pick's fine-tune, in per-candidate budgets (CLI default)
 UNAVAILABLE_ONNX = ("recovery by distillation is unavailable: the source is an ONNX file, and no "
                     "maintained ONNX-to-torch converter is used here to get a trainable module "
@@ -191,21 +191,30 @@ def final_candidates(rows: Sequence[Any], final_s: float, time_left: float, rese
     torch-side prune still below the floor (its short recovery trained but did not get it
     there) is pruned again and distilled for `final_s` seconds, from the original weights (a
     recipe of its own, `torch-prune:budget_s=FINAL,final=true,ratio=R`, cached and resumable
-    like the short ones), with the int8 compositions the short one had. Returns (candidates,
-    a note saying why there is none, or None). `rows` are the search's rows; nothing runs when
-    `final_s` is not longer than the short budget, or when `time_left` minus `reserve` (the
-    time kept for measuring) cannot hold it."""
+    like the short ones), with the int8 compositions the short one had. Called again after
+    those are built: when that final one still misses the floor, the next deepest gets its
+    turn; once a final one meets it, there is nothing more. Returns (candidates, a note saying
+    why there is none, or None). `rows` are the search's rows; nothing runs when `final_s` is
+    not longer than the short budget, or when `time_left` minus `reserve` (the time kept for
+    measuring) cannot hold it."""
     from .candidates import Candidate
 
-    def short(r) -> bool:
+    def torch_prune(r, final: bool) -> bool:
         return (not r.cand.options and len(r.cand.steps) == 1 and r.cand.steps[0][0] == STEP
-                and not dict(r.cand.steps[0][1]).get("final"))
+                and bool(dict(r.cand.steps[0][1]).get("final")) == final)
 
-    missed = [r for r in rows if short(r) and r.status == "rejected" and r.recovery
-              and r.recovery.get("steps")]
-    if final_s <= 0 or not missed:
+    def ratio(r) -> float:
+        return float(dict(r.cand.steps[0][1])["ratio"])
+
+    finals = [r for r in rows if torch_prune(r, True)]
+    if final_s <= 0 or any(r.status == "ok" for r in finals):
         return [], None
-    pick = max(missed, key=lambda r: float(dict(r.cand.steps[0][1])["ratio"]))
+    tried = {ratio(r) for r in finals}
+    missed = [r for r in rows if torch_prune(r, False) and r.status == "rejected" and r.recovery
+              and r.recovery.get("steps") and ratio(r) not in tried]
+    if not missed:
+        return [], None
+    pick = max(missed, key=ratio)
     first = pick.cand.steps[0]
     fields = dict(first[1])
     if final_s <= float(fields["budget_s"]):
