@@ -85,6 +85,7 @@ def run(out: Path, args) -> dict:
     base_acc = eval_fn(str(src))
     floor = (base_acc - TARGET["max_drop_points"] / 100) / base_acc
     work = out / "work"
+    resumed = (work / ".work").is_dir()  # built (trained) candidates of an earlier run reused
     common = dict(feeds=feeds, calibration=calib, calibration_is_synthetic=False,
                   eval_fn=eval_fn, progress=False)
     with Store(out / "store.sqlite") as store:
@@ -138,7 +139,7 @@ def run(out: Path, args) -> dict:
             "base_accuracy": base_acc, "floor": floor, "calibration_digits": args.calib,
             "teacher_epochs": args.epochs, "recover_budget_s": args.budget,
             "recover_final_s": args.final, "time_limit_s": args.time_limit,
-            "netadapt": args.netadapt, "search_s": search_s, "int8_search_s": int8_s,
+            "netadapt": args.netadapt, "search_s": search_s, "resumed": resumed, "int8_search_s": int8_s,
             "search_cost": d["cost"], "notes": d["notes"], "recovered": recovered,
             "rows": rows, "recovery_vs_int8": list(vs), "target": TARGET,
             "met": vs[0] >= TARGET["speedup_vs_int8"]

@@ -207,8 +207,11 @@ def mnist_search_markdown(r: dict, header_env: dict | None = None) -> list[str]:
              f"unlabeled training digits as calibration and distillation data, recovery "
              f"{r['recover_budget_s']:g} s per pruned candidate and {r['recover_final_s']:g} s "
              f"for the final pick, time limit {r['time_limit_s']:g} s "
-             f"({r['search_s']:.0f} s taken); the int8-only pick is the recommendation of the "
-             f"same search restricted to int8 (no recovery): the fastest of the int8 "
+             f"({r['search_s']:.0f} s taken"
+             + ("; resumed: the candidates an earlier run built and trained in its OUTDIR/.work "
+                "were reused" if r.get("resumed") else "")
+             + "); the int8-only pick is the recommendation of the "
+             "same search restricted to int8 (no recovery): the fastest of the int8 "
              "candidates and the original model (with thread options) at the floor, so when no "
              "int8 candidate beats the original it is the original. Latency: ORT CPU, batch 1, the "
              "three rows interleaved in one run.", "",
