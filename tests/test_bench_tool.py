@@ -137,3 +137,66 @@ def test_plot_takes_a_median_outside_its_block_ci(tmp_path):
     bench_report.plot([model("mlp_small", [timed("ORT fp32", "ort", 0.3, 1.0), v, skipped])],
                       tmp_path)
     assert (tmp_path / "mlp_small.png").stat().st_size > 0
+
+
+def _dc_row(name, stored, kb, comp, acc, change, med, sp):
+    return {"name": name, "stored_as": stored, "stored_bytes": kb * 1000, "onnx_bytes": 1,
+            "compression": comp, "accuracy": acc, "accuracy_change_points": change,
+            "changed_predictions": 3, "median_ms": med, "ci95_ms": [med * 0.99, med * 1.01],
+            "speedup": sp, "speedup_ci95": [sp * 0.98, sp * 1.02], "contaminated": 0.0}
+
+
+def test_tool_sections_merge_beside_the_models_and_render(tmp_path):
+    """tools/deep_compression.py and tools/bench_recover.py write their own sections into
+    results.json; a later bench.py merge keeps them, and BENCHMARKS.md renders them."""
+    dc = {"params": 431080, "fp32_bytes": 1724320, "n_train": 4000, "n_test": 1000,
+          "plan": {"rounds": 3}, "kept": {"conv1": 0.66, "fc1": 0.08}, "kept_total": 0.085,
+          "archive": {"bytes": 50123, "raw_bytes": 77000}, "met": True,
+          "survey": {"network": "LeNet-5", "base_kb": 1720, "compressed_kb": 44,
+                     "compression": 39, "top1_error_before": 0.8, "top1_error_after": 0.74},
+          "target": {"compression": 20.0, "max_loss_points": 0.5},
+          "rows": [_dc_row("LeNet-5 fp32", "fp32 weights", 1724, 1.0, 0.98, 0.0, 0.2, 1.0),
+                   _dc_row("int8 only", "ONNX", 440, 3.9, 0.979, -0.1, 0.15, 1.3),
+                   _dc_row("pruned + int8, read back", "archive", 50, 34.4, 0.978, -0.2, 0.2, 1.0),
+                   _dc_row("pruned + int8, ORT int8", "archive", 50, 34.4, 0.977, -0.3, 0.15,
+                           1.3)]}
+    data = bench_report.merge_section({"results": []}, "deep_compression", dc,
+                                      "python tools/deep_compression.py", ENV, "2026-04-04 00:00 UTC")
+    data = bench_report.merge(data, [model("mlp", [timed("ORT fp32", "ort", 1.0, 1.0)])], None,
+                              ENV, "python tools/bench.py --models mlp")
+    assert data["deep_compression"]["provenance"]["command"] == "python tools/deep_compression.py"
+    md = tmp_path / "B.md"
+    bench_report.write_markdown(data, md, tmp_path / "results.json", tmp_path)
+    text = md.read_text()
+    assert "## Deep Compression reproduced: LeNet-5 on real digits" in text
+    assert "| pruned + int8, read back | archive | 50.0 kB | 34.4x | 97.8% | -0.2 | 3 of 1000 |" \
+        in text
+    assert "| *survey: LeNet-5, Deep Compression* |" in text and "39x" in text
+    assert "**met** — 34.4x at -0.2 points (50,123 bytes on disk; 77,000 before LZMA)" in text
+    rows = [ln for ln in text.split("## Deep Compression")[1].splitlines() if ln.startswith("| ")]
+    assert len(rows) == 6 and all(ln.count(" | ") == 8 for ln in rows)
+
+
+def test_mnist_search_section_renders_the_target_verdict(tmp_path):
+    row = {"accuracy": 0.95, "drop_points": 0.3, "median_ms": 0.05, "ci95_ms": [0.049, 0.051],
+           "speedup": 2.0, "speedup_ci95": [1.9, 2.1], "contaminated": 0.0}
+    r = {"teacher_epochs": 4, "n_train": 4000, "n_test": 1000, "base_accuracy": 0.953,
+         "floor": 0.9948, "calibration_digits": 1000, "recover_budget_s": 20,
+         "recover_final_s": 180, "time_limit_s": 900, "search_s": 600,
+         "target": {"max_drop_points": 0.5, "speedup_vs_int8": 1.5},
+         "rows": [{**row, "name": "fp32", "recipe": "", "options": {}, "speedup": 1.0},
+                  {**row, "name": "recovery pick",
+                   "recipe": "torch-prune:budget_s=180.0,final=true,ratio=0.5; quantize-static",
+                   "options": {"threads": 1}},
+                  {**row, "name": "int8-only pick", "recipe": "quantize-static", "options": {}}],
+         "recovered": [{"name": "torch-prune:budget_s=20.0,ratio=0.5", "status": "rejected",
+                        "fidelity": 0.98, "fidelity_before": 0.83, "fidelity_after": 0.93,
+                        "seconds": 20.1, "steps": 900}],
+         "recovery_vs_int8": [1.6, 1.5, 1.7], "met": True}
+    lines = bench_report.mnist_search_markdown(r, ENV)
+    text = "\n".join(lines)
+    assert ("| recovery pick | torch-prune:budget_s=180.0,final=true,ratio=0.5; quantize-static "
+            "@ threads=1 | 95.0% | +0.3 |") in text
+    assert "| torch-prune:budget_s=20.0,ratio=0.5 | rejected | 0.9800 | 0.8300 | 0.9300 | 20 " \
+        "| 900 |" in text
+    assert "**met** — 1.60x (1.50–1.70), interleaved." in text

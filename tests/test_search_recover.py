@@ -87,6 +87,53 @@ def test_recovered_candidates_are_cached_and_int8_reuses_the_training(source, tm
     assert d["recovery"]["fidelity_before"] < d["recovery"]["fidelity_after"]
 
 
+def test_the_final_pick_is_the_deepest_prune_still_below_the_floor_distilled_longer(source,
+                                                                                    tmp_path):
+    src, path = source
+
+    def step(ratio):
+        return (recover.STEP, (("budget_s", 1.0), ("ratio", ratio)))
+
+    with Store(tmp_path / "s.sqlite") as store:
+        s = Search(path, "ort-cpu", SearchConfig(min_fidelity=0.99999, recover_budget_s=1.0,
+                                                 recover_final_s=3.0),
+                   tmp_path / "out", store, feeds=_batches(1, seed=5)[0],
+                   calibration=_batches(16, seed=1), calibration_is_synthetic=False,
+                   torch_source=src)
+        rows = [Row(Candidate("prune+kd", (step(0.25),))), Row(Candidate("prune+kd", (step(0.5),))),
+                Row(Candidate("prune+kd+int8", (step(0.5), ("quantize-static", ())))),
+                Row(Candidate("int8", (("quantize-static", ()),)))]
+        for r in rows:
+            s.build(r)
+        assert [r.status for r in rows[:3]] == ["rejected"] * 3  # short recoveries missed
+        assert all(r.recovery["steps"] > 0 for r in rows[:3])
+        finals, note = recover.final_candidates(rows, 3.0, time_left=100.0, reserve=10.0)
+        assert note is None
+        # the deepest cut, and its int8 composition as the short one had it
+        assert [c.recipe for c in finals] == [
+            "torch-prune:budget_s=3.0,final=true,ratio=0.5",
+            "torch-prune:budget_s=3.0,final=true,ratio=0.5; quantize-static"]
+        final = Row(finals[0])
+        s.build(final)
+        rec = final.recovery
+        assert rec["budget_s"] == 3.0 and rec["seconds"] >= 3.0 and rec["steps"] > 0
+        assert rec["fidelity_after"] > rec["fidelity_before"]
+        # a final one that still misses the floor: the next deepest gets its turn; one that
+        # meets it: nothing more
+        assert final.status == "rejected"
+        nxt = recover.final_candidates([*rows, final], 3.0, 100.0, 10.0)[0]
+        assert [c.recipe for c in nxt] == ["torch-prune:budget_s=3.0,final=true,ratio=0.25"]
+        final.status = "ok"
+        assert recover.final_candidates([*rows, final], 3.0, 100.0, 10.0) == ([], None)
+        # not longer than the short budget, or no time: nothing
+        assert recover.final_candidates(rows, 1.0, 100.0, 10.0) == ([], None)
+        none, why = recover.final_candidates(rows, 3.0, time_left=12.0, reserve=10.0)
+        assert none == [] and "skipped" in why and "kept for measuring" in why
+        rows[1].status = rows[2].status = "ok"  # 50% met the floor: the final goes to 25%
+        assert [c.recipe for c in recover.final_candidates(rows, 3.0, 100.0, 10.0)[0]] == [
+            "torch-prune:budget_s=3.0,final=true,ratio=0.25"]
+
+
 def test_onnx_source_says_recovery_is_unavailable(source, tmp_path):
     _, path = source
     with Store(tmp_path / "s.sqlite") as store:
@@ -128,16 +175,32 @@ def test_cli_searches_a_torch_factory_with_recovery(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "deploykit", "search", f"{tmp_path / 'net.py'}:build",
                         "--families", "prune", "--no-netadapt", "--no-target-options",
-                        "--recover-budget", "2s", "--min-fidelity", "0.999", "--time-limit", "10m",
+                        "--recover-budget", "2s", "--recover-final", "4s",
+                        "--min-fidelity", "0.999", "--time-limit", "10m",
                         "-q", "--no-store", "-o", str(out)],
                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Recovery by distillation" in r.stdout
     data = json.loads((out / "search.json").read_text())
-    recs = [c["recovery"] for c in data["candidates"] if c.get("recovery") and not c["options"]]
-    assert len(recs) == 2 and all(x["steps"] > 0 for x in recs)  # both ratios missed the floor
+    cands = [c for c in data["candidates"] if c.get("recovery") and not c["options"]
+             and "+int8" not in c["family"]]
+    recs = [c["recovery"] for c in cands if "final=true" not in c["recipe"]]
+    # every ratio missed the floor
+    assert len(recs) == len(recover.RATIOS) and all(x["steps"] > 0 for x in recs)
+    # the deepest ones still below the floor got the final, longer fine-tune, deepest first,
+    # the next only while the previous final one missed the floor
+    finals = [c for c in cands if "final=true" in c["recipe"]]
+    missed = sorted((c for c in cands if c not in finals and c["status"] == "rejected"),
+                    key=lambda c: -c["recovery"]["ratio"])
+    assert bool(finals) == bool(missed) and [f["recipe"] for f in finals] == [
+        m["recipe"].replace("budget_s=2.0", "budget_s=4.0,final=true")
+        for m in missed[:len(finals)]]
+    assert all(f["status"] == "rejected" for f in finals[:-1])
+    assert len(finals) == len(missed) or finals[-1]["status"] == "ok"
+    assert all(f["recovery"]["seconds"] >= 4.0 for f in finals)
     assert all(x["fidelity_after"] >= x["fidelity_before"] for x in recs)
     assert any(x["recovered"] and x["fidelity_after"] > x["fidelity_before"] for x in recs)
     assert "Recovered by distillation" in (out / "report.html").read_text()
     assert data["config"]["recover_budget_s"] == 2.0
+    assert data["config"]["recover_final_s"] == 4.0

@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-budget", default=None, metavar="DURATION",
                    help="distillation time per pruned candidate of a torch source, e.g. 30s, 2m "
                         "(default 60s for a torch factory; 0 turns recovery off)")
+    p.add_argument("--recover-final", default=None, metavar="DURATION",
+                   help="distillation time of the final pick: the deepest recovered prune still "
+                        "below the floor is pruned and distilled again this long, e.g. 5m "
+                        "(default 5x --recover-budget; 0 turns it off)")
     p.add_argument("--no-target-options", action="store_true",
                    help="do not try other thread counts / graph optimisation levels")
     p.add_argument("--no-netadapt", action="store_true",
@@ -100,8 +104,13 @@ def run(args: argparse.Namespace) -> int:
     recover_s = (60.0 if torch_factory else 0.0) if args.recover_budget is None else \
         0.0 if args.recover_budget.strip() in ("0", "0s") else \
         parse_duration(args.recover_budget, "--recover-budget")
+    from ..search.recover import FINAL_FACTOR
+
+    final_s = FINAL_FACTOR * recover_s if args.recover_final is None else \
+        0.0 if args.recover_final.strip() in ("0", "0s") else \
+        parse_duration(args.recover_final, "--recover-final")
     cfg = SearchConfig(budget_ms=args.budget_ms, min_fidelity=args.min_fidelity,
-                       recover_budget_s=recover_s,
+                       recover_budget_s=recover_s, recover_final_s=final_s if recover_s else 0.0,
                        time_limit_s=parse_duration(args.time_limit), exhaustive=args.exhaustive,
                        target_options=not args.no_target_options,
                        netadapt=not args.no_netadapt,

@@ -10,6 +10,7 @@ the exported graph with the `prune-channels` recipe step, which groups them corr
 
 from __future__ import annotations
 
+from typing import Mapping
 
 from ..errors import InputError
 from ._modules import replace
@@ -47,6 +48,33 @@ def magnitude_prune(model, ratio: float = 0.5, scope: str = "layer") -> float:
         raise InputError(f"scope must be 'layer' or 'global', got {scope!r}")
     zeros = sum(int((m.weight == 0).sum()) for m, _ in params)
     return zeros / sum(m.weight.numel() for m, _ in params)
+
+
+def magnitude_prune_layers(model, sparsity: Mapping[str, float]) -> dict[str, float]:
+    """Mask each named Conv2d/Linear weight down to its own sparsity (share of zeros), smallest
+    |w| first, on top of the masks it already has: Deep Compression's iterative pruning calls
+    this with rising sparsities between fine-tuning rounds, and the masks (torch.nn.utils.prune)
+    keep the pruned weights at zero while training. Returns each layer's sparsity."""
+    import torch
+    import torch.nn.utils.prune as tprune
+
+    mods = dict(_weighted(model))
+    unknown = sorted(set(sparsity) - set(mods))
+    if unknown:
+        raise InputError(f"no Conv2d/Linear named {', '.join(unknown)} (have: {', '.join(mods)})")
+    out = {}
+    for name, s in sparsity.items():
+        if not 0.0 <= s < 1.0:
+            raise InputError(f"{name}: sparsity must be in [0, 1), got {s}")
+        m = mods[name]
+        w = (m.weight_orig * m.weight_mask if tprune.is_pruned(m) else m.weight).detach()
+        k = int(round(s * w.numel()))  # zeros wanted; the masked ones come first (|w| = 0)
+        if k > 0:
+            mask = torch.ones(w.numel(), dtype=w.dtype)
+            mask[torch.argsort(w.abs().flatten(), stable=True)[:k]] = 0
+            tprune.custom_from_mask(m, "weight", mask.view_as(w))
+        out[name] = float((m.weight == 0).float().mean())
+    return out
 
 
 def finalize(model) -> None:

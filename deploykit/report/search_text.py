@@ -127,7 +127,9 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
     if rec_rows:
         best = max(rec_rows, key=lambda r: r[3] - r[2])
         lines.append(f"Recovery by distillation (soft targets on the calibration inputs, "
-                     f"{cfg.get('recover_budget_s', 0):g} s per pruned candidate): "
+                     f"{cfg.get('recover_budget_s', 0):g} s per pruned candidate"
+                     + (f", {cfg['recover_final_s']:g} s for the final pick"
+                        if cfg.get("recover_final_s") else "") + "): "
                      f"{sum(r[6] for r in rec_rows)} trained, "
                      f"{sum(r[4] for r in rec_rows):.0f} s in all; largest gain {best[0]}: "
                      f"fidelity {best[2]:.4f} -> {best[3]:.4f}")

@@ -144,6 +144,20 @@ class Search:
             # 2. build, verify and table-estimate every model candidate (cheap families first)
             sha_seen = {base.sha256: base}
             self._build_candidates(models, variants, rows, points, sha_seen, bar)
+            # 2a. recovery's final, longer fine-tune of the deepest prune still below the floor
+            # (NetAdapt's long-term fine-tune; search/recover.py picks it)
+            from .recover import final_candidates
+
+            while True:  # deepest first; the next one only when a final one missed the floor
+                finals, why_not = final_candidates(
+                    rows, self.cfg.recover_final_s, self.time_left(),
+                    (1 - BUILD_SHARE) * self.cfg.time_limit_s)
+                if why_not:
+                    self.notes.append(why_not)
+                if not finals:
+                    break
+                self._build_finals(finals, rows, sha_seen, variants, bar)
+                n_space += len(finals) * len(variants)
             # 2b. NetAdapt: per-layer cuts, each iteration keeping the most faithful proposal
             # that meets its latency goal on the layer table; then int8 on the last ones
             if self.cfg.netadapt and base.table_ms is not None:
@@ -191,6 +205,22 @@ class Search:
             bar.show_best(rows, self.cfg.budget_ms)
         if n_experts == len(models) - 1:
             self._measure_experts(rows, points, bar)
+
+    def _build_finals(self, cands, rows: list[Row], sha_seen: dict[str, Row],
+                      variants: Sequence[tuple], bar: Bar) -> None:
+        """Build recovery's final candidates (search/recover.py) into `rows`, on every variant."""
+        for cand in cands:
+            row = Row(cand)
+            self.build(row)
+            if row.status == "ok" and row.sha256 not in sha_seen:
+                sha_seen[row.sha256] = row
+                row.table_ms = self.estimator.estimate(row)
+            elif row.status == "ok":
+                row.status, row.reason = "duplicate", \
+                    f"same model as {sha_seen[row.sha256].cand.name}"
+            rows.append(row)
+            rows += self._variant_rows(row, variants)
+            bar.grow(row)
 
     def _measure_promising(self, rows: list[Row], variants: Sequence[tuple], points: Points,
                            bar: Bar) -> None:

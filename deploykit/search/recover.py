@@ -16,6 +16,7 @@ like every other build, so a killed search resumes without re-training a finishe
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ import numpy as np
 from ..errors import InputError
 
 STEP = "torch-prune"  # the recipe step name of a torch-side prune (+ recovery)
-RATIOS = (0.25, 0.5)
+RATIOS = (0.25, 0.5, 0.75)
+FINAL_FACTOR = 5.0  # the final pick's fine-tune, in per-candidate budgets (CLI default)
 UNAVAILABLE_ONNX = ("recovery by distillation is unavailable: the source is an ONNX file, and no "
                     "maintained ONNX-to-torch converter is used here to get a trainable module "
                     "back; search the torch factory (file.py:build) or pass the module to "
@@ -106,6 +108,11 @@ def _distill_loop(student, teacher, x, budget_s, fresh, lr, temperature, batch_s
     t0 = time.monotonic()
     steps, window, losses = 0, [], []
     while True:
+        # cosine decay over the time budget: large steps first, fine ones at the end (a long
+        # final fine-tune at a constant rate ends wherever its last noisy steps left it)
+        done = min(1.0, (time.monotonic() - t0) / budget_s) if budget_s > 0 else 1.0
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * done))
         if fresh:
             xb = torch.randn((batch_size, *xt.shape[1:]), generator=gen) * std + mean
         else:
@@ -176,3 +183,48 @@ def build_recovered(src: TorchSource, source_onnx: Path, ratio: float, budget_s:
         return before, rec
     rec.update(fidelity_after=fid_after.cosine, recovered=True)
     return after, rec
+
+
+def final_candidates(rows: Sequence[Any], final_s: float, time_left: float, reserve: float
+                     ) -> tuple[list[Any], str | None]:
+    """NetAdapt's long-term fine-tune: after the short per-candidate recoveries, the deepest
+    torch-side prune still below the floor (its short recovery trained but did not get it
+    there) is pruned again and distilled for `final_s` seconds, from the original weights (a
+    recipe of its own, `torch-prune:budget_s=FINAL,final=true,ratio=R`, cached and resumable
+    like the short ones), with the int8 compositions the short one had. Called again after
+    those are built: when that final one still misses the floor, the next deepest gets its
+    turn; once a final one meets it, there is nothing more. Returns (candidates, a note saying
+    why there is none, or None). `rows` are the search's rows; nothing runs when `final_s` is
+    not longer than the short budget, or when `time_left` minus `reserve` (the time kept for
+    measuring) cannot hold it."""
+    from .candidates import Candidate
+
+    def torch_prune(r, final: bool) -> bool:
+        return (not r.cand.options and len(r.cand.steps) == 1 and r.cand.steps[0][0] == STEP
+                and bool(dict(r.cand.steps[0][1]).get("final")) == final)
+
+    def ratio(r) -> float:
+        return float(dict(r.cand.steps[0][1])["ratio"])
+
+    finals = [r for r in rows if torch_prune(r, True)]
+    if final_s <= 0 or any(r.status == "ok" for r in finals):
+        return [], None
+    tried = {ratio(r) for r in finals}
+    missed = [r for r in rows if torch_prune(r, False) and r.status == "rejected" and r.recovery
+              and r.recovery.get("steps") and ratio(r) not in tried]
+    if not missed:
+        return [], None
+    pick = max(missed, key=ratio)
+    first = pick.cand.steps[0]
+    fields = dict(first[1])
+    if final_s <= float(fields["budget_s"]):
+        return [], None
+    if time_left - reserve < final_s:
+        return [], (f"final fine-tune of {pick.cand.name} ({final_s:g} s) skipped: "
+                    f"{max(time_left, 0):.0f} s of the time limit left, {reserve:.0f} s of it "
+                    "kept for measuring")
+    step = (STEP, tuple(sorted({**fields, "budget_s": final_s, "final": True}.items())))
+    out = [Candidate(pick.cand.family, (step,))]
+    out += [Candidate(r.cand.family, (step, *r.cand.steps[1:])) for r in rows
+            if not r.cand.options and len(r.cand.steps) > 1 and r.cand.steps[0] == first]
+    return out, None
