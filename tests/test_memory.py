@@ -193,6 +193,9 @@ def test_the_kernel_high_water_mark_catches_a_peak_between_samples(monkeypatch):
 
 
 def test_planted_readers_and_library_use_do_not_touch_the_kernel_mark(monkeypatch):
+    # deploykit used as a library: the CLI's own_process() (called in-process by earlier tests
+    # through cli.main) is not in effect here
+    monkeypatch.setattr(mem, "_kernel_enabled", False)
     with mem.RssSampler(interval_s=10.0) as s:  # a library inside someone else's process
         pass
     assert s.phase.kernel_peak_bytes is None
