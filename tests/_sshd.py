@@ -91,3 +91,19 @@ Subsystem sftp internal-sftp
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def ssh_device(tmp: Path):
+    """`sshd(tmp)` with deploykit pointed at it (DEPLOYKIT_SSH_OPTIONS = its client config, the
+    previous value restored after); yields the `ssh://` URL."""
+    with sshd(tmp) as (url, client, _):
+        old = os.environ.get("DEPLOYKIT_SSH_OPTIONS")
+        os.environ["DEPLOYKIT_SSH_OPTIONS"] = f"-F {client}"
+        try:
+            yield url
+        finally:
+            if old is None:
+                os.environ.pop("DEPLOYKIT_SSH_OPTIONS")
+            else:
+                os.environ["DEPLOYKIT_SSH_OPTIONS"] = old

@@ -20,7 +20,7 @@ from deploykit.bundle.transport import parse
 from deploykit.cli import main
 from deploykit.errors import VerificationError
 
-from _sshd import sshd
+from _sshd import ssh_device
 from onnx_models import conv_relu_gemm
 
 SHAPE = ["--shape", "x=1,3,16,16"]
@@ -36,16 +36,8 @@ def _target(tmp: Path, python: str, name: str = "ort-dev") -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with sshd(tmp_path_factory.mktemp("sshd")) as (url, client, _):
-        old = os.environ.get("DEPLOYKIT_SSH_OPTIONS")
-        os.environ["DEPLOYKIT_SSH_OPTIONS"] = f"-F {client}"
-        try:
-            yield url
-        finally:
-            if old is None:
-                os.environ.pop("DEPLOYKIT_SSH_OPTIONS")
-            else:
-                os.environ["DEPLOYKIT_SSH_OPTIONS"] = old
+    with ssh_device(tmp_path_factory.mktemp("sshd")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ ARM, self-tested on aarch64, timed there and stored; the timings are labelled "e
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from deploykit.cli import main
 
-from _sshd import sshd
+from _sshd import ssh_device
 from onnx_models import conv_relu_gemm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,16 +29,8 @@ def arm_ssh(arm_device, tmp_path_factory):
     text = (REPO / "targets" / "ort-aarch64.toml").read_text()
     text = text.replace('name = "ort-aarch64"', 'name = "ort-aarch64-emu"\nemulated = true')
     target.write_text(text.replace('python = "python3"', f"python = {json.dumps(python)}"))
-    with sshd(tmp / "sshd") as (url, client, _):
-        old = os.environ.get("DEPLOYKIT_SSH_OPTIONS")
-        os.environ["DEPLOYKIT_SSH_OPTIONS"] = f"-F {client}"
-        try:
-            yield url + str(tmp / "device"), target, tmp / "device"
-        finally:
-            if old is None:
-                os.environ.pop("DEPLOYKIT_SSH_OPTIONS")
-            else:
-                os.environ["DEPLOYKIT_SSH_OPTIONS"] = old
+    with ssh_device(tmp / "sshd") as url:
+        yield url + str(tmp / "device"), target, tmp / "device"
 
 
 def test_ort_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, tmp_path, capsys):

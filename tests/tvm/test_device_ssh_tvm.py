@@ -18,7 +18,7 @@ from deploykit.bundle.device_run import run_on_device  # noqa: E402
 from deploykit.bundle.transport import parse  # noqa: E402
 from deploykit.cli import main  # noqa: E402
 
-from _sshd import sshd  # noqa: E402
+from _sshd import ssh_device  # noqa: E402
 from onnx_models import conv_relu_gemm  # noqa: E402
 
 SHAPE = ["--shape", "x=1,3,16,16"]
@@ -26,16 +26,8 @@ SHAPE = ["--shape", "x=1,3,16,16"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with sshd(tmp_path_factory.mktemp("sshd")) as (url, client, _):
-        old = os.environ.get("DEPLOYKIT_SSH_OPTIONS")
-        os.environ["DEPLOYKIT_SSH_OPTIONS"] = f"-F {client}"
-        try:
-            yield url
-        finally:
-            if old is None:
-                os.environ.pop("DEPLOYKIT_SSH_OPTIONS")
-            else:
-                os.environ["DEPLOYKIT_SSH_OPTIONS"] = old
+    with ssh_device(tmp_path_factory.mktemp("sshd")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
