@@ -190,17 +190,8 @@ class Search:
                 self.notes.append("time limit reached while building candidates; "
                                   f"{len(models) - len(built)} recipes not tried")
                 break
-            row = Row(cand)
-            self.build(row)
-            if row.status == "ok" and row.sha256 in sha_seen:
-                row.status = "duplicate"
-                row.reason = f"same model as {sha_seen[row.sha256].cand.name}"
-            if row.status == "ok":
-                sha_seen[row.sha256] = row
-                row.table_ms = self.estimator.estimate(row)
+            row = self._add_candidate(cand, rows, sha_seen, variants)
             built.add(cand.model_id)
-            rows.append(row)
-            rows += self._variant_rows(row, variants)
             bar.advance(row, len(variants))
             bar.show_best(rows, self.cfg.budget_ms)
         if n_experts == len(models) - 1:
@@ -210,17 +201,23 @@ class Search:
                       variants: Sequence[tuple], bar: Bar) -> None:
         """Build recovery's final candidates (search/recover.py) into `rows`, on every variant."""
         for cand in cands:
-            row = Row(cand)
-            self.build(row)
-            if row.status == "ok" and row.sha256 not in sha_seen:
-                sha_seen[row.sha256] = row
-                row.table_ms = self.estimator.estimate(row)
-            elif row.status == "ok":
-                row.status, row.reason = "duplicate", \
-                    f"same model as {sha_seen[row.sha256].cand.name}"
-            rows.append(row)
-            rows += self._variant_rows(row, variants)
-            bar.grow(row)
+            bar.grow(self._add_candidate(cand, rows, sha_seen, variants))
+
+    def _add_candidate(self, cand, rows: list[Row], sha_seen: dict[str, Row],
+                       variants: Sequence[tuple]) -> Row:
+        """Build `cand`, mark it a duplicate of an earlier model with the same bytes or
+        table-estimate it, and append it and its target variants to `rows`."""
+        row = Row(cand)
+        self.build(row)
+        if row.status == "ok" and row.sha256 in sha_seen:
+            row.status = "duplicate"
+            row.reason = f"same model as {sha_seen[row.sha256].cand.name}"
+        if row.status == "ok":
+            sha_seen[row.sha256] = row
+            row.table_ms = self.estimator.estimate(row)
+        rows.append(row)
+        rows += self._variant_rows(row, variants)
+        return row
 
     def _measure_promising(self, rows: list[Row], variants: Sequence[tuple], points: Points,
                            bar: Bar) -> None:
