@@ -293,7 +293,7 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
 def run_search(model: PathLike, target: str, cfg, output: PathLike, store, *,
                feeds: Mapping[str, Any], calibration: Sequence[Mapping[str, Any]] = (),
                synthetic: bool = True, eval_fn=None, progress: bool = False,
-               threads: int | None = None, torch_source=None
+               threads: int | None = None, torch_source=None, pool=None
                ) -> tuple["SearchResult", dict[str, Path]]:
     """The search on prepared inputs (`search` and the `deploykit search` verb share it): a
     SearchConfig, feeds and calibration batches (`prepare_inputs`), results kept in the store at
@@ -306,7 +306,7 @@ def run_search(model: PathLike, target: str, cfg, output: PathLike, store, *,
     with Store(store) as s:
         result = Search(Path(model), target, cfg, out, s, feeds=feeds, calibration=calibration,
                         calibration_is_synthetic=synthetic, eval_fn=eval_fn, progress=progress,
-                        threads=threads, torch_source=torch_source).run()
+                        threads=threads, torch_source=torch_source, pool=pool).run()
     return result, write_outputs(result, out)
 
 

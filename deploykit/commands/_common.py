@@ -16,6 +16,25 @@ def add_target_args(p: argparse.ArgumentParser, default: str = "ort-cpu") -> Non
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: target's)")
 
 
+def add_pool_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """--tracker/--device/--parallel: measure on a pool of TVM RPC boards of one key
+    (backends/tvm/pool.py); `device=False` where the verb already has its own --device."""
+    if device:
+        p.add_argument("--device", metavar="KEY",
+                       help="RPC device key of the boards (TVM targets, with --tracker)")
+        p.add_argument("--tracker", metavar="HOST:PORT", help="RPC tracker (remote targets)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="measure on up to N boards of --device KEY at once, each holding one "
+                        "board from --tracker; interleaved comparisons stay on one board")
+
+
+def pool_from_args(args: argparse.Namespace):
+    """The PoolConfig of --tracker/--device/--parallel, or None without --parallel."""
+    from ..backends.tvm.pool import pool_config
+
+    return pool_config(args.tracker, args.device, args.parallel)
+
+
 def add_store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None,
                    help="results database (default $DEPLOYKIT_STORE or the per-user data dir)")

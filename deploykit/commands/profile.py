@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "an ORT bundle, push it, self-test and time it there; or an RPC device key "
                    "(TVM targets, with --tracker)")
     p.add_argument("--tracker", help="RPC tracker HOST:PORT (remote targets)")
+    _common.add_pool_args(p, device=False)
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
     _common.add_input_args(p)
     _common.add_plan_args(p)
@@ -103,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         # (strings, bad dims, a wrong --inputs / --shape), before anything compiles or runs
         make_feeds(io_specs(load_onnx(m, load_external=False))[0], args.seed, shapes, args.inputs)
     names = args.target or ["ort-cpu"]
-    compare = args.compare or len(args.models) > 1 or len(names) > 1
+    pool = _common.pool_from_args(args)
+    # over a pool, separate models are timed alone, each on its own board, at once; --compare
+    # still interleaves them, on one board
+    compare = args.compare or ((len(args.models) > 1 or len(names) > 1) and pool is None)
     from ..bundle.transport import is_url
 
     if is_url(args.device):
@@ -119,6 +123,14 @@ def run(args: argparse.Namespace) -> int:
                              "ssh://USER@HOST[:PORT] (or adb://SERIAL)")
     if (args.device or args.tracker) and any(t.config.get("backend") != "tvm" for t in tlist):
         raise InputError("--device/--tracker apply only to remote (TVM RPC) targets")
+    if pool is not None:
+        from ..backends.tvm.pool import check_target
+
+        for t in tlist:
+            check_target(t)
+        if args.trace:
+            raise InputError("--trace records a local per-operator run; it does not apply to "
+                             "--parallel")
     import tempfile
 
     intake_dir = tempfile.TemporaryDirectory(prefix="deploykit-profile-")
@@ -128,9 +140,13 @@ def run(args: argparse.Namespace) -> int:
               for i, m in enumerate(args.models)]
     with Outputs() as outs:
         trace = outs.path(args.trace) if args.trace else None
-        cmp, reports = _measure(args, models, tlist, shapes, plan, compare, trace)
+        if pool is None:
+            cmp, reports = _measure(args, models, tlist, shapes, plan, compare, trace)
+        else:
+            cmp, reports = _measure_pooled(args, models, tlist, shapes, plan, compare, pool)
         artifacts = [a for a, _ in reports]
-        payload = cmp.to_dict() if compare else reports[0][1].to_dict()
+        payload = cmp.to_dict() if compare else reports[0][1].to_dict() if len(reports) == 1 \
+            else {"reports": [r.to_dict() for _, r in reports]}
         if args.json:
             outs.json(args.json, payload)
         if store_file is not None:
@@ -146,12 +162,15 @@ def run(args: argparse.Namespace) -> int:
         if compare:
             print_comparison(cmp)
         else:
-            print_report(reports[0][1], top=args.top)
+            for _, rep in reports:
+                if pool is not None:
+                    print(f"{rep.model_path} on {rep.target}, {rep.env['remote']['where']}:")
+                print_report(rep, top=args.top)
     for a in artifacts:
         a.close()
     intake_dir.cleanup()
     reps = [r for _, r in reports]
-    names = cmp.names if compare else [str(reps[0].model_path)]
+    names = cmp.names if compare else [f"{r.model_path} ({r.target})" for r in reps]
     return _common.not_clean_exit(args, {n: r.validity for n, r in zip(names, reps)})
 
 
@@ -177,6 +196,33 @@ def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
         flops, roof = _roofline(art.model.path, art.target.threads, art.inputs, feeds[0])
         rep = replace(rep, flops=flops, roofline_ms=roof)
     return None, [(art, rep)]
+
+
+def _measure_pooled(args, models, tlist, shapes, plan, compare: bool, pool_cfg):
+    """`_measure` over a pool of RPC boards (backends/tvm/pool.py): every model x target timed
+    alone on a board of its own, up to --parallel at once; with --compare all of them
+    interleaved on one board (a ratio across two boards would compare the boards)."""
+    from dataclasses import replace
+
+    from ..backends.tvm.pool import DevicePool
+
+    quiet = replace_args(args, quiet=True)  # per-sample progress lines of N threads would mix
+    if compare:
+        with DevicePool(replace(pool_cfg, parallel=1)) as pool:
+            return pool.run(lambda: _measure(quiet, models, tlist, shapes, plan, True, None))
+    jobs = [([m], [t]) for m in models for t in tlist]
+
+    def job(mt):
+        _, ((art, rep),) = _measure(quiet, mt[0], mt[1], shapes, plan, False, None)
+        art.close()  # the board's session stays with the pool for the next job
+        return art, rep
+
+    with DevicePool(pool_cfg) as pool:
+        return None, pool.map(job, jobs, progress=None if args.quiet else "profiling")
+
+
+def replace_args(args: argparse.Namespace, **changes) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def _on_device(args, names, compare: bool, plan, shapes, store_file) -> int:

@@ -69,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="search-out", metavar="OUTDIR",
                    help="where search.json, recommended.onnx and the report go (default search-out)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _common.add_pool_args(p)
     _common.add_input_args(p)
     _common.add_store_arg(p)
 
@@ -119,9 +120,22 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(cfg.families) - set(FAMILIES)
     if unknown:  # checked before anything is created under OUTDIR
         raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
+    pool = _common.pool_from_args(args)
+    if pool is None and (args.device or args.tracker):  # one board: a pool of one
+        from ..backends.tvm.pool import PoolConfig
+
+        if not (args.device and args.tracker):
+            raise InputError("search on RPC boards needs both --tracker HOST:PORT and "
+                             "--device KEY")
+        pool = PoolConfig(args.tracker, args.device, 1)
     check_output_dir(args.out, "-o")
     store_checked = _common.check_store(args)
-    target = targets.get(args.target, threads=args.threads)
+    target = targets.get(args.target, threads=args.threads,
+                         **({} if pool is None else {"device": pool.key, "tracker": pool.tracker}))
+    if pool is not None:
+        from ..backends.tvm.pool import check_target
+
+        check_target(target)
     from ..search.experts import other_runtimes
 
     if args.any_runtime or args.runtimes:
@@ -158,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     result, paths = run_search(source.path, args.target, cfg, out, store_file, feeds=feeds,
                                calibration=calib, synthetic=synthetic, eval_fn=eval_fn,
                                progress=not args.quiet, threads=args.threads,
-                               torch_source=torch_source)
+                               torch_source=torch_source, pool=pool)
     from ..report.search_text import summary_lines
 
     for line in summary_lines(result.to_dict()):

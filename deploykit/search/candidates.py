@@ -241,6 +241,9 @@ def target_for(spec: str, base_config: Mapping[str, Any], options: tuple[tuple[s
         return targets.get(opts.pop("target"), threads=opts.pop("threads", base_config.get(
             "threads")), **opts)
     over = {k: opts.pop(k) for k in ("threads", "allow_spinning") if k in opts}
+    # the same boards: a tracker's device key (a --device/--tracker override of the spec)
+    over.update({k: base_config[k] for k in ("device", "tracker")
+                 if isinstance(base_config.get(k), str)})
     if opts:
         over["options"] = {**base_config.get("options", {}), **opts}
     return targets.get(spec, **over)

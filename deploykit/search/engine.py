@@ -54,14 +54,21 @@ class Search:
                  calibration: Sequence[Mapping[str, np.ndarray]] = (), calibration_is_synthetic=True,
                  eval_fn: Callable[[str], float] | None = None, progress: bool = False,
                  threads: int | None = None, log: Callable[[str], None] | None = None,
-                 torch_source=None):
+                 torch_source=None, pool=None):
         from ..backends import registry as targets
 
         self.cfg = cfg
+        self.pool_cfg = pool  # a backends.tvm.pool.PoolConfig: measure over a device pool
         self.outdir = Path(outdir)
         self.work = self.outdir / ".work"
         self.progress = progress
-        self.target = targets.get(target_spec, threads=threads)
+        self.target = targets.get(target_spec, threads=threads,
+                                  **({} if pool is None else
+                                     {"device": pool.key, "tracker": pool.tracker}))
+        if pool is not None:
+            from ..backends.tvm.pool import check_target
+
+            check_target(self.target)
         self.source = ModelRef.from_path(model_path)
         self.t0 = time.monotonic()
         self.notes: list[str] = []
@@ -105,6 +112,19 @@ class Search:
     # ---- the search -----------------------------------------------------------------------
 
     def run(self) -> SearchResult:
+        """The search; over a device pool (`pool`), with the pool's boards held throughout."""
+        if self.pool_cfg is None:
+            return self._run()
+        from ..backends.tvm.pool import DevicePool
+
+        with DevicePool(self.pool_cfg) as pool:
+            self.measure.pool = pool
+            try:
+                return self._run()
+            finally:
+                self.measure.pool = None
+
+    def _run(self) -> SearchResult:
         from ..onnxio import load_onnx
 
         source_model = load_onnx(self.source.path)
@@ -237,50 +257,63 @@ class Search:
                                               not self.within_time(0, "whole measurements")):
                 break
             pool = [r for r in timeable if r.median is None]
-            if not pool:
+            # a device pool measures its N boards' worth at once: the next N picks, each made
+            # as if the ones before it were not there (one board: exactly the sequential loop)
+            batch: list[Row] = []
+            while len(batch) < min(self.measure.width, max_whole - len(measured)):
+                taken = {id(b) for b in batch}
+                nxt = pick_next([r for r in pool if id(r) not in taken], measured, min_whole,
+                                rows, points, errors, self.cfg, self.estimator.whole_only)
+                if nxt is None:
+                    break
+                batch.append(nxt)
+            if not batch:
                 break
-            nxt = pick_next(pool, measured, min_whole, rows, points, errors, self.cfg,
-                            self.estimator.whole_only)
-            if nxt is None:
-                break
-            if not self._measure(nxt):
-                timeable.remove(nxt)  # below the floor on its own runtime, or it failed
-                continue
-            if nxt.predicted_ms is not None:
-                errors.append((nxt.predicted_ms - nxt.median) / nxt.median)
-            if nxt.table_ms is not None:
-                points[nxt.cand.options].append((nxt.table_ms, nxt.median))
-            bar.advance(nxt, 0)
+            for nxt, ok in zip(batch, self._measure_many(batch)):
+                if not ok:
+                    timeable.remove(nxt)  # below the floor on its own runtime, or it failed
+                    continue
+                if nxt.predicted_ms is not None:
+                    errors.append((nxt.predicted_ms - nxt.median) / nxt.median)
+                if nxt.table_ms is not None:
+                    points[nxt.cand.options].append((nxt.table_ms, nxt.median))
+                bar.advance(nxt, 0)
             bar.show_best(rows, self.cfg.budget_ms)
 
-    def _measure(self, row: Row) -> bool:
-        """Measure the candidate whole; False when it is below the floor on its own runtime or
-        the runtime failed on it (e.g. cannot load this model: the row says why)."""
-        try:
-            return self.measure.whole(row, self.cfg.whole_plan) is not None
-        except DeployKitError as e:
-            row.status, row.reason = "failed", str(e)
-            return False
+    def _measure_many(self, rows: list[Row]) -> list[bool]:
+        """Measure the candidates whole (at once over a device pool); False for one below the
+        floor on its own runtime or that the runtime failed on (e.g. cannot load this model:
+        the row says why)."""
+        got = self.measure.whole_many(rows, self.cfg.whole_plan)
+        for row, rep in zip(rows, got):
+            if isinstance(rep, DeployKitError):
+                row.status, row.reason = "failed", str(rep)
+        return [rep is not None and not isinstance(rep, DeployKitError) for rep in got]
 
     def _measure_experts(self, rows: list[Row], points: Points, bar: Bar) -> None:
         """Measure whole every expert recipe on its own runtime, whatever the predictor says."""
         from .layer_table import Predictor
 
+        todo = []
         for r in rows:
             why = self._experts.get(r.cand.model_id, {}).get(r.cand.options)
             if why is None:
                 continue
             r.expert = why
-            if r.status != "ok" or r.median is not None:
-                continue
-            pts = points.get(r.cand.options)
-            if r.table_ms is not None and pts:  # a real prediction, made before measuring
-                r.predicted_ms = Predictor(tuple(pts)).predict(r.table_ms)
-            if not self._measure(r):
-                continue
-            if r.table_ms is not None:
-                points[r.cand.options].append((r.table_ms, r.median))
-            bar.advance(r, 0)
+            if r.status == "ok" and r.median is None:
+                todo.append(r)
+        n = self.measure.width  # a device pool's boards measure that many at once
+        for batch in (todo[i:i + n] for i in range(0, len(todo), n)):
+            for r in batch:
+                pts = points.get(r.cand.options)
+                if r.table_ms is not None and pts:  # a real prediction, made before measuring
+                    r.predicted_ms = Predictor(tuple(pts)).predict(r.table_ms)
+            for r, ok in zip(batch, self._measure_many(batch)):
+                if not ok:
+                    continue
+                if r.table_ms is not None:
+                    points[r.cand.options].append((r.table_ms, r.median))
+                bar.advance(r, 0)
             bar.show_best(rows, self.cfg.budget_ms)
 
     def _variant_rows(self, row: Row, variants: Sequence[tuple]) -> list[Row]:
@@ -317,7 +350,8 @@ class Search:
                 **self.estimator.units(),
                 "seconds": time.monotonic() - self.t0, "exhaustive": self.cfg.exhaustive,
                 "time_limit_reached": list(self.time_limit_hits),
-                "netadapt": self.netadapt_log}
+                "netadapt": self.netadapt_log, "measuring_s": self.measure.busy_s,
+                "devices": None if self.measure.pool is None else self.measure.pool.summary()}
         return SearchResult(self.cfg, str(self.source.path), self.target.name, rows,
                             recommendation, infeasible, predictor_summary(rows, points, base),
                             cost,

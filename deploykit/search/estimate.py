@@ -25,9 +25,11 @@ class Estimator:
         self.borrowed: set[tuple] = set()  # variants predicted from the default table
 
     def make_tables(self, variants: Sequence[tuple], measurer: Measurer, folder: Path) -> None:
+        many = measurer.pool is not None  # spread a candidate's new units over the boards
         self.tables = {v: LayerTable(partial(measurer.time_unit, measurer.target_of(v)),
                                      partial(measurer.lookup_unit, measurer.target_of(v)),
-                                     folder) for v in variants}
+                                     folder, partial(measurer.time_units, measurer.target_of(v))
+                                     if many else None) for v in variants}
 
     def estimate(self, row: Row, keep: dict | None = None) -> float | None:
         """Layer-table sum of a candidate on its target variant; None (and a note) when its graph

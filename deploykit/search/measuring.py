@@ -6,14 +6,16 @@ int8 model differently, and a candidate below the floor on its own runtime is ne
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..backends.base import Target
 from ..core import LatencyReport, ModelRef, TimingPlan, stable_hash
+from ..errors import DeployKitError
 from .build import Builder
 from .keys import feeds_digest, measurement_key, reference_runtime, target_fp
 from .result import Row, json_default
@@ -26,13 +28,15 @@ class Measurer:
     """Whole and per-unit measurements of a search's candidates, with the store's reuse."""
 
     def __init__(self, target: Target, target_spec: str, threads: int | None, store,
-                 builder: Builder, unit_plan: TimingPlan):
+                 builder: Builder, unit_plan: TimingPlan, pool=None):
         self.target, self.spec, self.threads = target, target_spec, threads
+        self.pool = pool  # a backends.tvm.pool.DevicePool (open), or None: one device in turn
         self.store, self.builder, self.unit_plan = store, builder, unit_plan
         self.targets: dict[tuple, Target] = {(): self.target}  # by candidate options
         self.feeds = builder.feeds
         self.feeds_id = feeds_digest(self.feeds)
         self.now = self.reused = 0  # whole measurements made now / found in the store
+        self.busy_s = 0.0  # wall seconds spent measuring (units, wholes, final comparisons)
         self._ref_outputs: list[list[np.ndarray]] | None = None
 
     def target_of(self, options: tuple) -> Target:
@@ -46,9 +50,63 @@ class Measurer:
                                                tuple(sorted(opts.items())))
         return self.targets[options]
 
+    @property
+    def width(self) -> int:
+        """How many measurements run at once: the device pool's boards, else one."""
+        return max(1, len(self.pool.devices)) if self.pool is not None else 1
+
+    def on_devices(self, fn, items: Sequence, done) -> None:
+        """fn(item) for every item, on the pool's boards when there is a pool (done(i, result)
+        runs here, in the search's thread, which alone touches the store), else in turn."""
+        t0 = time.monotonic()
+        try:
+            if self.pool is not None:
+                self.pool.map(fn, items, on_result=done)
+            else:
+                for i, item in enumerate(items):
+                    done(i, fn(item))
+        finally:
+            self.busy_s += time.monotonic() - t0
+
     def whole(self, row: Row, plan: TimingPlan) -> LatencyReport | None:
         """Time the candidate whole on its target variant; None (row rejected, nothing timed)
         when its outputs on a runtime other than the reference one miss the fidelity floor."""
+        got = self.whole_many([row], plan)[0]
+        if isinstance(got, DeployKitError):
+            raise got
+        return got
+
+    def whole_many(self, rows: Sequence[Row], plan: TimingPlan
+                   ) -> list[LatencyReport | DeployKitError | None]:
+        """`whole` for several candidates, as many at once as there are boards; a candidate's
+        own failure (its runtime cannot load it) is its entry, not the others' loss."""
+        keys = [measurement_key("whole", r.sha256, self.target_of(r.cand.options), plan,
+                                self.feeds_id) for r in rows]
+        stored = [self.store.get_measurement(k) for k in keys]
+        out: list[LatencyReport | DeployKitError | None] = [None] * len(rows)
+
+        def done(i: int, rep) -> None:
+            out[i] = rep
+            if not isinstance(rep, LatencyReport):
+                return
+            row = rows[i]
+            if rep is stored[i]:
+                self.reused += 1
+                row.reused = True
+            else:
+                self.store.put_measurement(keys[i], rep, model=ModelRef.from_path(row.path))
+                self.now += 1
+            row.measured = {"median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
+                            "n": len(rep.samples_ms), "stop_reason": rep.stop_reason,
+                            "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction,
+                            "state": rep.validity.state}
+
+        self.on_devices(lambda i: self._whole_job(rows[i], plan, stored[i]), range(len(rows)),
+                        done)
+        return out
+
+    def _whole_job(self, row: Row, plan: TimingPlan, stored: LatencyReport | None):
+        """The device's part of `whole` (a pool worker's thread: no store here)."""
         target = self.target_of(row.cand.options)
         art = None
         try:
@@ -56,24 +114,17 @@ class Measurer:
                 art = self.runtime_fidelity(row, target)
                 if row.status != "ok":
                     return None
-            key = measurement_key("whole", row.sha256, target, plan, self.feeds_id)
-            rep = self.store.get_measurement(key)
-            if rep is not None:
-                self.reused += 1
-                row.reused = True
-            else:
-                art = art or target.compile(ModelRef.from_path(row.path))
-                rep = target.profile(art, self.feeds, plan, per_op=False)
-                self.store.put_measurement(key, rep, model=ModelRef.from_path(row.path))
-                self.now += 1
+            if stored is not None:
+                return stored
+            art = art or target.compile(ModelRef.from_path(row.path))
+            return target.profile(art, self.feeds, plan, per_op=False)
+        except DeployKitError as e:
+            if self.pool is not None and not _board_alive():
+                raise  # the pool retries it on another board
+            return e
         finally:
             if art is not None:
                 art.close()
-        row.measured = {"median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
-                        "n": len(rep.samples_ms), "stop_reason": rep.stop_reason,
-                        "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction,
-                        "state": rep.validity.state}
-        return rep
 
     def runtime_fidelity(self, row: Row, target: Target):
         """Fidelity of the candidate as `target` runs it: ORT (the verification runtime) and,
@@ -123,14 +174,27 @@ class Measurer:
     def time_unit(self, target: Target, sig: str, path: Path,
                   feeds: Mapping[str, np.ndarray]) -> float:
         """Time one layer unit (a layer table's entry) and keep it in the store."""
-        key = measurement_key("unit", sig, target, self.unit_plan, "unit")
-        art = target.compile(ModelRef.from_path(path))
-        try:
-            rep = target.profile(art, feeds, self.unit_plan, per_op=False)
-        finally:
-            art.close()
-        self.store.put_measurement(key, rep)
-        return rep.median_ms
+        return self.time_units(target, [(sig, path, feeds)])[0]
+
+    def time_units(self, target: Target, units: Sequence[tuple]) -> list[float]:
+        """`time_unit` for (sig, path, feeds) units, as many at once as there are boards; each
+        one is stored as it finishes (kept when a later one fails)."""
+        out = [0.0] * len(units)
+
+        def job(u):
+            art = target.compile(ModelRef.from_path(u[1]))
+            try:
+                return target.profile(art, u[2], self.unit_plan, per_op=False)
+            finally:
+                art.close()
+
+        def done(i: int, rep: LatencyReport) -> None:
+            self.store.put_measurement(
+                measurement_key("unit", units[i][0], target, self.unit_plan, "unit"), rep)
+            out[i] = rep.median_ms
+
+        self.on_devices(job, units, done)
+        return out
 
     def lookup_unit(self, target: Target, sig: str) -> float | None:
         rep = self.store.get_measurement(
@@ -153,14 +217,31 @@ class Measurer:
         if all(got):
             self.reused += 1
             return got
-        arts = [ta.compile(ModelRef.from_path(base.path)), tb.compile(ModelRef.from_path(best.path))]
+
+        def both():  # on one board of a pool: a ratio of two boards would measure the boards
+            arts = [ta.compile(ModelRef.from_path(base.path)),
+                    tb.compile(ModelRef.from_path(best.path))]
+            try:
+                return compare(arts, [self.feeds, self.feeds], plan, per_op=True,
+                               names=["baseline", best.cand.name])
+            finally:
+                for a in arts:
+                    a.close()
+
+        t0 = time.monotonic()
         try:
-            comp = compare(arts, [self.feeds, self.feeds], plan, per_op=True,
-                           names=["baseline", best.cand.name])
+            comp = self.pool.run(both) if self.pool is not None else both()
         finally:
-            for a in arts:
-                a.close()
+            self.busy_s += time.monotonic() - t0
         for k, rep, r in zip(keys, comp.reports, (base, best)):
             self.store.put_measurement(k, rep, model=ModelRef.from_path(r.path))
         self.now += 1
         return list(comp.reports)
+
+
+def _board_alive() -> bool:
+    """Is the pool board this thread measures on still there? (True outside a pool)"""
+    from ..backends.tvm.pool import pinned
+
+    dev = pinned()
+    return dev is None or dev.alive()

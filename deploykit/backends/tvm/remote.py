@@ -10,6 +10,7 @@ is held for the artifact's lifetime, so the device stays reserved until `close()
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Mapping
@@ -22,6 +23,16 @@ from ...errors import DeployKitError, TargetError, first_line
 from . import build as tvm_build
 from .build import EMULATED_LABEL, _to_numpy
 from .local import rpc_key
+from .pool import pinned
+
+_BUILD_LOCK = threading.Lock()
+
+
+def _server(where: str) -> str | None:
+    """The server's HOST:PORT in an artifact's `where` (the device's identity in a report)."""
+    if where.startswith("server "):
+        return where.split()[1]
+    return where.rpartition("(server ")[2].rstrip(")") if "(server " in where else None
 
 
 def export_library(built: tvm_build.Built, target, model: ModelRef) -> Path:
@@ -69,8 +80,10 @@ class RemoteTvmArtifact(Artifact):
 
     @classmethod
     def build(cls, model: ModelRef, target) -> "RemoteTvmArtifact":
-        built = tvm_build.build(model, target)
-        art = cls(model, target, built, export_library(built, target, model))
+        with _BUILD_LOCK:  # a device pool's workers build here at once; TVM's passes are not
+            built = tvm_build.build(model, target)  # known to be thread-safe, the boards are
+            lib = export_library(built, target, model)
+        art = cls(model, target, built, lib)
         art.open()
         art.check = tvm_build.check_outputs(art, art._timed_first_run, where=f" on {art.where}")
         return art
@@ -87,10 +100,14 @@ class RemoteTvmArtifact(Artifact):
 
         cfg = self.target.config
         t0 = time.perf_counter()
-        self.session, self.where = rpc.connect(
-            rpc_key(cfg), cfg.get("tracker"), cfg.get("rpc"),
-            session_timeout=float(cfg.get("session_timeout", 0)),
-            notify=lambda msg: print(f"deploykit: {msg}", file=sys.stderr))
+        device = pinned()
+        if device is not None:  # a pool's board (pool.py): its session, held by the pool
+            self.session, self.where = device.session, device.where
+        else:
+            self.session, self.where = rpc.connect(
+                rpc_key(cfg), cfg.get("tracker"), cfg.get("rpc"),
+                session_timeout=float(cfg.get("session_timeout", 0)),
+                notify=lambda msg: print(f"deploykit: {msg}", file=sys.stderr))
         self.connect_ms = (time.perf_counter() - t0) * 1e3
         tdict = self.target.tvm_target
         self.env = {"machine": str(tdict.get("mtriple", "")).split("-")[0] or None,
@@ -98,10 +115,13 @@ class RemoteTvmArtifact(Artifact):
                     "tvm_target": tdict, "tvm_build_ms": self.build_ms,
                     "tuning_records": self.built.tuning_records,
                     "remote": {"where": self.where, "emulated": self.emulated,
-                               "connect_ms": self.connect_ms}}
+                               "connect_ms": self.connect_ms, "server": _server(self.where),
+                               "pooled": device is not None}}
         t0 = time.perf_counter()
         try:
-            self.session.upload(str(self.lib))
+            # once per session: rewriting a library the session process has loaded crashes it
+            if device is None or device.first_upload(self.lib.name):
+                self.session.upload(str(self.lib))
         except Exception as e:
             raise self._fail(f"upload of {self.lib.name}", e) from None
         self.upload_ms = (time.perf_counter() - t0) * 1e3
@@ -123,6 +143,11 @@ class RemoteTvmArtifact(Artifact):
 
         self._rss_probe = self._rss_before = None
         self.memory_error = None
+        if pinned() is not None:
+            self.memory_error = ("the device pool shares one session per board between models, "
+                                 "so its peak RSS would cover earlier ones (profile without "
+                                 "--parallel for a memory figure)")
+            return
         try:
             self._rss_probe = device_memory.load(self.session,
                                                  self.target.config.get("cross_compiler"))

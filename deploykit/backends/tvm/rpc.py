@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -103,13 +104,8 @@ def connect(device_key: str | None, tracker: str | None, server: str | None,
         if rows[device_key].free == 0 and notify:
             notify(f"all {rows[device_key].total} device(s) of key '{device_key}' are busy; "
                    f"queued behind {rows[device_key].pending} request(s)")
-        try:
-            sess = rpc.connect_tracker(host, port).request(
-                device_key, priority=1, session_timeout=session_timeout, max_retry=2)
-        except (RuntimeError, OSError) as e:
-            raise TargetError(f"could not get a device of key '{device_key}' from tracker "
-                              f"{host}:{port}: {first_line(e)}") from None
-        return sess, f"key '{device_key}' via tracker {host}:{port}"
+        sess, server = request(host, port, device_key, session_timeout)
+        return sess, f"key '{device_key}' via tracker {host}:{port} (server {server})"
     if not server:
         raise InputError("a remote target needs --device KEY --tracker HOST:PORT, or an `rpc` "
                          "HOST:PORT in its target file")
@@ -123,6 +119,37 @@ def connect(device_key: str | None, tracker: str | None, server: str | None,
     return sess, f"server {host}:{port}"
 
 
+
+def request(host: str, port: int, device_key: str, session_timeout: float = 0,
+            attempts: int = 2) -> tuple[object, str]:
+    """(session, "HOST:PORT" of the server it reached): TVM's TrackerSession.request, which
+    keeps the server's address to itself; a result must say which board it ran on (a pool
+    spreads a search over several, and a slow or broken board has to be found)."""
+    from tvm import rpc
+    from tvm.rpc import base
+
+    last: BaseException | None = None
+    for _ in range(attempts):
+        sock = None
+        try:
+            sock = socket.create_connection((host, port), timeout=10)
+            sock.settimeout(None)  # the request itself waits as long as the queue does
+            sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
+                raise RuntimeError(f"{host}:{port} is not an RPC tracker")
+            base.sendjson(sock, [base.TrackerCode.REQUEST, device_key, "", 1])
+            value = base.recvjson(sock)  # blocks while every device of the key is busy
+            if value[0] != base.TrackerCode.SUCCESS:
+                raise RuntimeError(f"tracker answered {value!r}")
+            url, sport, matchkey = value[1]
+            return rpc.connect(url, sport, matchkey, session_timeout), f"{url}:{sport}"
+        except (RuntimeError, OSError) as e:  # a server that died after the tracker's pick
+            last = e
+        finally:
+            if sock is not None:
+                sock.close()
+    raise TargetError(f"could not get a device of key '{device_key}' from tracker "
+                      f"{host}:{port}: {first_line(last)}") from None
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

@@ -1,0 +1,285 @@
+"""Measurement over a pool of TVM RPC devices of one key (`--tracker HOST:PORT --device KEY
+--parallel N`), like MetaSchedule's RPC runner: N worker threads, each holding one device session
+from the tracker, take measurement jobs from one queue.
+
+Why sessions are held, not requested per job: a TVM RPC server serves one session at a time, so
+an interleaved comparison can only run both models on the same board inside one session, and a
+worker that let its session go could find every board taken by the others. A job runs with its
+worker's device *pinned* to the thread (`pinned()`); RemoteTvmArtifact.open uses that session
+instead of asking the tracker, so the Target API (compile, profile) stays as it is.
+
+Why threads: the host's share of a job (building, numpy) is short; the long part is the remote
+call, during which TVM's FFI releases the GIL, so N boards really measure at once.
+
+A board that drops out (its server killed, the network gone) fails the job's remote calls; the
+pool then probes the session, and when the board is gone the job goes back to the queue for
+another board (a free one of the key is requested from the tracker to replace it). Results made
+before are kept; the pool gives up, with one line, only when no board is left.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from ...errors import InputError, TargetError, first_line
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Where the boards are and how many to use at once."""
+
+    tracker: str  # HOST:PORT of the RPC tracker
+    key: str  # the device key the boards registered with (`rpc_server --key KEY`)
+    parallel: int = 1  # boards measuring at once
+
+    def __post_init__(self) -> None:
+        from .rpc import parse_hostport
+
+        parse_hostport(self.tracker, "--tracker")
+        if not self.key:
+            raise InputError("--tracker needs --device KEY (see `deploykit devices --tracker ...`)")
+        if not isinstance(self.parallel, int) or self.parallel < 1:
+            raise InputError(f"--parallel must be a positive integer, got {self.parallel!r}")
+
+
+def pool_config(tracker: str | None, key: str | None, parallel: int | None) -> PoolConfig | None:
+    """The pool the CLI's --tracker/--device/--parallel ask for; None without --parallel (one
+    device per session, as before). --parallel without --tracker is a usage error."""
+    if parallel is None:
+        return None
+    if not tracker:
+        raise InputError("--parallel measures on several devices of one key: it needs "
+                         "--tracker HOST:PORT --device KEY")
+    return PoolConfig(tracker, key or "", parallel)
+
+
+def check_target(target) -> None:
+    """A pool measures on TVM RPC boards: refuse any other target before anything runs."""
+    if target.config.get("backend") != "tvm" or not target.config.get("remote"):
+        raise InputError(f"--tracker/--parallel measure on TVM RPC devices; target "
+                         f"'{target.name}' is not a remote TVM target (e.g. tvm-aarch64)")
+
+
+@dataclass
+class Device:
+    """One board of the pool: its session and which server it is."""
+
+    session: Any
+    server: str  # HOST:PORT of the RPC server the tracker handed out
+    key: str
+    tracker: str
+
+    @property
+    def where(self) -> str:
+        return f"key '{self.key}' via tracker {self.tracker} (server {self.server})"
+
+    uploaded: set[str] = field(default_factory=set)  # library names already on the board
+
+    def first_upload(self, name: str) -> bool:
+        """True the first time `name` goes to this session: the board keeps it for the
+        session, and a session process whose loaded library is rewritten crashes (qemu and a
+        real board alike: the file is mapped)."""
+        if name in self.uploaded:
+            return False
+        self.uploaded.add(name)
+        return True
+
+    def alive(self) -> bool:
+        """Does the session still answer? (a remote call that a dead server cannot serve)"""
+        try:
+            return bool(self.session.cpu(0).exist)
+        except Exception:
+            return False
+
+
+def pinned() -> Device | None:
+    """The pool device this thread measures on, or None (outside a pool)."""
+    return getattr(_local, "device", None)
+
+
+@contextmanager
+def pin(device: Device) -> Iterator[Device]:
+    before = pinned()
+    _local.device = device
+    try:
+        yield device
+    finally:
+        _local.device = before
+
+
+class DevicePool:
+    """N device sessions of one key; `map` runs jobs on them, `run` runs one job on one board.
+    Use as a context manager: the boards go back to the tracker on exit."""
+
+    def __init__(self, cfg: PoolConfig, notify: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.notify = notify or (lambda msg: print(f"deploykit: {msg}", file=sys.stderr))
+        self.devices: list[Device] = []
+        self.lost: list[str] = []  # servers that dropped out, in order
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "DevicePool":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        from .rpc import check_reachable, parse_hostport, tracker_devices
+
+        host, port = parse_hostport(self.cfg.tracker, "tracker")
+        check_reachable(host, port, "RPC tracker")
+        rows = {d.key: d for d in tracker_devices(self.cfg.tracker)}
+        total = rows[self.cfg.key].total if self.cfg.key in rows else 0
+        if total == 0:
+            known = ", ".join(sorted(rows)) or "none"
+            raise TargetError(f"no device with key '{self.cfg.key}' is registered with tracker "
+                              f"{self.cfg.tracker} (keys: {known})")
+        n = min(self.cfg.parallel, total)
+        if n < self.cfg.parallel:
+            self.notify(f"--parallel {self.cfg.parallel}: only {total} device(s) of key "
+                        f"'{self.cfg.key}' are registered with tracker {self.cfg.tracker}; "
+                        f"measuring on {n}")
+        if rows[self.cfg.key].free < n:
+            self.notify(f"{n - rows[self.cfg.key].free} of the {n} device(s) are busy; "
+                        f"waiting for them")
+        self.devices = [self._request() for _ in range(n)]
+
+    def _request(self) -> Device:
+        from .rpc import parse_hostport, request
+
+        host, port = parse_hostport(self.cfg.tracker, "tracker")
+        session, server = request(host, port, self.cfg.key)
+        return Device(session, server, self.cfg.key, self.cfg.tracker)
+
+    def _replacement(self) -> Device | None:
+        """A free board of the key, if the tracker has one now (never waits in its queue: the
+        other boards are this pool's own)."""
+        from .rpc import tracker_devices
+
+        try:
+            free = {d.key: d.free for d in tracker_devices(self.cfg.tracker)}.get(self.cfg.key, 0)
+            return self._request() if free > 0 else None
+        except TargetError:
+            return None
+
+    def close(self) -> None:
+        import gc
+
+        self.devices = []
+        gc.collect()  # the sessions close with their last reference: the boards are free again
+
+    def summary(self) -> dict[str, Any]:
+        """Which boards measured (a result's device fingerprint) and which dropped out."""
+        return {"tracker": self.cfg.tracker, "key": self.cfg.key, "parallel": self.cfg.parallel,
+                "servers": [d.server for d in self.devices], "lost": list(self.lost)}
+
+    def run(self, fn: Callable[[], R]) -> R:
+        """`fn()` on one board, pinned for all its compiles: an interleaved comparison (the
+        gate, a recommendation's confirmation) runs both models on the same device."""
+        return self.map(lambda _: fn(), [None])[0]
+
+    def map(self, fn: Callable[[T], R], jobs: Sequence[T],
+            on_result: Callable[[int, R], None] | None = None,
+            progress: str | None = None) -> list[R]:
+        """[fn(job)] in the order of `jobs`, up to N at once, each on a board pinned to its
+        worker. `on_result(i, result)` runs in this (the calling) thread as each finishes, so a
+        caller's store never sees another thread. A job whose board dropped out is retried on
+        another; any other exception stops the pool (jobs already running finish) and is raised."""
+        if not self.devices:
+            raise TargetError(f"no device of key '{self.cfg.key}' is left in the pool")
+        todo: queue.Queue[int] = queue.Queue()
+        for i in range(len(jobs)):
+            todo.put(i)
+        done: queue.Queue[tuple[int, str, Any]] = queue.Queue()  # (index, kind, value)
+        stop = threading.Event()
+        unfinished = [len(jobs)]  # a job a lost board gave back is not finished: wait for it
+
+        def finish(i: int, kind: str, value: Any) -> None:
+            with self._lock:
+                unfinished[0] -= 1
+            done.put((i, kind, value))
+
+        def worker(dev: Device) -> None:
+            with pin(dev):
+                while not stop.is_set():
+                    try:
+                        i = todo.get(timeout=0.05)
+                    except queue.Empty:
+                        if unfinished[0] == 0:
+                            break
+                        continue
+                    try:
+                        finish(i, "ok", fn(jobs[i]))
+                        continue
+                    except BaseException as e:  # noqa: BLE001 (judged below, re-raised there)
+                        err = e
+                    if dev.alive():
+                        stop.set()
+                        finish(i, "error", err)
+                        break
+                    todo.put(i)  # its board is gone: another one measures it
+                    done.put((i, "lost", f"{dev.server} ({first_line(err)})"))
+                    dev = self._replacement() or dev
+                    if not dev.alive():
+                        break
+                    _local.device = dev
+                    with self._lock:
+                        self.devices.append(dev)
+            done.put((-1, "exit", dev))
+
+        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in self.devices]
+        for t in threads:
+            t.start()
+        results: dict[int, R] = {}
+        errors: dict[int, BaseException] = {}
+        running = len(threads)
+        from ...progress import progress_bar
+
+        with progress_bar(bool(progress), count=True) as bar:
+            task = bar.add_task(progress or "", total=len(jobs),
+                                info=f"on {len(self.devices)} device(s)") if bar else None
+            while running:
+                i, kind, value = done.get()
+                if kind == "exit":
+                    running -= 1
+                elif kind == "ok":
+                    results[i] = value
+                    if on_result is not None:
+                        on_result(i, value)
+                    if bar:
+                        bar.advance(task)
+                elif kind == "error":
+                    errors[i] = value
+                else:
+                    self._drop(value)
+                    if bar:
+                        bar.update(task, info=f"on {len(self.devices)} device(s); lost {value}")
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[min(errors)]
+        if len(results) < len(jobs):
+            raise TargetError(
+                f"every device of key '{self.cfg.key}' dropped out ({', '.join(self.lost)}); "
+                f"{len(jobs) - len(results)} of {len(jobs)} measurements not made (the "
+                f"{len(results)} made are kept)")
+        return [results[i] for i in range(len(jobs))]
+
+    def _drop(self, what: str) -> None:
+        server = what.split(" ", 1)[0]
+        with self._lock:
+            self.devices = [d for d in self.devices if d.server != server or d.alive()]
+        self.lost.append(server)
+        self.notify(f"device {what} dropped out; its measurement is retried on another one")
