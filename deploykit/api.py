@@ -314,11 +314,13 @@ def check(model: Any, baseline: PathLike, *, against: Any = None, max_slowdown: 
           max_memory_increase: str = "10%", max_cold_start_increase: str = "20%",
           max_time: float = 20.0, warmup_max: float = 0.5, threads: int | None = None,
           memory_runs: int = 3, wait_quiet: float = 0.0, device: str | None = None,
+          tracker: str | None = None, parallel: int | None = None,
           allow_env_change: bool = False, progress: bool = False) -> "CheckOutcome":
     """The CI gate on one model, as `deploykit check` runs it: latency interleaved against
     `against` (the old model) when given or the baseline's model when it is still on disk, else
     against the baseline's stored samples; the memory and cold-start gates beside it; on a device
-    with `device="ssh://..."`. Returns the CheckOutcome: `.result` (the verdicts, as
+    with `device="ssh://..."`, or on one board of RPC device key `device` from `tracker` (both
+    models on the same board). Returns the CheckOutcome: `.result` (the verdicts, as
     `check --json`), `.failed` (what the CLI exits 1 on), both reports."""
     from .gatecheck import CheckSpec, run_check
 
@@ -330,7 +332,8 @@ def check(model: Any, baseline: PathLike, *, against: Any = None, max_slowdown: 
         max_slowdown=max_slowdown, max_memory_increase=max_memory_increase,
         max_cold_start_increase=max_cold_start_increase, max_time=max_time,
         warmup_max=warmup_max, threads=threads, memory_runs=memory_runs, wait_quiet=wait_quiet,
-        device=device, allow_env_change=allow_env_change, progress=progress))
+        device=device, tracker=tracker, parallel=parallel, allow_env_change=allow_env_change,
+        progress=progress))
 
 
 def package(model: Any, target: Any, output: PathLike, *, force: bool = False,

@@ -32,7 +32,9 @@ class CheckSpec:
     threads: int | None = None
     memory_runs: int = 3
     wait_quiet: float = 0.0
-    device: str | None = None
+    device: str | None = None  # ssh://, adb://, or with `tracker` an RPC device key
+    tracker: str | None = None  # RPC tracker HOST:PORT: old and new on one board of `device`
+    parallel: int | None = None  # accepted for symmetry: the rounds need one board
     allow_env_change: bool = False
     top: int = 8
     progress: bool = False
@@ -100,7 +102,13 @@ def run_check(spec: CheckSpec) -> CheckOutcome:
         if old_path is not None and base.report.model_sha256 != model.sha256:
             old_model = load_model(str(old_path))[0]
     threads = spec.threads or base.report.env.get("threads") or None
-    target = gate_target(base.report.target, threads)
+    pool = _pool(spec)
+    target = gate_target(base.report.target, threads,
+                         **({} if pool is None else {"device": pool.key, "tracker": pool.tracker}))
+    if pool is not None:
+        from .backends.tvm.pool import check_target
+
+        check_target(target)
     env_diffs = env_differences(base.report.env, _fingerprint(target))
     if old_model is None and env_diffs and not spec.allow_env_change:
         raise InputError("environment differs from the baseline's (" + "; ".join(env_diffs) +
@@ -125,6 +133,17 @@ def run_check(spec: CheckSpec) -> CheckOutcome:
                                               base.feeds, spec.max_time, spec.warmup_max,
                                               min_rounds=MIN_ROUNDS, round_s=round_s,
                                               sub_s=SUB_S)
+        estimate = interleaved_estimate(old_rep, new_rep)
+    elif pool is not None:  # every round's old and new on the same board (pool.py)
+        from .backends.tvm.pool import DevicePool
+
+        if old_model is None:
+            raise InputError("--tracker measures old and new interleaved on one board: pass "
+                             "--against OLD_MODEL (or keep the baseline's model file)")
+        with DevicePool(pool) as boards:
+            old_rep, new_rep = boards.run(lambda: measure_rounds(
+                target, [old_model, model], base.feeds, spec.max_time, spec.warmup_max,
+                progress=spec.progress, wait_quiet=wait))
         estimate = interleaved_estimate(old_rep, new_rep)
     elif old_model is not None:
         old_rep, new_rep = measure_rounds(target, [old_model, model], base.feeds, spec.max_time,
@@ -166,6 +185,27 @@ def run_check(spec: CheckSpec) -> CheckOutcome:
     return CheckOutcome(result, old_rep, new_rep, base, model, inputs, outputs)
 
 
+def _pool(spec: CheckSpec):
+    """The one-board pool of --tracker/--device (None without --tracker). A check is one
+    interleaved measurement, and a ratio is only a ratio on one board: --parallel cannot split
+    it, so more than one is said and not used."""
+    import sys
+
+    from .backends.tvm.pool import PoolConfig, pool_config
+    from .bundle.transport import is_url
+    from .errors import InputError
+
+    if not spec.tracker:
+        pool_config(None, spec.device, spec.parallel)  # --parallel without --tracker: refused
+        return None
+    if is_url(spec.device) or not spec.device:
+        raise InputError("--tracker needs --device KEY (an RPC device key, not ssh:// or adb://)")
+    if spec.parallel is not None and spec.parallel > 1:
+        print(f"deploykit: note: --parallel {spec.parallel}: a check interleaves old and new on "
+              "one board; the others are not used", file=sys.stderr)
+    return PoolConfig(spec.tracker, spec.device, 1)
+
+
 def _validate(spec: CheckSpec) -> None:
     """The numbers a check's timing rests on, refused (exit 2) before anything is loaded."""
     import math
@@ -197,6 +237,11 @@ def _memory_gate(spec, base, threads, old_model, model, old_rep, new_rep, thresh
 
     if spec.memory_runs == 0:
         return old_rep, new_rep, memory_verdict(memory_runs(old_rep), [], threshold)
+    if spec.tracker:  # the same: fresh processes here, not on the board
+        return old_rep, new_rep, ResourceVerdict(
+            "memory", "no-data", threshold, None, None, None,
+            "not gated with --tracker: its fresh-process runs would measure this machine, not "
+            "the board")
     if is_url(spec.device):  # fresh processes here would measure this machine, not the device
         return old_rep, new_rep, ResourceVerdict(
             "memory", "no-data", threshold, None, None, None,

@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="baseline file to write (atomically)")
     p.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bar")
     _common.add_target_args(p)
+    p.add_argument("--device", metavar="KEY", help="RPC device key (remote TVM targets, with "
+                   "--tracker): recorded on one board of that key")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="RPC tracker of the boards")
     _common.add_input_args(p)
     add_gate_timing_args(p)
     _common.add_honesty_args(p)
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..onnxio import make_feeds
     from ..outputs import Outputs, check_output_file
     from ..gate.baseline import checked, make_baseline
+    from ..errors import InputError
     from ..gate.rounds import gate_target, load_model, measure_rounds
 
     check_output_file(args.output, "-o")
@@ -69,12 +73,33 @@ def run(args: argparse.Namespace) -> int:
     model, inputs, outputs = load_model(args.model)
     shapes = _common.parse_shapes(args.shape)
     make_feeds(list(inputs), args.seed, shapes, args.inputs)  # bad --inputs/--shape: now
-    target = gate_target(args.target, args.threads)
+    pool = None
+    if args.device or args.tracker:
+        from ..backends.tvm.pool import PoolConfig, check_target
+
+        if not (args.device and args.tracker):
+            raise InputError("a baseline on an RPC board needs --device KEY and --tracker "
+                             "HOST:PORT")
+        pool = PoolConfig(args.tracker, args.device, 1)
+    target = gate_target(args.target, args.threads,
+                         **({} if pool is None else {"device": pool.key, "tracker": pool.tracker}))
+    if pool is not None:
+        check_target(target)
     feeds_cfg = {"seed": args.seed, "shapes": {k: list(v) for k, v in shapes.items()},
                  "npz": args.inputs}
-    (report,) = measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
-                               progress=not args.quiet, wait_quiet=_common.wait_quiet(args))
-    if args.memory_runs:
+
+    def measure():
+        return measure_rounds(target, [model], feeds_cfg, args.max_time, args.warmup_max,
+                              progress=not args.quiet, wait_quiet=_common.wait_quiet(args))
+
+    if pool is None:
+        (report,) = measure()
+    else:  # one board, held for all rounds (backends/tvm/pool.py)
+        from ..backends.tvm.pool import DevicePool
+
+        with DevicePool(pool) as board:
+            (report,) = board.run(measure)
+    if args.memory_runs and pool is None:  # fresh processes here would not measure the board
         from dataclasses import replace
 
         from ..gate.memory_probe import measure_memory

@@ -49,7 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="intra-op threads (default: the baseline's)")
     p.add_argument("--device", help="ssh://USER@HOST[:PORT][/DIR] or adb://SERIAL[/DIR]: "
                    "package both models as ORT bundles, self-test them on the device and time "
-                   "them there in interleaved rounds (needs the old model: --against)")
+                   "them there in interleaved rounds (needs the old model: --against); or, "
+                   "with --tracker, an RPC device key: both models on one board of that key")
+    p.add_argument("--tracker", metavar="HOST:PORT",
+                   help="RPC tracker of the boards (remote TVM targets, with --device KEY)")
+    _common.add_pool_args(p, device=False)
     add_gate_timing_args(p)
     _common.add_honesty_args(p, strict=False)
     _common.add_store_arg(p)
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                      max_cold_start_increase=args.max_cold_start_increase,
                      max_time=args.max_time, warmup_max=args.warmup_max, threads=args.threads,
                      memory_runs=args.memory_runs, wait_quiet=_common.wait_quiet(args),
-                     device=args.device, allow_env_change=args.allow_env_change, top=args.top,
+                     device=args.device, tracker=args.tracker, parallel=args.parallel,
+                     allow_env_change=args.allow_env_change, top=args.top,
                      progress=not args.quiet)
     out = run_check(spec)
     result, old_rep, new_rep = out.result, out.old_report, out.new_report

@@ -16,13 +16,13 @@ ROUND_S = 1.0  # timed seconds per round, shared by the models of an interleaved
 SUB_S = 0.05  # one alternation inside a round: every model runs ~SUB_S / n_models seconds
 
 
-def gate_target(name: str, threads: int | None) -> Target:
+def gate_target(name: str, threads: int | None, **overrides) -> Target:
     """The target as the gate measures it: ORT spinning off, so that the old and new sessions
     can share one process without stealing each other's cores (FACTS.md), and baselines are
-    measured exactly like checks."""
+    measured exactly like checks. `overrides`: e.g. an RPC board's device key and tracker."""
     from ..backends import registry as targets
 
-    return targets.get(name, threads=threads, allow_spinning=False)
+    return targets.get(name, threads=threads, allow_spinning=False, **overrides)
 
 
 def load_model(path: str):
