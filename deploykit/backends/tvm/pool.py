@@ -84,6 +84,8 @@ class Device:
         return f"key '{self.key}' via tracker {self.tracker} (server {self.server})"
 
     uploaded: set[str] = field(default_factory=set)  # library names already on the board
+    jobs: int = 0  # jobs started on this board (a job running: `busy`)
+    busy: bool = False
 
     def first_upload(self, name: str) -> bool:
         """True the first time `name` goes to this session: the board keeps it for the
@@ -95,9 +97,10 @@ class Device:
         return True
 
     def alive(self) -> bool:
-        """Does the session still answer? (a remote call that a dead server cannot serve)"""
+        """Does the session still answer? A no-op remote call (`exist` is answered locally)."""
         try:
-            return bool(self.session.cpu(0).exist)
+            self.session.cpu(0).sync()
+            return True
         except Exception:
             return False
 
@@ -220,11 +223,14 @@ class DevicePool:
                         if unfinished[0] == 0:
                             break
                         continue
+                    dev.busy, dev.jobs = True, dev.jobs + 1
                     try:
                         finish(i, "ok", fn(jobs[i]))
                         continue
                     except BaseException as e:  # noqa: BLE001 (judged below, re-raised there)
                         err = e
+                    finally:
+                        dev.busy = False
                     if dev.alive():
                         stop.set()
                         finish(i, "error", err)

@@ -1,0 +1,162 @@
+"""Measurement over a pool of boards: three emulated aarch64 RPC servers (qemu-user) registered
+with one tracker under one key; a search spread over them while one is killed, profiles on
+several boards at once, comparisons kept on one board, and the usage errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from conftest import kill_group
+from deploykit import cli
+from deploykit.backends.tvm import rpc
+from deploykit.backends.tvm.pool import PoolConfig
+
+KEY = "aarch64-emu-pool"  # "emu" in a key: timings labelled emulated
+
+
+@pytest.fixture(scope="module")
+def boards(arm_device, tracker):
+    """Three emulated boards of key KEY, started at once (each costs tens of seconds)."""
+    arm = arm_device[0]
+    started, errors = [], []
+
+    def start():
+        try:
+            started.append(arm.start(port=rpc.free_port(), tracker=tracker, key=KEY))
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        yield {"tracker": tracker, "servers": {f"127.0.0.1:{port}": proc
+                                               for proc, port in started}}
+    finally:
+        for proc, _ in started:
+            kill_group(proc)
+
+
+def _search_in_thread(model, out, tracker, store, holder: list, got: list) -> None:
+    """The search, run in this thread (its store is this thread's); the Search object goes to
+    `holder` for the test to watch, the result or exception to `got`."""
+    from dataclasses import replace
+
+    from deploykit.api import prepare_inputs
+    from deploykit.core import TimingPlan
+    from deploykit.search.engine import Search, SearchConfig
+    from deploykit.store import Store
+
+    short = TimingPlan(warmup_min_s=0.05, warmup_max_s=0.2, min_samples=10, max_time_s=0.5,
+                       block_s=0.1)  # emulated timings only need to exist here, not to be good
+    cfg = SearchConfig(min_fidelity=0.5, families=("prune",), target_options=False,
+                       netadapt=False, experts=False, time_limit_s=300, whole_plan=short,
+                       final_plan=replace(short, max_time_s=1.0))
+    try:
+        _, feeds, calib, synthetic = prepare_inputs(model)
+        with Store(store) as s:
+            search = Search(model, "tvm-aarch64", cfg, out, s, feeds=feeds, calibration=calib,
+                            calibration_is_synthetic=synthetic,
+                            pool=PoolConfig(tracker, KEY, 3))
+            holder.append(search)
+            got.append(search.run())
+    except BaseException as e:  # the test's thread reports it
+        got.append(e)
+
+
+def test_pooled_search_survives_a_killed_board(boards, tmp_path):
+    from _search_models import residual_cnn
+
+    model = residual_cnn(tmp_path / "m.onnx", c=8, hw=16, head=32)
+    holder: list = []
+    got: list = []
+    runner = threading.Thread(target=_search_in_thread, args=(
+        model, tmp_path / "out", boards["tracker"], tmp_path / "r.sqlite", holder, got))
+    runner.start()
+    try:
+        # mid-run: the baseline measured, and a job just started on the board to kill
+        deadline = time.monotonic() + 240
+        victim = None
+        while victim is None and runner.is_alive():
+            assert time.monotonic() < deadline, "the search never got going"
+            pool = holder[0].measure.pool if holder else None
+            if pool is not None and holder[0].measure.now >= 1:
+                victim = next((d for d in pool.devices if d.busy), None)
+            time.sleep(0.02)
+        assert victim is not None, f"the search ended before a board could be killed: {got}"
+        kill_group(boards["servers"].pop(victim.server))
+    finally:
+        runner.join(timeout=300)
+    assert got and not isinstance(got[0], BaseException), got
+    result = got[0]
+    devices = result.cost["devices"]
+    assert devices["lost"] == [victim.server]  # dropped out, its job retried elsewhere
+    assert victim.server not in devices["servers"] and len(devices["servers"]) == 2
+    assert result.recommendation is not None and result.cost["measured_whole"] >= 2
+    db = sqlite3.connect(tmp_path / "r.sqlite")
+    runs = [(label, json.loads(env)["remote"]["server"])
+            for label, env in db.execute("SELECT label, env FROM runs ORDER BY id")]
+    used = {server for _, server in runs}
+    assert used <= set(boards["servers"]) | {victim.server} and len(used) >= 2
+    finals = [server for label, server in runs if ":final:" in label]
+    assert len(finals) == 2 and finals[0] == finals[1]  # both sides on one board
+    assert finals[0] != victim.server
+
+
+def test_profile_spreads_models_and_compare_stays_on_one_board(boards, tmp_path, capsys):
+    from tvm_models import cnn
+
+    a, b = cnn(tmp_path / "a.onnx", seed=0), cnn(tmp_path / "b.onnx", seed=1)
+    tracker = boards["tracker"]
+    common = ["--target", "tvm-aarch64", "--device", KEY, "--tracker", tracker, "--max-time",
+              "0.5", "--min-samples", "5", "--no-store", "-q", "--no-strict"]
+    out = tmp_path / "p.json"
+    assert cli.main(["profile", str(a), str(b), *common, "--parallel", "9",
+                     "--json", str(out)]) == 0
+    assert f"--parallel 9: only {len(boards['servers'])} device(s)" in capsys.readouterr().err
+    reps = json.loads(out.read_text())["reports"]
+    assert [r["model_path"] for r in reps] == [str(a), str(b)]  # each alone, in order
+    assert all(r["env"]["remote"]["server"] in boards["servers"] for r in reps)
+    assert all("emulated" in r["labels"] for r in reps)
+    out = tmp_path / "c.json"
+    assert cli.main(["profile", str(a), str(b), *common, "--parallel", "2", "--compare",
+                     "--json", str(out)]) == 0
+    servers = {i["report"]["env"]["remote"]["server"]
+               for i in json.loads(out.read_text())["items"]}
+    assert len(servers) == 1  # interleaved on one board, not a ratio of two boards
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--parallel", "2"], "--parallel measures on several devices of one key: it needs "
+                          "--tracker HOST:PORT --device KEY"),
+    (["--parallel", "0", "--tracker", "127.0.0.1:9", "--device", "k"],
+     "--parallel must be a positive integer"),
+    (["--parallel", "2", "--tracker", "nohost", "--device", "k"], "bad --tracker 'nohost'"),
+])
+def test_pool_usage_errors_are_one_line(argv, message, tmp_path, capsys):
+    from tvm_models import cnn
+
+    m = str(cnn(tmp_path / "m.onnx"))
+    for verb in (["profile", m, "--target", "tvm-aarch64"],
+                 ["search", m, "--target", "tvm-aarch64", "-o", str(tmp_path / "s")]):
+        assert cli.main([*verb, *argv, "--no-store"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_pool_needs_a_remote_tvm_target(tmp_path, capsys):
+    from tvm_models import cnn
+
+    m = str(cnn(tmp_path / "m.onnx"))
+    assert cli.main(["search", m, "--target", "ort-cpu", "--device", "k", "--tracker",
+                     "127.0.0.1:9", "--parallel", "2", "-o", str(tmp_path / "s")]) == 2
+    assert "not a remote TVM target" in capsys.readouterr().err
