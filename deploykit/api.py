@@ -242,13 +242,16 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
            threads: int | None = None, progress: bool = False,
            store: PathLike | bool | None = True,
            runtimes: Sequence[str] | None = (), example_inputs: Any = None,
-           recover_budget_s: float | None = None) -> "SearchResult":
+           recover_budget_s: float | None = None, device: str | None = None,
+           tracker: str | None = None, parallel: int | None = None) -> "SearchResult":
     """Latency-guided compression search; writes search.json, the report and recommended.onnx
     under `output` and returns the SearchResult (Pareto front, recommendation, lineage).
     The recommendation runs on `target`'s runtime; `runtimes` (target names, or None for every
     CPU runtime installed) are searched too and reported as alternatives. `model` may be a
     torch.nn.Module (with `example_inputs`): it is exported first and its pruned candidates can be
-    recovered by distillation for `recover_budget_s` seconds each (default 60; 0: off)."""
+    recovered by distillation for `recover_budget_s` seconds each (default 60; 0: off).
+    `device`/`tracker`/`parallel`: measure on up to `parallel` RPC boards of key `device` at
+    once (a remote TVM target; backends/tvm/pool.py), the confirmation on one board."""
     from .backends import registry
     from .search.candidates import FAMILIES
     from .search.engine import SearchConfig
@@ -275,7 +278,14 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
         raise InputError(f"unknown search families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
     from .search.experts import other_runtimes
 
-    tgt = registry.get(target, threads=threads)
+    from .backends.tvm.pool import PoolConfig, check_target, pool_config
+
+    pool = pool_config(tracker, device, parallel) or (
+        PoolConfig(tracker, device or "", 1) if tracker else None)
+    tgt = registry.get(target, threads=threads,
+                       **({} if pool is None else {"device": pool.key, "tracker": pool.tracker}))
+    if pool is not None:
+        check_target(tgt)
     cfg = SearchConfig(budget_ms=budget_ms, min_fidelity=min_fidelity, time_limit_s=time_limit_s,
                        families=tuple(families),
                        runtimes=other_runtimes(tgt, None if runtimes is None else list(runtimes)),
@@ -287,7 +297,7 @@ def search(model: Any, output: PathLike, target: str = "ort-cpu", *,
                   store if store else out / ".work" / "results.sqlite")
     return run_search(ref.path, target, cfg, out, store_file, feeds=feeds, calibration=calib,
                       synthetic=synthetic, progress=progress, threads=threads,
-                      torch_source=torch_source)[0]
+                      torch_source=torch_source, pool=pool)[0]
 
 
 def run_search(model: PathLike, target: str, cfg, output: PathLike, store, *,

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""The device pool's targets, measured: the same `deploykit search` over 1 board and over N boards
+of one key (wall time of its measurements, and the recommendation of each), and a pooled search
+with one board killed mid-run (does it complete on the others?).
+
+    python tools/bench_pool.py [--boards 3] [--pairs 1] [--kill] [--model M.onnx]
+
+It starts its own RPC tracker and N emulated aarch64 boards (tools/arm_device.py, qemu-user) on
+loopback, runs each search as the CLI command it prints, in a fresh store and output folder, and
+alternates the 1-board and N-board runs (pairs) so that the machine's load drifts over both alike.
+Emulated boards give correctness, not latency: their timings are qemu's on this machine's cores,
+which the boards share with each other and with the host's TVM builds; the figure is the wall
+time of the pooled machinery, not of real boards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+KEY = "aarch64-emu-bench"
+SEARCH = ["--target", "tvm-aarch64", "--families", "prune,lowrank", "--min-fidelity", "0.9",
+          "--no-target-options", "--no-netadapt", "--time-limit", "10m", "-q"]
+
+
+def start_boards(n: int):
+    """A tracker and n emulated boards of KEY, started at once."""
+    from deploykit.backends.tvm import rpc
+    from _tools import load_tool
+
+    arm = load_tool("arm_device")
+    arm.setup()
+    tracker_proc, port = rpc.start_tracker()
+    tracker = f"127.0.0.1:{port}"
+    boards: list = []
+    threads = [threading.Thread(target=lambda: boards.append(
+        arm.start(port=rpc.free_port(), tracker=tracker, key=KEY))) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(boards) != n:
+        sys.exit(f"bench_pool: only {len(boards)} of {n} boards started")
+    return tracker_proc, tracker, boards
+
+
+def kill(proc) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def search(model: Path, tracker: str, parallel: int, work: Path, tag: str, on_first=None):
+    """One `deploykit search` (printed), its search.json's cost and recommendation."""
+    out, store = work / f"out-{tag}", work / f"store-{tag}.sqlite"
+    cmd = [sys.executable, "-m", "deploykit", "search", str(model), *SEARCH, "--device", KEY,
+           "--tracker", tracker, "--parallel", str(parallel), "--store", str(store), "-o",
+           str(out)]
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if on_first is not None:  # once the first measurement is stored: mid-run
+        while proc.poll() is None and not _stored(store):
+            time.sleep(0.2)
+        if proc.poll() is None:
+            on_first()
+    stdout, stderr = proc.communicate()
+    wall = time.monotonic() - t0
+    if proc.returncode not in (0, 1):
+        sys.exit(f"bench_pool: search failed ({proc.returncode}): {stderr.strip()[-500:]}")
+    res = json.loads((out / "search.json").read_text())
+    rec = res.get("recommendation") or {}
+    return {"parallel": parallel, "wall_s": wall, "measuring_s": res["cost"]["measuring_s"],
+            "search_s": res["cost"]["seconds"], "recommendation": rec.get("name"),
+            "devices": res["cost"]["devices"], "stderr": stderr.strip().splitlines()}
+
+
+def _stored(store: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--boards", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=1, help="(1 board, N boards) runs, alternated")
+    p.add_argument("--kill", action="store_true", help="also: a pooled search, one board killed")
+    p.add_argument("--model", default=None, help="default: tests' residual CNN (16 ch, 24x24)")
+    args = p.parse_args()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
+        work = Path(tmp)
+        model = Path(args.model) if args.model else None
+        if model is None:
+            from _search_models import residual_cnn
+
+            model = residual_cnn(work / "residual_cnn.onnx")
+        tracker_proc, tracker, boards = start_boards(args.boards)
+        try:
+            rows = []
+            for i in range(args.pairs):
+                order = (1, args.boards) if i % 2 == 0 else (args.boards, 1)
+                for n in order:
+                    rows.append(search(model, tracker, n, work, f"{n}-{i}"))
+                    r = rows[-1]
+                    print(f"  {n} board(s): measuring {r['measuring_s']:.1f} s, search "
+                          f"{r['search_s']:.1f} s, recommendation {r['recommendation']}, "
+                          f"servers {r['devices']['servers']}", flush=True)
+            one = [r["measuring_s"] for r in rows if r["parallel"] == 1]
+            many = [r["measuring_s"] for r in rows if r["parallel"] == args.boards]
+            recs = {r["recommendation"] for r in rows}
+            print(f"measuring wall time, 1 board / {args.boards} boards: "
+                  f"{sum(one) / len(one):.1f} / {sum(many) / len(many):.1f} s = "
+                  f"{sum(one) / sum(many):.2f}x; recommendations {sorted(recs)} "
+                  f"({'the same' if len(recs) == 1 else 'DIFFERENT'}); emulated boards, "
+                  f"load average {load:.1f} at the start")
+            if args.kill:
+                victim = boards[-1][0]
+                r = search(model, tracker, args.boards, work, "kill",
+                           on_first=lambda: kill(victim))
+                print(f"killed board pid {victim.pid} mid-run: search completed, recommendation "
+                      f"{r['recommendation']}, lost {r['devices']['lost']}, measured on "
+                      f"{r['devices']['servers']}; "
+                      + " | ".join(ln for ln in r["stderr"] if "dropped out" in ln), flush=True)
+        finally:
+            for proc, _ in boards:
+                kill(proc)
+            kill(tracker_proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
