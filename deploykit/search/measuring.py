@@ -55,12 +55,14 @@ class Measurer:
         """How many measurements run at once: the device pool's boards, else one."""
         return max(1, len(self.pool.devices)) if self.pool is not None else 1
 
-    def on_devices(self, fn, items: Sequence, done) -> None:
+    def on_devices(self, fn, items: Sequence, done, remote: bool = True) -> None:
         """fn(item) for every item, on the pool's boards when there is a pool (done(i, result)
-        runs here, in the search's thread, which alone touches the store), else in turn."""
+        runs here, in the search's thread, which alone touches the store), else in turn. A
+        target timed on this machine (`remote` False: another runtime searched beside the
+        boards) is timed in turn: parallel jobs would load the cores it is timed on."""
         t0 = time.monotonic()
         try:
-            if self.pool is not None:
+            if self.pool is not None and remote:
                 self.pool.map(fn, items, on_result=done)
             else:
                 for i, item in enumerate(items):
@@ -101,8 +103,13 @@ class Measurer:
                             "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction,
                             "state": rep.validity.state}
 
-        self.on_devices(lambda i: self._whole_job(rows[i], plan, stored[i]), range(len(rows)),
-                        done)
+        on_board = [i for i, r in enumerate(rows) if _remote(self.target_of(r.cand.options))]
+        here = [i for i in range(len(rows)) if i not in on_board]
+        for group, remote in ((on_board, True), (here, False)):
+            if not group:
+                continue
+            self.on_devices(lambda i: self._whole_job(rows[i], plan, stored[i]), group,
+                            lambda k, rep, group=group: done(group[k], rep), remote)
         return out
 
     def _whole_job(self, row: Row, plan: TimingPlan, stored: LatencyReport | None):
@@ -193,7 +200,7 @@ class Measurer:
                 measurement_key("unit", units[i][0], target, self.unit_plan, "unit"), rep)
             out[i] = rep.median_ms
 
-        self.on_devices(job, units, done)
+        self.on_devices(job, units, done, _remote(target))
         return out
 
     def lookup_unit(self, target: Target, sig: str) -> float | None:
@@ -245,3 +252,8 @@ def _board_alive() -> bool:
 
     dev = pinned()
     return dev is None or dev.alive()
+
+
+def _remote(target: Target) -> bool:
+    """Is the target timed on an RPC board (so a device pool can take its jobs)?"""
+    return target.config.get("backend") == "tvm" and bool(target.config.get("remote"))

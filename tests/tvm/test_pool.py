@@ -160,3 +160,49 @@ def test_pool_needs_a_remote_tvm_target(tmp_path, capsys):
     assert cli.main(["search", m, "--target", "ort-cpu", "--device", "k", "--tracker",
                      "127.0.0.1:9", "--parallel", "2", "-o", str(tmp_path / "s")]) == 2
     assert "not a remote TVM target" in capsys.readouterr().err
+
+
+def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_path):
+    """Two native x86 boards (fast to start); the third job kills both: the results made before
+    are kept (handed out as they finished), the rest is one error naming what happened."""
+    from deploykit.backends import registry as targets
+    from deploykit.backends.tvm.pool import DevicePool
+    from deploykit.core import ModelRef, TimingPlan
+    from deploykit.errors import TargetError
+    from deploykit.onnxio import make_feeds
+
+    toml = tmp_path / "tvm-x86-rpc.toml"
+    toml.write_text('name = "tvm-x86-rpc"\nbackend = "tvm"\nthreads = 1\nremote = true\n'
+                    '[tvm_target]\nkind = "llvm"\nmcpu = "host"\n')
+    servers = [rpc.start_server(key="x86-pool", tracker=tracker)[0] for _ in range(2)]
+    try:
+        t = targets.get(str(toml), device="x86-pool", tracker=tracker)
+        model = ModelRef.from_path(cnn_onnx)
+
+        kept: list[int] = []
+
+        def job(i):
+            if i == 2:  # once jobs 0 and 1 are in: both boards die
+                deadline = time.monotonic() + 120
+                while len(kept) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                for proc in servers:
+                    kill_group(proc)
+            art = t.compile(model)
+            try:
+                return t.profile(art, make_feeds(list(art.inputs)),
+                                 TimingPlan(max_time_s=0.2, min_samples=3), per_op=False)
+            finally:
+                art.close()
+
+        with DevicePool(PoolConfig(tracker, "x86-pool", 2)) as pool:
+            assert len(pool.devices) == 2 and len(set(pool.summary()["servers"])) == 2
+            with pytest.raises(TargetError, match=r"every device of key 'x86-pool' dropped out "
+                               r"\(.*\); \d of 5 measurements not made \(the \d made are "
+                               r"kept\)") as e:
+                pool.map(job, range(5), on_result=lambda i, rep: kept.append(i))
+            assert {0, 1} <= set(kept) and f"the {len(kept)} made are kept" in str(e.value)
+            assert len(pool.lost) == 2 and "\n" not in str(e.value)
+    finally:
+        for proc in servers:
+            kill_group(proc)

@@ -253,7 +253,7 @@ class DevicePool:
         running = len(threads)
         from ...progress import progress_bar
 
-        with progress_bar(bool(progress), count=True) as bar:
+        with progress_bar(bool(progress), count=True) as bar, _joined(threads, stop):
             task = bar.add_task(progress or "", total=len(jobs),
                                 info=f"on {len(self.devices)} device(s)") if bar else None
             while running:
@@ -272,8 +272,6 @@ class DevicePool:
                     self._drop(value)
                     if bar:
                         bar.update(task, info=f"on {len(self.devices)} device(s); lost {value}")
-        for t in threads:
-            t.join()
         if errors:
             raise errors[min(errors)]
         if len(results) < len(jobs):
@@ -289,3 +287,17 @@ class DevicePool:
             self.devices = [d for d in self.devices if d.server != server or d.alive()]
         self.lost.append(server)
         self.notify(f"device {what} dropped out; its measurement is retried on another one")
+
+
+@contextmanager
+def _joined(threads: list[threading.Thread], stop: threading.Event) -> Iterator[None]:
+    """The workers are joined however the caller's loop ends; when it fails (a store write in
+    `on_result`, Ctrl-C) they take no new job, and the running ones finish first."""
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for t in threads:
+            t.join()
