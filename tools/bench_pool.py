@@ -4,6 +4,7 @@ of one key (wall time of its measurements, and the recommendation of each), and 
 with one board killed mid-run (does it complete on the others?).
 
     python tools/bench_pool.py [--boards 3] [--pairs 1] [--kill] [--model M.onnx]
+                               [--profile-models K]
 
 It starts its own RPC tracker and N emulated aarch64 boards (tools/arm_device.py, qemu-user) on
 loopback, runs each search as the CLI command it prints, in a fresh store and output folder, and
@@ -30,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "tvm"))
 KEY = "aarch64-emu-bench"
 SEARCH = ["--target", "tvm-aarch64", "--families", "prune,lowrank", "--min-fidelity", "0.9",
           "--no-target-options", "--no-netadapt", "--time-limit", "10m", "-q"]
@@ -93,6 +95,22 @@ def search(model: Path, tracker: str, parallel: int, work: Path, tag: str, on_fi
             "devices": res["cost"]["devices"], "stderr": stderr.strip().splitlines()}
 
 
+def profile(models: list[Path], tracker: str, parallel: int) -> float:
+    """Wall seconds of one `deploykit profile` of `models`, each timed alone for 3 s on a board
+    (the time cap, not the board's speed, ends each one: device-bound work)."""
+    cmd = [sys.executable, "-m", "deploykit", "profile", *map(str, models), "--target",
+           "tvm-aarch64", "--device", KEY, "--tracker", tracker, "--parallel", str(parallel),
+           "--max-time", "3", "--min-samples", "100000", "--no-per-op", "--no-store", "-q",
+           "--no-strict"]
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                       text=True)
+    if r.returncode:
+        sys.exit(f"bench_pool: profile failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    return time.monotonic() - t0
+
+
 def _stored(store: Path) -> bool:
     try:
         with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
@@ -107,6 +125,10 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=1, help="(1 board, N boards) runs, alternated")
     p.add_argument("--kill", action="store_true", help="also: a pooled search, one board killed")
     p.add_argument("--model", default=None, help="default: tests' residual CNN (16 ch, 24x24)")
+    p.add_argument("--no-search", action="store_true", help="skip the searches")
+    p.add_argument("--profile-models", type=int, default=0, metavar="K",
+                   help="also: `deploykit profile` of K small models, each timed for 3 s, on 1 "
+                        "board and on N boards (device-bound work)")
     args = p.parse_args()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
@@ -119,7 +141,7 @@ def main() -> int:
         tracker_proc, tracker, boards = start_boards(args.boards)
         try:
             rows = []
-            for i in range(args.pairs):
+            for i in range(0 if args.no_search else args.pairs):
                 order = (1, args.boards) if i % 2 == 0 else (args.boards, 1)
                 for n in order:
                     rows.append(search(model, tracker, n, work, f"{n}-{i}"))
@@ -130,11 +152,24 @@ def main() -> int:
             one = [r["measuring_s"] for r in rows if r["parallel"] == 1]
             many = [r["measuring_s"] for r in rows if r["parallel"] == args.boards]
             recs = {r["recommendation"] for r in rows}
-            print(f"measuring wall time, 1 board / {args.boards} boards: "
-                  f"{sum(one) / len(one):.1f} / {sum(many) / len(many):.1f} s = "
-                  f"{sum(one) / sum(many):.2f}x; recommendations {sorted(recs)} "
-                  f"({'the same' if len(recs) == 1 else 'DIFFERENT'}); emulated boards, "
-                  f"load average {load:.1f} at the start")
+            if rows:
+                print(f"measuring wall time, 1 board / {args.boards} boards: "
+                      f"{sum(one) / len(one):.1f} / {sum(many) / len(many):.1f} s = "
+                      f"{sum(one) / sum(many):.2f}x; recommendations {sorted(recs)} "
+                      f"({'the same' if len(recs) == 1 else 'DIFFERENT'}); emulated boards, "
+                      f"load average {load:.1f} at the start")
+            if args.profile_models:
+                from tvm_models import cnn
+
+                models = [cnn(work / f"cnn{i}.onnx", seed=i) for i in range(args.profile_models)]
+                walls: dict[int, list[float]] = {1: [], args.boards: []}
+                for i in range(args.pairs):
+                    for n in ((1, args.boards) if i % 2 == 0 else (args.boards, 1)):
+                        walls[n].append(profile(models, tracker, n))
+                        print(f"  {n} board(s): {walls[n][-1]:.1f} s", flush=True)
+                a, b = sum(walls[1]), sum(walls[args.boards])
+                print(f"profile of {args.profile_models} models, 1 board / {args.boards} boards: "
+                      f"{a / args.pairs:.1f} / {b / args.pairs:.1f} s = {a / b:.2f}x", flush=True)
             if args.kill:
                 victim = boards[-1][0]
                 r = search(model, tracker, args.boards, work, "kill",

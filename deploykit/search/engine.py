@@ -257,10 +257,12 @@ class Search:
                                               not self.within_time(0, "whole measurements")):
                 break
             pool = [r for r in timeable if r.median is None]
+            if not pool:
+                break
             # a device pool measures its N boards' worth at once: the next N picks, each made
             # as if the ones before it were not there (one board: exactly the sequential loop)
             batch: list[Row] = []
-            while len(batch) < min(self.measure.width, max_whole - len(measured)):
+            while len(batch) < min(self.measure.width, max_whole - len(measured), len(pool)):
                 taken = {id(b) for b in batch}
                 nxt = pick_next([r for r in pool if id(r) not in taken], measured, min_whole,
                                 rows, points, errors, self.cfg, self.estimator.whole_only)
