@@ -104,13 +104,22 @@ def run(args: argparse.Namespace) -> int:
         # (strings, bad dims, a wrong --inputs / --shape), before anything compiles or runs
         make_feeds(io_specs(load_onnx(m, load_external=False))[0], args.seed, shapes, args.inputs)
     names = args.target or ["ort-cpu"]
-    pool = _common.pool_from_args(args)
+    from ..bundle.transport import is_url
+
+    pool = None if is_url(args.device) else _common.pool_from_args(args)
     # over a pool, separate models are timed alone, each on its own board, at once; --compare
     # still interleaves them, on one board
     compare = args.compare or ((len(args.models) > 1 or len(names) > 1) and pool is None)
-    from ..bundle.transport import is_url
+    if compare and pool is None and args.tracker and args.device and not is_url(args.device):
+        from ..backends.tvm.pool import PoolConfig
 
+        # interleaved models need one board in one session: a second tracker request would
+        # wait for a board the first one holds, or measure on another board
+        pool = PoolConfig(args.tracker, args.device, 1)
     if is_url(args.device):
+        if args.parallel is not None:
+            raise InputError("--parallel is for TVM RPC device keys (with --tracker), not for "
+                             "ssh:// or adb://")
         return _on_device(args, names, compare, plan, shapes, store_file)
     overrides = {"threads": args.threads, "device": args.device, "tracker": args.tracker}
     if args.trace and compare:

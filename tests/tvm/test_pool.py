@@ -126,12 +126,13 @@ def test_profile_spreads_models_and_compare_stays_on_one_board(boards, tmp_path,
     assert [r["model_path"] for r in reps] == [str(a), str(b)]  # each alone, in order
     assert all(r["env"]["remote"]["server"] in boards["servers"] for r in reps)
     assert all("emulated" in r["labels"] for r in reps)
-    out = tmp_path / "c.json"
-    assert cli.main(["profile", str(a), str(b), *common, "--parallel", "2", "--compare",
-                     "--json", str(out)]) == 0
-    servers = {i["report"]["env"]["remote"]["server"]
-               for i in json.loads(out.read_text())["items"]}
-    assert len(servers) == 1  # interleaved on one board, not a ratio of two boards
+    for extra in (["--parallel", "2"], []):  # without --parallel: one board too
+        out = tmp_path / "c.json"
+        assert cli.main(["profile", str(a), str(b), *common, *extra, "--compare",
+                         "--json", str(out)]) == 0
+        servers = {i["report"]["env"]["remote"]["server"]
+                   for i in json.loads(out.read_text())["items"]}
+        assert len(servers) == 1  # interleaved on one board, not a ratio of two boards
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -80,10 +80,11 @@ class RemoteTvmArtifact(Artifact):
 
     @classmethod
     def build(cls, model: ModelRef, target) -> "RemoteTvmArtifact":
-        with _BUILD_LOCK:  # a device pool's workers build here at once; TVM's passes are not
-            built = tvm_build.build(model, target)  # known to be thread-safe, the boards are
-            lib = export_library(built, target, model)
-        art = cls(model, target, built, lib)
+        # a device pool's workers build here at once: two relax builds at once in one process
+        # fail ("nested op_tag is not allowed"); the export (a cross-linker run) may overlap
+        with _BUILD_LOCK:
+            built = tvm_build.build(model, target)
+        art = cls(model, target, built, export_library(built, target, model))
         art.open()
         art.check = tvm_build.check_outputs(art, art._timed_first_run, where=f" on {art.where}")
         return art
