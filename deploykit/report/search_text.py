@@ -139,6 +139,12 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
         f"({cost['measured_whole'] / max(cost['fidelity_ok'], 1):.0%} of those that passed), "
         f"{cost['units_timed']} layer units timed ({cost['units_reused']} reused), "
         f"{cost['seconds']:.0f} s")
+    dev = cost.get("devices")
+    if dev:  # a device pool (backends/tvm/pool.py): which boards measured, which dropped out
+        lost = f"; dropped out: {', '.join(dev['lost'])}" if dev["lost"] else ""
+        lines.append(f"Measured on {len(dev['servers'])} board(s) of key '{dev['key']}' via "
+                     f"tracker {dev['tracker']} ({', '.join(dev['servers'])}), "
+                     f"{cost.get('measuring_s', 0):.0f} s of measuring{lost}")
     if pred.get("mean_abs_rel_error") is not None:
         lines.append(f"Layer-table predictor error vs whole-model measurements: mean "
                      f"{pred['mean_abs_rel_error']:.1%}, max {pred['max_abs_rel_error']:.1%} over "

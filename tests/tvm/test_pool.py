@@ -101,6 +101,10 @@ def test_pooled_search_survives_a_killed_board(boards, tmp_path):
     assert devices["lost"] == [victim.server]  # dropped out, its job retried elsewhere
     assert victim.server not in devices["servers"] and len(devices["servers"]) == 2
     assert result.recommendation is not None and result.cost["measured_whole"] >= 2
+    from deploykit.report.search_text import summary_lines
+
+    said = [ln for ln in summary_lines(result.to_dict()) if ln.startswith("Measured on 2 ")]
+    assert said and f"dropped out: {victim.server}" in said[0]
     db = sqlite3.connect(tmp_path / "r.sqlite")
     runs = [(label, json.loads(env)["remote"]["server"])
             for label, env in db.execute("SELECT label, env FROM runs ORDER BY id")]
