@@ -7,6 +7,10 @@ x*0.5*(1+erf(x/sqrt2)) and tanh-approximation subgraphs, SiLU...), so neuron j o
 neuron j: dropping fc1's output columns, their bias entries and fc2's input rows together is
 exact on the neurons kept. The residual stream (fc2's output width) is untouched.
 
+Gated blocks (SwiGLU in LLaMA/Qwen/Mistral, GeGLU): two or more fc1s read the same input with the
+same neuron count and their activations meet element-wise (silu(x W_gate) * (x W_up)) before one
+fc2. Neuron j of every fc1 only meets neuron j of the others, so the fc1s are sliced together.
+
 Importance is the weight magnitude |fc1 column|_2 * |fc2 row|_2, or, with `importance=activation`,
 the mean |activation| over the calibration batches times |fc2 row|_2 (what the neuron actually
 adds to the output). Ratios are per block, like `prune-channels`, with per-block overrides.
@@ -57,6 +61,8 @@ class Block:
     exit: object  # ir.Value: fc2's input
     neurons: int
     reshapes: list  # ir.Nodes: Reshapes in the region whose target shape ends in `neurons`
+    # the other fc1s of a gated block: (node, weight, neuron axis, bias or None) each
+    gates: tuple = ()
 
     @property
     def name(self) -> str:
@@ -132,12 +138,13 @@ def _activated(nodes) -> bool:
     return any(n.op_type not in _ARITHMETIC for n in nodes)
 
 
-def _region(start, graph_outputs, neurons: int):
-    """Values reachable from `start` through element-wise ops whose other operands are scalar
-    constants (and Reshapes that keep the neuron axis last), and the single fc2 node reading
-    them: (values, fc2, exit, reshapes), or (reason, whether an activation was on the way)."""
-    region, frontier, fc2, exit_value = [start], [start], None, None
-    seen, nodes, reshapes = {id(start)}, [], []
+def _region(starts, graph_outputs, neurons: int):
+    """Values reachable from `starts` (one fc1 output, or every fc1 output of a gated block)
+    through element-wise ops whose other operands are scalar constants or region values (and
+    Reshapes that keep the neuron axis last), and the single fc2 node reading them:
+    (values, fc2, exit, reshapes), or (reason, whether an activation was on the way)."""
+    region, frontier, fc2, exit_value = list(starts), list(starts), None, None
+    seen, nodes, reshapes = {id(v) for v in starts}, [], []
     while frontier:
         v = frontier.pop()
         if v in graph_outputs:
@@ -174,21 +181,44 @@ def _region(start, graph_outputs, neurons: int):
     return region, fc2, exit_value, reshapes
 
 
+def _candidates(graph) -> dict[int, tuple]:
+    """id(node) -> (node, weight, neuron axis, bias, output, neurons) of every fc1 candidate."""
+    out = {}
+    for node in graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        fc = _fc1(node)
+        if fc is not None:
+            w, axis, bias, start = fc
+            out[id(node)] = (node, w, axis, bias, start, w.const_value.numpy().shape[axis])
+    return out
+
+
+def _siblings(cand: dict[int, tuple], fc: tuple) -> list[tuple]:
+    """The other fc1 candidates reading the same input with the same neuron count: the partners
+    of a gated block (Q/K/V projections qualify too; their region then fails and they are
+    tried alone)."""
+    x = list(fc[0].inputs)[0]
+    return [c for c in cand.values() if c[0] is not fc[0] and list(c[0].inputs)[0] is x
+            and c[5] == fc[5]]
+
+
 def find_blocks(irm) -> tuple[list[Block], list[str]]:
     """Every prunable feed-forward block of an onnx_ir model, and why other candidates are not."""
     graph = irm.graph
     outputs = set(graph.outputs)
     blocks, reasons = [], []
     taken: set[int] = set()
+    cand = _candidates(graph)
     for node in graph:
-        if node.domain not in ("", "ai.onnx") or id(node) in taken:
+        if id(node) in taken or id(node) not in cand:
             continue
-        fc = _fc1(node)
-        if fc is None:
-            continue
-        w1, axis, bias, start = fc
-        neurons = w1.const_value.numpy().shape[axis]
-        found = _region(start, outputs, neurons)
+        fc = cand[id(node)]
+        _, w1, axis, bias, start, neurons = fc
+        gates = [c for c in _siblings(cand, fc) if id(c[0]) not in taken]
+        found = _region([start, *(c[4] for c in gates)], outputs, neurons) if gates else None
+        if found is None or len(found) == 2:  # not a gated block: this fc1 alone
+            gates, found = [], _region([start], outputs, neurons)
         if len(found) == 2:  # (reason, an activation was on the way): report FFN look-alikes
             if found[1]:
                 reasons.append(f"{w1.name}: {found[0]}")
@@ -203,16 +233,22 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
             reasons.append(f"{w1.name}: fc2 '{fc2.name}' reads {w2.shape[w2_axis]} features, "
                            f"fc1 makes {neurons}")
             continue
-        taken.add(id(fc2))
+        taken.update([id(fc2), *(id(c[0]) for c in gates)])
         blocks.append(Block(node, w1, axis, bias, fc2, list(fc2.inputs)[1], w2_axis, region,
-                            exit_value, neurons, reshapes))
+                            exit_value, neurons, reshapes, tuple(c[:4] for c in gates)))
     return blocks, reasons
 
 
+def _rows(w, axis: int, neurons: int) -> np.ndarray:
+    return np.moveaxis(w.const_value.numpy(), axis, 0).reshape(neurons, -1)
+
+
 def magnitude(b: Block) -> np.ndarray:
-    w1 = np.moveaxis(b.w1.const_value.numpy(), b.w1_axis, 0).reshape(b.neurons, -1)
-    w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
-    return np.linalg.norm(w1, axis=1) * np.linalg.norm(w2, axis=1)
+    """|fc1 column|_2 (times each gate's) * |fc2 row|_2 per neuron."""
+    score = np.linalg.norm(_rows(b.w2, b.w2_axis, b.neurons), axis=1)
+    for w, axis in [(b.w1, b.w1_axis), *((g[1], g[2]) for g in b.gates)]:
+        score = score * np.linalg.norm(_rows(w, axis, b.neurons), axis=1)
+    return score
 
 
 def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
@@ -237,7 +273,7 @@ def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
             sums[n] = sums[n] + a.reshape(-1, a.shape[-1]).mean(axis=0)
     out = {}
     for b in blocks:
-        w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
+        w2 = _rows(b.w2, b.w2_axis, b.neurons)
         out[b.name] = sums[b.exit.name] / max(len(batches), 1) * np.linalg.norm(w2, axis=1)
     return out
 
@@ -282,9 +318,10 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
         if b.name not in keep:
             continue
         idx = keep[b.name]
-        take(b.w1, b.w1_axis, idx)
-        if b.b1 is not None:
-            take(b.b1, b.b1.const_value.numpy().ndim - 1, idx)
+        for _, w, axis, bias in [(b.fc1, b.w1, b.w1_axis, b.b1), *b.gates]:
+            take(w, axis, idx)
+            if bias is not None:
+                take(bias, bias.const_value.numpy().ndim - 1, idx)
         take(b.w2, b.w2_axis, idx)
         for node in b.reshapes:
             arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
@@ -299,7 +336,7 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
             node.replace_input_with(1, value)
             if old.is_initializer() and not old.uses() and not old.is_graph_input():
                 graph.initializers.pop(old.name)
-        for v in b.region + list(b.fc1.outputs):
+        for v in b.region + [o for n in (b.fc1, *(g[0] for g in b.gates)) for o in n.outputs]:
             v.shape = None
 
 
@@ -344,7 +381,7 @@ class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
                              + (" and layers=..." if cfg.layers else "")
                              + " remove no neuron from any block")
         details_blocks = [{"fc1": b.fc1.name, "fc2": b.fc2.name, "weight": b.name,
-                           "neurons": b.neurons,
+                           "gates": [g[0].name for g in b.gates], "neurons": b.neurons,
                            "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
                           for b in blocks]
         apply(irm.graph, blocks, keep)
@@ -361,4 +398,5 @@ def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
     from ._channel_graph import load_ir
 
     blocks, _ = find_blocks(load_ir(model))
-    return [(b.name, b.neurons, [b.w1.name], [b.w2.name]) for b in blocks]
+    return [(b.name, b.neurons, [b.w1.name, *(g[1].name for g in b.gates)], [b.w2.name])
+            for b in blocks]
