@@ -35,11 +35,12 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike
 
 
-def _compile_with_feeds(refs: Sequence[ModelRef], target_names: Sequence[str],
+def _compile_with_feeds(refs: Sequence[ModelRef], target_names: Sequence[Any],
                         threads: int | None, inputs, shapes, seed: int):
     from .backends import registry
 
-    tlist = [registry.get(n, threads=threads) for n in target_names]
+    tlist = [registry.get(n, threads=threads) if isinstance(n, str) else n
+             for n in target_names]
     return compile_with_feeds(refs, tlist, seed=seed, shapes=shapes, inputs=inputs)
 
 
@@ -80,19 +81,20 @@ def profile(model: Any, target: str = "ort-cpu", *, plan: TimingPlan = TimingPla
     return rep
 
 
-def compare(models: Sequence[Any], target: str | Sequence[str] = "ort-cpu", *,
+def compare(models: Sequence[Any], target: Any = "ort-cpu", *,
             plan: TimingPlan = TimingPlan(), inputs: PathLike | None = None,
             shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
             threads: int | None = None, per_op: bool = False, progress: bool = False,
             store: PathLike | bool | None = None) -> "Comparison":
     """Measure every model x target in interleaved rounds in one process; ratios to the first,
-    with paired confidence intervals. Sessions run as their target files say, exactly as
-    `deploykit profile --compare` runs them (the shipped ORT targets turn spinning off: two
-    spinning pools in one process distort each other)."""
+    with paired confidence intervals. `target`: names, or Targets already configured (then
+    `threads` is theirs). Sessions run as their target files say; `deploykit profile --compare`
+    runs this (the shipped ORT targets turn spinning off: two spinning pools in one process
+    distort each other)."""
     from .measure.timing import compare as run_compare
 
     refs = [model_ref(m) for m in models]
-    names = [target] if isinstance(target, str) else list(target)
+    names = list(target) if isinstance(target, (list, tuple)) else [target]
     if len(refs) * len(names) < 2:
         raise InputError("compare needs at least two models or targets")
     arts, feeds = _compile_with_feeds(refs, names, threads, inputs, shapes, seed)
