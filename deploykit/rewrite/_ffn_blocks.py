@@ -2,7 +2,8 @@
 
 A block is fc1 (MatMul [+ bias Add] or Gemm) -> an element-wise activation region -> fc2 (MatMul
 or Gemm), where every value between fc1 and fc2 carries one entry per neuron on its last axis and
-every op there is element-wise with scalar constants, so neuron j only ever meets neuron j.
+every op there is element-wise with scalar constants, so neuron j only ever meets neuron j. A gated
+block (SwiGLU, GeGLU) has several fc1s reading one input, whose activations meet element-wise.
 `find_blocks` returns each block with the constants sliced along its neurons, and why FFN
 look-alikes are not blocks; prune_heads.py reuses the fc1 matcher for attention projections.
 """
@@ -20,6 +21,7 @@ _ELEMENTWISE = {"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "
 _ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Exp", "Identity", "Clip"}
 
 
+
 @dataclass
 class Block:
     """One feed-forward block: the constants sliced along its neurons."""
@@ -35,6 +37,8 @@ class Block:
     exit: object  # ir.Value: fc2's input
     neurons: int
     reshapes: list  # ir.Nodes: Reshapes in the region whose target shape ends in `neurons`
+    # the other fc1s of a gated block: (node, weight, neuron axis, bias or None) each
+    gates: tuple = ()
 
     @property
     def name(self) -> str:
@@ -110,12 +114,13 @@ def _activated(nodes) -> bool:
     return any(n.op_type not in _ARITHMETIC for n in nodes)
 
 
-def _region(start, graph_outputs, neurons: int):
-    """Values reachable from `start` through element-wise ops whose other operands are scalar
-    constants (and Reshapes that keep the neuron axis last), and the single fc2 node reading
-    them: (values, fc2, exit, reshapes), or (reason, whether an activation was on the way)."""
-    region, frontier, fc2, exit_value = [start], [start], None, None
-    seen, nodes, reshapes = {id(start)}, [], []
+def _region(starts, graph_outputs, neurons: int):
+    """Values reachable from `starts` (one fc1 output, or every fc1 output of a gated block)
+    through element-wise ops whose other operands are scalar constants or region values (and
+    Reshapes that keep the neuron axis last), and the single fc2 node reading them:
+    (values, fc2, exit, reshapes), or (reason, whether an activation was on the way)."""
+    region, frontier, fc2, exit_value = list(starts), list(starts), None, None
+    seen, nodes, reshapes = {id(v) for v in starts}, [], []
     while frontier:
         v = frontier.pop()
         if v in graph_outputs:
@@ -152,21 +157,44 @@ def _region(start, graph_outputs, neurons: int):
     return region, fc2, exit_value, reshapes
 
 
+def _candidates(graph) -> dict[int, tuple]:
+    """id(node) -> (node, weight, neuron axis, bias, output, neurons) of every fc1 candidate."""
+    out = {}
+    for node in graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        fc = _fc1(node)
+        if fc is not None:
+            w, axis, bias, start = fc
+            out[id(node)] = (node, w, axis, bias, start, w.const_value.numpy().shape[axis])
+    return out
+
+
+def _siblings(cand: dict[int, tuple], fc: tuple) -> list[tuple]:
+    """The other fc1 candidates reading the same input with the same neuron count: the partners
+    of a gated block (Q/K/V projections qualify too; their region then fails and they are
+    tried alone)."""
+    x = list(fc[0].inputs)[0]
+    return [c for c in cand.values() if c[0] is not fc[0] and list(c[0].inputs)[0] is x
+            and c[5] == fc[5]]
+
+
 def find_blocks(irm) -> tuple[list[Block], list[str]]:
     """Every prunable feed-forward block of an onnx_ir model, and why other candidates are not."""
     graph = irm.graph
     outputs = set(graph.outputs)
     blocks, reasons = [], []
     taken: set[int] = set()
+    cand = _candidates(graph)
     for node in graph:
-        if node.domain not in ("", "ai.onnx") or id(node) in taken:
+        if id(node) in taken or id(node) not in cand:
             continue
-        fc = _fc1(node)
-        if fc is None:
-            continue
-        w1, axis, bias, start = fc
-        neurons = w1.const_value.numpy().shape[axis]
-        found = _region(start, outputs, neurons)
+        fc = cand[id(node)]
+        _, w1, axis, bias, start, neurons = fc
+        gates = [c for c in _siblings(cand, fc) if id(c[0]) not in taken]
+        found = _region([start, *(c[4] for c in gates)], outputs, neurons) if gates else None
+        if found is None or len(found) == 2:  # not a gated block: this fc1 alone
+            gates, found = [], _region([start], outputs, neurons)
         if len(found) == 2:  # (reason, an activation was on the way): report FFN look-alikes
             if found[1]:
                 reasons.append(f"{w1.name}: {found[0]}")
@@ -181,7 +209,7 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
             reasons.append(f"{w1.name}: fc2 '{fc2.name}' reads {w2.shape[w2_axis]} features, "
                            f"fc1 makes {neurons}")
             continue
-        taken.add(id(fc2))
+        taken.update([id(fc2), *(id(c[0]) for c in gates)])
         blocks.append(Block(node, w1, axis, bias, fc2, list(fc2.inputs)[1], w2_axis, region,
-                            exit_value, neurons, reshapes))
+                            exit_value, neurons, reshapes, tuple(c[:4] for c in gates)))
     return blocks, reasons

@@ -7,6 +7,10 @@ x*0.5*(1+erf(x/sqrt2)) and tanh-approximation subgraphs, SiLU...), so neuron j o
 neuron j: dropping fc1's output columns, their bias entries and fc2's input rows together is
 exact on the neurons kept. The residual stream (fc2's output width) is untouched.
 
+Gated blocks (SwiGLU in LLaMA/Qwen/Mistral, GeGLU): two or more fc1s read the same input with the
+same neuron count and their activations meet element-wise (silu(x W_gate) * (x W_up)) before one
+fc2. Neuron j of every fc1 only meets neuron j of the others, so the fc1s are sliced together.
+
 Importance is the weight magnitude |fc1 column|_2 * |fc2 row|_2, or, with `importance=activation`,
 the mean |activation| over the calibration batches times |fc2 row|_2 (what the neuron actually
 adds to the output). Ratios are per block, like `prune-channels`, with per-block overrides.
@@ -35,10 +39,16 @@ class Config:
     layers: tuple[str, ...] = ()
 
 
+def _rows(w, axis: int, neurons: int) -> np.ndarray:
+    return np.moveaxis(w.const_value.numpy(), axis, 0).reshape(neurons, -1)
+
+
 def magnitude(b: Block) -> np.ndarray:
-    w1 = np.moveaxis(b.w1.const_value.numpy(), b.w1_axis, 0).reshape(b.neurons, -1)
-    w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
-    return np.linalg.norm(w1, axis=1) * np.linalg.norm(w2, axis=1)
+    """|fc1 column|_2 (times each gate's) * |fc2 row|_2 per neuron."""
+    score = np.linalg.norm(_rows(b.w2, b.w2_axis, b.neurons), axis=1)
+    for w, axis in [(b.w1, b.w1_axis), *((g[1], g[2]) for g in b.gates)]:
+        score = score * np.linalg.norm(_rows(w, axis, b.neurons), axis=1)
+    return score
 
 
 def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
@@ -63,7 +73,7 @@ def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
             sums[n] = sums[n] + a.reshape(-1, a.shape[-1]).mean(axis=0)
     out = {}
     for b in blocks:
-        w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
+        w2 = _rows(b.w2, b.w2_axis, b.neurons)
         out[b.name] = sums[b.exit.name] / max(len(batches), 1) * np.linalg.norm(w2, axis=1)
     return out
 
@@ -108,9 +118,10 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
         if b.name not in keep:
             continue
         idx = keep[b.name]
-        take(b.w1, b.w1_axis, idx)
-        if b.b1 is not None:
-            take(b.b1, b.b1.const_value.numpy().ndim - 1, idx)
+        for _, w, axis, bias in [(b.fc1, b.w1, b.w1_axis, b.b1), *b.gates]:
+            take(w, axis, idx)
+            if bias is not None:
+                take(bias, bias.const_value.numpy().ndim - 1, idx)
         take(b.w2, b.w2_axis, idx)
         for node in b.reshapes:
             arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
@@ -125,7 +136,7 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
             node.replace_input_with(1, value)
             if old.is_initializer() and not old.uses() and not old.is_graph_input():
                 graph.initializers.pop(old.name)
-        for v in b.region + list(b.fc1.outputs):
+        for v in b.region + [o for n in (b.fc1, *(g[0] for g in b.gates)) for o in n.outputs]:
             v.shape = None
 
 
@@ -170,7 +181,7 @@ class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
                              + (" and layers=..." if cfg.layers else "")
                              + " remove no neuron from any block")
         details_blocks = [{"fc1": b.fc1.name, "fc2": b.fc2.name, "weight": b.name,
-                           "neurons": b.neurons,
+                           "gates": [g[0].name for g in b.gates], "neurons": b.neurons,
                            "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
                           for b in blocks]
         apply(irm.graph, blocks, keep)
@@ -187,4 +198,5 @@ def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
     from ._channel_graph import load_ir
 
     blocks, _ = find_blocks(load_ir(model))
-    return [(b.name, b.neurons, [b.w1.name], [b.w2.name]) for b in blocks]
+    return [(b.name, b.neurons, [b.w1.name, *(g[1].name for g in b.gates)], [b.w2.name])
+            for b in blocks]
