@@ -21,7 +21,7 @@ from ...core import Block, LatencyReport, ModelRef, OpTime, TimingPlan, stable_h
 from ...errors import DeployKitError, TargetError, first_line
 from . import build as tvm_build
 from .build import EMULATED_LABEL, _to_numpy
-from .local import rpc_key
+from .rpc import rpc_key
 
 
 def export_library(built: tvm_build.Built, target, model: ModelRef) -> Path:
