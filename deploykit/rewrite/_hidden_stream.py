@@ -12,8 +12,8 @@ _channel_rules.py, whose sets live on axis 1):
   last axis of d (biases, position embeddings, norm gamma/beta) are indexed by the set; operands
   whose last axis is 1 (a mask, a norm's mean or variance) broadcast over it;
 - LayerNormalization and reductions over the last axis (the exporters' decomposed LayerNorm and
-  RMSNorm) read the set as a whole: allowed, but counted, since their statistics change when
-  channels go (the step is lossy);
+  RMSNorm, an L2 normalisation of a pooled embedding) read the set as a whole: allowed, but
+  counted, since their statistics change when channels go (the step is lossy);
 - Gather/Slice/Squeeze/Unsqueeze/Transpose/Reshape that keep the last axis carry the set (a
   Reshape's constant shape ending in d gets the new width); a Shape of the stream is allowed
   where the width it reports is used only to restore the stream's own shape.
@@ -32,7 +32,7 @@ _UNARY = {"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "LeakyRelu", "Softplus", "El
           "Neg", "Abs", "Sqrt", "Exp", "Reciprocal", "HardSigmoid", "HardSwish", "Identity",
           "Mish", "Celu", "Cast", "Dropout", "Clip", "FastGelu", "QuickGelu", "Log"}
 _BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
-_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"}
+_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceSumSquare"}
 
 
 @dataclass
@@ -207,8 +207,6 @@ class StreamGraph:
             if axes is None or x is not ins[0]:
                 return False
             if not axes or rank - 1 in axes:  # reads the whole width: a norm's statistic
-                if op != "ReduceMean":
-                    return False
                 self.norms.append((s, node.name or op))
                 return True
             return self._out(node, s)

@@ -220,10 +220,10 @@ class PruneHiddenPass(StepPass, ir.passes.FunctionalPass):
         if not streams:
             return self.skip(model, "no prunable hidden stream"
                              + (f": {'; '.join(reasons[:3])}" if reasons else
-                                " (no embedding/projection -> residual Add -> norm found)"))
+                                " (no embedding table whose lookups a projection reads)"))
         norms = sum(len(st.norms) for st in streams)
-        notes = [f"{norms} norm(s) over the hidden width see fewer channels: their statistics "
-                 "change, the step is lossy"] if norms else []
+        notes = [f"{norms} norm(s) or reduction(s) over the hidden width see fewer channels: "
+                 "their statistics change, the step is lossy"] if norms else []
         scores = [channel_norms(st) for st in streams]
         if cfg.importance == "activation":
             from .calibration import SYNTHETIC_WARNING

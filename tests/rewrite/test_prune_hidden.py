@@ -123,9 +123,9 @@ def tiny_bert(layers: int = 2, norm: str = "ln", head: str = "classifier", seed:
     else:
         n("Identity", [x], "last_hidden_state")
         outs.append(vi("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", D]))
-    if extra == "reducemax":  # a read of the stream the step does not understand
-        n("ReduceMax", [x, "last"], "peak")
-        outs.append(vi("peak", TensorProto.FLOAT, ["batch", "sequence", 1]))
+    if extra == "flatten":  # a read of the stream the step does not understand
+        n("Flatten", [x], "flat", axis=1)
+        outs.append(vi("flat", TensorProto.FLOAT, ["batch", None]))
     ids = [vi(k, TensorProto.INT64, ["batch", "sequence"])
            for k in ("input_ids", "attention_mask", "token_type_ids")]
     model = helper.make_model(helper.make_graph(nodes, "tiny_bert", ids, outs, inits),
@@ -260,9 +260,9 @@ def test_refuses_a_stream_that_is_the_models_output():
 
 
 def test_skips_what_it_cannot_follow_and_checks_its_config():
-    res = _prune(tiny_bert(extra="reducemax"), ratio=0.25)
+    res = _prune(tiny_bert(extra="flatten"), ratio=0.25)
     assert res.model is None
-    assert "unsupported ReduceMax 'peak'" in res.skipped
+    assert "unsupported Flatten 'flat'" in res.skipped
     res = _prune(tiny_bert(), ratio=0.1)  # 32 - 3 = 29 -> rounded up to 32
     assert res.skipped.startswith("ratio 0.1 removes no channel")
     with pytest.raises(InputError, match="ratio"):
