@@ -255,3 +255,11 @@ class PruneHiddenPass(StepPass, ir.passes.FunctionalPass):
             "streams": details, "importance": cfg.importance, "not_prunable": reasons[:10],
             "params_before": before, "params_after": after,
             "compression": round(before / max(after, 1), 3)})
+
+
+def prunable_streams(model) -> list[int]:
+    """Widths of the hidden streams the step prunes with its defaults (not graph outputs): whether
+    a search should try it."""
+    from ._channel_graph import load_ir
+
+    return [st.width for st in StreamGraph(load_ir(model)).streams()[0] if not st.outputs]

@@ -281,3 +281,13 @@ def test_cli_compress_prune_hidden(tmp_path, capsys):
     assert step["skipped"] is None
     assert step["details"]["streams"][0]["kept"] == 24
     assert _inits(onnx.load(str(out)))["word_emb"].shape == (VOCAB, 24)
+
+
+def test_search_tries_it_where_the_stream_ends_in_a_projection():
+    from deploykit.search.candidates import model_candidates
+
+    recipes = [c.recipe for c in model_candidates(tiny_bert())]
+    assert "prune-hidden:ratio=0.25" in recipes
+    assert "prune-hidden:ratio=0.25; quantize-dynamic" in recipes
+    assert ph.prunable_streams(tiny_bert(head="none")) == []
+    assert not any("prune-hidden" in c.recipe for c in model_candidates(tiny_bert(head="none")))
