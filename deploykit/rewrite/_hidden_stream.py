@@ -16,7 +16,8 @@ _channel_rules.py, whose sets live on axis 1):
   counted, since their statistics change when channels go (the step is lossy);
 - Gather/Slice/Squeeze/Unsqueeze/Transpose/Reshape that keep the last axis carry the set (a
   Reshape's constant shape ending in d gets the new width); a Shape of the stream is allowed
-  where the width it reports is used only to restore the stream's own shape.
+  where the width it reports is used only to restore the stream's own shape, and an Expand of
+  a per-row value to the width (F.normalize's norm) gets the new width.
 
 Anything else that touches a set pins it with the reason. A stream is a set that starts at an
 embedding table (a model fed embeddings or patches from outside has none the step can trace).
@@ -72,6 +73,11 @@ def _last(v):
     return int(d) if isinstance(d, int) else None
 
 
+def _users(node) -> list:
+    """The nodes reading `node`'s first output."""
+    return [u.node for u in node.outputs[0].uses()]
+
+
 def _const(v):
     """A constant's array (initializer, not a graph input), else None."""
     from onnx_ir import convenience
@@ -110,6 +116,7 @@ class StreamGraph:
         self.norms: list[tuple[int, str]] = []
         self.shape_of: dict[object, int] = {}  # Shape outputs reporting a set's width
         self.same: list[tuple[int, int, str]] = []  # sets that must end up joined
+        self.expanded: dict[object, object] = {}  # Expand outputs of a last-axis-1 tensor
         self._walk()
 
     # union-find
@@ -173,6 +180,11 @@ class StreamGraph:
             return self._visit_gather(node, spaced)
         if op in ("MatMul", "Gemm"):
             return self._visit_matmul(node, spaced)
+        if op == "Expand" and not spaced and _last(ins[0]) == 1 and len(_users(node)) == 1:
+            shape = _const(ins[1])
+            if shape is not None and shape.ndim == 1 and int(shape[-1]) > 1:
+                self.expanded[node.outputs[0]] = node  # a per-row value broadcast to a width
+            return True
         if not spaced:
             return True
         x = spaced[0]
@@ -308,6 +320,9 @@ class StreamGraph:
             s = self._union(s, self.space[v])
         for v in ins:
             if v in self.space:
+                continue
+            if v in self.expanded and _last(v) == width:  # F.normalize's Expand of the norm
+                self.reshapes.append((self.expanded[v], s))
                 continue
             c = _const(v)
             if c is not None:

@@ -98,7 +98,8 @@ def _take(v, axis: int, idx: np.ndarray) -> None:
 
 
 def _own_shape(graph, node, width: int) -> None:
-    """Give a Reshape its own shape constant ending in `width` (exporters share one)."""
+    """Give a Reshape (or Expand) its own shape constant ending in `width` (exporters share
+    one)."""
     from onnx_ir import convenience
 
     arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()

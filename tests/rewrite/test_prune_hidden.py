@@ -28,8 +28,9 @@ def tiny_bert(layers: int = 2, norm: str = "ln", head: str = "classifier", seed:
     Reshape to the stream's own Shape), each with a residual Add and a norm. `norm`: "ln"
     (LayerNormalization), "decomposed" (ReduceMean/Sub/Pow/Sqrt/Div), "rms" (Pow/ReduceMean/
     Sqrt/Reciprocal/Mul) or "affine" (x * g + beta: no statistics, so pruning is exact).
-    `head`: "classifier" ([CLS] -> pooler Gemm -> Tanh -> classifier Gemm -> logits) or
-    "none" (last_hidden_state is the output)."""
+    `head`: "classifier" ([CLS] -> pooler Gemm -> Tanh -> classifier Gemm -> logits), "lm" (a
+    Gemm reading the word embedding table: tied), "embedding" (masked mean pooling, then x /
+    Expand(ReduceL2(x)) as F.normalize exports) or "none" (last_hidden_state is the output)."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     dh = D // HEADS
@@ -120,6 +121,16 @@ def tiny_bert(layers: int = 2, norm: str = "ln", head: str = "classifier", seed:
                             "pool0", transB=1)], "pool")
         n("Gemm", [pool, w("cls.w", 3, D), c("cls.b", np.zeros(3))], "logits", transB=1)
         outs.append(vi("logits", TensorProto.FLOAT, ["batch", 3]))
+    elif head == "lm":  # tied: the LM head reads the word embedding table (transB)
+        n("Gemm", [n("Reshape", [x, "flat_shape"], "xf"), "word_emb"], "logits", transB=1)
+        outs.append(vi("logits", TensorProto.FLOAT, [None, VOCAB]))
+    elif head == "embedding":  # sentence-transformers: masked mean pooling + F.normalize
+        m3 = n("Unsqueeze", [mf, "last"], "m3")
+        pooled = n("Div", [n("ReduceSum", [n("Mul", [x, m3], "xm"), "one"], "xs", keepdims=0),
+                           n("ReduceSum", [m3, "one"], "cnt", keepdims=0)], "pooled")
+        l2 = n("Clip", [n("ReduceL2", [pooled, "last"], "l2"), c("tiny", 1e-12)], "l2c")
+        n("Div", [pooled, n("Expand", [l2, c("width", [1, D], np.int64)], "l2x")], "embedding")
+        outs.append(vi("embedding", TensorProto.FLOAT, ["batch", D]))
     else:
         n("Identity", [x], "last_hidden_state")
         outs.append(vi("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", D]))
@@ -238,6 +249,32 @@ def test_activation_importance_reads_the_stream():
     assert res.details["streams"][0]["removed"] == dead
     np.testing.assert_allclose(run_ort(res.model, feeds)[0], run_ort(model, feeds)[0],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_tied_lm_head_is_sliced_once_and_exactly():
+    model = tiny_bert(norm="affine", head="lm")
+    res = _prune(model, ratio=0.25)
+    full_check(res.model)
+    assert _inits(res.model)["word_emb"].shape == (VOCAB, 24)
+    removed = res.details["streams"][0]["removed"]
+    feeds = _feeds()
+    got, ref = run_ort(res.model, feeds)[0], run_ort(_silenced(model, removed), feeds)[0]
+    assert got.shape == (18, VOCAB)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_pooled_normalized_embedding_is_an_output_refused_or_padded():
+    model = tiny_bert(head="embedding")
+    res = _prune(model, ratio=0.25)
+    assert "graph output 'embedding'" in res.skipped
+    res = _prune(model, ratio=0.25, output_width="pad")
+    full_check(res.model)
+    assert _inits(res.model)["l2x_shape"].tolist() == [1, 24]  # the Expand to the new width
+    feeds = _feeds()
+    got = run_ort(res.model, feeds)[0]
+    removed = res.details["streams"][0]["removed"]
+    assert got.shape == (2, D) and not got[:, removed].any()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)  # still unit length
 
 
 def test_refuses_a_stream_that_is_the_models_output():
