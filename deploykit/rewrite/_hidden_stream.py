@@ -394,7 +394,9 @@ class StreamGraph:
         graph_outputs = set(self.model.graph.outputs)
         for root in roots:
             if root in self.blocked:
-                reasons.append(f"hidden stream of width {self.size[root]}: {self.blocked[root]}")
+                if root in normed:  # a set the norms read: a residual stream, not a lookup table
+                    reasons.append(f"hidden stream of width {self.size[root]}: "
+                                   f"{self.blocked[root]}")
                 continue
             st = Stream(root, self.size[root], norms=normed.get(root, []))
             st.params = [p for p in self.params if self.find(p.space) == root]

@@ -121,15 +121,15 @@ def _pad_output(graph, v, width: int, idx: np.ndarray) -> None:
     times a 0/1 mask, zeros in the removed channels."""
     colmap = np.zeros(width, np.int64)
     colmap[idx] = np.arange(len(idx))
-    mask = np.zeros(width, np.float32)
+    mask = np.zeros(width, v.dtype.numpy() if v.dtype is not None else np.float32)
     mask[idx] = 1.0
     name = v.name
     v.name = f"{name}_pruned"
     consts = []
     for suffix, arr in (("colmap", colmap), ("mask", mask)):
         c = ir.Value(name=f"{name}_{suffix}", shape=ir.Shape(arr.shape),
-                     type=ir.TensorType(ir.DataType.INT64 if arr.dtype == np.int64
-                                        else ir.DataType.FLOAT), const_value=ir.tensor(arr))
+                     type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+                     const_value=ir.tensor(arr))
         graph.register_initializer(c)
         consts.append(c)
     gather = ir.node("Gather", [v, consts[0]], attributes={"axis": -1})
