@@ -146,20 +146,26 @@ def _dc_row(name, stored, kb, comp, acc, change, med, sp):
             "speedup": sp, "speedup_ci95": [sp * 0.98, sp * 1.02], "contaminated": 0.0}
 
 
+def _deep_compression() -> dict:
+    """A deep_compression.py section as it writes it."""
+    return {"params": 431080, "fp32_bytes": 1724320, "n_train": 4000, "n_test": 1000,
+            "plan": {"rounds": 3}, "kept": {"conv1": 0.66, "fc1": 0.08}, "kept_total": 0.085,
+            "archive": {"bytes": 50123, "raw_bytes": 77000}, "met": True,
+            "survey": {"network": "LeNet-5", "base_kb": 1720, "compressed_kb": 44,
+                       "compression": 39, "top1_error_before": 0.8, "top1_error_after": 0.74},
+            "target": {"compression": 20.0, "max_loss_points": 0.5},
+            "rows": [_dc_row("LeNet-5 fp32", "fp32 weights", 1724, 1.0, 0.98, 0.0, 0.2, 1.0),
+                     _dc_row("int8 only", "ONNX", 440, 3.9, 0.979, -0.1, 0.15, 1.3),
+                     _dc_row("pruned + int8, read back", "archive", 50, 34.4, 0.978, -0.2, 0.2,
+                             1.0),
+                     _dc_row("pruned + int8, ORT int8", "archive", 50, 34.4, 0.977, -0.3, 0.15,
+                             1.3)]}
+
+
 def test_tool_sections_merge_beside_the_models_and_render(tmp_path):
     """tools/deep_compression.py and tools/bench_recover.py write their own sections into
     results.json; a later bench.py merge keeps them, and BENCHMARKS.md renders them."""
-    dc = {"params": 431080, "fp32_bytes": 1724320, "n_train": 4000, "n_test": 1000,
-          "plan": {"rounds": 3}, "kept": {"conv1": 0.66, "fc1": 0.08}, "kept_total": 0.085,
-          "archive": {"bytes": 50123, "raw_bytes": 77000}, "met": True,
-          "survey": {"network": "LeNet-5", "base_kb": 1720, "compressed_kb": 44,
-                     "compression": 39, "top1_error_before": 0.8, "top1_error_after": 0.74},
-          "target": {"compression": 20.0, "max_loss_points": 0.5},
-          "rows": [_dc_row("LeNet-5 fp32", "fp32 weights", 1724, 1.0, 0.98, 0.0, 0.2, 1.0),
-                   _dc_row("int8 only", "ONNX", 440, 3.9, 0.979, -0.1, 0.15, 1.3),
-                   _dc_row("pruned + int8, read back", "archive", 50, 34.4, 0.978, -0.2, 0.2, 1.0),
-                   _dc_row("pruned + int8, ORT int8", "archive", 50, 34.4, 0.977, -0.3, 0.15,
-                           1.3)]}
+    dc = _deep_compression()
     data = bench_report.merge_section({"results": []}, "deep_compression", dc,
                                       "python tools/deep_compression.py", ENV, "2026-04-04 00:00 UTC")
     data = bench_report.merge(data, [model("mlp", [timed("ORT fp32", "ort", 1.0, 1.0)])], None,
@@ -200,3 +206,21 @@ def test_mnist_search_section_renders_the_target_verdict(tmp_path):
     assert "| torch-prune:budget_s=20.0,ratio=0.5 | rejected | 0.9800 | 0.8300 | 0.9300 | 20 " \
         "| 900 |" in text
     assert "**met** — 1.60x (1.50–1.70), interleaved." in text
+
+
+def test_record_section_merges_stamps_and_regenerates(tmp_path):
+    """What deep_compression.py and bench_recover.py call last: their section merged into an
+    existing results.json (the models kept), stamped with their command line and this machine's
+    fingerprint, and BENCHMARKS.md regenerated from it."""
+    results, md = tmp_path / "results.json", tmp_path / "B.md"
+    bench_report.save_results(bench_report.merge(
+        {"results": []}, [model("mlp", [timed("ORT fp32", "ort", 1.0, 1.0)])], None, ENV,
+        "python tools/bench.py --models mlp"), results)
+    data = bench_report.record_section("deep_compression", _deep_compression(),
+                                       "deep_compression.py", ["--epochs", "2"], results, md)
+    prov = data["deep_compression"]["provenance"]
+    assert prov["command"] == "python tools/deep_compression.py --epochs 2"
+    assert prov["env"]["cpu_model"] and prov["env"] != ENV
+    assert json.loads(results.read_text()) == data and [m["model"] for m in data["results"]] \
+        == ["mlp"]
+    assert "## Deep Compression reproduced: LeNet-5 on real digits" in md.read_text()

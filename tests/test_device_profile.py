@@ -63,7 +63,7 @@ def test_profile_over_ssh_selftests_times_and_stores(server, model, tmp_path, ca
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
     # the bundle left on the device is complete and passes its own self-test there
     bundles = list((tmp_path / "device" / "bundles").iterdir())
-    assert len(bundles) == 1 and (bundles[0] / "dk_timing.py").is_file()
+    assert len(bundles) == 1 and (bundles[0] / "dk_timing" / "__init__.py").is_file()
     assert not list((tmp_path / "device" / "runs").iterdir())  # the run file was pulled + removed
 
 
@@ -209,8 +209,8 @@ sys.exit("adb: unknown command")
     assert rc == 0, capsys.readouterr().err
     calls = [json.loads(x) for x in log.read_text().splitlines()]
     pushes = [c for c in calls if c[2] == "push"]
-    assert {Path(c[3]).name for c in pushes} >= {"model.ort", "selftest.py", "dk_timing.py",
-                                                 "manifest.json"}
+    assert {Path(c[3]).name for c in pushes} >= {"model.ort", "selftest.py", "manifest.json"}
+    assert {Path(c[3]).parent.name for c in pushes} >= {"dk_timing"}  # the timing package
     assert all(c[4].startswith(f"{root}/bundles/") for c in pushes)
     assert pushes[-1][4].endswith("/manifest.json")  # the manifest goes last
     shells = [c[3] for c in calls if c[2] == "shell"]

@@ -121,11 +121,17 @@ def ensure_site(root: Path) -> Path:
             "--only-binary=:all:"]
     _run([sys.executable, "-m", "pip", "download", "-q", *plat, "-d", str(wheels), *pins],
          "pip download of the aarch64 wheels")
-    tmp = root / "site.partial"
+    return _install(wheels, site, plat, pins, "the aarch64 wheels")
+
+
+def _install(wheels: Path, site: Path, plat: list[str], pins: list[str], what: str) -> Path:
+    """The downloaded `wheels` installed into `site` (no dependencies, bytecode precompiled),
+    whole or not at all: built in SITE.partial, marked complete, then renamed into place."""
+    tmp = site.with_name(f"{site.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
           "--target", str(tmp), *plat, *map(str, sorted(wheels.glob("*.whl")))],
-         "installing the aarch64 wheels")
+         f"installing {what}")
     _precompile(tmp)
     (tmp / ".complete").write_text("\n".join(pins) + "\n")
     shutil.rmtree(site, ignore_errors=True)
@@ -170,16 +176,7 @@ def _wheel_site(root: Path, name: str, pins: list[str], platform: str) -> Path:
     wheels = root / f"wheels-{name}"
     _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *plat, "-d", str(wheels),
           *pins], f"pip download of the aarch64 {name} wheel")
-    tmp = root / f"site-{name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
-          "--target", str(tmp), *plat, *map(str, sorted(wheels.glob("*.whl")))],
-         f"installing the aarch64 {name} wheel")
-    _precompile(tmp)
-    (tmp / ".complete").write_text("\n".join(pins) + "\n")
-    shutil.rmtree(site, ignore_errors=True)
-    tmp.rename(site)
-    return site
+    return _install(wheels, site, plat, pins, f"the aarch64 {name} wheel")
 
 
 def ensure_ort(root: Path) -> Path:
@@ -213,29 +210,29 @@ def ensure_prefix(root: Path, rootfs: Path) -> Path:
     return prefix
 
 
-def ort_python() -> str:
-    """A shell command that is the emulated device's python3 with numpy + onnxruntime: what an
-    ORT target's `[device] python` names when its --device ssh:// is this machine."""
+def _emulated_python(ensure_runtime) -> str:
+    """The shell command of the emulated device's python3 with numpy and the runtime whose
+    site-packages `ensure_runtime(cache root)` provides, under qemu-aarch64 with the rootfs
+    prefix."""
     import shlex
 
     rootfs, site = setup()
     root = cache_dir()
-    ort_site, prefix = ensure_ort(root), ensure_prefix(root, rootfs)
+    rt_site, prefix = ensure_runtime(root), ensure_prefix(root, rootfs)
     qemu = shutil.which("qemu-aarch64") or "qemu-aarch64"
-    return (f"env PYTHONPATH={shlex.quote(f'{ort_site}:{site}')} {shlex.quote(qemu)} -L "
+    return (f"env PYTHONPATH={shlex.quote(f'{rt_site}:{site}')} {shlex.quote(qemu)} -L "
             f"{shlex.quote(str(prefix))} {shlex.quote(str(rootfs / 'usr/bin' / f'python{PYVER}'))}")
+
+
+def ort_python() -> str:
+    """A shell command that is the emulated device's python3 with numpy + onnxruntime: what an
+    ORT target's `[device] python` names when its --device ssh:// is this machine."""
+    return _emulated_python(ensure_ort)
 
 
 def ov_python() -> str:
     """The emulated device's python3 with numpy + openvino (the same qemu prefix as ORT's)."""
-    import shlex
-
-    rootfs, site = setup()
-    root = cache_dir()
-    ov_site, prefix = ensure_ov(root), ensure_prefix(root, rootfs)
-    qemu = shutil.which("qemu-aarch64") or "qemu-aarch64"
-    return (f"env PYTHONPATH={shlex.quote(f'{ov_site}:{site}')} {shlex.quote(qemu)} -L "
-            f"{shlex.quote(str(prefix))} {shlex.quote(str(rootfs / 'usr/bin' / f'python{PYVER}'))}")
+    return _emulated_python(ensure_ov)
 
 
 def runner_shell() -> str:

@@ -131,15 +131,9 @@ def make_models(d: Path) -> dict[str, str]:
         return str(p)
 
     def mlp(name, width, depth):
-        inits, nodes, x = [], [], "x"
-        for i in range(depth):
-            w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-            inits.append(numpy_helper.from_array(w, f"w{i}"))
-            nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"fc{i}"),
-                      helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}")]
-            x = f"r{i}"
-        nodes.append(helper.make_node("Identity", [x], ["y"]))
-        return save(name, nodes, inits, [1, width], [1, width])
+        from calibrate_resources import make_mlp
+
+        return str(make_mlp(d / f"{name}.onnx", width, depth, rng))
 
     def cnn():
         inits, nodes, x, c = [], [], "x", 3

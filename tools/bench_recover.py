@@ -149,8 +149,6 @@ def run(out: Path, args) -> dict:
 def main(argv=None) -> int:
     import bench_report
 
-    from deploykit.measure import env as envinfo
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "tools" / "bench_out" / "mnist_search"))
     ap.add_argument("--results", default=str(ROOT / "tools" / "bench_out" / "results.json"))
@@ -167,13 +165,8 @@ def main(argv=None) -> int:
                     help="also the per-layer NetAdapt loop (graph-side, not recovered)")
     args = ap.parse_args(argv)
     res = run(Path(args.out).resolve(), args)
-    results = Path(args.results)
-    data = bench_report.load_results(results)
-    cmd = "python tools/bench_recover.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    data = bench_report.merge_section(data, "mnist_search", res, cmd.strip(),
-                                      envinfo.fingerprint("ort-cpu", {}, 2))
-    bench_report.save_results(data, results)
-    bench_report.write_markdown(data, Path(args.markdown), results, results.parent)
+    data = bench_report.record_section("mnist_search", res, "bench_recover.py", argv,
+                                       Path(args.results), Path(args.markdown))
     print("\n".join(bench_report.mnist_search_markdown(data["mnist_search"], data["env"])))
     return 0 if res["met"] else 1
 

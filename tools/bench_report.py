@@ -66,6 +66,23 @@ def save_results(data: dict, path: Path) -> None:
     write_text_atomic(path, json.dumps(data, indent=1))
 
 
+def record_section(key: str, result: dict, tool: str, argv: list[str] | None, results: Path,
+                   markdown: Path) -> dict:
+    """One tool's section (bench_recover.py, deep_compression.py) merged into `results`, stamped
+    with its command line and this machine's fingerprint, and `markdown` regenerated; returns
+    the merged data."""
+    import sys
+
+    from deploykit.measure import env as envinfo
+
+    data = load_results(results)
+    cmd = f"python tools/{tool} " + " ".join(argv if argv is not None else sys.argv[1:])
+    data = merge_section(data, key, result, cmd.strip(), envinfo.fingerprint("ort-cpu", {}, 2))
+    save_results(data, results)
+    write_markdown(data, markdown, results, results.parent)
+    return data
+
+
 # ---------------------------------------------------------------------------------------------
 # BENCHMARKS.md
 

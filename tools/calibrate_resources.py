@@ -41,11 +41,13 @@ sys.path.insert(0, str(ROOT))
 CLI = [sys.executable, "-m", "deploykit"]
 
 
-def make_mlp(path: Path, width: int = 2048, depth: int = 2) -> Path:
+def make_mlp(path: Path, width: int = 2048, depth: int = 2,
+             rng: np.random.Generator | None = None) -> Path:
+    """MatMul+Relu x depth on [1, width] (also bench_memory.py's MLPs; weights from `rng`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0) if rng is None else rng
     inits, nodes, x = [], [], "x"
     for i in range(depth):
         w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)

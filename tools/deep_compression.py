@@ -197,7 +197,6 @@ def main(argv=None) -> int:
     import bench_report
 
     from deploykit.core import TimingPlan
-    from deploykit.measure import env as envinfo
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "tools" / "bench_out" / "deep_compression"),
@@ -211,13 +210,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     plan = Plan(epochs=args.epochs)
     res = run(Path(args.out).resolve(), plan, TimingPlan(max_time_s=args.max_time))
-    results = Path(args.results)
-    data = bench_report.load_results(results)
-    cmd = "python tools/deep_compression.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    data = bench_report.merge_section(data, "deep_compression", res, cmd.strip(),
-                                      envinfo.fingerprint("ort-cpu", {}, 2))
-    bench_report.save_results(data, results)
-    bench_report.write_markdown(data, Path(args.markdown), results, results.parent)
+    data = bench_report.record_section("deep_compression", res, "deep_compression.py", argv,
+                                       Path(args.results), Path(args.markdown))
     print("\n".join(bench_report.deep_compression_markdown(data["deep_compression"],
                                                            data["env"])))
     return 0 if res["met"] else 1

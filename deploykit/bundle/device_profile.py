@@ -1,6 +1,6 @@
 """`deploykit profile MODEL --target T --device ssh://...|adb://...`: package the model as an ORT,
 OpenVINO or TVM bundle (in a temporary folder), push it, verify its golden outputs on the device,
-time it there with the bundle's own timing mode (ORT, OpenVINO: dk_timing.py; TVM: the C++
+time it there with the bundle's own timing mode (ORT, OpenVINO: dk_timing/; TVM: the C++
 runner's --time), and read the samples back as a LatencyReport.
 
 A bundle that fails its self-test on the device is a VerificationError: it is never timed.

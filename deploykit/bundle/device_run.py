@@ -196,8 +196,9 @@ def run_on_device(t: Transport, bundle: str | Path, *, timing: bool = False,
     problems = st.check_integrity(bundle, manifest)
     if problems:  # nothing of a changed bundle is pushed or run
         return DeviceRun(t.where, "", (), tuple(problems), (), "", "", None, manifest)
-    timing_file = "runner/dk_timing.h" if tvm else "dk_timing.py"
-    if timing and timing_file not in manifest["files"]:
+    # a Python bundle's timing mode is the package dk_timing/ (dk_timing.py in older bundles)
+    timing_files = ("runner/dk_timing.h",) if tvm else ("dk_timing/__init__.py", "dk_timing.py")
+    if timing and not any(f in manifest["files"] for f in timing_files):
         raise InputError(f"{bundle} has no timing mode (packaged before it): re-package it")
     remote_dir = remote_name(manifest)
     where_dir = f"{t.root}/{remote_dir}"

@@ -1,4 +1,4 @@
-"""The JSON a bundle's timing mode wrote on a device (runners/timing.py for ORT bundles, the C++
+"""The JSON a bundle's timing mode wrote on a device (runners/timing/ for ORT bundles, the C++
 runner's runners/dk_timing.h for TVM bundles), read back into a LatencyReport with the same
 statistics as a local run.
 

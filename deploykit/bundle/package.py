@@ -259,9 +259,11 @@ def package(model_path: str | Path, target: Target, out: str | Path,
                    {"against": "input model (onnxruntime)", "measured_with": check["how"],
                     "max_abs": check["max_abs"], "max_rel": check["max_rel"]}]
         else:
-            from .runners import timing as dk_timing
+            from .runners import TIMING_DIR, TIMING_PACKAGE
 
-            shutil.copyfile(dk_timing.__file__, stage / "dk_timing.py")
+            (stage / TIMING_DIR).mkdir()
+            for src in sorted(TIMING_PACKAGE.glob("*.py")):  # the package whole, no bytecode
+                shutil.copyfile(src, stage / TIMING_DIR / src.name)
             ov = backend == "openvino"
             manifest["selftest"] = {"command": "python3 selftest.py",
                                     "timing": "python3 selftest.py . --time OUT.json",

@@ -150,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
     with Outputs() as outs:
         trace = outs.path(args.trace) if args.trace else None
         if pool is None:
-            cmp, reports = _measure(args, models, tlist, shapes, plan, compare, trace)
+            cmp, reports, artifacts = _measure(args, models, tlist, shapes, plan, compare, trace)
         else:
-            cmp, reports = _measure_pooled(args, models, tlist, shapes, plan, compare, pool)
-        artifacts = [a for a, _ in reports]
+            cmp, reports, artifacts = _measure_pooled(args, models, tlist, shapes, plan, compare,
+                                                      pool)
         payload = cmp.to_dict() if compare else reports[0][1].to_dict() if len(reports) == 1 \
             else {"reports": [r.to_dict() for _, r in reports]}
         if args.json:
@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
             from ..store import Store
 
             with Store(store_file) as store:
-                for art, rep in reports:
-                    store.record_report(rep, label=args.label, model=art.model)
+                for model, rep in reports:
+                    store.record_report(rep, label=args.label, model=model)
         outs.commit()
     if not args.quiet:
         from ..report.terminal import print_comparison, print_report
@@ -184,27 +184,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args, models, tlist, shapes, plan, compare: bool, trace):
-    """(the comparison or None, [(artifact, report)]): every model compiled on every target and
-    timed, alone or interleaved."""
+    """(the comparison or None, [(model, report)], artifacts left open): every model compiled on
+    every target and timed, alone, or interleaved by the API's `compare`."""
     from dataclasses import replace
 
-    from ..api import compile_with_feeds
+    from ..api import compare as api_compare, compile_with_feeds
 
+    if compare:  # the API closes its artifacts; the command stores the runs with its --label
+        cmp = api_compare(models, tlist, plan=plan, inputs=args.inputs, shapes=shapes,
+                          seed=args.seed, per_op=not args.no_per_op, progress=not args.quiet,
+                          store=None)
+        return cmp, list(zip([m for m in models for _ in tlist], cmp.reports)), []
     artifacts, feeds = compile_with_feeds(models, tlist, seed=args.seed, shapes=shapes,
                                           inputs=args.inputs)
-    if compare:
-        from ..measure.timing import compare as run_compare
-
-        cmp = run_compare(artifacts, feeds, plan, progress=not args.quiet,
-                          per_op=not args.no_per_op)
-        return cmp, list(zip(artifacts, cmp.reports))
     art = artifacts[0]
     rep = art.target.profile(art, feeds[0], plan, per_op=not args.no_per_op,
                              progress=not args.quiet, trace_path=str(trace) if trace else None)
     if not args.no_roofline and art.target.config.get("backend") == "ort":
         flops, roof = _roofline(art.model.path, art.target.threads, art.inputs, feeds[0])
         rep = replace(rep, flops=flops, roofline_ms=roof)
-    return None, [(art, rep)]
+    return None, [(art.model, rep)], [art]
 
 
 def _measure_pooled(args, models, tlist, shapes, plan, compare: bool, pool_cfg):
@@ -222,12 +221,12 @@ def _measure_pooled(args, models, tlist, shapes, plan, compare: bool, pool_cfg):
     jobs = [([m], [t]) for m in models for t in tlist]
 
     def job(mt):
-        _, ((art, rep),) = _measure(quiet, mt[0], mt[1], shapes, plan, False, None)
+        _, (result,), (art,) = _measure(quiet, mt[0], mt[1], shapes, plan, False, None)
         art.close()  # the board's session stays with the pool for the next job
-        return art, rep
+        return result
 
     with DevicePool(pool_cfg) as pool:
-        return None, pool.map(job, jobs, progress=None if args.quiet else "profiling")
+        return None, pool.map(job, jobs, progress=None if args.quiet else "profiling"), []
 
 
 def replace_args(args: argparse.Namespace, **changes) -> argparse.Namespace:

@@ -7,6 +7,13 @@ import torch
 from torch import nn
 
 
+def projection(cin: int, cout: int, stride: int) -> nn.Module | None:
+    """The residual's 1x1 conv + BN when the block changes shape, else None (identity)."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class Bottleneck(nn.Module):
     expansion = 4
 
@@ -20,10 +27,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+        self.downsample = projection(cin, cout, stride)
 
     def forward(self, x):
         idt = x if self.downsample is None else self.downsample(x)
@@ -33,7 +37,10 @@ class Bottleneck(nn.Module):
 
 
 class Basic(nn.Module):
+    """Two 3x3 convs and a residual (ResNet-18/34; also tinyresnet.py's block)."""
+
     expansion = 1
+    shortcut = "downsample"  # the projection's attribute name (torchvision's; state-dict keys)
 
     def __init__(self, cin: int, width: int, stride: int):
         super().__init__()
@@ -42,13 +49,11 @@ class Basic(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != width:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False),
-                                            nn.BatchNorm2d(width))
+        setattr(self, self.shortcut, projection(cin, width, stride))
 
     def forward(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
+        proj = getattr(self, self.shortcut)
+        idt = x if proj is None else proj(x)
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + idt)
 

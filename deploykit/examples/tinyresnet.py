@@ -7,24 +7,14 @@ Plain torch with seeded weights, so it needs no download. `build()` returns the 
 import torch
 from torch import nn
 
+# absolute: this file is also loaded by path, as a factory file (export tinyresnet.py:build)
+from deploykit.examples.resnet import Basic
 
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x):
-        identity = x if self.down is None else self.down(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+class Block(Basic):
+    """resnet.Basic under this model's own names: its projection is `down` (layers.1.down/Conv)."""
+
+    shortcut = "down"
 
 
 class TinyResNet(nn.Module):

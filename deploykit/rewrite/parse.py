@@ -22,6 +22,7 @@ from ..errors import InputError
 # prune_channels.py, PruneChannelsPass).
 STEPS: dict[str, str] = {name: f"deploykit.rewrite.{name.replace('-', '_')}" for name in (
     "cleanup", "fold-bn", "prune-unstructured", "prune-channels", "prune-ffn", "prune-heads",
+    "prune-hidden",
     "remove-zero-channels", "lowrank", "tucker", "compact", "quantize-static", "quantize-dynamic",
     "nncf-int8", "nncf-weights", "fp16")}
 LIST_SEP = "|"

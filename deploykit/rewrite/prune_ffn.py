@@ -7,6 +7,10 @@ x*0.5*(1+erf(x/sqrt2)) and tanh-approximation subgraphs, SiLU...), so neuron j o
 neuron j: dropping fc1's output columns, their bias entries and fc2's input rows together is
 exact on the neurons kept. The residual stream (fc2's output width) is untouched.
 
+Gated blocks (SwiGLU in LLaMA/Qwen/Mistral, GeGLU): two or more fc1s read the same input with the
+same neuron count and their activations meet element-wise (silu(x W_gate) * (x W_up)) before one
+fc2. Neuron j of every fc1 only meets neuron j of the others, so the fc1s are sliced together.
+
 Importance is the weight magnitude |fc1 column|_2 * |fc2 row|_2, or, with `importance=activation`,
 the mean |activation| over the calibration batches times |fc2 row|_2 (what the neuron actually
 adds to the output). Ratios are per block, like `prune-channels`, with per-block overrides.
@@ -21,14 +25,7 @@ import onnx_ir as ir
 
 from ..errors import InputError
 from . import StepPass
-
-# element-wise ops allowed between fc1 and fc2 (other operands must be scalar constants)
-_ELEMENTWISE = {"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Div", "Pow",
-                "LeakyRelu", "Softplus", "Elu", "Selu", "Neg", "Abs", "Sqrt", "Exp", "Clip",
-                "HardSigmoid", "HardSwish", "Identity", "Mish", "Celu", "ThresholdedRelu",
-                "FastGelu", "QuickGelu"}
-
-_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Exp", "Identity", "Clip"}
+from ._ffn_blocks import Block, find_blocks
 
 
 @dataclass(frozen=True)
@@ -42,177 +39,16 @@ class Config:
     layers: tuple[str, ...] = ()
 
 
-@dataclass
-class Block:
-    """One feed-forward block: the constants sliced along its neurons."""
-
-    fc1: object  # ir.Node (MatMul or Gemm)
-    w1: object  # ir.Value: fc1 weight
-    w1_axis: int  # neuron axis of w1
-    b1: object | None  # ir.Value: bias on the neuron axis (last), or None
-    fc2: object  # ir.Node
-    w2: object
-    w2_axis: int
-    region: list  # ir.Values between fc1 and fc2 (shapes reset after slicing)
-    exit: object  # ir.Value: fc2's input
-    neurons: int
-    reshapes: list  # ir.Nodes: Reshapes in the region whose target shape ends in `neurons`
-
-    @property
-    def name(self) -> str:
-        return self.w1.name
-
-
-def _const(v):
-    """An initializer used by exactly one node, as an array; None otherwise."""
-    if v is None or not v.is_initializer() or v.const_value is None or v.is_graph_input():
-        return None
-    return v.const_value.numpy() if len(v.uses()) == 1 else None
-
-
-def _scalar(v) -> bool:
-    from onnx_ir import convenience
-
-    if v is None:
-        return True
-    t = convenience.get_const_tensor(v)
-    return t is not None and t.numpy().size == 1
-
-
-def _users(v) -> list:
-    return [u.node for u in v.uses()]
-
-
-def _fc1(node):
-    """(weight, neuron axis, bias value or None, output value after bias) of an fc1 candidate."""
-    ins = list(node.inputs)
-    if node.op_type == "MatMul":
-        w = _const(ins[1])
-        if w is None or w.ndim != 2:
-            return None
-        out, bias = node.outputs[0], None
-        users = _users(out)
-        if len(users) == 1 and users[0].op_type == "Add":
-            add = users[0]
-            other = [v for v in add.inputs if v is not out]
-            b = _const(other[0]) if len(other) == 1 else None
-            if b is not None and b.shape[-1:] == (w.shape[1],) and b.size == w.shape[1]:
-                bias, out = other[0], add.outputs[0]
-        return ins[1], 1, bias, out
-    if node.op_type == "Gemm" and not node.attributes.get_int("transA", 0):
-        w = _const(ins[1])
-        if w is None:
-            return None
-        axis = 0 if node.attributes.get_int("transB", 0) else 1
-        bias = ins[2] if len(ins) > 2 and ins[2] is not None else None
-        if bias is not None:
-            b = _const(bias)
-            if b is None:
-                return None
-            if b.size == 1:
-                bias = None  # a broadcast scalar: nothing to slice
-            elif b.shape[-1:] != (w.shape[axis],) or b.size != w.shape[axis]:
-                return None
-        return ins[1], axis, bias, node.outputs[0]
-    return None
-
-
-def _keeps_last_axis(node, v, neurons: int):
-    """A Reshape of `v` whose constant target shape ends in `neurons` moves whole rows of neurons
-    (row-major), so it is element-wise for pruning; its shape constant then needs the new count."""
-    from onnx_ir import convenience
-
-    if node.op_type != "Reshape" or list(node.inputs)[0] is not v:
-        return False
-    t = convenience.get_const_tensor(list(node.inputs)[1])
-    return t is not None and t.numpy().ndim == 1 and int(t.numpy()[-1]) == neurons
-
-
-def _activated(nodes) -> bool:
-    return any(n.op_type not in _ARITHMETIC for n in nodes)
-
-
-def _region(start, graph_outputs, neurons: int):
-    """Values reachable from `start` through element-wise ops whose other operands are scalar
-    constants (and Reshapes that keep the neuron axis last), and the single fc2 node reading
-    them: (values, fc2, exit, reshapes), or (reason, whether an activation was on the way)."""
-    region, frontier, fc2, exit_value = [start], [start], None, None
-    seen, nodes, reshapes = {id(start)}, [], []
-    while frontier:
-        v = frontier.pop()
-        if v in graph_outputs:
-            return "an activation is a graph output", _activated(nodes)
-        for node in _users(v):
-            if node.op_type in ("MatMul", "Gemm") and list(node.inputs)[0] is v:
-                if fc2 is not None and fc2 is not node:
-                    return "activations feed two matrix products", _activated(nodes)
-                if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-                    return "fc2 is a Gemm with transA", _activated(nodes)
-                fc2, exit_value = node, v
-                continue
-            if _keeps_last_axis(node, v, neurons):
-                if node not in reshapes:
-                    reshapes.append(node)
-                    seen.add(id(node.outputs[0]))
-                    region.append(node.outputs[0])
-                    frontier.append(node.outputs[0])
-                continue
-            if node.op_type not in _ELEMENTWISE or len(node.outputs) != 1:
-                return f"activation used by {node.op_type} '{node.name}'", _activated(nodes)
-            if node not in nodes:
-                nodes.append(node)
-                out = node.outputs[0]
-                seen.add(id(out))
-                region.append(out)
-                frontier.append(out)
-    for node in nodes:
-        for other in node.inputs:
-            if other is not None and id(other) not in seen and not _scalar(other):
-                return f"{node.op_type} '{node.name}' mixes in a non-scalar tensor", True
-    if fc2 is None:
-        return "no second matrix product reads the activations", _activated(nodes)
-    return region, fc2, exit_value, reshapes
-
-
-def find_blocks(irm) -> tuple[list[Block], list[str]]:
-    """Every prunable feed-forward block of an onnx_ir model, and why other candidates are not."""
-    graph = irm.graph
-    outputs = set(graph.outputs)
-    blocks, reasons = [], []
-    taken: set[int] = set()
-    for node in graph:
-        if node.domain not in ("", "ai.onnx") or id(node) in taken:
-            continue
-        fc = _fc1(node)
-        if fc is None:
-            continue
-        w1, axis, bias, start = fc
-        neurons = w1.const_value.numpy().shape[axis]
-        found = _region(start, outputs, neurons)
-        if len(found) == 2:  # (reason, an activation was on the way): report FFN look-alikes
-            if found[1]:
-                reasons.append(f"{w1.name}: {found[0]}")
-            continue
-        region, fc2, exit_value, reshapes = found
-        w2 = _const(list(fc2.inputs)[1])
-        if w2 is None or w2.ndim != 2:
-            reasons.append(f"{w1.name}: fc2 '{fc2.name}' has a shared or non-constant weight")
-            continue
-        w2_axis = 1 if fc2.op_type == "Gemm" and fc2.attributes.get_int("transB", 0) else 0
-        if w2.shape[w2_axis] != neurons:
-            reasons.append(f"{w1.name}: fc2 '{fc2.name}' reads {w2.shape[w2_axis]} features, "
-                           f"fc1 makes {neurons}")
-            continue
-        taken.add(id(fc2))
-        blocks.append(Block(node, w1, axis, bias, fc2, list(fc2.inputs)[1], w2_axis, region,
-                            exit_value, neurons, reshapes))
-    return blocks, reasons
+def _rows(w, axis: int, neurons: int) -> np.ndarray:
+    return np.moveaxis(w.const_value.numpy(), axis, 0).reshape(neurons, -1)
 
 
 def magnitude(b: Block) -> np.ndarray:
-    w1 = np.moveaxis(b.w1.const_value.numpy(), b.w1_axis, 0).reshape(b.neurons, -1)
-    w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
-    return np.linalg.norm(w1, axis=1) * np.linalg.norm(w2, axis=1)
+    """|fc1 column|_2 (times each gate's) * |fc2 row|_2 per neuron."""
+    score = np.linalg.norm(_rows(b.w2, b.w2_axis, b.neurons), axis=1)
+    for w, axis in [(b.w1, b.w1_axis), *((g[1], g[2]) for g in b.gates)]:
+        score = score * np.linalg.norm(_rows(w, axis, b.neurons), axis=1)
+    return score
 
 
 def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
@@ -237,7 +73,7 @@ def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
             sums[n] = sums[n] + a.reshape(-1, a.shape[-1]).mean(axis=0)
     out = {}
     for b in blocks:
-        w2 = np.moveaxis(b.w2.const_value.numpy(), b.w2_axis, 0).reshape(b.neurons, -1)
+        w2 = _rows(b.w2, b.w2_axis, b.neurons)
         out[b.name] = sums[b.exit.name] / max(len(batches), 1) * np.linalg.norm(w2, axis=1)
     return out
 
@@ -282,9 +118,10 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
         if b.name not in keep:
             continue
         idx = keep[b.name]
-        take(b.w1, b.w1_axis, idx)
-        if b.b1 is not None:
-            take(b.b1, b.b1.const_value.numpy().ndim - 1, idx)
+        for _, w, axis, bias in [(b.fc1, b.w1, b.w1_axis, b.b1), *b.gates]:
+            take(w, axis, idx)
+            if bias is not None:
+                take(bias, bias.const_value.numpy().ndim - 1, idx)
         take(b.w2, b.w2_axis, idx)
         for node in b.reshapes:
             arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
@@ -299,7 +136,7 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
             node.replace_input_with(1, value)
             if old.is_initializer() and not old.uses() and not old.is_graph_input():
                 graph.initializers.pop(old.name)
-        for v in b.region + list(b.fc1.outputs):
+        for v in b.region + [o for n in (b.fc1, *(g[0] for g in b.gates)) for o in n.outputs]:
             v.shape = None
 
 
@@ -344,7 +181,7 @@ class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
                              + (" and layers=..." if cfg.layers else "")
                              + " remove no neuron from any block")
         details_blocks = [{"fc1": b.fc1.name, "fc2": b.fc2.name, "weight": b.name,
-                           "neurons": b.neurons,
+                           "gates": [g[0].name for g in b.gates], "neurons": b.neurons,
                            "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
                           for b in blocks]
         apply(irm.graph, blocks, keep)
@@ -361,4 +198,5 @@ def prunable_layers(model) -> list[tuple[str, int, list[str], list[str]]]:
     from ._channel_graph import load_ir
 
     blocks, _ = find_blocks(load_ir(model))
-    return [(b.name, b.neurons, [b.w1.name], [b.w2.name]) for b in blocks]
+    return [(b.name, b.neurons, [b.w1.name, *(g[1].name for g in b.gates)], [b.w2.name])
+            for b in blocks]

@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from ..errors import InputError
 from . import StepPass
-from .prune_ffn import _const, _fc1, _users
+from ._ffn_blocks import _const, _fc1, _users
 
 _SCORE_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Identity", "Cast"}
 

@@ -23,6 +23,7 @@ _NNCF_WEIGHTS = [{}, {"mode": "int8_sym"}]
 _PRUNE = [{"ratio": 0.25}, {"ratio": 0.5}, {"ratio": 0.5, "scope": "global"}]
 _PRUNE_FFN = [{"ratio": 0.25}, {"ratio": 0.5}]
 _PRUNE_HEADS = [{"ratio": 0.25}]
+_PRUNE_HIDDEN = [{"ratio": 0.25}]
 _LOWRANK = [{"ratio": 0.5}, {"ratio": 0.25}, {"ratio": 0.125}]
 
 
@@ -141,7 +142,7 @@ def model_candidates(model, min_fidelity: float | None = None,
 def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
     t = model_traits(model)
     have = available_steps(["quantize-static", "quantize-dynamic", "prune-channels", "prune-ffn",
-                            "prune-heads", "lowrank", "tucker", "compact"])
+                            "prune-heads", "prune-hidden", "lowrank", "tucker", "compact"])
     out = [Candidate("baseline")]
     if t["quantized"]:
         return out  # an int8 model is not quantized again, nor pruned through its QDQ pairs
@@ -176,6 +177,8 @@ def _all_candidates(model, min_fidelity: float | None) -> list[Candidate]:
         structural += [("prune", _step("prune-ffn", f)) for f in _PRUNE_FFN]
     if "prune-heads" in have and t["linear"] and _has_attention(model):
         structural += [("prune", _step("prune-heads", f)) for f in _PRUNE_HEADS]
+    if "prune-hidden" in have and t["linear"] and _has_stream(model):
+        structural += [("prune", _step("prune-hidden", f)) for f in _PRUNE_HIDDEN]
     if "lowrank" in have and t["linear"]:
         structural += [("lowrank", _step("lowrank", f)) for f in _LOWRANK]
     if "tucker" in have and t["kxk"]:
@@ -203,6 +206,14 @@ def _has_attention(model) -> bool:
     from ..rewrite.prune_heads import prunable_layers
 
     return any(n.op_type == "Softmax" for n in model.graph.node) and bool(prunable_layers(model))
+
+
+def _has_stream(model) -> bool:
+    """A residual stream prune-hidden can narrow (an embedding read by projections, not itself a
+    graph output)."""
+    from ..rewrite.prune_hidden import prunable_streams
+
+    return any(n.op_type == "Gather" for n in model.graph.node) and bool(prunable_streams(model))
 
 
 def int8_finish(traits: Mapping[str, bool], have: set[str]) -> list[tuple[str, tuple]]:

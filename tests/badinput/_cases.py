@@ -187,6 +187,8 @@ def _output_cases() -> list[Case]:
                                                  "--no-per-op", *STORE), "--no-per-op"),
         Case("profile", "trace-with-compare", ("profile", "{mlp}", "{mlp}", "--trace",
                                                "{out}/t.json", *STORE), "--compare"),
+        Case("profile", "compare-of-one", ("profile", "{mlp}", "--compare", *STORE),
+             "at least two models or targets"),
         Case("package", "existing-bundle-no-force", ("package", "{mlp}", "-o", "{a_dir}",
                                                      "--no-measure", *STORE), "already exists"),
         Case("package", "force-over-non-bundle", ("package", "{mlp}", "-o", "{nonbundle}",

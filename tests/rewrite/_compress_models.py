@@ -15,6 +15,22 @@ from deploykit.rewrite import StepContext
 CTX = StepContext(feeds={})
 
 
+def conv_relu_net(w: np.ndarray, seed: int = 0, **conv_attrs) -> onnx.ModelProto:
+    """Conv(W, seeded bias; stride 2, pad 1, `conv_attrs`) -> Relu on a 1 x I x 16 x 16 input."""
+    o, i = w.shape[:2]
+    b = np.random.default_rng(seed).standard_normal(o).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W", "b"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1],
+                          name="conv", **conv_attrs),
+         helper.make_node("Relu", ["y"], ["out"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, i, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, o, 8, 8])],
+        [numpy_helper.from_array(w.astype(np.float32), "W"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 

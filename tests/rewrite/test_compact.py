@@ -1,25 +1,15 @@
 import numpy as np
 import pytest
-from _compress_models import CTX, full_check, image, load, op_types, rel_err, run
-from onnx import TensorProto, helper, numpy_helper
+from _compress_models import (CTX, conv_relu_net, full_check, image, load, op_types, rel_err,
+                              run)
+from onnx import numpy_helper
 
 from deploykit.errors import InputError
 from deploykit.rewrite import apply_step, compact as cc
 
 
 def _conv_net(w: np.ndarray, seed: int = 0):
-    o, i = w.shape[:2]
-    b = np.random.default_rng(seed).standard_normal(o).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "W", "b"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1],
-                          dilations=[1, 1], name="conv"),
-         helper.make_node("Relu", ["y"], ["out"], name="relu")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, i, 16, 16])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, o, 8, 8])],
-        [numpy_helper.from_array(w.astype(np.float32), "W"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return conv_relu_net(w, seed, dilations=[1, 1])  # an explicit default attribute, kept
 
 
 def test_exact_when_each_input_slice_has_rank_multiplier():

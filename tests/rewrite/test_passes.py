@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.onnxio import io_specs, make_feeds
 from deploykit.rewrite import StepContext, StepPass, StepReport, recipe
-from onnx_models import conv_relu_gemm, tiny_attention
+from onnx_models import conv_relu_gemm, tiny_attention, tiny_encoder
 
 
 def _unnamed(model):
@@ -75,6 +75,8 @@ CASES = {
     "prune-channels": ({}, lambda p: bn_concat_net(), lambda p: mlp()),
     "prune-ffn": ({}, lambda p: mlp(), lambda p: conv_bn_net()),
     "prune-heads": ({}, _attention, lambda p: mlp()),
+    "prune-hidden": ({"output_width": "pad", "round_to": "4"},
+                     lambda p: onnx.load(str(tiny_encoder(p / "enc.onnx"))), lambda p: mlp()),
     "remove-zero-channels": ({}, lambda p: _dead_channel(), lambda p: bn_concat_net()),
     "lowrank": ({}, lambda p: mlp(), lambda p: _unnamed(conv_bn_net())),
     "tucker": ({}, lambda p: conv_bn_net(), lambda p: _unnamed(_conv_relu_gemm(p))),

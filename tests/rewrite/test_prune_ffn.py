@@ -143,3 +143,71 @@ def test_reshapes_sharing_a_shape_constant_get_their_own_counts(tmp_path):
     ref = run_ort(_zeroed_parent(model, res.model, True), feeds)[0]
     np.testing.assert_allclose(run_ort(res.model, feeds)[0], ref, rtol=1e-4,
                                atol=1e-4 * np.abs(ref).max())
+
+
+def _swiglu(tmp_path, layers: int = 2, hidden: int = 16, neurons: int = 32) -> onnx.ModelProto:
+    """LLaMA's MLP: down(silu(x @ gate) * (x @ up)) + x, per layer, plus a sibling pair that is
+    not gated (two projections of the same input with the same width, each to its own output)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    inits, nodes, x = [], [], "x"
+
+    def w(name, *shape):
+        arr = rng.standard_normal(shape) / np.sqrt(shape[0])
+        inits.append(numpy_helper.from_array(arr.astype(np.float32), name))
+        return name
+
+    for i in range(layers):
+        p = f"l{i}."
+        nodes += [helper.make_node("MatMul", [x, w(p + "gate", hidden, neurons)], [p + "g"]),
+                  helper.make_node("Sigmoid", [p + "g"], [p + "sg"]),
+                  helper.make_node("Mul", [p + "g", p + "sg"], [p + "silu"]),
+                  helper.make_node("MatMul", [x, w(p + "up", hidden, neurons)], [p + "u"]),
+                  helper.make_node("Mul", [p + "silu", p + "u"], [p + "h"]),
+                  helper.make_node("MatMul", [p + "h", w(p + "down", neurons, hidden)],
+                                   [p + "d"]),
+                  helper.make_node("Add", [p + "d", x], [p + "y"])]
+        x = p + "y"
+    nodes += [helper.make_node("MatMul", [x, w("qa", hidden, neurons)], ["a"]),
+              helper.make_node("MatMul", [x, w("qb", hidden, neurons)], ["b"])]
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    g = helper.make_graph(nodes, "swiglu", [vi("x", [2, 9, hidden])],
+                          [vi("a", [2, 9, neurons]), vi("b", [2, 9, neurons])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_gated_blocks_prune_gate_and_up_together_exactly(tmp_path):
+    model = _swiglu(tmp_path)
+    res = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.5), StepContext(feeds={})), model)
+    assert res.skipped is None
+    out = res.model
+    full_check(out)
+    w, parent = _inits(out), _inits(model)
+    assert [len(b["gates"]) for b in res.details["blocks"]] == [1, 1]  # the pair stays out
+    for i in (0, 1):
+        assert w[f"l{i}.gate"].shape == w[f"l{i}.up"].shape == (16, 16)
+        assert w[f"l{i}.down"].shape == (16, 16)
+        # gate and up keep the same neurons: the kept columns come from the same indices
+        keep = [int(np.flatnonzero((parent[f"l{i}.gate"] == w[f"l{i}.gate"][:, [j]])
+                                   .all(axis=0))[0]) for j in range(16)]
+        np.testing.assert_array_equal(parent[f"l{i}.up"][:, keep], w[f"l{i}.up"])
+        np.testing.assert_array_equal(parent[f"l{i}.down"][keep], w[f"l{i}.down"])
+    assert w["qa"].shape == w["qb"].shape == (16, 32)
+    # exact on the kept neurons: the parent with the removed neurons' down rows zeroed
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    for t in ref.graph.initializer:
+        if t.name.endswith("down"):
+            i = t.name.split(".")[0]
+            kept = w[f"{i}.gate"]
+            keep = [int(np.flatnonzero((parent[f"{i}.gate"] == kept[:, [j]]).all(axis=0))[0])
+                    for j in range(kept.shape[1])]
+            d = parent[t.name].copy()
+            d[np.setdiff1d(np.arange(32), keep)] = 0
+            t.CopyFrom(numpy_helper.from_array(d, t.name))
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 9, 16)).astype(np.float32)}
+    for got, want in zip(run_ort(out, feeds), run_ort(ref, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert [r[2] for r in pf.prunable_layers(model)] == [["l0.gate", "l0.up"],
+                                                          ["l1.gate", "l1.up"]]

@@ -1,25 +1,11 @@
 import numpy as np
 import pytest
-from _compress_models import CTX, full_check, image, load, op_types, rel_err, run
-from onnx import TensorProto, helper, numpy_helper
+from _compress_models import (CTX, conv_relu_net, full_check, image, load, op_types, rel_err,
+                              run)
+from onnx import numpy_helper
 
 from deploykit.errors import InputError
 from deploykit.rewrite import apply_step, tucker as lc
-
-
-def _conv_net(w: np.ndarray, seed: int = 0):
-    o, i = w.shape[:2]
-    b = np.random.default_rng(seed).standard_normal(o).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "W", "b"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1],
-                          name="conv"),
-         helper.make_node("Relu", ["y"], ["out"], name="relu")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, i, 16, 16])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, o, 8, 8])],
-        [numpy_helper.from_array(w.astype(np.float32), "W"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 def _tucker_weight(rng, o=32, i=24, ro=8, ri=6):
@@ -29,7 +15,7 @@ def _tucker_weight(rng, o=32, i=24, ro=8, ri=6):
 
 
 def test_exact_on_a_tucker_rank_weight():
-    model = _conv_net(_tucker_weight(np.random.default_rng(0)))
+    model = conv_relu_net(_tucker_weight(np.random.default_rng(0)))
     res = apply_step(lc.TuckerPass(lc.Config(energy=0.9999999), CTX), model)
     full_check(res.model)
     assert op_types(res.model) == {"Conv": 3, "Relu": 1}
@@ -72,7 +58,7 @@ def test_tinyresnet_matches_its_reconstruction_and_reports_real_error():
 
 
 def test_refusals_and_bad_config():
-    model = _conv_net(np.random.default_rng(0).standard_normal((4, 4, 3, 3)))
+    model = conv_relu_net(np.random.default_rng(0).standard_normal((4, 4, 3, 3)))
     res = apply_step(lc.TuckerPass(lc.Config(), CTX), model)
     assert res.model is None and "min_channels" in res.skipped
     with pytest.raises(InputError):

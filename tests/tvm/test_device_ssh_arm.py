@@ -33,17 +33,23 @@ def arm_ssh(arm_device, tmp_path_factory):
         yield url + str(tmp / "device"), target, tmp / "device"
 
 
-def test_ort_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, tmp_path, capsys):
-    device, target, folder = arm_ssh
+def _profile_on_device(device, target, tmp_path, capsys, store=None) -> tuple[str, dict]:
+    """`deploykit profile` of a small CNN with `target` on the emulated device: (what it printed,
+    the --json report); the run is stored in `store` when given."""
     model = conv_relu_gemm(tmp_path / "conv.onnx")
-    store = tmp_path / "runs.db"
     rc = main(["profile", str(model), "-t", str(target), "--device", device, "--threads", "1",
                "--shape", "x=1,3,16,16", "--max-time", "2", "--json", str(tmp_path / "r.json"),
-               "--store", str(store), "--no-strict"])
+               *(["--store", str(store)] if store else ["--no-store"]), "--no-strict"])
     out = capsys.readouterr().out
     assert rc == 0, out
+    return out, json.loads((tmp_path / "r.json").read_text())
+
+
+def test_ort_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, tmp_path, capsys):
+    device, target, folder = arm_ssh
+    store = tmp_path / "runs.db"
+    out, rep = _profile_on_device(device, target, tmp_path, capsys, store)
     assert "self-test passed (y ok)" in out and "aarch64" in out
-    rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["labels"] == ["emulated"]
     dev = rep["env"]["device"]
     assert dev["machine"] == "aarch64" and "0xd08" in dev["cpu_model"]
@@ -88,15 +94,9 @@ def test_tvm_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, arm_device, t
     text = text.replace('name = "tvm-aarch64"', 'name = "tvm-aarch64-emu"')
     target.write_text(text.replace('shell = "sh"', f"shell = {json.dumps(arm.runner_shell())}\n"
                                                    "emulated = true"))
-    model = conv_relu_gemm(tmp_path / "conv.onnx")
     store = tmp_path / "runs.db"
-    rc = main(["profile", str(model), "-t", str(target), "--device", device, "--threads", "1",
-               "--shape", "x=1,3,16,16", "--max-time", "2", "--json", str(tmp_path / "r.json"),
-               "--store", str(store), "--no-strict"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    out, rep = _profile_on_device(device, target, tmp_path, capsys, store)
     assert "self-test passed (y ok)" in out and "emulated aarch64" in out
-    rep = json.loads((tmp_path / "r.json").read_text())
     assert "emulated" in rep["labels"] and any("untuned" in x for x in rep["labels"])
     dev = rep["env"]["device"]
     assert dev["machine"] == "aarch64" and dev["runtime"] == "tvm"  # qemu's uname: the guest's
@@ -120,14 +120,8 @@ def test_openvino_bundle_profiled_over_ssh_on_emulated_aarch64(arm_ssh, arm_devi
     text = (REPO / "targets" / "openvino-aarch64.toml").read_text()
     text = text.replace('name = "openvino-aarch64"', 'name = "openvino-aarch64-emu"\nemulated = true')
     target.write_text(text.replace('python = "python3"', f"python = {json.dumps(arm.ov_python())}"))
-    model = conv_relu_gemm(tmp_path / "conv.onnx")
-    rc = main(["profile", str(model), "-t", str(target), "--device", device, "--threads", "1",
-               "--shape", "x=1,3,16,16", "--max-time", "2", "--json", str(tmp_path / "r.json"),
-               "--no-store", "--no-strict"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    out, rep = _profile_on_device(device, target, tmp_path, capsys)
     assert "self-test passed (y ok)" in out and "aarch64, openvino" in out
-    rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["labels"] == ["emulated"] and rep["env"]["device"]["machine"] == "aarch64"
     assert rep["env"]["openvino"] and rep["target_config"]["threads"] == 1
     assert len(rep["samples_ms"]) >= 10 and rep["env"]["peak_rss_kb"] > 0

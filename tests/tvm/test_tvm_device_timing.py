@@ -1,5 +1,5 @@
 """The TVM bundle's C++ runner times itself (`sh selftest.sh --time OUT.json`, runners/dk_timing.h)
-with the methodology and the JSON of the ORT bundles' dk_timing.py, and deploykit reads it back
+with the methodology and the JSON of the ORT bundles' dk_timing/, and deploykit reads it back
 into a LatencyReport (bundle/device_timing.py). Run on a real tvm-x86 bundle of a tiny CNN; the
 fingerprint is checked field by field against the Python timing mode's own on this machine."""
 

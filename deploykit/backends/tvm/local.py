@@ -21,6 +21,7 @@ from ..base import Artifact, Target
 from ...core import LatencyReport, ModelRef, OpTime, TimingPlan
 from ...errors import InputError, TargetError
 from .build import EMULATED_LABEL, UNTUNED_LABEL, _to_numpy
+from .rpc import rpc_key
 
 
 
@@ -33,13 +34,6 @@ def _tvm(threads: int | None = None):
     except ImportError:
         raise TargetError("apache-tvm is not installed (pip install 'deploykit[tvm]')") from None
     return tvm
-
-
-def rpc_key(config: Mapping[str, Any]) -> str | None:
-    """The TVM RPC device key (`--device KEY`); a `[device]` table is instead what a board
-    reached with --device ssh:// or adb:// needs (bundle/device_sh.py)."""
-    key = config.get("device")
-    return key if isinstance(key, str) and key else None
 
 
 class TvmTarget(Target):

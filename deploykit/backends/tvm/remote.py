@@ -22,8 +22,8 @@ from ...core import Block, LatencyReport, ModelRef, OpTime, TimingPlan, stable_h
 from ...errors import DeployKitError, TargetError, first_line
 from . import build as tvm_build
 from .build import EMULATED_LABEL, _to_numpy
-from .local import rpc_key
 from .pool import pinned
+from .rpc import rpc_key
 
 _BUILD_LOCK = threading.Lock()
 

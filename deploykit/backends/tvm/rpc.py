@@ -14,11 +14,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from ...errors import InputError, TargetError, first_line
 
 DEFAULT_HOST = "127.0.0.1"
+
+
+def rpc_key(config: Mapping[str, Any]) -> str | None:
+    """The TVM RPC device key (`--device KEY`); a `[device]` table is instead what a board
+    reached with --device ssh:// or adb:// needs (bundle/device_sh.py)."""
+    key = config.get("device")
+    return key if isinstance(key, str) and key else None
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:

@@ -10,7 +10,7 @@ bundles) on the device.
     python3 selftest.py [BUNDLE_DIR]     exit 0 pass, 1 verification failed, 2 unusable bundle
     python3 selftest.py [BUNDLE_DIR] --time OUT.json [--max-time S] [--threads N]
         ORT bundles: the self-test first (a bundle that fails it is not timed), then the timing
-        mode of runners/timing.py (copied into the bundle as dk_timing.py), one JSON to OUT.
+        mode of runners/timing/ (copied into the bundle as dk_timing/), one JSON to OUT.
         (TVM bundles: `sh selftest.sh --time OUT.json`, the C++ runner's own timing mode.)
 """
 
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.dont_write_bytecode = True  # a __pycache__ in the bundle would be an extra file
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         try:
-            import dk_timing  # the bundle's copy of runners/timing.py
+            import dk_timing  # the bundle's copy of runners/timing/
         except ImportError:
             print("selftest: error: this bundle has no dk_timing.py (packaged before the timing "
                   "mode): re-package it", file=sys.stderr)
