@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from deploykit.search import layer_table as L
+from deploykit.search import layer_table as L, units as U
 
 from _search_models import residual_cnn
 
@@ -41,7 +41,7 @@ def test_units_cover_graph_and_reproduce_values(which, request):
 
     model = onnx.load(str(request.getfixturevalue(which)))
     units = L.partition(model)
-    const = L._constant_tensors(model)
+    const = U._constant_tensors(model)
     dynamic = {i for i, n in enumerate(model.graph.node)
                if not all(o in const for o in n.output)}
     assert dynamic == set(i for u in units for i in u.nodes)

@@ -14,7 +14,6 @@ search killed at any point continues where it stopped. This module runs those st
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from ..core import ModelRef
 from ..backends.base import Target
-from ..errors import DeployKitError, InputError
+from ..errors import InputError
 from .adapt import netadapt_rows
 from .build import Builder, copy_build, load_eval
 from .estimate import Estimator
@@ -32,16 +31,16 @@ from .experts import runtimes_info
 from .keys import code_id, measurement_key, reference_runtime
 from .measuring import Measurer
 from .progress import Bar
-from .recommend import alternative, pick_next, predictor_summary, recommend
+from .recommend import alternative, predictor_summary, recommend
 from .result import FINAL_PLAN, Row, SearchConfig, SearchResult, write_outputs
 from .space import search_space
+from .whole import Points, measure_experts, measure_promising
 
 # the names this module has always offered its callers
 __all__ = ["FINAL_PLAN", "Row", "Search", "SearchConfig", "SearchResult", "code_id", "load_eval",
            "measurement_key", "reference_runtime", "write_outputs"]
 
 BUILD_SHARE = 0.6  # of the time limit for building candidates; the rest is for measuring whole
-Points = dict[tuple, list[tuple[float, float]]]  # (table sum, measured) per target variant
 
 
 class Search:
@@ -191,7 +190,7 @@ class Search:
                         n_space += len(variant_rows)
                 n_space += len(na_rows)
             # 3. measure whole what the calibrated table says could win
-            self._measure_promising(rows, variants, points, bar)
+            measure_promising(self, rows, variants, points, bar)
         finally:
             bar.close()
         return self._result(rows, base, points, n_space)
@@ -204,7 +203,7 @@ class Search:
         built = {models[0].model_id}
         for i, cand in enumerate(models[1:]):
             if i == n_experts:  # every expert recipe built: measure them whole, now
-                self._measure_experts(rows, points, bar)
+                measure_experts(self, rows, points, bar)
             if i >= n_experts and not self.within_time(
                     (1 - BUILD_SHARE) * self.cfg.time_limit_s, "building candidates"):
                 self.notes.append("time limit reached while building candidates; "
@@ -215,7 +214,7 @@ class Search:
             bar.advance(row, len(variants))
             bar.show_best(rows, self.cfg.budget_ms)
         if n_experts == len(models) - 1:
-            self._measure_experts(rows, points, bar)
+            measure_experts(self, rows, points, bar)
 
     def _build_finals(self, cands, rows: list[Row], sha_seen: dict[str, Row],
                       variants: Sequence[tuple], bar: Bar) -> None:
@@ -238,85 +237,6 @@ class Search:
         rows.append(row)
         rows += self._variant_rows(row, variants)
         return row
-
-    def _measure_promising(self, rows: list[Row], variants: Sequence[tuple], points: Points,
-                           bar: Bar) -> None:
-        """Measure whole, one at a time, the candidate the calibrated table says could win, until
-        the cap, the time limit or the predictor says nothing left can."""
-        timeable = [r for r in rows if r.status == "ok"]
-        # the cap counts only candidates that passed fidelity (what exhaustive search times);
-        # the anchor, one candidate per variant and one more are measured even past the time
-        # limit: the predictor needs them, and the report judges it on them
-        min_whole = min(len(timeable), len(variants) + 2)
-        max_whole = len(timeable) if self.cfg.exhaustive else \
-            max(min_whole, math.floor(self.cfg.whole_fraction * len(timeable)))
-        errors: list[float] = []
-        while True:
-            measured = [r for r in timeable if r.median is not None]
-            if len(measured) >= max_whole or (len(measured) >= min_whole and
-                                              not self.within_time(0, "whole measurements")):
-                break
-            pool = [r for r in timeable if r.median is None]
-            if not pool:
-                break
-            # a device pool measures its N boards' worth at once: the next N picks, each made
-            # as if the ones before it were not there (one board: exactly the sequential loop)
-            batch: list[Row] = []
-            while len(batch) < min(self.measure.width, max_whole - len(measured), len(pool)):
-                taken = {id(b) for b in batch}
-                nxt = pick_next([r for r in pool if id(r) not in taken], measured, min_whole,
-                                rows, points, errors, self.cfg, self.estimator.whole_only)
-                if nxt is None:
-                    break
-                batch.append(nxt)
-            if not batch:
-                break
-            for nxt, ok in zip(batch, self._measure_many(batch)):
-                if not ok:
-                    timeable.remove(nxt)  # below the floor on its own runtime, or it failed
-                    continue
-                if nxt.predicted_ms is not None:
-                    errors.append((nxt.predicted_ms - nxt.median) / nxt.median)
-                if nxt.table_ms is not None:
-                    points[nxt.cand.options].append((nxt.table_ms, nxt.median))
-                bar.advance(nxt, 0)
-            bar.show_best(rows, self.cfg.budget_ms)
-
-    def _measure_many(self, rows: list[Row]) -> list[bool]:
-        """Measure the candidates whole (at once over a device pool); False for one below the
-        floor on its own runtime or that the runtime failed on (e.g. cannot load this model:
-        the row says why)."""
-        got = self.measure.whole_many(rows, self.cfg.whole_plan)
-        for row, rep in zip(rows, got):
-            if isinstance(rep, DeployKitError):
-                row.status, row.reason = "failed", str(rep)
-        return [rep is not None and not isinstance(rep, DeployKitError) for rep in got]
-
-    def _measure_experts(self, rows: list[Row], points: Points, bar: Bar) -> None:
-        """Measure whole every expert recipe on its own runtime, whatever the predictor says."""
-        from .layer_table import Predictor
-
-        todo = []
-        for r in rows:
-            why = self._experts.get(r.cand.model_id, {}).get(r.cand.options)
-            if why is None:
-                continue
-            r.expert = why
-            if r.status == "ok" and r.median is None:
-                todo.append(r)
-        n = self.measure.width  # a device pool's boards measure that many at once
-        for batch in (todo[i:i + n] for i in range(0, len(todo), n)):
-            for r in batch:
-                pts = points.get(r.cand.options)
-                if r.table_ms is not None and pts:  # a real prediction, made before measuring
-                    r.predicted_ms = Predictor(tuple(pts)).predict(r.table_ms)
-            for r, ok in zip(batch, self._measure_many(batch)):
-                if not ok:
-                    continue
-                if r.table_ms is not None:
-                    points[r.cand.options].append((r.table_ms, r.median))
-                bar.advance(r, 0)
-            bar.show_best(rows, self.cfg.budget_ms)
 
     def _variant_rows(self, row: Row, variants: Sequence[tuple]) -> list[Row]:
         """The candidate on every other target variant (same model, own table estimate)."""
