@@ -214,3 +214,7 @@ def test_mnist_search_section_renders_the_target_verdict(tmp_path):
     assert "| 0.9910 / 0.9980 | 95.0% |" in text
     assert "| 0.8300 (start 0.9500) | 0.9300 | 20 | 900 (+900 before) |" in text
     assert "at worst held-out cosine >= 0.99): **NOT met** — 1.60x" in text
+    assert "Diagnostic" not in text
+    text = "\n".join(recover_markdown({**res, "diagnostic_vs_int8": [1.45, 1.4, 1.5]}, ENV))
+    assert "Diagnostic, not the target's figure: the deepest recovered prune that passed the " \
+        "floor, on the int8-only pick's options, is 1.45x (1.40–1.50)" in text
