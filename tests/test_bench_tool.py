@@ -199,13 +199,31 @@ def test_mnist_search_section_renders_the_target_verdict(tmp_path):
                         "fidelity": 0.98, "fidelity_before": 0.83, "fidelity_after": 0.93,
                         "seconds": 20.1, "steps": 900}],
          "recovery_vs_int8": [1.6, 1.5, 1.7], "met": True}
-    lines = bench_report.mnist_search_markdown(r, ENV)
+    from bench_recover_report import recover_markdown
+
+    lines = recover_markdown(r, ENV)
     text = "\n".join(lines)
     assert ("| recovery pick | torch-prune:budget_s=180.0,final=true,ratio=0.5; quantize-static "
             "@ threads=1 | 95.0% | +0.3 |") in text
     assert "| torch-prune:budget_s=20.0,ratio=0.5 | rejected | 0.9800 | 0.8300 | 0.9300 | 20 " \
         "| 900 |" in text
     assert "**met** — 1.60x (1.50–1.70), interleaved." in text
+    # the ResNet mode: cosine floor, held-out cosine columns, a final continued from its short
+    res = {**r, "model": "resnet-mnist", "cosine_digits": 200, "floor": 0.99,
+           "target": {"min_cosine": 0.99, "speedup_vs_int8": 1.3}, "met": False,
+           "rows": [{**x, "cosine_min": 0.991, "cosine_mean": 0.998} for x in r["rows"]],
+           "recovered": [{**r["recovered"][0], "name": "torch-prune:budget_s=60.0,continue_s="
+                          "20.0,final=true,ratio=0.5", "start_fidelity": 0.95,
+                          "start_steps": 900}]}
+    text = "\n".join(recover_markdown(res, ENV))
+    assert "at cosine >= 0.99" in text and "over 200 held-out digits" in text
+    assert "| 0.9910 / 0.9980 | 95.0% |" in text
+    assert "| 0.8300 (start 0.9500) | 0.9300 | 20 | 900 (+900 before) |" in text
+    assert "at worst held-out cosine >= 0.99): **NOT met** — 1.60x" in text
+    assert "Diagnostic" not in text
+    text = "\n".join(recover_markdown({**res, "diagnostic_vs_int8": [1.45, 1.4, 1.5]}, ENV))
+    assert "Diagnostic, not the target's figure: the deepest recovered prune that passed the " \
+        "floor, on the int8-only pick's options, is 1.45x (1.40–1.50)" in text
 
 
 def test_record_section_merges_stamps_and_regenerates(tmp_path):

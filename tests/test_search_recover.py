@@ -5,6 +5,8 @@ plainly that recovery is unavailable."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -111,8 +113,8 @@ def test_the_final_pick_is_the_deepest_prune_still_below_the_floor_distilled_lon
         assert note is None
         # the deepest cut, and its int8 composition as the short one had it
         assert [c.recipe for c in finals] == [
-            "torch-prune:budget_s=3.0,final=true,ratio=0.5",
-            "torch-prune:budget_s=3.0,final=true,ratio=0.5; quantize-static"]
+            "torch-prune:budget_s=3.0,continue_s=1.0,final=true,ratio=0.5",
+            "torch-prune:budget_s=3.0,continue_s=1.0,final=true,ratio=0.5; quantize-static"]
         final = Row(finals[0])
         s.build(final)
         rec = final.recovery
@@ -122,7 +124,8 @@ def test_the_final_pick_is_the_deepest_prune_still_below_the_floor_distilled_lon
         # meets it: nothing more
         assert final.status == "rejected"
         nxt = recover.final_candidates([*rows, final], 3.0, 100.0, 10.0)[0]
-        assert [c.recipe for c in nxt] == ["torch-prune:budget_s=3.0,final=true,ratio=0.25"]
+        assert [c.recipe for c in nxt] == [
+            "torch-prune:budget_s=3.0,continue_s=1.0,final=true,ratio=0.25"]
         final.status = "ok"
         assert recover.final_candidates([*rows, final], 3.0, 100.0, 10.0) == ([], None)
         # not longer than the short budget, or no time: nothing
@@ -131,7 +134,52 @@ def test_the_final_pick_is_the_deepest_prune_still_below_the_floor_distilled_lon
         assert none == [] and "skipped" in why and "kept for measuring" in why
         rows[1].status = rows[2].status = "ok"  # 50% met the floor: the final goes to 25%
         assert [c.recipe for c in recover.final_candidates(rows, 3.0, 100.0, 10.0)[0]] == [
-            "torch-prune:budget_s=3.0,final=true,ratio=0.25"]
+            "torch-prune:budget_s=3.0,continue_s=1.0,final=true,ratio=0.25"]
+
+
+def test_the_final_fine_tune_continues_from_the_recovered_weights(source, tmp_path, monkeypatch):
+    """The final's distillation starts from the weights its short recovery kept (not from the
+    freshly pruned original), and says so; a restart does not train either of them again."""
+    from deploykit.compress.prune import prune_filters
+
+    src, path = source
+    starts, real = [], recover.distill_for
+
+    def recording(student, *a, **kw):
+        starts.append({k: v.clone() for k, v in student.state_dict().items()})
+        return real(student, *a, **kw)
+
+    monkeypatch.setattr(recover, "distill_for", recording)
+    short = (recover.STEP, (("budget_s", 1.0), ("ratio", 0.5)))
+    for attempt in range(2):  # the second Search is a restarted one: everything cached
+        with Store(tmp_path / "s.sqlite") as store:
+            s = Search(path, "ort-cpu", SearchConfig(min_fidelity=0.99999, recover_budget_s=1.0,
+                                                     recover_final_s=2.0),
+                       tmp_path / "out", store, feeds=_batches(1, seed=5)[0],
+                       calibration=_batches(16, seed=1), calibration_is_synthetic=False,
+                       torch_source=src)
+            head = Row(Candidate("prune+kd", (short,)))
+            s.build(head)
+            finals, _ = recover.final_candidates([head], 2.0, time_left=100.0, reserve=1.0)
+            final = Row(finals[0])
+            s.build(final)
+        assert len(starts) == 2, attempt  # the short one and the final one, trained once each
+    kept = torch.load(Path(head.path).parent / recover.STATE, weights_only=True)
+    pruned = recover.copy.deepcopy(src.module)
+    prune_filters(pruned, 0.5)
+    fresh = pruned.state_dict()
+    assert all(torch.equal(starts[0][k], fresh[k]) for k in fresh)  # the short one: from pruned
+    # the final one: from the short one's kept (distilled) weights, which differ from the pruned
+    assert head.recovery["recovered"]
+    assert all(torch.equal(starts[1][k], kept[k]) for k in kept)
+    assert not all(torch.equal(kept[k], fresh[k]) for k in fresh)
+    rec = final.recovery
+    assert rec["continued_from"] == 1.0 and rec["start_steps"] == head.recovery["steps"]
+    assert rec["start_fidelity"] == head.recovery["fidelity_after"]
+    assert rec["fidelity_before"] == head.recovery["fidelity_before"]  # the pruned model's
+    assert rec["fidelity_after"] >= rec["start_fidelity"] and rec["steps"] > 0
+    # its own kept weights are saved too, for a final that would continue from it
+    assert (Path(final.path).parent / recover.STATE).is_file()
 
 
 def test_onnx_source_says_recovery_is_unavailable(source, tmp_path):
@@ -194,7 +242,7 @@ def test_cli_searches_a_torch_factory_with_recovery(tmp_path):
     missed = sorted((c for c in cands if c not in finals and c["status"] == "rejected"),
                     key=lambda c: -c["recovery"]["ratio"])
     assert bool(finals) == bool(missed) and [f["recipe"] for f in finals] == [
-        m["recipe"].replace("budget_s=2.0", "budget_s=4.0,final=true")
+        m["recipe"].replace("budget_s=2.0", "budget_s=4.0,continue_s=2.0,final=true")
         for m in missed[:len(finals)]]
     assert all(f["status"] == "rejected" for f in finals[:-1])
     assert len(finals) == len(missed) or finals[-1]["status"] == "ok"

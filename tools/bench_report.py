@@ -212,56 +212,6 @@ def deep_compression_markdown(r: dict, header_env: dict | None = None) -> list[s
     return lines
 
 
-def mnist_search_markdown(r: dict, header_env: dict | None = None) -> list[str]:
-    """The search with recovery vs the best int8-only candidate (tools/bench_recover.py)."""
-    tg = r["target"]
-    lines = ["## MNIST CNN: the search with recovery vs int8 alone, at a 0.5-point floor", "",
-             _provenance_line(r.get("provenance", {}), header_env)
-             + f" The bundled MNIST CNN trained here ({r['teacher_epochs']} epochs on "
-             f"{r['n_train']:,} real digits, {r['base_accuracy']:.1%} on {r['n_test']:,} held-out "
-             f"ones). `deploykit search` with `--eval` = held-out accuracy, floor "
-             f"{r['floor']:.4f} of it (-{tg['max_drop_points']} point), {r['calibration_digits']} "
-             f"unlabeled training digits as calibration and distillation data, recovery "
-             f"{r['recover_budget_s']:g} s per pruned candidate and {r['recover_final_s']:g} s "
-             f"for the final pick, time limit {r['time_limit_s']:g} s "
-             f"({r['search_s']:.0f} s taken"
-             + ("; resumed: the candidates an earlier run built and trained in its OUTDIR/.work "
-                "were reused" if r.get("resumed") else "")
-             + "); the int8-only pick is the recommendation of the "
-             "same search restricted to int8 (no recovery): the fastest of the int8 "
-             "candidates and the original model (with thread options) at the floor, so when no "
-             "int8 candidate beats the original it is the original. Latency: ORT CPU, batch 1, the "
-             "three rows interleaved in one run.", "",
-             "| model | recipe | accuracy | drop (points) | median ms (95% CI) "
-             "| speedup vs fp32 (95% CI) |", "|---|---|---|---|---|---|"]
-    for x in r["rows"]:
-        opts = ",".join(f"{k}={v}" for k, v in x["options"].items())
-        recipe = (x["recipe"] or ("the original model" if x["name"] != "fp32" else "–")) \
-            + (f" @ {opts}" if opts else "")
-        lines.append(f"| {x['name']} | {recipe.replace('|', '&#124;')} | {x['accuracy']:.1%} | "
-                     f"{x['drop_points']:+.1f} | {x['median_ms']:.4f} ({x['ci95_ms'][0]:.4f}–"
-                     f"{x['ci95_ms'][1]:.4f}) | {x['speedup']:.2f}x ({x['speedup_ci95'][0]:.2f}–"
-                     f"{x['speedup_ci95'][1]:.2f}) |")
-    if r.get("recovered"):
-        lines += ["", "Recovered candidates (fidelity = accuracy relative to fp32; cosine "
-                  "before/after distillation on the verification inputs):", "",
-                  "| candidate | status | accuracy ratio | cosine before | cosine after "
-                  "| seconds | steps |", "|---|---|---|---|---|---|---|"]
-        for c in r["recovered"]:
-            fid = "–" if c["fidelity"] is None else f"{c['fidelity']:.4f}"
-            after = "–" if c["fidelity_after"] is None else f"{c['fidelity_after']:.4f}"
-            lines.append(f"| {c['name'].replace('|', '&#124;')} | {c['status']} | {fid} | "
-                         f"{c['fidelity_before']:.4f} | {after} | {c['seconds'] or 0:.0f} | "
-                         f"{c['steps'] or 0} |")
-    s, lo, hi = r["recovery_vs_int8"]
-    lines += ["", "Share of timing samples taken under foreign load: "
-              + ", ".join(f"{x['contaminated']:.0%}" for x in r["rows"]) + "."]
-    lines += ["", f"Target (recovery pick >= {tg['speedup_vs_int8']}x faster than the int8-only "
-              f"pick at <= {tg['max_drop_points']} point drop): **{'met' if r['met'] else 'NOT met'}**"
-              f" — {s:.2f}x ({lo:.2f}–{hi:.2f}), interleaved.", ""]
-    return lines
-
-
 METHOD = ("Method: all variants of a model run in interleaved rounds (one block each, rotating "
           "order) in one process until each median's 95% CI (over block medians) is within "
           "±1% or the time cap; speedup = ORT fp32 / variant from per-round paired log ratios "
@@ -295,8 +245,11 @@ def write_markdown(data: dict, path: Path, results_json: Path, out_dir: Path) ->
         lines += mnist_markdown(data["mnist"], env)
     if data.get("deep_compression"):
         lines += deep_compression_markdown(data["deep_compression"], env)
-    if data.get("mnist_search"):
-        lines += mnist_search_markdown(data["mnist_search"], env)
+    from bench_recover_report import recover_markdown
+
+    for key in ("mnist_search", "resnet_search"):
+        if data.get(key):
+            lines += recover_markdown(data[key], env)
     from deploykit.fsutil import write_text_atomic
 
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -60,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 60s for a torch factory; 0 turns recovery off)")
     p.add_argument("--recover-final", default=None, metavar="DURATION",
                    help="distillation time of the final pick: the deepest recovered prune still "
-                        "below the floor is pruned and distilled again this long, e.g. 5m "
-                        "(default 5x --recover-budget; 0 turns it off)")
+                        "below the floor is distilled this much longer, continuing from its short "
+                        "recovery, e.g. 5m (default 5x --recover-budget; 0 turns it off)")
     p.add_argument("--no-target-options", action="store_true",
                    help="do not try other thread counts / graph optimisation levels")
     p.add_argument("--no-netadapt", action="store_true",

@@ -92,6 +92,15 @@ class Builder:
     def verify_batches(self) -> list[dict[str, np.ndarray]]:
         return [self.feeds] + (list(self.calibration[:2]) if not self.synthetic else [])
 
+    def distill_batches(self) -> list[dict[str, np.ndarray]]:
+        """Recovery's training inputs: the calibration batches the fidelity check does not use
+        (a distilled candidate is judged on inputs it never trained on), all of them when there
+        are too few to spare two, the example inputs when there are none."""
+        cal = list(self.calibration)
+        if not self.synthetic and len(cal) > 8:
+            cal = cal[2:]  # verify_batches() checks on the first two
+        return cal or [self.feeds]
+
     def build(self, row: Row) -> None:
         """Apply the recipe (cached in .work), then check fidelity; sets row.status."""
         from ..report.realized import model_stats
@@ -185,12 +194,29 @@ class Builder:
                 f = dict(first[1])
                 path, rec = build_recovered(
                     self.torch_source, self.source.path, float(f["ratio"]),
-                    float(f["budget_s"]), list(self.calibration) or [self.feeds],
-                    self.verify_batches(), self.min_fidelity, workdir, self.synthetic)
+                    float(f["budget_s"]), self.distill_batches(),
+                    self.verify_batches(), self.min_fidelity, workdir, self.synthetic,
+                    start=self._recovered_start(row.cand.family, f))
             ref = ModelRef.from_path(path)
             row.path, row.sha256, row.recovery = str(path), ref.sha256, rec
         except Exception as e:  # a bug in one candidate must not end the whole search
             build_failed(row, e)
+
+    def _recovered_start(self, family: str, fields: dict) -> tuple[Path, dict] | None:
+        """A final fine-tune (`continue_s`) continues from its short recovery's kept weights:
+        that recovery's (cached) build, as (ONNX path, recovery record)."""
+        from .recover import STATE, STEP
+
+        if "continue_s" not in fields:
+            return None
+        short = (STEP, (("budget_s", fields["continue_s"]), ("ratio", fields["ratio"])))
+        head = Row(Candidate(family, (short,)))
+        self.build(head)
+        if head.path is None or not head.recovery or \
+                not (Path(head.path).parent / STATE).is_file():
+            raise InputError(f"the recovery {head.cand.name} to continue from did not build: "
+                             f"{head.reason or 'no weights kept'}")
+        return Path(head.path), head.recovery
 
     def _fidelity(self, row: Row) -> None:
         """Fidelity vs the original: user metric ratio, else cosine over the verify batches."""

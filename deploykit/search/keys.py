@@ -49,16 +49,19 @@ def code_id() -> str:
     from .._version import __version__
 
     versions = []
-    for dist in ("onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "nncf", "numpy"):
+    for dist in ("onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "nncf", "numpy",
+                 "torch"):
         try:
             versions.append(f"{dist}={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{dist}=-")
-    from .. import fidelity, rewrite
+    from .. import compress, fidelity, rewrite
 
     # everything that builds or verifies a candidate: the rewrite package (steps, recipe runner,
-    # calibration) and the fidelity checks
-    sources = sorted([Path(fidelity.__file__), *Path(rewrite.__file__).parent.glob("*.py")])
+    # calibration), the fidelity checks, and recovery's torch-side pruning and distillation
+    here = Path(__file__).parent
+    sources = sorted([Path(fidelity.__file__), *Path(rewrite.__file__).parent.glob("*.py"),
+                      *Path(compress.__file__).parent.glob("*.py"), here / "recover.py"])
     return stable_hash(__version__, versions,
                        [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sources])
 
