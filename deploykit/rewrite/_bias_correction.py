@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 LAYER_OPS = ("Conv", "Gemm", "ConvTranspose")
 
 
@@ -82,6 +84,9 @@ def correct_bias(float_path: Path, q_path: Path, out_path: Path,
     from onnx import numpy_helper
 
     fmodel, qmodel = onnx.load(str(float_path)), onnx.load(str(q_path))
+    if max(fmodel.ByteSize(), qmodel.ByteSize()) >= 2**31:
+        raise InputError("quantize-static bias_correction: the model is over 2 GB, which this "
+                         "correction (in-memory ORT sessions) does not handle; leave it off")
     targets = _targets(fmodel, qmodel)
     if not targets:
         onnx.save(qmodel, str(out_path))

@@ -255,6 +255,9 @@ class QuantizeStaticPass(StepPass, ir.passes.FunctionalPass):
                 notes += [f"kept the output Softmax {', '.join(heads)} in fp32 (int8 probabilities "
                           "have a resolution of 1/255)"] if heads else []
             q_path = quantize(exclude)
+            if cfg.bias_correction and not details.get("bias_corrected_layers"):
+                notes.append("bias_correction: no int8 Conv/Gemm with an int32 bias to correct "
+                             "(a MatMul's bias is a separate float Add)")
             if cfg.target_cosine > 0:
                 q_path, exclude, note = keep_sensitive_fp32(
                     src, q_path, quantize, [n.name for n in fmodel.graph.node

@@ -97,3 +97,14 @@ def test_kl_threshold_matches_onnxruntime(seed):
     got = kl_threshold(hist, edges, x.min(), x.max())
     assert float(got[0]) == float(want[0]) and float(got[1]) == float(want[1])
     assert float(got[1]) < 0.9 * float(x.max())  # it clipped the tail
+
+
+def test_bias_correction_says_when_there_is_nothing_to_correct(tmp_path):
+    from _quant_models import mlp
+
+    rng = np.random.default_rng(3)
+    batches = [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(2)]
+    # without quant_pre_process the MatMul+Add pairs stay apart (it would fuse them into Gemm)
+    res = _quantize(tmp_path / "mlp", mlp(), batches, bias_correction="true", preprocess="false")
+    assert res.details["bias_corrected_layers"] == 0
+    assert any("nothing" in n or "no int8 Conv/Gemm" in n for n in res.notes)
