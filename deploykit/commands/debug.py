@@ -45,8 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write every layer's figures (strict JSON)")
     p.add_argument("--html", metavar="OUT.html", help="write the report with the depth plot")
     g = p.add_argument_group("closing the loop")
-    g.add_argument("--fix", metavar="cosine=X|top1=X",
-                   help="keep the fewest worst layers in float that reach this goal")
+    g.add_argument("--fix", metavar="cosine=X|top1=X|top1@M=X",
+                   help="keep the fewest worst layers in float that reach this goal (top1@M: "
+                        "agreement on the samples the reference decides by >= M, near-ties "
+                        "left out)")
     g.add_argument("--recipe", default="quantize-static",
                    help="the recipe that made CANDIDATE from REFERENCE, rebuilt with exclude= "
                         "(default quantize-static)")

@@ -5,6 +5,8 @@ per-channel weights (U8S8), 3x faster than fp32 on ResNet-shaped CNNs, where ORT
 (S8S8) gained only 1.1x. With `target_cosine`, each node's error is measured by quantizing it alone (ranges
 come from one calibration pass, cached) and the worst are kept in fp32, 1, 2, 4, ... of them,
 until the outputs reach that cosine similarity against the float model.
+`method=entropy` calibrates through _entropy_calib.py (ORT's own call would search a 128-bin
+histogram: the minmax range); `bias_correction` runs _bias_correction.py on every model built.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .calibration import SYNTHETIC_WARNING, data_reader
 from ..errors import DeployKitError, InputError
 from ..fidelity import QUANTIZED_OPS
 from . import StepPass
+from ._bias_correction import correct_bias
+from ._entropy_calib import entropy_cache
 from ._keep_float import smallest_prefix
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -44,6 +48,8 @@ class Config:
     exclude: tuple[str, ...] = ()  # node names kept in fp32
     target_cosine: float = 0.0  # > 0: keep the most sensitive nodes in fp32 until reached
     max_excluded: int = 16
+    entropy_bins: int = 2048  # method=entropy: histogram bins of the KL threshold search
+    bias_correction: bool = False  # correct the mean shift int8 weights cause (per layer)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -61,6 +67,9 @@ class Config:
                              f"got {self.percentile}")
         if self.max_excluded < 0:
             raise InputError("quantize-static: max_excluded must be >= 0")
+        if not 512 <= self.entropy_bins <= 65536:
+            raise InputError(f"quantize-static: entropy_bins must be in [512, 65536], "
+                             f"got {self.entropy_bins}")
 
 
 def min_opset(cfg: Config):
@@ -209,6 +218,11 @@ class QuantizeStaticPass(StepPass, ir.passes.FunctionalPass):
             name_nodes(fmodel)
             onnx.save(fmodel, str(src))
             cache = work / "calibration.json"
+            if cfg.method == "entropy":  # ORT alone would search 128 bins: the minmax range
+                entropy_cache(src, batches, cfg.op_types, cfg.entropy_bins, cache)
+            details: dict = {"activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
+                             "method": cfg.method, "per_channel": cfg.per_channel,
+                             "calibration_batches": len(batches)}
 
             def quantize(exclude: Sequence[str], only: str | None = None) -> Path:
                 safe = re.sub(r"[^A-Za-z0-9_.-]", "_", only or "")  # node names may hold '/'
@@ -228,6 +242,10 @@ class QuantizeStaticPass(StepPass, ir.passes.FunctionalPass):
                 except (ValueError, RuntimeError, KeyError) as e:
                     raise DeployKitError("quantize-static failed: "
                                          f"{str(e).splitlines()[0]}") from None
+                if cfg.bias_correction and not only:  # probes measure a node's own damage
+                    corrected = out.with_name("bc-" + out.name)
+                    details.update(correct_bias(src, out, corrected, batches[:16]))
+                    out = corrected
                 return out
 
             exclude = list(cfg.exclude)
@@ -237,9 +255,9 @@ class QuantizeStaticPass(StepPass, ir.passes.FunctionalPass):
                 notes += [f"kept the output Softmax {', '.join(heads)} in fp32 (int8 probabilities "
                           "have a resolution of 1/255)"] if heads else []
             q_path = quantize(exclude)
-            details: dict = {"activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
-                             "method": cfg.method, "per_channel": cfg.per_channel,
-                             "calibration_batches": len(batches)}
+            if cfg.bias_correction and not details.get("bias_corrected_layers"):
+                notes.append("bias_correction: no int8 Conv/Gemm with an int32 bias to correct "
+                             "(a MatMul's bias is a separate float Add)")
             if cfg.target_cosine > 0:
                 q_path, exclude, note = keep_sensitive_fp32(
                     src, q_path, quantize, [n.name for n in fmodel.graph.node
