@@ -186,9 +186,15 @@ def run_model(name: str, source, work: Path, args) -> dict:
     prune = "prune-channels:ratio=0.5" if traits["conv"] else "prune-ffn:ratio=0.5"
     cells["structured prune"] = _step_cell(work, model, prune, "pr", mt, to)
     if not cells["structured prune"]["ok"] and traits["conv"] and traits["linear"]:
-        cells["structured prune"] = _step_cell(work, model, "prune-ffn:ratio=0.5", "pr", mt, to)
+        # a conv net with a Linear head, or a transformer with a patch Conv: its Linear side;
+        # when both fail the cell keeps the first step's reason
+        ffn = _step_cell(work, model, "prune-ffn:ratio=0.5", "pr", mt, to)
+        cells["structured prune"] = ffn if ffn["ok"] else cells["structured prune"]
     low = "lowrank:ratio=0.5" if traits["linear"] and not traits["conv"] else "tucker"
     cells["low-rank"] = _step_cell(work, model, low, "lr", mt, to)
+    if not cells["low-rank"]["ok"] and traits["conv"] and traits["linear"]:
+        lin = _step_cell(work, model, "lowrank:ratio=0.5", "lr", mt, to)
+        cells["low-rank"] = lin if lin["ok"] else cells["low-rank"]
     ok, out, err = dk(["profile", str(model), "--no-store", "--max-time", str(mt), "--json",
                        str(work / "profile.json"), "--quiet"], to, work)
     if ok:
