@@ -25,3 +25,16 @@ def test_report_counts_pass_rates_over_the_cells_run():
     assert "export: 1/2" in md and "int8 static: 1/1" in md and "int8 dynamic: 0/0" in md
     assert "| hf:b | exporter failed / twice | not reached |" in md
     assert md.count("\n| ") == 3  # header + 2 models
+
+
+def test_a_partial_run_keeps_the_cells_it_did_not_rerun():
+    results = {"models": {"hf:a": {"cells": {"export": {"ok": True, "text": "ok"},
+                                             "profile": {"ok": True, "text": "ok 1.00 ms"}}}}}
+    zoo.merge(results, "hf:a", {"cells": {"export": {"ok": True, "text": "ok (dynamo)"},
+                                          "search": {"ok": False, "text": "timeout"}}},
+              partial=True)
+    cells = results["models"]["hf:a"]["cells"]
+    assert cells["profile"]["text"] == "ok 1.00 ms" and cells["search"]["text"] == "timeout"
+    assert cells["export"]["text"] == "ok (dynamo)"
+    zoo.merge(results, "hf:a", {"cells": {"export": {"ok": False, "text": "x"}}}, partial=False)
+    assert list(results["models"]["hf:a"]["cells"]) == ["export"]

@@ -3,6 +3,7 @@
 
     .venv/bin/python tools/zoo.py                         # the whole corpus (long on 2 cores)
     .venv/bin/python tools/zoo.py --models onnx:squeezenet,hf:bert --search
+    .venv/bin/python tools/zoo.py --cells search --search   # only the search column (+export)
     .venv/bin/python tools/zoo.py --report-only           # ZOO.md from tools/zoo_out/results.json
 
 The corpus: the onnx wheel's model-zoo files (`onnx/backend/test/data/light/*.onnx`, as given)
@@ -180,41 +181,55 @@ def run_model(name: str, source, work: Path, args) -> dict:
         return {"cells": cells, "seconds": time.time() - t0}
     traits = model_traits(load_onnx(taken.path))
     mt, to = args.max_time, args.timeout
-    cells["int8 static"] = _step_cell(work, model, "quantize-static", "qs", mt, to)
-    cells["int8 dynamic"] = _step_cell(work, model, "quantize-dynamic", "qd", mt, to) \
-        if traits["linear"] else {"ok": None, "text": "n/a (no MatMul/Gemm)"}
-    prune = "prune-channels:ratio=0.5" if traits["conv"] else "prune-ffn:ratio=0.5"
-    cells["structured prune"] = _step_cell(work, model, prune, "pr", mt, to)
-    if not cells["structured prune"]["ok"] and traits["conv"] and traits["linear"]:
-        # a conv net with a Linear head, or a transformer with a patch Conv: its Linear side;
-        # when both fail the cell keeps the first step's reason
-        ffn = _step_cell(work, model, "prune-ffn:ratio=0.5", "pr", mt, to)
-        cells["structured prune"] = ffn if ffn["ok"] else cells["structured prune"]
-    low = "lowrank:ratio=0.5" if traits["linear"] and not traits["conv"] else "tucker"
-    cells["low-rank"] = _step_cell(work, model, low, "lr", mt, to)
-    if not cells["low-rank"]["ok"] and traits["conv"] and traits["linear"]:
-        lin = _step_cell(work, model, "lowrank:ratio=0.5", "lr", mt, to)
-        cells["low-rank"] = lin if lin["ok"] else cells["low-rank"]
-    ok, out, err = dk(["profile", str(model), "--no-store", "--max-time", str(mt), "--json",
-                       str(work / "profile.json"), "--quiet"], to, work)
-    if ok:
-        med = json.loads((work / "profile.json").read_text()).get("median_ms")
-        cells["profile"] = {"ok": True, "text": f"ok {med:.2f} ms" if med else "ok"}
-    else:
-        cells["profile"] = {"ok": False, "text": err}
-    bundle = work / "bundle"
-    ok, _, err = dk(["package", str(model), "-o", str(bundle), "--no-measure", "--no-store",
-                     "--force"], to, work)
-    if ok:
-        ok, _, err = dk(["verify", str(bundle)], to, work)
-    cells["package+verify"] = {"ok": ok, "text": "ok" if ok else err}
-    if args.search:
+    want = set(args.cells.split(",")) if args.cells else set(COLUMNS)
+    if "int8 static" in want:
+        cells["int8 static"] = _step_cell(work, model, "quantize-static", "qs", mt, to)
+    if "int8 dynamic" in want:
+        cells["int8 dynamic"] = _step_cell(work, model, "quantize-dynamic", "qd", mt, to) \
+            if traits["linear"] else {"ok": None, "text": "n/a (no MatMul/Gemm)"}
+    if "structured prune" in want:
+        prune = "prune-channels:ratio=0.5" if traits["conv"] else "prune-ffn:ratio=0.5"
+        cells["structured prune"] = _step_cell(work, model, prune, "pr", mt, to)
+        if not cells["structured prune"]["ok"] and traits["conv"] and traits["linear"]:
+            # a conv net with a Linear head, or a transformer with a patch Conv: its Linear
+            # side; when both fail the cell keeps the first step's reason
+            ffn = _step_cell(work, model, "prune-ffn:ratio=0.5", "pr", mt, to)
+            cells["structured prune"] = ffn if ffn["ok"] else cells["structured prune"]
+    if "low-rank" in want:
+        low = "lowrank:ratio=0.5" if traits["linear"] and not traits["conv"] else "tucker"
+        cells["low-rank"] = _step_cell(work, model, low, "lr", mt, to)
+        if not cells["low-rank"]["ok"] and traits["conv"] and traits["linear"]:
+            lin = _step_cell(work, model, "lowrank:ratio=0.5", "lr", mt, to)
+            cells["low-rank"] = lin if lin["ok"] else cells["low-rank"]
+    if "profile" in want:
+        ok, out, err = dk(["profile", str(model), "--no-store", "--max-time", str(mt), "--json",
+                           str(work / "profile.json"), "--quiet"], to, work)
+        if ok:
+            med = json.loads((work / "profile.json").read_text()).get("median_ms")
+            cells["profile"] = {"ok": True, "text": f"ok {med:.2f} ms" if med else "ok"}
+        else:
+            cells["profile"] = {"ok": False, "text": err}
+    if "package+verify" in want:
+        bundle = work / "bundle"
+        ok, _, err = dk(["package", str(model), "-o", str(bundle), "--no-measure",
+                         "--no-store", "--force"], to, work)
+        if ok:
+            ok, _, err = dk(["verify", str(bundle)], to, work)
+        cells["package+verify"] = {"ok": ok, "text": "ok" if ok else err}
+    if "search" in want and args.search:
         ok, out, err = dk(["search", str(model), "--out", str(work / "search"), "--time-limit",
                            args.search_limit, "--no-store", "--quiet"], to * 4, work)
         cells["search"] = {"ok": ok or "Recommendation" in out, "text": "ok" if ok else err}
-    else:
+    elif "search" in want:
         cells["search"] = {"ok": None, "text": "not run (--search)"}
     return {"cells": cells, "seconds": time.time() - t0}
+
+
+def merge(results: dict, name: str, run: dict, partial: bool) -> None:
+    """A model's run replaces its entry; a partial run (`--cells`) keeps the cells it did not
+    re-run from the earlier entry."""
+    old = results["models"].get(name, {}).get("cells", {}) if partial else {}
+    results["models"][name] = {**run, "cells": {**old, **run["cells"]}}
 
 
 def report(results: dict) -> str:
@@ -247,8 +262,14 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="limit per CLI call (s)")
     p.add_argument("--search", action="store_true", help="also run a short search per model")
     p.add_argument("--search-limit", default="2m")
+    p.add_argument("--cells", help="comma-separated columns to (re)run; the model's other "
+                   "cells keep their earlier results (export and intake always run)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    bad = [c for c in (args.cells or "").split(",") if args.cells and c not in COLUMNS]
+    if bad:
+        print(f"zoo: unknown columns {bad} (known: {', '.join(COLUMNS)})", file=sys.stderr)
+        return 2
     OUT.mkdir(parents=True, exist_ok=True)
     res_path = OUT / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"models": {}, "runs": []}
@@ -262,7 +283,7 @@ def main() -> int:
         for name in names:
             with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
                 r = run_model(name, every[name], Path(tmp), args)
-            results["models"][name] = r
+            merge(results, name, r, partial=bool(args.cells))
             print(f"{name}: " + "; ".join(f"{c}: {r['cells'].get(c, {}).get('text', '-')}"
                                           for c in COLUMNS), flush=True)
             tmp_path = res_path.with_suffix(".tmp")
