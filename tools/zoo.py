@@ -219,7 +219,13 @@ def run_model(name: str, source, work: Path, args) -> dict:
     if "search" in want and args.search:
         ok, out, err = dk(["search", str(model), "--out", str(work / "search"), "--time-limit",
                            args.search_limit, "--no-store", "--quiet"], to * 4, work)
-        cells["search"] = {"ok": ok or "Recommendation" in out, "text": "ok" if ok else err}
+        rec = None
+        if ok and (work / "search" / "search.json").is_file():
+            rec = json.loads((work / "search" / "search.json").read_text()).get("recommendation")
+        text = ("ok, no candidate beat the original" if ok and not rec else
+                f"ok {rec['speedup']:.2f}x {rec['name']}" if ok else err)
+        cells["search"] = {"ok": ok, "text": text[:240],
+                           "speedup": rec and rec.get("speedup")}
     elif "search" in want:
         cells["search"] = {"ok": None, "text": "not run (--search)"}
     return {"cells": cells, "seconds": time.time() - t0}
