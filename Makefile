@@ -23,7 +23,7 @@ demo: install
 	    --json out/tinyresnet.profile.json --trace out/tinyresnet.trace.json
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 tests
 
 clean:
 	rm -rf $(VENV) out

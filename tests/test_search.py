@@ -39,8 +39,8 @@ def cnn(tmp_path_factory) -> Path:
     return residual_cnn(tmp_path_factory.mktemp("search") / "cnn.onnx")
 
 
-def _feeds():
-    return {"x": np.random.default_rng(0).standard_normal((1, 3, 24, 24)).astype(np.float32)}
+def _feeds(hw: int = 24):
+    return {"x": np.random.default_rng(0).standard_normal((1, 3, hw, hw)).astype(np.float32)}
 
 
 def _search(cnn, out, cfg, **kw):
@@ -49,7 +49,7 @@ def _search(cnn, out, cfg, **kw):
 
     specs, _ = io_specs(load_onnx(cnn))
     with Store(out / "store.sqlite") as store:
-        s = Search(cnn, "ort-cpu", cfg, out, store, feeds=_feeds(),
+        s = Search(cnn, "ort-cpu", cfg, out, store, feeds=_feeds(specs[0].shape[-1]),
                    calibration=synthetic_calibration(specs, n=2), **kw)
         return s.run()
 
@@ -205,8 +205,13 @@ def test_resume_after_sigkill_does_not_measure_again(cnn, tmp_path):
     assert cost["units_reused"] + cost["whole_reused"] >= 1
 
 
-def test_netadapt_per_layer_moves_inside_a_search(cnn, tmp_path, quiet):
+def test_netadapt_per_layer_moves_inside_a_search(tmp_path, quiet):
     from deploykit.rewrite.recipe import parse_recipe
+
+    # wide enough that a layer's cut shows in its units' times above the per-call overhead of
+    # the short test timing plans (at 16 channels on 24x24 a unit is mostly overhead, and
+    # whether any cut met the 8% goal was up to the noise)
+    cnn = residual_cnn(tmp_path / "wide.onnx", c=32, hw=32)
 
     # a limit it does not reach (its record says so): a restart must then repeat the same
     # decisions from the cache

@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from ..errors import InputError
 from . import StepPass
+from ._channel_graph import set_shape_entry
 from ._ffn_blocks import Block, find_blocks
 
 
@@ -107,7 +108,6 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
     """Slice fc1's weight (and bias) and fc2's weight for the kept neurons, in place; Reshapes
     between them get their own shape constant ending in the kept count (exporters share one
     shape constant between layers, which may keep different counts)."""
-    from onnx_ir import convenience
 
     def take(v, axis, idx):
         arr = np.take(v.const_value.numpy(), idx, axis=axis)
@@ -124,18 +124,7 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
                 take(bias, bias.const_value.numpy().ndim - 1, idx)
         take(b.w2, b.w2_axis, idx)
         for node in b.reshapes:
-            arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
-            arr[-1] = len(idx)
-            name = f"{node.outputs[0].name}_shape"
-            while name in graph.initializers:
-                name += "_"
-            value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(
-                ir.DataType.INT64), const_value=ir.tensor(arr, name=name))
-            graph.register_initializer(value)
-            old = list(node.inputs)[1]
-            node.replace_input_with(1, value)
-            if old.is_initializer() and not old.uses() and not old.is_graph_input():
-                graph.initializers.pop(old.name)
+            set_shape_entry(graph, node, -1, len(idx))
         for v in b.region + [o for n in (b.fc1, *(g[0] for g in b.gates)) for o in n.outputs]:
             v.shape = None
 

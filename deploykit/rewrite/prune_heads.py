@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from ..errors import InputError
 from . import StepPass
+from ._channel_graph import set_shape_entry
 from ._ffn_blocks import _const, _fc1, _users
 
 _SCORE_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Identity", "Cast"}
@@ -212,23 +213,6 @@ def magnitude(a: Attention) -> np.ndarray:
     return np.linalg.norm(wv, axis=1) * np.linalg.norm(wo, axis=1)
 
 
-def _set_shape(graph, node, index: int, value: int) -> None:
-    """Give `node` its own shape constant with entry `index` set to `value`."""
-
-    arr = _shape_const(node).copy()
-    arr[index] = value
-    name = f"{node.outputs[0].name}_shape"
-    while name in graph.initializers:
-        name += "_"
-    new = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.INT64),
-                   const_value=ir.tensor(arr, name=name))
-    graph.register_initializer(new)
-    old = list(node.inputs)[1]
-    node.replace_input_with(1, new)
-    if old.is_initializer() and not old.uses() and not old.is_graph_input():
-        graph.initializers.pop(old.name)
-
-
 def apply(graph, blocks: list[Attention], keep: dict[str, np.ndarray]) -> None:
 
     def take(v, axis, idx):
@@ -247,9 +231,9 @@ def apply(graph, blocks: list[Attention], keep: dict[str, np.ndarray]) -> None:
             take(p.w, p.axis, cols(heads, d))
             if p.b is not None:
                 take(p.b, p.b.const_value.numpy().ndim - 1, cols(heads, d))
-            _set_shape(graph, p.reshape, 2, len(heads))
+            set_shape_entry(graph, p.reshape, 2, len(heads))
         take(a.w_out, a.w_out_axis, cols(heads, a.dv))
-        _set_shape(graph, a.merge, -1, len(heads) * a.dv)
+        set_shape_entry(graph, a.merge, -1, len(heads) * a.dv)
         for v in a.values:
             v.shape = None
 

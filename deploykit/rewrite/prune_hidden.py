@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from ..errors import InputError
 from . import StepPass
+from ._channel_graph import set_shape_entry
 from ._hidden_stream import Stream, StreamGraph, channel_norms
 
 
@@ -97,25 +98,6 @@ def _take(v, axis: int, idx: np.ndarray) -> None:
     v.shape = ir.Shape(arr.shape)
 
 
-def _own_shape(graph, node, width: int) -> None:
-    """Give a Reshape (or Expand) its own shape constant ending in `width` (exporters share
-    one)."""
-    from onnx_ir import convenience
-
-    arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
-    arr[-1] = width
-    name = f"{node.outputs[0].name}_shape"
-    while name in graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.INT64),
-                     const_value=ir.tensor(arr, name=name))
-    graph.register_initializer(value)
-    old = list(node.inputs)[1]
-    node.replace_input_with(1, value)
-    if old.is_initializer() and not old.uses() and not old.is_graph_input():
-        graph.initializers.pop(old.name)
-
-
 def _pad_output(graph, v, width: int, idx: np.ndarray) -> None:
     """Graph output `v` (now len(idx) wide) written `width` wide again: Gather of a column map
     times a 0/1 mask, zeros in the removed channels."""
@@ -175,7 +157,7 @@ def apply(graph, stream: Stream, idx: np.ndarray) -> None:
             done.add((id(p.value), p.axis))
             _take(p.value, p.axis, idx)
     for node in stream.reshapes:
-        _own_shape(graph, node, len(idx))
+        set_shape_entry(graph, node, -1, len(idx))
     inputs = set(graph.inputs)
     for v in stream.values:
         if v in stream.outputs:
