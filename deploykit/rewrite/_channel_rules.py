@@ -85,6 +85,12 @@ class ChannelRules:
             self.segs[out] = xs
             return True
         if op in _UNARY and len(node.outputs) >= 1:
+            if op == "Dropout":
+                from ._dropout import identity_reason
+
+                if (why := identity_reason(node)) is not None:
+                    self._block(xs, why)
+                    return True
             if op == "PRelu":
                 slope = self._const(ins[1])
                 if slope is None or not self._const_param(ins[1], slope, xs, _rank(x)):
