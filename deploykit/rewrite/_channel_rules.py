@@ -87,8 +87,9 @@ class ChannelRules:
             if op == "Dropout":
                 from ._dropout import identity_reason
 
-                if (why := identity_reason(node)) is not None:
-                    self._block(xs, why)
+                if (why := identity_reason(node)) is not None:  # pinned, still followed so
+                    self._block(xs, why)  # the group it belongs to reports why
+                    self.segs[out] = xs
                     return True
             if op == "PRelu":
                 slope = self._const(ins[1])

@@ -80,9 +80,9 @@ class StreamRules:
             if op == "Dropout":
                 from ._dropout import identity_reason
 
-                if (why := identity_reason(node)) is not None:
-                    self._block(s, why)
-                    return True
+                if (why := identity_reason(node)) is not None:  # pinned, still followed so
+                    self._block(s, why)  # the stream it belongs to reports why
+                    return self._out(node, s)
             return self._out(node, s)
         if op in _BINARY:
             return self._visit_binary(node, ins)

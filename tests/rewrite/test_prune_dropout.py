@@ -147,3 +147,27 @@ def test_prune_channels_pins_a_dropout_that_is_not_the_identity(kw, why):
     cg = pc.ChannelGraph(load_ir(_conv_dropout_net(**kw)))
     assert cg.prunable() == []
     assert any(why in r for r in cg.blocked.values()), cg.blocked
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_prune_hidden_walks_through_inference_dropout_only(training):
+    from test_prune_hidden import tiny_bert
+
+    from deploykit.rewrite import prune_hidden as ph
+
+    model = tiny_bert()  # Dropout on the embeddings' sum, as BERT has it
+    for n in model.graph.node:
+        n.input[:] = ["e2_drop" if i == "e2" else i for i in n.input]
+    node, extra = _dropout("e2", "e2_drop", 20, training, "emb.drop")
+    pos = next(i for i, n in enumerate(model.graph.node) if "e2" in n.output) + 1
+    model.graph.node.insert(pos, node)
+    model.graph.initializer.extend(extra)
+    full_check(model)
+    res = apply_step(ph.PruneHiddenPass(ph.Config(ratio=0.25), CTX), model)
+    if training:
+        assert res.skipped is not None and "training mode" in res.skipped
+    else:
+        assert res.skipped is None, res.skipped
+        full_check(res.model)
+        (st,) = res.details["streams"]
+        assert st["kept"] < st["width"]
