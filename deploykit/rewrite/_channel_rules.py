@@ -153,7 +153,9 @@ class ChannelRules:
             self.grouped.append((ins[1], xs, group))
         elif xs:
             self._block(xs, f"grouped Conv '{node.name}' reads channels of several groups "
-                            "(a Concat): its groups could not stay equal")
+                            "(a Concat): its groups could not stay equal" if len(xs) > 1 else
+                        f"grouped Conv '{node.name}': {xs[0].size} channels in {group} groups "
+                        f"after a shuffle by {xs[0].shuffle}")
         self.segs[out] = self._new(o)
         self._tile(self.segs[out][0].space, group)
         self.producers.append((self.segs[out][0].space, ins[1]))
@@ -172,13 +174,18 @@ class ChannelRules:
         x = list(node.inputs)[0]
         if not xs or len(xs) != 1 or xs[0].shuffle != 1 or _rank(x) != 4:
             return False
+        n, _, h, w = x.shape
         shape = convenience.get_const_tensor(list(node.inputs)[1])
         c = xs[0].size
-        if shape is None or shape.numpy().shape != (5,):
+        if shape is None or shape.numpy().shape != (5,) or not isinstance(h, int) \
+                or not isinstance(w, int):
             return False
         s1 = [int(d) for d in shape.numpy()]
         g = s1[1]
-        if g < 2 or c % g or s1[2] not in (c // g, -1):
+        batch = (0, n) if isinstance(n, int) else (0,)
+        # [N (or 0: copied), g, C/g (or -1), H, W]: only the channel axis is split
+        if g < 2 or c % g or s1[3:] != [h, w] or not (
+                (s1[0] in batch and s1[2] in (c // g, -1)) or (s1[0] == -1 and s1[2] == c // g)):
             return False
         users = [u.node for u in node.outputs[0].uses()]
         if len(users) != 1 or users[0].op_type != "Transpose" or node.outputs[0].is_graph_output():
@@ -191,7 +198,11 @@ class ChannelRules:
             return False
         back = users[0]
         s2 = convenience.get_const_tensor(list(back.inputs)[1])
-        if s2 is None or s2.numpy().shape != (4,) or int(s2.numpy()[1]) not in (c, -1):
+        if s2 is None or s2.numpy().shape != (4,):
+            return False
+        s2 = [int(d) for d in s2.numpy()]
+        if s2[2:] != [h, w] or not ((s2[0] in batch and s2[1] in (c, -1)) or
+                                    (s2[0] == -1 and s2[1] == c)):
             return False
         self._tile(xs[0].space, g)
         self.shuffles.append((node, back, xs, g))

@@ -134,3 +134,47 @@ def test_light_shufflenet_prunes_after_intake(tmp_path):
     full_check(res.model)
     x = image(shape=(1, 3, 224, 224))
     assert run(res.model, x).shape == run(model, x).shape
+
+
+def test_torch_exported_shuffle_unit_prunes_exactly(tmp_path):
+    """ShuffleNet's unit as torch writes it (view -> transpose -> view), exported by deploykit."""
+    import torch
+    from torch import nn
+
+    from deploykit.export.exporter import export_module
+
+    class Unit(nn.Module):
+        def __init__(self, c=16, m=32, g=4):
+            super().__init__()
+            self.g = g
+            self.stem = nn.Conv2d(3, c, 3, padding=1)
+            self.g1, self.b1 = nn.Conv2d(c, m, 1, groups=g), nn.BatchNorm2d(m)
+            self.dw, self.b2 = nn.Conv2d(m, m, 3, padding=1, groups=m), nn.BatchNorm2d(m)
+            self.g2, self.b3 = nn.Conv2d(m, c, 1, groups=g), nn.BatchNorm2d(c)
+            self.head = nn.Conv2d(c, 5, 1)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            y = torch.relu(self.b1(self.g1(x)))
+            n, c, h, w = y.shape
+            y = y.view(n, self.g, c // self.g, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+            return self.head(torch.relu(x + self.b3(self.g2(self.b2(self.dw(y))))))
+
+    torch.manual_seed(0)
+    unit = Unit().eval()
+    for mod in unit.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    export_module(unit, (torch.randn(1, 3, 16, 16),), tmp_path / "unit.onnx")
+    model = onnx.load(str(tmp_path / "unit.onnx"))
+    cfg = pc.Config(ratio=0.5)
+    cg = pc.ChannelGraph(load_ir(model))
+    assert sorted(cg.size[r] for r in cg.prunable()) == [16, 32]
+    keep = pc.choose_keep(cg, cfg)
+    res = apply_step(pc.PruneChannelsPass(cfg, CTX), model)
+    assert res.skipped is None, res.skipped
+    full_check(res.model)
+    assert [g["kept"] for g in res.details["groups"]] == [8, 16]
+    x = image(shape=(1, 3, 16, 16))
+    assert rel_err(run(_zeroed(model, keep, cg), x), run(res.model, x)) < 1e-5
