@@ -64,6 +64,7 @@ GOLDEN_RTOL = TOLERANCES["fp32"].max_rel
 # how a floating output dtype is judged when a model is verified against its float reference
 DTYPE_KIND = {"float32": "fp32", "float64": "fp32", "float16": "fp16", "bfloat16": "fp16"}
 # op types that show a model is (or has been) quantized
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 QUANTIZED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
     "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits", "QGemm", "QAttention",

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..rewrite._keep_float import quantized_nodes
 from .match import QDQ_OPS
 from .result import DebugResult
 
@@ -79,35 +80,6 @@ class FixResult:
                 "score_full_int8": fin(self.score_full), "score": fin(self.score),
                 "met": self.met, "trials": [[k, fin(s)] for k, s in self.trials],
                 "timing": None if self.timing is None else dict(self.timing)}
-
-
-def quantized_nodes(model) -> set[str]:
-    """Names of the nodes a quantizer turned to int8: every input arrives through
-    DequantizeLinear, and it has a dequantized constant (weights) or its output is quantized.
-    (An excluded node reads float weights, or its output stays float.) A float constant beside
-    dequantized weights is a bias NNCF leaves float: it does not make the node float."""
-    prod = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name for i in model.graph.initializer}
-    cons: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            cons.setdefault(i, []).append(n)
-
-    def dq(t: str):
-        p = prod.get(t)
-        return p if p is not None and p.op_type == "DequantizeLinear" else None
-
-    out = set()
-    for n in model.graph.node:
-        ins = [i for i in n.input if i]
-        if n.op_type in QDQ_OPS or not ins:
-            continue
-        const = any(dq(i) is not None and dq(i).input[0] in inits for i in ins)
-        if not all(dq(i) or (const and i in inits) for i in ins):
-            continue
-        if const or any(c.op_type == "QuantizeLinear" for o in n.output for c in cons.get(o, ())):
-            out.add(n.name)
-    return out
 
 
 def weighted_nodes(model) -> set[str]:

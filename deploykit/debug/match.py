@@ -16,7 +16,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+from ..fidelity import QDQ_OPS
+
 _SKELETON_SKIP = QDQ_OPS | {"Constant", "Identity"}
 _FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 

@@ -32,6 +32,10 @@ class ChannelGraph(ChannelRules):
         self.consumers: list[_Param] = []  # weights reading the channels (Conv in, Gemm rows)
         self.groups_attr: list[tuple[object, list[_Seg]]] = []  # depthwise convs: group = channels
         self.reshapes: list[tuple[object, list[_Seg], int]] = []  # shape constants to shrink
+        # grouped convs reading a set: (weight, segs, groups); axis 1 is the in-group position
+        self.grouped: list[tuple[object, list[_Seg], int]] = []
+        self.shuffles: list[tuple[object, object, list[_Seg], int]] = []  # (Reshape, Reshape, segs, g)
+        self.tiles: dict[int, int] = {}  # space -> tiles its keep set must repeat in (groups)
         self._walk()
 
     # union-find over channel spaces
@@ -54,6 +58,19 @@ class ChannelGraph(ChannelRules):
             self.parent[rb] = ra
             if rb in self.blocked:
                 self.blocked.setdefault(ra, self.blocked[rb])
+            if rb in self.tiles:
+                self._tile(ra, self.tiles.pop(rb))
+
+    def _tile(self, space: int, t: int) -> None:
+        """The set's keep set must repeat in `t` equal contiguous tiles (with the tilings asked
+        before: their least common multiple)."""
+        import math
+
+        r = self.find(space)
+        self.tiles[r] = math.lcm(self.tiles.get(r, 1), t)
+
+    def tiling(self, root: int) -> int:
+        return self.tiles.get(self.find(root), 1)
 
     def _block(self, segs, reason: str) -> None:
         for s in segs or ():
@@ -81,6 +98,10 @@ class ChannelGraph(ChannelRules):
                         self._block_value(v, f"used by unsupported {node.op_type} '{node.name}'")
         for v in graph.outputs:
             self._block_value(v, "reaches a graph output")
+        for r, t in list(self.tiles.items()):
+            if self.size[r] % t:
+                self.blocked.setdefault(r, f"its grouped convs and channel shuffles ask for "
+                                           f"{t} equal tiles of {self.size[r]} channels")
 
     # planning helpers
     def prunable(self) -> list[int]:
@@ -106,6 +127,9 @@ class ChannelGraph(ChannelRules):
         for s in segs:
             root = self.find(s.space)
             k = keep.get(root, np.arange(s.size))
+            if s.shuffle > 1:  # channel gi*(C/g)+j now sits at j*g+gi; tiled keep: in order
+                per = s.size // s.shuffle
+                k = np.sort((k % per) * s.shuffle + k // per)
             if spatial > 1:
                 k = (k[:, None] * spatial + np.arange(spatial)[None, :]).reshape(-1)
             out.append(offset + k)
@@ -133,12 +157,47 @@ class ChannelGraph(ChannelRules):
             arr = v.const_value.numpy().copy()
             arr[1] = len(self.indices(segs, keep)) * spatial
             v.const_value = ir.tensor(arr, name=v.name)
+        for w, segs, groups in self.grouped:
+            idx = self.indices(segs, keep).reshape(groups, -1)
+            per = sum(s.size for s in segs) // groups
+            within = idx - per * np.arange(groups)[:, None]
+            if not (within == within[0]).all():  # the tiling guarantees it: a bug otherwise
+                raise AssertionError(f"grouped conv weight {w.name}: groups keep unequal sets")
+            arr = np.take(w.const_value.numpy(), within[0], axis=1)
+            w.const_value = ir.tensor(np.ascontiguousarray(arr), name=w.name)
+            w.shape = ir.Shape(arr.shape)
+        for first, back, segs, g in self.shuffles:
+            n = len(self.indices(segs, keep))
+            for node, pos, value in ((first, 2, n // g), (back, 1, n)):
+                set_shape_entry(self.model.graph, node, pos, value)
         graph = self.model.graph
         io = set(graph.inputs) | set(graph.outputs)
         for node in graph:
             for v in node.outputs:
                 if v not in io:
                     v.shape = None
+
+
+def set_shape_entry(graph, node, pos: int, value: int) -> None:
+    """Give a Reshape its own shape constant with entry `pos` set to `value` (unless it is -1):
+    exporters and onnxsim share one shape constant between layers that may keep different
+    counts."""
+    from onnx_ir import convenience
+
+    old = list(node.inputs)[1]
+    arr = convenience.get_const_tensor(old).numpy().copy()
+    if arr[pos] == -1:
+        return
+    arr[pos] = value
+    name = f"{node.outputs[0].name}_shape"
+    while name in graph.initializers:
+        name += "_"
+    new = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.INT64),
+                   const_value=ir.tensor(arr, name=name))
+    graph.register_initializer(new)
+    node.replace_input_with(1, new)
+    if old.is_initializer() and not old.uses() and not old.is_graph_input():
+        graph.initializers.pop(old.name)
 
 
 def load_ir(model):

@@ -15,13 +15,14 @@ import numpy as np
 _UNARY = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
           "Elu", "Selu", "Softplus", "Identity", "Dropout", "MaxPool", "AveragePool",
           "GlobalAveragePool", "GlobalMaxPool", "Neg", "Abs", "Gelu", "Mish", "LpPool"}
-_BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum"}
 
 
 @dataclass
 class _Seg:
     space: int
     size: int
+    shuffle: int = 1  # g of a channel shuffle this tensor went through (1: none); see `_shuffle`
 
 
 @dataclass
@@ -66,9 +67,7 @@ class ChannelRules:
                     self.params.append(_Param(ins[2], 0, xs))
                 self.groups_attr.append((node, xs))
                 return True
-            self._block(xs, f"grouped Conv '{node.name}'")
-            self.segs[out] = self._new(w.shape[0], f"grouped Conv '{node.name}'")
-            return True
+            return self._visit_grouped(node, xs, ins, w, b, group)
         if op in _BINARY and xs is None:  # Add(const, x): the channel tensor may come second
             ins = [v for v in ins if v in self.segs] + [v for v in ins if v not in self.segs]
             xs = self.segs.get(ins[0])
@@ -85,6 +84,13 @@ class ChannelRules:
             self.segs[out] = xs
             return True
         if op in _UNARY and len(node.outputs) >= 1:
+            if op == "Dropout":
+                from ._dropout import identity_reason
+
+                if (why := identity_reason(node)) is not None:  # pinned, still followed so
+                    self._block(xs, why)  # the group it belongs to reports why
+                    self.segs[out] = xs
+                    return True
             if op == "PRelu":
                 slope = self._const(ins[1])
                 if slope is None or not self._const_param(ins[1], slope, xs, _rank(x)):
@@ -122,9 +128,86 @@ class ChannelRules:
                     segs.extend(self._new(n, "concatenated with a tensor of unknown origin"))
             self.segs[out] = segs
             return True
+        if op == "Reshape" and self._shuffle(node, xs):
+            return True
         if op in ("Flatten", "Reshape", "Squeeze"):
             return self._visit_flatten(node, xs)
         return False
+
+    def _visit_grouped(self, node, xs, ins, w, b, group: int) -> bool:
+        """A grouped Conv (ShuffleNet's 1x1 group convs): its output is `group` equal groups of
+        filters, its input `group` equal groups of channels; the weight's axis 1 indexes the
+        channel within a group, shared by all groups. Pruned exactly when every group keeps the
+        same count at the same positions: the output set and the input set get a tiling (the
+        keep set repeats in each tile, _channel_graph.py) aligned with the groups. An input made
+        of several sets (a Concat) cannot promise that and is pinned."""
+        out = node.outputs[0]
+        o = w.shape[0]
+        if o % group:
+            self._block(xs, f"grouped Conv '{node.name}' with {o} filters in {group} groups")
+            self.segs[out] = self._new(o, f"grouped Conv '{node.name}'")
+            return True
+        if xs and len(xs) == 1 and xs[0].size % (group * xs[0].shuffle) == 0 \
+                and xs[0].size // group == w.shape[1]:
+            self._tile(xs[0].space, group * xs[0].shuffle)
+            self.grouped.append((ins[1], xs, group))
+        elif xs:
+            self._block(xs, f"grouped Conv '{node.name}' reads channels of several groups "
+                            "(a Concat): its groups could not stay equal" if len(xs) > 1 else
+                        f"grouped Conv '{node.name}': {xs[0].size} channels in {group} groups "
+                        f"after a shuffle by {xs[0].shuffle}")
+        self.segs[out] = self._new(o)
+        self._tile(self.segs[out][0].space, group)
+        self.producers.append((self.segs[out][0].space, ins[1]))
+        if b is not None:
+            self.params.append(_Param(ins[2], 0, self.segs[out]))
+        return True
+
+    def _shuffle(self, node, xs) -> bool:
+        """A channel shuffle Reshape [N,C,H,W] -> [N,g,C/g,H,W] -> Transpose(0,2,1,3,4) ->
+        Reshape [N,C,H,W]: channel gi*(C/g)+k moves to k*g+gi. The result keeps the channel
+        set, marked shuffled by g; the set is tiled by g (each of the g input groups keeps the
+        same positions), so the kept channels stay in order after the shuffle and its shape
+        constants get the new counts (_channel_graph.py). Anything else pins it."""
+        from onnx_ir import convenience
+
+        x = list(node.inputs)[0]
+        if not xs or len(xs) != 1 or xs[0].shuffle != 1 or _rank(x) != 4:
+            return False
+        n, _, h, w = x.shape
+        shape = convenience.get_const_tensor(list(node.inputs)[1])
+        c = xs[0].size
+        if shape is None or shape.numpy().shape != (5,) or not isinstance(h, int) \
+                or not isinstance(w, int):
+            return False
+        s1 = [int(d) for d in shape.numpy()]
+        g = s1[1]
+        batch = (0, n) if isinstance(n, int) else (0,)
+        # [N (or 0: copied), g, C/g (or -1), H, W]: only the channel axis is split
+        if g < 2 or c % g or s1[3:] != [h, w] or not (
+                (s1[0] in batch and s1[2] in (c // g, -1)) or (s1[0] == -1 and s1[2] == c // g)):
+            return False
+        users = [u.node for u in node.outputs[0].uses()]
+        if len(users) != 1 or users[0].op_type != "Transpose" or node.outputs[0].is_graph_output():
+            return False
+        tr = users[0]
+        if "perm" not in tr.attributes or list(tr.attributes["perm"].as_ints()) != [0, 2, 1, 3, 4]:
+            return False
+        users = [u.node for u in tr.outputs[0].uses()]
+        if len(users) != 1 or users[0].op_type != "Reshape" or tr.outputs[0].is_graph_output():
+            return False
+        back = users[0]
+        s2 = convenience.get_const_tensor(list(back.inputs)[1])
+        if s2 is None or s2.numpy().shape != (4,):
+            return False
+        s2 = [int(d) for d in s2.numpy()]
+        if s2[2:] != [h, w] or not ((s2[0] in batch and s2[1] in (c, -1)) or
+                                    (s2[0] == -1 and s2[1] == c)):
+            return False
+        self._tile(xs[0].space, g)
+        self.shuffles.append((node, back, xs, g))
+        self.segs[back.outputs[0]] = [_Seg(xs[0].space, c, g)]
+        return True
 
     def _visit_binary(self, node, xs, ins) -> bool:
         out = node.outputs[0]
@@ -132,7 +215,7 @@ class ChannelRules:
         for v in ins[1:]:
             if v in self.segs:
                 other = self.segs[v]
-                if [s.size for s in other] != [s.size for s in xs]:
+                if [(s.size, s.shuffle) for s in other] != [(s.size, s.shuffle) for s in xs]:
                     self._block(other + xs, f"{node.op_type} '{node.name}' of unaligned concats")
                 else:
                     for a, b in zip(xs, other):

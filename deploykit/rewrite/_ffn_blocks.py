@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._dropout import identity_reason
+
 # element-wise ops allowed between fc1 and fc2 (other operands must be scalar constants)
 _ELEMENTWISE = {"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Div", "Pow",
                 "LeakyRelu", "Softplus", "Elu", "Selu", "Neg", "Abs", "Sqrt", "Exp", "Clip",
                 "HardSigmoid", "HardSwish", "Identity", "Mish", "Celu", "ThresholdedRelu",
                 "FastGelu", "QuickGelu"}
 
-_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Exp", "Identity", "Clip"}
+_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Exp", "Identity", "Clip",
+               "Dropout"}
 
 
 
@@ -140,7 +143,11 @@ def _region(starts, graph_outputs, neurons: int):
                     region.append(node.outputs[0])
                     frontier.append(node.outputs[0])
                 continue
-            if node.op_type not in _ELEMENTWISE or len(node.outputs) != 1:
+            if node.op_type == "Dropout":  # inference Dropout: the identity (_dropout.py)
+                why = identity_reason(node)
+                if why is not None:
+                    return why, _activated(nodes)
+            elif node.op_type not in _ELEMENTWISE or len(node.outputs) != 1:
                 return f"activation used by {node.op_type} '{node.name}'", _activated(nodes)
             if node not in nodes:
                 nodes.append(node)
@@ -209,7 +216,9 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
             reasons.append(f"{w1.name}: fc2 '{fc2.name}' reads {w2.shape[w2_axis]} features, "
                            f"fc1 makes {neurons}")
             continue
-        taken.update([id(fc2), *(id(c[0]) for c in gates)])
+        # fc2 stays a candidate: in an MLP chain (AlexNet's fc6 -> fc7 -> fc8) it is the next
+        # block's fc1, its input rows sliced by this block and its output columns by that one
+        taken.update(id(c[0]) for c in gates)
         blocks.append(Block(node, w1, axis, bias, fc2, list(fc2.inputs)[1], w2_axis, region,
                             exit_value, neurons, reshapes, tuple(c[:4] for c in gates)))
     return blocks, reasons

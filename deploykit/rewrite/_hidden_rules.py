@@ -77,8 +77,12 @@ class StreamRules:
                     v is not None and (v in self.space or _const(v) is None or _const(v).size != 1)
                     for v in ins[1:]):
                 return False
-            if op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses():
-                return False
+            if op == "Dropout":
+                from ._dropout import identity_reason
+
+                if (why := identity_reason(node)) is not None:  # pinned, still followed so
+                    self._block(s, why)  # the stream it belongs to reports why
+                    return self._out(node, s)
             return self._out(node, s)
         if op in _BINARY:
             return self._visit_binary(node, ins)

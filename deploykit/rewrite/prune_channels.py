@@ -80,8 +80,19 @@ def choose_keep(cg: ChannelGraph, cfg: Config) -> dict[int, np.ndarray]:
         k = max(cfg.min_channels, n_keep[r])
         k = min(cg.size[r], -(-k // cfg.round_to) * cfg.round_to)
         if k < cg.size[r]:
-            keep[r] = np.sort(np.argsort(-scores[r], kind="stable")[:k])
-    return keep
+            keep[r] = tiled_top(scores[r], k, cg.tiling(r))
+    return {r: k for r, k in keep.items() if len(k) < cg.size[r]}
+
+
+def tiled_top(score: np.ndarray, k: int, tiles: int) -> np.ndarray:
+    """The k best channels, or with tiles > 1 (grouped convs, channel shuffles) the same
+    ceil(k / tiles) best positions in every tile, by the score summed over tiles."""
+    if tiles == 1:
+        return np.sort(np.argsort(-score, kind="stable")[:k])
+    per = score.size // tiles
+    best = np.sort(np.argsort(-score.reshape(tiles, per).sum(axis=0), kind="stable")[
+        :-(-k // tiles)])
+    return (np.arange(tiles)[:, None] * per + best[None, :]).reshape(-1)
 
 
 class PruneChannelsPass(StepPass, ir.passes.FunctionalPass):

@@ -111,6 +111,8 @@ def removable(cg: ChannelGraph, tol: float) -> dict[int, np.ndarray]:
             offset += s.size * p.spatial
     keep = {}
     for root in cg.prunable():
+        if cg.tiling(root) > 1:  # grouped convs / channel shuffles: dead channels need not
+            continue  # form the equal per-group sets they require
         n = cg.size[root]
         zero = np.ones(n, bool)
         for v, off, size in values_of.get(root, []):

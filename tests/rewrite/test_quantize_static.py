@@ -126,3 +126,37 @@ def test_preprocess_leaves_nothing_in_the_working_directory(tmp_path, monkeypatc
     assert note is None or note.startswith("quant_pre_process failed")
     assert list((tmp_path / "cwd").iterdir()) == []
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["m.onnx"]
+
+
+def test_target_cosine_can_keep_a_non_compute_node_in_fp32(tmp_path):
+    """An Add of a mask input (a few -1e4 entries, as attention masks hold) ruins its int8
+    range: the sensitivity search ranks every node ORT quantized, so it keeps that Add, not
+    only MatMuls, in fp32."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Add", ["r", "m"], ["rm"], name="mask_add"),
+             helper.make_node("Tanh", ["rm"], ["t"], name="tanh"),
+             helper.make_node("MatMul", ["t", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "masked", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32]),
+        helper.make_tensor_value_info("m", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    mask = np.zeros((4, 64), np.float32)
+    mask[:, :4] = -1e4
+
+    def batch():
+        return {"x": (0.2 * rng.standard_normal((4, 32))).astype(np.float32), "m": mask}
+
+    ctx = StepContext(feeds=batch(), calibration=tuple(batch() for _ in range(4)),
+                      workdir=tmp_path)
+    res = apply_step(QuantizeStaticPass(_cfg(target_cosine="0.999"), ctx), model)
+    d = res.details
+    assert d["cosine_all_int8"] < 0.99 and d["cosine_vs_float"] >= 0.999
+    assert "mask_add" in d["sensitivity"] and "mask_add" in d["excluded_nodes"]
