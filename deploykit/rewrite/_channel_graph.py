@@ -179,9 +179,10 @@ class ChannelGraph(ChannelRules):
 
 
 def set_shape_entry(graph, node, pos: int, value: int) -> None:
-    """Give a Reshape its own shape constant with entry `pos` set to `value` (unless it is -1):
-    exporters and onnxsim share one shape constant between layers that may keep different
-    counts."""
+    """Give a Reshape (or Expand) its own int64 shape constant, its current one with entry `pos`
+    set to `value` (an entry of -1 is inferred and stays): exporters and onnxsim share one shape
+    constant between layers that a pruning step may leave at different widths. The old constant
+    goes once nothing uses it."""
     from onnx_ir import convenience
 
     old = list(node.inputs)[1]
@@ -225,23 +226,3 @@ def save_ir(irm):
 def param_count(model) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
-
-def set_shape_entry(graph, node, index: int, value: int) -> None:
-    """Give `node` (a Reshape/Expand) its own int64 shape constant, its current one with entry
-    `index` set to `value`: exporters share one shape constant between layers, which a pruning
-    step may leave at different widths. The old constant goes once nothing uses it."""
-    import onnx_ir as ir
-    from onnx_ir import convenience
-
-    arr = convenience.get_const_tensor(list(node.inputs)[1]).numpy().copy()
-    arr[index] = value
-    name = f"{node.outputs[0].name}_shape"
-    while name in graph.initializers:
-        name += "_"
-    new = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.INT64),
-                   const_value=ir.tensor(arr, name=name))
-    graph.register_initializer(new)
-    old = list(node.inputs)[1]
-    node.replace_input_with(1, new)
-    if old.is_initializer() and not old.uses() and not old.is_graph_input():
-        graph.initializers.pop(old.name)
