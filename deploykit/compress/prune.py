@@ -2,10 +2,11 @@
 
 Magnitude pruning uses torch.nn.utils.prune, so masks survive fine-tuning / distillation; call
 `finalize` before export. Like its graph twin it gives no speedup on dense kernels. Filter
-pruning physically shrinks a Conv2d, its BatchNorm and the layer that reads it (next Conv2d, or a
-Linear after flatten), found by torch.fx tracing. Only plain chains are handled here: a conv whose
-output feeds a residual Add or a Concat is left alone and reported; prune those coupled groups on
-the exported graph with the `prune-channels` recipe step, which groups them correctly.
+pruning physically shrinks the Conv2d groups torch.fx tracing finds (channel_groups.py): a
+conv, its BatchNorm and the layers that read it (Conv2d, or a Linear after flatten), residual
+blocks' inner convs included, and with `residual=True` the residual streams too, coupled across
+the blocks that add into them. Channels that meet a Concat, a reshape or the output are left
+alone and reported; the `prune-channels` recipe step prunes the exported graph more generally.
 """
 
 from __future__ import annotations
@@ -14,14 +15,6 @@ from typing import Mapping
 
 from ..errors import InputError
 from ._modules import replace
-
-_PASS_MODULES = ("ReLU", "ReLU6", "LeakyReLU", "SiLU", "GELU", "Hardswish", "Sigmoid", "Tanh",
-                 "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout",
-                 "Dropout2d", "Identity")
-_PASS_FUNCS = ("relu", "relu6", "leaky_relu", "silu", "gelu", "hardswish", "sigmoid", "tanh",
-               "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-               "dropout")
-
 
 def _weighted(model):
     from torch import nn
@@ -86,111 +79,159 @@ def finalize(model) -> None:
             tprune.remove(m, "weight")
 
 
-def _next_reader(node, mods):
-    """Follow a conv's output through single-use BN / activations / pooling to its reader:
-    ("conv", name) or ("linear", name); None when the chain branches or meets anything else."""
-    bn, flat, cur = None, False, node
-    while True:
-        users = list(cur.users)
-        if len(users) != 1:
-            return None
-        cur = users[0]
-        if cur.op == "call_module":
-            kind = type(mods[cur.target]).__name__
-            if kind == "BatchNorm2d" and bn is None and not flat:
-                bn = cur.target
-            elif kind in _PASS_MODULES:
-                pass
-            elif kind == "Flatten":
-                flat = True
-            elif kind == "Conv2d" and not flat and mods[cur.target].groups == 1:
-                return "conv", cur.target, bn
-            elif kind == "Linear" and flat:
-                return "linear", cur.target, bn
-            else:
-                return None
-        elif cur.op in ("call_function", "call_method"):
-            fname = getattr(cur.target, "__name__", str(cur.target))
-            if fname == "flatten" and (cur.args[1:2] == (1,) or cur.kwargs.get("start_dim") == 1):
-                flat = True
-            elif fname not in _PASS_FUNCS:
-                return None
-        else:
-            return None
+def prune_filters(model, ratio: float = 0.5, round_to: int = 1,
+                  residual: bool = False) -> list[dict]:
+    """Physically remove the least important `ratio` of filters of every prunable Conv2d group
+    (compress/channel_groups.py), in place: the convs writing the channels, the BatchNorms on
+    them, and the Conv2d / Linear (after a flatten) reading them all shrink.
 
-
-def prune_filters(model, ratio: float = 0.5, round_to: int = 1) -> list[dict]:
-    """Physically remove the lowest-L1 `ratio` of filters of every Conv2d in a plain chain.
-
-    Returns per-conv records (channels / kept, or skipped with the reason).
+    A conv feeding only its own chain (also a residual block's inner convs: conv1 -> bn1 ->
+    relu -> conv2) is a group of its own; with `residual`, a residual stream is pruned too, the
+    same channel indices kept for every conv that adds into it (each block's last conv, the
+    downsample conv, the conv before the stage) and every layer that reads it. Importance is
+    each channel's L1 norm of its filters with the BatchNorm that follows folded in (the filter
+    the exported, BN-folded graph has), summed over the group's convs: the ONNX-side
+    `prune-channels` step ranks the same channels the same way. Returns one record per Conv2d
+    (channels / kept, or skipped with the reason), in graph order.
     """
-    import torch
-    import torch.fx
-    from torch import nn
+    from .channel_groups import channel_groups
 
     if not 0.0 < ratio < 1.0:
         raise InputError(f"pruning ratio must be in (0, 1), got {ratio}")
     if round_to < 1:
         raise InputError(f"round_to must be >= 1, got {round_to}")
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - fx refuses data-dependent control flow
-        raise InputError(f"cannot trace the model for filter pruning: {str(e).splitlines()[0]}")
-    mods = dict(gm.named_modules())
-    records = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods[node.target], nn.Conv2d):
+    groups, of_conv = channel_groups(model)
+    keep: dict[int, object] = {}  # id(group) -> kept indices
+    for g in groups:
+        if not g.producers or g.blocked or (g.joined and not residual):
             continue
-        conv = mods[node.target]
-        reader = _next_reader(node, mods)
-        if conv.groups != 1 or reader is None:
-            records.append({"layer": node.target, "skipped": "not in a plain conv chain "
-                            "(residual, concat, grouped): use the prune-channels recipe step"})
+        spatial = {name: _spatial(model, name, g.size) for name in g.linears_reading}
+        if any(v is None for v in spatial.values()):
+            g.blocked = "a Linear reads them in a layout other than channel-major"
             continue
-        kind, reader_name, bn_name = reader
-        n = conv.out_channels
-        # a Linear after flatten reads each channel at in_features / n spatial positions
-        spatial = mods[reader_name].in_features // n if kind == "linear" else 1
+        n = g.size
         k = min(n, max(1, -(-(n - int(round(ratio * n))) // round_to) * round_to))
-        l1 = conv.weight.detach().abs().reshape(n, -1).sum(1)
-        keep = torch.sort(torch.argsort(l1, descending=True, stable=True)[:k]).values
-        _shrink(model, node.target, bn_name, kind, reader_name, keep, spatial)
-        mods = dict(model.named_modules())
-        records.append({"layer": node.target, "channels": n, "kept": k})
+        if k < n:
+            score = _importance(model, g)
+            keep[id(g)] = _sorted_top(score, k)
+    records = []
+    for name, g in of_conv.items():
+        if id(g) in keep:
+            records.append({"layer": name, "channels": g.size, "kept": len(keep[id(g)])})
+        elif g.blocked:
+            records.append({"layer": name, "skipped": f"its channels stay whole ({g.blocked}); "
+                            "the prune-channels recipe step prunes the exported graph"})
+        elif g.joined:
+            records.append({"layer": name, "skipped": "a residual stream (joined by an Add): "
+                            "residual=True prunes it coupled, or use the prune-channels "
+                            "recipe step"})
+        else:
+            records.append({"layer": name, "skipped": "nothing to remove at this ratio"})
+    _shrink_all(model, groups, keep)
     return records
 
 
-def _shrink(model, conv_name, bn_name, kind, reader_name, keep, spatial) -> None:
+def _sorted_top(score, k: int):
+    import torch
+
+    return torch.sort(torch.argsort(score, descending=True, stable=True)[:k]).values
+
+
+def _spatial(model, linear: str, channels: int) -> int | None:
+    """Features per channel of a Linear reading a flattened (N, C, ...) tensor."""
+    f = model.get_submodule(linear).in_features
+    return f // channels if f % channels == 0 else None
+
+
+def _importance(model, g):
+    """Per-channel L1 norm of the group's filters, each scaled by its BatchNorm's
+    |gamma| / sqrt(var + eps) when one follows it (the folded filter), summed."""
+    import torch
+
+    scale = {conv: bn for bn, conv in g.bns.items() if conv}
+    total = torch.zeros(g.size, dtype=torch.float64)
+    with torch.no_grad():
+        for name in g.producers:
+            w = model.get_submodule(name).weight.detach().double()
+            l1 = w.abs().reshape(w.shape[0], -1).sum(1)
+            if name in scale:
+                bn = model.get_submodule(scale[name])
+                s = torch.ones(g.size, dtype=torch.float64)
+                if bn.track_running_stats and bn.running_var is not None:
+                    s = s / torch.sqrt(bn.running_var.double() + bn.eps)
+                if bn.affine:
+                    s = s * bn.weight.detach().double().abs()
+                l1 = l1 * s
+            total += l1
+    return total
+
+
+def _shrink_all(model, groups, keep) -> None:
+    """Replace every conv / BN / Linear touching a pruned group by its sliced copy."""
+    import torch
+
+    out_keep, in_keep, bn_keep, lin_keep = {}, {}, {}, {}
+    for g in groups:
+        k = keep.get(id(g))
+        if k is None:
+            continue
+        for name in g.producers:
+            out_keep[name] = k
+        for name in g.convs_reading:
+            in_keep[name] = k
+        for name in g.bns:
+            bn_keep[name] = k
+        for name in g.linears_reading:
+            sp = _spatial(model, name, g.size)
+            lin_keep[name] = (k[:, None] * sp + torch.arange(sp)[None, :]).reshape(-1)
+    for name in sorted(set(out_keep) | set(in_keep)):
+        _slice_conv(model, name, out_keep.get(name), in_keep.get(name))
+    for name, k in bn_keep.items():
+        _slice_bn(model, name, k)
+    for name, cols in lin_keep.items():
+        _slice_linear(model, name, cols)
+
+
+def _slice_conv(model, name, rows, cols) -> None:
     import torch
     from torch import nn
 
-    conv = model.get_submodule(conv_name)
-    new = nn.Conv2d(conv.in_channels, len(keep), conv.kernel_size, conv.stride, conv.padding,
+    conv = model.get_submodule(name)
+    w = conv.weight.detach()
+    w = w if rows is None else w[rows]
+    w = w if cols is None else w[:, cols]
+    new = nn.Conv2d(w.shape[1], w.shape[0], conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, 1, conv.bias is not None, conv.padding_mode)
     with torch.no_grad():
-        new.weight.copy_(conv.weight[keep])
+        new.weight.copy_(w)
         if conv.bias is not None:
-            new.bias.copy_(conv.bias[keep])
-    replace(model, conv_name, new)
-    if bn_name is not None:
-        bn = model.get_submodule(bn_name)
-        nb = nn.BatchNorm2d(len(keep), bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        with torch.no_grad():
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(bn, attr) is not None:
-                    getattr(nb, attr).copy_(getattr(bn, attr)[keep])
-        replace(model, bn_name, nb)
-    reader = model.get_submodule(reader_name)
-    if kind == "conv":
-        nr = nn.Conv2d(len(keep), reader.out_channels, reader.kernel_size, reader.stride,
-                       reader.padding, reader.dilation, 1, reader.bias is not None,
-                       reader.padding_mode)
-        cols = keep
-    else:
-        cols = (keep[:, None] * spatial + torch.arange(spatial)[None, :]).reshape(-1)
-        nr = nn.Linear(len(cols), reader.out_features, reader.bias is not None)
+            new.bias.copy_(conv.bias if rows is None else conv.bias[rows])
+    replace(model, name, new)
+
+
+def _slice_bn(model, name, keep) -> None:
+    import torch
+    from torch import nn
+
+    bn = model.get_submodule(name)
+    nb = nn.BatchNorm2d(len(keep), bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
     with torch.no_grad():
-        nr.weight.copy_(reader.weight[:, cols])
-        if reader.bias is not None:
-            nr.bias.copy_(reader.bias)
-    replace(model, reader_name, nr)
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(bn, attr) is not None:
+                getattr(nb, attr).copy_(getattr(bn, attr)[keep])
+        if bn.track_running_stats:
+            nb.num_batches_tracked.copy_(bn.num_batches_tracked)
+    replace(model, name, nb)
+
+
+def _slice_linear(model, name, cols) -> None:
+    import torch
+    from torch import nn
+
+    lin = model.get_submodule(name)
+    new = nn.Linear(len(cols), lin.out_features, lin.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight[:, cols])
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias)
+    replace(model, name, new)

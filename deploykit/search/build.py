@@ -6,6 +6,7 @@ timed. A failed build fails one candidate, never the search."""
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -92,14 +93,35 @@ class Builder:
     def verify_batches(self) -> list[dict[str, np.ndarray]]:
         return [self.feeds] + (list(self.calibration[:2]) if not self.synthetic else [])
 
+    def _held_out(self) -> int:
+        """How many calibration batches recovery never trains on: the two verify_batches()
+        checks, and up to a tenth more (at most 64) that judge a distilled model against its
+        start, so that choice rests on more than the three verification inputs."""
+        n = len(self.calibration)
+        return 0 if self.synthetic or n <= 8 else max(2, min(64, n // 10))
+
     def distill_batches(self) -> list[dict[str, np.ndarray]]:
-        """Recovery's training inputs: the calibration batches the fidelity check does not use
+        """Recovery's training inputs: the calibration batches the fidelity checks do not use
         (a distilled candidate is judged on inputs it never trained on), all of them when there
-        are too few to spare two, the example inputs when there are none."""
-        cal = list(self.calibration)
-        if not self.synthetic and len(cal) > 8:
-            cal = cal[2:]  # verify_batches() checks on the first two
-        return cal or [self.feeds]
+        are too few to spare, the example inputs when there are none."""
+        return list(self.calibration[self._held_out():]) or [self.feeds]
+
+    def judge(self):
+        """What decides whether a distillation beats its start (search/recover.py): the user's
+        --eval (as a ratio to the original's score) when given, else the worst cosine vs the
+        original over the example inputs and every held-out calibration batch."""
+        from ..rewrite.recipe import fidelity_over
+        from .recover import Judge
+
+        if self.eval_fn is not None:
+            base = self.base_metric or 1.0
+            return Judge("--eval", lambda p: float(self.eval_fn(str(p))) / base)
+        held = [self.feeds, *self.calibration[:self._held_out()]]
+
+        def cosine(path: Path) -> float:
+            fid = fidelity_over(self.source.path, path, held)
+            return fid.cosine if fid.finite and fid.shapes_match else -math.inf
+        return Judge(f"held-out cosine over {len(held)} inputs", cosine)
 
     def build(self, row: Row) -> None:
         """Apply the recipe (cached in .work), then check fidelity; sets row.status."""
@@ -196,7 +218,8 @@ class Builder:
                     self.torch_source, self.source.path, float(f["ratio"]),
                     float(f["budget_s"]), self.distill_batches(),
                     self.verify_batches(), self.min_fidelity, workdir, self.synthetic,
-                    start=self._recovered_start(row.cand.family, f))
+                    start=self._recovered_start(row.cand.family, f), judge=self.judge(),
+                    residual=bool(f.get("residual", False)))
             ref = ModelRef.from_path(path)
             row.path, row.sha256, row.recovery = str(path), ref.sha256, rec
         except Exception as e:  # a bug in one candidate must not end the whole search
@@ -209,7 +232,9 @@ class Builder:
 
         if "continue_s" not in fields:
             return None
-        short = (STEP, (("budget_s", fields["continue_s"]), ("ratio", fields["ratio"])))
+        # the short recipe: the final's fields (ratio, residual) at the short budget
+        short_fields = {k: v for k, v in fields.items() if k not in ("continue_s", "final")}
+        short = (STEP, tuple(sorted({**short_fields, "budget_s": fields["continue_s"]}.items())))
         head = Row(Candidate(family, (short,)))
         self.build(head)
         if head.path is None or not head.recovery or \

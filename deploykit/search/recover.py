@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -149,21 +149,35 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+@dataclass(frozen=True)
+class Judge:
+    """Scores an exported candidate, higher better: what decides between a distilled model and
+    the one its distillation started from."""
+
+    name: str  # e.g. "--eval" or "held-out cosine over 33 inputs"
+    score: Callable[[Path], float]
+
+
 STATE = "student.pt"  # the kept model's torch weights, next to its ONNX: a final continues them
 
 
 def build_recovered(src: TorchSource, source_onnx: Path, ratio: float, budget_s: float,
                     batches: Sequence[dict[str, np.ndarray]], verify: Sequence[dict], floor: float,
                     workdir: Path, synthetic: bool = False,
-                    start: tuple[Path, dict[str, Any]] | None = None
+                    start: tuple[Path, dict[str, Any]] | None = None,
+                    judge: Judge | None = None, residual: bool = False
                     ) -> tuple[Path, dict[str, Any]]:
     """Prune a copy of the module (filters, lowest L1), export it; if its fidelity misses
     `floor`, distill it against the original and export again; the distilled model is kept only
     when its fidelity beats the one it started from. `start` = (ONNX path, recovery record) of
     an earlier recovery of the same prune (the final fine-tune's): training continues from the
     weights kept next to that file (STATE) instead of the freshly pruned ones. The kept model's
-    weights are saved as STATE in `workdir`. Returns the final ONNX path and the recovery record
-    (fidelity before/after, seconds, steps)."""
+    weights are saved as STATE in `workdir`. `judge` decides whether the distilled model beats
+    the one it started from (the user's `--eval`, or a held-out fidelity on more inputs than the
+    few `verify` ones: a choice on 3 inputs keeps whichever model their noise favours); without
+    one, the cosine over `verify` decides. `residual`: also prune residual streams, coupled
+    across the blocks that add into them (compress/prune.py). Returns the final ONNX path and
+    the recovery record (fidelity before/after, seconds, steps, the judge's scores)."""
     import torch
 
     from ..compress.prune import prune_filters
@@ -171,9 +185,10 @@ def build_recovered(src: TorchSource, source_onnx: Path, ratio: float, budget_s:
     from ..rewrite.recipe import fidelity_over
 
     student = copy.deepcopy(src.module)
-    layers = prune_filters(student, ratio)
+    layers = prune_filters(student, ratio, residual=residual)
     if not any("kept" in r for r in layers):
-        raise InputError("no Conv2d in a plain chain to prune (residual or grouped convs only)")
+        raise InputError("no Conv2d whose channels can be pruned here (grouped convs, or "
+                         "channels that reach the output or an unsupported op)")
     before = workdir / "pruned.onnx"
     export_module(student, src.example, before)
     fid_before = fidelity_over(source_onnx, before, verify)
@@ -201,10 +216,17 @@ def build_recovered(src: TorchSource, source_onnx: Path, ratio: float, budget_s:
     fid_after = fidelity_over(source_onnx, after, verify)
     rec.update(seconds=run["seconds"], steps=run["steps"], losses=run["losses"],
                distilled_fidelity=fid_after.cosine)
-    if not (fid_after.finite and fid_after.cosine > kept_fid):
+    if judge is not None and fid_after.finite:
+        scores = (judge.score(kept), judge.score(after))
+        rec.update(judged_by=judge.name, start_score=scores[0], distilled_score=scores[1])
+        better = math.isfinite(scores[1]) and not scores[1] <= scores[0]
+    else:
+        better = fid_after.finite and fid_after.cosine > kept_fid
+    if not better:
         rec.update(fidelity_after=kept_fid,
                    recovered=bool(start is not None and start[1].get("recovered")),
-                   note="distillation did not raise fidelity; the model it started from is kept")
+                   note=f"distillation did not raise {judge.name if judge else 'fidelity'}; "
+                        "the model it started from is kept")
         return _keep(kept, rec, state, workdir)
     rec.update(fidelity_after=fid_after.cosine, recovered=True)
     return _keep(after, rec, student.state_dict(), workdir)
@@ -240,8 +262,9 @@ def final_candidates(rows: Sequence[Any], final_s: float, time_left: float, rese
         return (not r.cand.options and len(r.cand.steps) == 1 and r.cand.steps[0][0] == STEP
                 and bool(dict(r.cand.steps[0][1]).get("final")) == final)
 
-    def ratio(r) -> float:
-        return float(dict(r.cand.steps[0][1])["ratio"])
+    def ratio(r) -> tuple[float, bool]:  # how deep the cut: a pruned stream cuts deeper
+        f = dict(r.cand.steps[0][1])
+        return float(f["ratio"]), bool(f.get("residual", False))
 
     finals = [r for r in rows if torch_prune(r, True)]
     if final_s <= 0 or any(r.status == "ok" for r in finals):

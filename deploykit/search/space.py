@@ -51,11 +51,18 @@ def recover_candidates(cfg: SearchConfig, torch_source, source_model,
     traits = model_traits(source_model)
     finish = int8_finish(traits, available_steps(["quantize-static", "quantize-dynamic"])) \
         if not cfg.families or "int8" in cfg.families else []
+    from ..compress.channel_groups import has_residual_streams
+
+    # residual streams (an Add joining convs) pruned too, coupled across their blocks: a
+    # deeper cut than the blocks' inner convs alone, tried where the module has such streams
+    streams = (False, True) if has_residual_streams(torch_source.module) else (False,)
     out = []
     for r in RATIOS:
-        step = (STEP, (("budget_s", budget), ("ratio", r)))
-        out.append(Candidate("prune+kd", (step,)))
-        out += [Candidate("prune+kd+int8", (step, q)) for q in finish]
+        for residual in streams:
+            step = (STEP, (("budget_s", budget), ("ratio", r))
+                    + ((("residual", True),) if residual else ()))
+            out.append(Candidate("prune+kd", (step,)))
+            out += [Candidate("prune+kd+int8", (step, q)) for q in finish]
     return out
 
 

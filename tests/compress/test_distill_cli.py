@@ -46,3 +46,11 @@ def test_unlabeled_npz_needs_alpha_zero_and_unknown_steps_are_refused(tmp_path, 
     assert main(base + ["--alpha", "0", "--student-recipe", "shrink:ratio=0.5"]) == 2
     assert "unknown student-recipe step" in capsys.readouterr().err
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_student_recipe_fields_take_true_false():
+    from deploykit.commands.distill import parse_recipe
+
+    assert parse_recipe("prune-filters:ratio=0.5,residual=true; lowrank:ratio=0.5") == [
+        ("prune-filters", {"ratio": 0.5, "residual": True}), ("lowrank", {"ratio": 0.5})]
+    assert parse_recipe("prune-filters:residual=False")[0][1] == {"residual": False}

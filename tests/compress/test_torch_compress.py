@@ -34,8 +34,11 @@ def test_prune_filters_matches_parent_with_dropped_inputs_zeroed():
     assert pruned[0].out_channels == 8 and pruned[1].num_features == 8
     assert pruned[3].in_channels == 8 and pruned[8].in_features == 12 * 16
     # zero, in the parent, what reads the dropped channels: outputs must then agree exactly
-    for conv, reader, spatial in ((parent[0], parent[3], 1), (parent[3], parent[8], 16)):
-        l1 = conv.weight.abs().reshape(conv.out_channels, -1).sum(1)
+    for conv, bn, reader, spatial in ((parent[0], parent[1], parent[3], 1),
+                                      (parent[3], parent[4], parent[8], 16)):
+        # importance: the filter's L1 norm with its BatchNorm folded in (as exported)
+        l1 = conv.weight.abs().reshape(conv.out_channels, -1).sum(1) * bn.weight.abs() / \
+            torch.sqrt(bn.running_var + bn.eps)
         dropped = torch.argsort(l1, descending=True, stable=True)[conv.out_channels // 2:]
         cols = (dropped[:, None] * spatial + torch.arange(spatial)).reshape(-1)
         with torch.no_grad():
