@@ -181,6 +181,7 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
                     '[tvm_target]\nkind = "llvm"\nmcpu = "host"\n')
     servers = [rpc.start_server(key="x86-pool", tracker=tracker)[0] for _ in range(2)]
     try:
+        _wait_registered(tracker, "x86-pool", 2)
         t = targets.get(str(toml), device="x86-pool", tracker=tracker)
         model = ModelRef.from_path(cnn_onnx)
 
@@ -211,3 +212,15 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
     finally:
         for proc in servers:
             kill_group(proc)
+
+
+def _wait_registered(tracker: str, key: str, n: int, timeout: float = 60) -> None:
+    """Until the tracker lists `n` servers of `key`: a TVM server that has just registered can
+    drop off the tracker's list for a moment while its tracker connection is re-made."""
+    deadline = time.monotonic() + timeout
+    while True:
+        total = {d.key: d.total for d in rpc.tracker_devices(tracker)}.get(key, 0)
+        if total >= n:
+            return
+        assert time.monotonic() < deadline, f"only {total} of {n} servers of '{key}' registered"
+        time.sleep(0.2)
