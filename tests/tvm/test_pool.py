@@ -286,6 +286,10 @@ def test_a_hung_board_is_cut_off_and_its_job_measured_on_another(boards, tmp_pat
         with DevicePool(PoolConfig(boards["tracker"], KEY, 3, hang_s=3), notify=said.append,
                         budget_s=1) as pool:
             assert pool.builder is not None  # several boards: builds in build processes
+            deadline = time.monotonic() + 120
+            while not pool.builder.ready():  # (the jobs build here until the workers are up)
+                assert time.monotonic() < deadline, "the build processes never started"
+                time.sleep(0.1)
             got = pool.map(job, range(3))
             lost = list(pool.lost)
         took = time.monotonic() - t0

@@ -81,6 +81,12 @@ class BuildPool:
                                        initializer=_init_worker)
         self._warming = [self._ex.submit(_warm) for _ in range(workers)]
 
+    def ready(self) -> bool:
+        """Have the workers imported TVM? Until then a job builds in its own process as with
+        one board (measured: two workers' spawn and import took ~20 s on the loaded 2-core
+        machine, during which the first jobs would otherwise wait)."""
+        return self._broken is not None or all(f.done() for f in self._warming)
+
     def build(self, model: ModelRef, target) -> tuple[Any, Path]:
         """(Built, library path) of `model` for `target`, built in a worker process."""
         from concurrent.futures.process import BrokenProcessPool

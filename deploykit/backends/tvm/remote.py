@@ -81,7 +81,8 @@ class RemoteTvmArtifact(Artifact):
     @classmethod
     def build(cls, model: ModelRef, target) -> "RemoteTvmArtifact":
         device = pinned()
-        if device is not None and device.builder is not None:  # build processes (pool_build)
+        if device is not None and device.builder is not None and device.builder.ready():
+            # a pool's build processes (pool_build.py), once they have started
             built, lib = device.builder.build(model, target)
         else:
             # a one-board pool's worker and the caller's thread may build at once: two relax
