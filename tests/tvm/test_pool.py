@@ -299,3 +299,43 @@ def test_a_hung_board_is_cut_off_and_its_job_measured_on_another(boards, tmp_pat
     assert lost == stopped and got[0] != stopped[0] and got[0] in boards["servers"]
     assert any("no answer for" in m and "hung" in m and stopped[0] in m for m in said), said
     assert took < 120
+
+
+def test_build_processes_fail_as_the_in_process_build_does(tmp_path):
+    """A pool's build process: a model that cannot be built is the same one-line error as
+    in-process; a worker killed mid-build is a TargetError (no hang, no traceback), and so is
+    every later build of that pool."""
+    import os
+    import signal
+
+    import onnx
+    from onnx import TensorProto, helper
+    from tvm_models import cnn
+
+    from deploykit.backends import registry as targets
+    from deploykit.backends.tvm import build as tvm_build
+    from deploykit.backends.tvm.pool_build import BuildPool
+    from deploykit.core import ModelRef
+    from deploykit.errors import DeployKitError, TargetError
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy"]
+    bad = helper.make_model(helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])],
+                                              "g", io[:1], io[1:]),
+                            opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(bad, tmp_path / "bad.onnx")
+    bad_ref = ModelRef.from_path(tmp_path / "bad.onnx")
+    good = ModelRef.from_path(cnn(tmp_path / "m.onnx"))
+    t = targets.get("tvm-aarch64")
+    with pytest.raises(DeployKitError) as here:
+        tvm_build.build(bad_ref, t)
+    builds = BuildPool(1)
+    try:
+        with pytest.raises(DeployKitError) as there:
+            builds.build(bad_ref, t)
+        assert (type(there.value), str(there.value)) == (type(here.value), str(here.value))
+        threading.Timer(0.3, lambda: [os.kill(p, signal.SIGKILL) for p in builds.pids()]).start()
+        for _ in range(2):  # the killed build, then any later one
+            with pytest.raises(TargetError, match=r"a build process died while building m\.onnx"):
+                builds.build(good, t)
+    finally:
+        builds.close()
