@@ -237,7 +237,11 @@ class DevicePool:
 
         if workers_for(n):  # started first: their TVM import overlaps the boards' requests
             self.builder = BuildPool(workers_for(n))
-        self.devices = [self._request() for _ in range(n)]
+        try:
+            self.devices = [self._request() for _ in range(n)]
+        except BaseException:  # no board (or Ctrl-C while queued): nothing left running
+            self.close()
+            raise
 
     def _request(self) -> Device:
         from .rpc import parse_hostport, request
