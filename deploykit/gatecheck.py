@@ -35,6 +35,7 @@ class CheckSpec:
     device: str | None = None  # ssh://, adb://, or with `tracker` an RPC device key
     tracker: str | None = None  # RPC tracker HOST:PORT: old and new on one board of `device`
     parallel: int | None = None  # accepted for symmetry: the rounds need one board
+    device_timeout: float | None = None  # --device-timeout: a board silent this long is hung
     allow_env_change: bool = False
     top: int = 8
     progress: bool = False
@@ -140,7 +141,8 @@ def run_check(spec: CheckSpec) -> CheckOutcome:
         if old_model is None:
             raise InputError("--tracker measures old and new interleaved on one board: pass "
                              "--against OLD_MODEL (or keep the baseline's model file)")
-        with DevicePool(pool) as boards:
+        # the rounds give no sign of life between sessions: the whole check is the budget
+        with DevicePool(pool, budget_s=spec.max_time + 2 * spec.warmup_max) as boards:
             old_rep, new_rep = boards.run(lambda: measure_rounds(
                 target, [old_model, model], base.feeds, spec.max_time, spec.warmup_max,
                 progress=spec.progress, wait_quiet=wait))
@@ -203,7 +205,8 @@ def _pool(spec: CheckSpec):
     if spec.parallel is not None and spec.parallel > 1:
         print(f"deploykit: note: --parallel {spec.parallel}: a check interleaves old and new on "
               "one board; the others are not used", file=sys.stderr)
-    return PoolConfig(spec.tracker, spec.device, 1)
+    return PoolConfig(spec.tracker, spec.device, 1, **({} if spec.device_timeout is None else
+                                                        {"hang_s": spec.device_timeout}))
 
 
 def _validate(spec: CheckSpec) -> None:

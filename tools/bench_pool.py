@@ -11,7 +11,10 @@ loopback, runs each search as the CLI command it prints, in a fresh store and ou
 alternates the 1-board and N-board runs (pairs) so that the machine's load drifts over both alike.
 Emulated boards give correctness, not latency: their timings are qemu's on this machine's cores,
 which the boards share with each other and with the host's TVM builds; the figure is the wall
-time of the pooled machinery, not of real boards.
+time of the pooled machinery, not of real boards. Each search's line also says how much CPU it
+used (the search with its build processes, and the boards), and what share of the machine's
+cores that was over its wall time: on a machine where the boards share the cores, that share, not
+the number of boards, bounds the speed-up.
 """
 
 from __future__ import annotations
@@ -68,14 +71,34 @@ def kill(proc) -> None:
     proc.wait(timeout=10)
 
 
-def search(model: Path, tracker: str, parallel: int, work: Path, tag: str, on_first=None):
-    """One `deploykit search` (printed), its search.json's cost and recommendation."""
+def cpu_seconds(pgids: set[int]) -> float:
+    """CPU seconds used so far by the processes of these process groups (the boards: their
+    servers and the session processes they fork), from /proc; 0 where there is no /proc."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[2]) in pgids:  # utime stime cutime cstime
+            total += sum(int(x) for x in f[11:15]) / tick
+    return total
+
+
+def search(model: Path, tracker: str, parallel: int, work: Path, tag: str, on_first=None,
+           boards=()):
+    """One `deploykit search` (printed), its search.json's cost and recommendation, and the CPU
+    it used: on the host (the search and its build processes) and in the boards."""
+    import resource
+
     out, store = work / f"out-{tag}", work / f"store-{tag}.sqlite"
     cmd = [sys.executable, "-m", "deploykit", "search", str(model), *SEARCH, "--device", KEY,
            "--tracker", tracker, "--parallel", str(parallel), "--store", str(store), "-o",
            str(out)]
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    pgids = {p.pid for p, _ in boards}
+    ru, board0 = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(pgids)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -86,13 +109,17 @@ def search(model: Path, tracker: str, parallel: int, work: Path, tag: str, on_fi
             on_first()
     stdout, stderr = proc.communicate()
     wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    host_cpu = ru1.ru_utime + ru1.ru_stime - ru.ru_utime - ru.ru_stime
+    board_cpu = cpu_seconds(pgids) - board0
     if proc.returncode not in (0, 1):
         sys.exit(f"bench_pool: search failed ({proc.returncode}): {stderr.strip()[-500:]}")
     res = json.loads((out / "search.json").read_text())
     rec = res.get("recommendation") or {}
     return {"parallel": parallel, "wall_s": wall, "measuring_s": res["cost"]["measuring_s"],
             "search_s": res["cost"]["seconds"], "recommendation": rec.get("name"),
-            "devices": res["cost"]["devices"], "stderr": stderr.strip().splitlines()}
+            "devices": res["cost"]["devices"], "stderr": stderr.strip().splitlines(),
+            "host_cpu_s": host_cpu, "board_cpu_s": board_cpu}
 
 
 def profile(models: list[Path], tracker: str, parallel: int) -> float:
@@ -144,11 +171,15 @@ def main() -> int:
             for i in range(0 if args.no_search else args.pairs):
                 order = (1, args.boards) if i % 2 == 0 else (args.boards, 1)
                 for n in order:
-                    rows.append(search(model, tracker, n, work, f"{n}-{i}"))
+                    rows.append(search(model, tracker, n, work, f"{n}-{i}", boards=boards))
                     r = rows[-1]
+                    cpu = r["host_cpu_s"] + r["board_cpu_s"]
                     print(f"  {n} board(s): measuring {r['measuring_s']:.1f} s, search "
                           f"{r['search_s']:.1f} s, recommendation {r['recommendation']}, "
-                          f"servers {r['devices']['servers']}", flush=True)
+                          f"servers {r['devices']['servers']}; CPU {r['host_cpu_s']:.1f} s host "
+                          f"+ {r['board_cpu_s']:.1f} s boards in {r['wall_s']:.1f} s wall = "
+                          f"{cpu / r['wall_s']:.2f} cores, load {os.getloadavg()[0]:.1f}",
+                          flush=True)
             one = [r["measuring_s"] for r in rows if r["parallel"] == 1]
             many = [r["measuring_s"] for r in rows if r["parallel"] == args.boards]
             recs = {r["recommendation"] for r in rows}

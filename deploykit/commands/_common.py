@@ -26,13 +26,22 @@ def add_pool_args(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="measure on up to N boards of --device KEY at once, each holding one "
                         "board from --tracker; interleaved comparisons stay on one board")
+    p.add_argument("--device-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a board silent for the measurement's time budget plus SECONDS "
+                        "(default 60) counts as hung: cut off, its job retried on another")
 
 
 def pool_from_args(args: argparse.Namespace):
     """The PoolConfig of --tracker/--device/--parallel, or None without --parallel."""
     from ..backends.tvm.pool import pool_config
 
-    return pool_config(args.tracker, args.device, args.parallel)
+    return pool_config(args.tracker, args.device, args.parallel, hang_kw(args).get("hang_s"))
+
+
+def hang_kw(args: argparse.Namespace) -> dict:
+    """PoolConfig's keyword for --device-timeout (nothing when not given: its default)."""
+    t = getattr(args, "device_timeout", None)
+    return {} if t is None else {"hang_s": t}
 
 
 def add_store_arg(p: argparse.ArgumentParser) -> None:

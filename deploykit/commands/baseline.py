@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # one board, held for all rounds (backends/tvm/pool.py)
         from ..backends.tvm.pool import DevicePool
 
-        with DevicePool(pool) as board:
+        with DevicePool(pool, budget_s=args.max_time + args.warmup_max) as board:
             (report,) = board.run(measure)
     if args.memory_runs and pool is None:  # fresh processes here would not measure the board
         from dataclasses import replace

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                      max_time=args.max_time, warmup_max=args.warmup_max, threads=args.threads,
                      memory_runs=args.memory_runs, wait_quiet=_common.wait_quiet(args),
                      device=args.device, tracker=args.tracker, parallel=args.parallel,
+                     device_timeout=args.device_timeout,
                      allow_env_change=args.allow_env_change, top=args.top,
                      progress=not args.quiet)
     out = run_check(spec)

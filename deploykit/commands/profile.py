@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
         # interleaved models need one board in one session: a second tracker request would
         # wait for a board the first one holds, or measure on another board
-        pool = PoolConfig(args.tracker, args.device, 1)
+        pool = PoolConfig(args.tracker, args.device, 1, **_common.hang_kw(args))
     if is_url(args.device):
         if args.parallel is not None:
             raise InputError("--parallel is for TVM RPC device keys (with --tracker), not for "
@@ -215,8 +215,10 @@ def _measure_pooled(args, models, tlist, shapes, plan, compare: bool, pool_cfg):
     from ..backends.tvm.pool import DevicePool
 
     quiet = replace_args(args, quiet=True)  # per-sample progress lines of N threads would mix
-    if compare:
-        with DevicePool(replace(pool_cfg, parallel=1)) as pool:
+    each = plan.max_time_s + plan.warmup_max_s  # a model's timing: the pool's hang budget
+    if compare:  # interleaved: no sign of life until every model is timed
+        budget = each * len(models) * len(tlist)
+        with DevicePool(replace(pool_cfg, parallel=1), budget_s=budget) as pool:
             return pool.run(lambda: _measure(quiet, models, tlist, shapes, plan, True, None))
     jobs = [([m], [t]) for m in models for t in tlist]
 
@@ -225,7 +227,7 @@ def _measure_pooled(args, models, tlist, shapes, plan, compare: bool, pool_cfg):
         art.close()  # the board's session stays with the pool for the next job
         return result
 
-    with DevicePool(pool_cfg) as pool:
+    with DevicePool(pool_cfg, budget_s=each) as pool:
         return None, pool.map(job, jobs, progress=None if args.quiet else "profiling"), []
 
 

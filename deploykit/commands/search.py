@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if not (args.device and args.tracker):
             raise InputError("search on RPC boards needs both --tracker HOST:PORT and "
                              "--device KEY")
-        pool = PoolConfig(args.tracker, args.device, 1)
+        pool = PoolConfig(args.tracker, args.device, 1, **_common.hang_kw(args))
     check_output_dir(args.out, "-o")
     store_checked = _common.check_store(args)
     target = targets.get(args.target, threads=args.threads,

@@ -116,7 +116,10 @@ class Search:
             return self._run()
         from ..backends.tvm.pool import DevicePool
 
-        with DevicePool(self.pool_cfg) as pool:
+        # the final comparison times two models with no sign of life in between
+        plans = (self.cfg.whole_plan, self.cfg.final_plan, self.cfg.unit_plan)
+        budget = 2 * max(p.max_time_s + p.warmup_max_s for p in plans)
+        with DevicePool(self.pool_cfg, budget_s=budget) as pool:
             self.measure.pool = pool
             try:
                 return self._run()

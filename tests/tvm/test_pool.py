@@ -181,6 +181,7 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
                     '[tvm_target]\nkind = "llvm"\nmcpu = "host"\n')
     servers = [rpc.start_server(key="x86-pool", tracker=tracker)[0] for _ in range(2)]
     try:
+        _wait_registered(tracker, "x86-pool", 2)
         t = targets.get(str(toml), device="x86-pool", tracker=tracker)
         model = ModelRef.from_path(cnn_onnx)
 
@@ -211,3 +212,130 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
     finally:
         for proc in servers:
             kill_group(proc)
+
+
+def _wait_registered(tracker: str, key: str, n: int, timeout: float = 60) -> None:
+    """Until the tracker lists `n` servers of `key`: a TVM server that has just registered can
+    drop off the tracker's list for a moment while its tracker connection is re-made."""
+    deadline = time.monotonic() + timeout
+    while True:
+        total = {d.key: d.total for d in rpc.tracker_devices(tracker)}.get(key, 0)
+        if total >= n:
+            return
+        assert time.monotonic() < deadline, f"only {total} of {n} servers of '{key}' registered"
+        time.sleep(0.2)
+
+
+def test_check_over_the_pool_keeps_old_and_new_on_one_board(boards, tmp_path, capsys):
+    """`baseline` then `check` with --tracker: the gate's rounds run the old and the new model
+    on the same board (a ratio across two boards would compare the boards); a verdict comes."""
+    from tvm_models import cnn
+
+    old, new = cnn(tmp_path / "old.onnx", seed=0), cnn(tmp_path / "new.onnx", seed=1)
+    base, out = tmp_path / "base.json", tmp_path / "check.json"
+    pool = ["--device", KEY, "--tracker", boards["tracker"], "--max-time", "0.5",
+            "--warmup-max", "0.1", "--no-store", "-q"]
+    assert cli.main(["baseline", str(old), "--target", "tvm-aarch64", "-o", str(base),
+                     *pool, "--no-strict"]) == 0
+    code = cli.main(["check", str(new), "--baseline", str(base), "--against", str(old),
+                     "--parallel", "3", "--json", str(out), *pool])
+    assert code in (0, 1), capsys.readouterr().err  # pass or regression: a verdict either way
+    assert "a check interleaves old and new on one board" in capsys.readouterr().err
+    got = json.loads(out.read_text())
+    assert got["status"] in ("regression", "improvement", "within-threshold", "no-change") \
+        and got["mode"] and got["ratio"] > 0
+    sides = [got[k]["env"]["remote"]["server"] for k in ("old_report", "new_report")]
+    assert sides[0] == sides[1] and sides[0] in boards["servers"]
+    assert all(got[k]["samples_ms"] for k in ("old_report", "new_report"))
+
+
+def test_a_hung_board_is_cut_off_and_its_job_measured_on_another(boards, tmp_path):
+    """A board whose server is stopped (SIGSTOP: its connection stays up, nothing answers)
+    during a job: past the time budget + hang_s the pool cuts it off, reports it lost, and the
+    job is measured on another board. Last in the module: the stopped board is killed."""
+    import os
+    import signal
+
+    from tvm_models import cnn
+
+    from deploykit.backends import registry as targets
+    from deploykit.backends.tvm.pool import DevicePool, pinned
+    from deploykit.core import ModelRef, TimingPlan
+    from deploykit.onnxio import make_feeds
+
+    model = ModelRef.from_path(cnn(tmp_path / "m.onnx"))
+    t = targets.get("tvm-aarch64", device=KEY, tracker=boards["tracker"])
+    plan = TimingPlan(warmup_min_s=0.05, warmup_max_s=0.1, max_time_s=0.3, min_samples=3)
+    stopped: list[str] = []
+    said: list[str] = []
+
+    def job(i):
+        dev = pinned()
+        if i == 0 and not stopped:  # its board stops answering before the upload
+            stopped.append(dev.server)
+            os.killpg(boards["servers"][dev.server].pid, signal.SIGSTOP)
+        art = t.compile(model)
+        try:
+            rep = t.profile(art, make_feeds(list(art.inputs)), plan, per_op=False)
+            return rep.env["remote"]["server"]
+        finally:
+            art.close()
+
+    try:
+        t0 = time.monotonic()
+        with DevicePool(PoolConfig(boards["tracker"], KEY, 3, hang_s=3), notify=said.append,
+                        budget_s=1) as pool:
+            assert pool.builder is not None  # several boards: builds in build processes
+            deadline = time.monotonic() + 120
+            while not pool.builder.ready():  # (the jobs build here until the workers are up)
+                assert time.monotonic() < deadline, "the build processes never started"
+                time.sleep(0.1)
+            got = pool.map(job, range(3))
+            lost = list(pool.lost)
+        took = time.monotonic() - t0
+    finally:
+        for server in stopped:
+            kill_group(boards["servers"].pop(server))
+    assert lost == stopped and got[0] != stopped[0] and got[0] in boards["servers"]
+    assert any("no answer for" in m and "hung" in m and stopped[0] in m for m in said), said
+    assert took < 120
+
+
+def test_build_processes_fail_as_the_in_process_build_does(tmp_path):
+    """A pool's build process: a model that cannot be built is the same one-line error as
+    in-process; a worker killed mid-build is a TargetError (no hang, no traceback), and so is
+    every later build of that pool."""
+    import os
+    import signal
+
+    import onnx
+    from onnx import TensorProto, helper
+    from tvm_models import cnn
+
+    from deploykit.backends import registry as targets
+    from deploykit.backends.tvm import build as tvm_build
+    from deploykit.backends.tvm.pool_build import BuildPool
+    from deploykit.core import ModelRef
+    from deploykit.errors import DeployKitError, TargetError
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy"]
+    bad = helper.make_model(helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])],
+                                              "g", io[:1], io[1:]),
+                            opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(bad, tmp_path / "bad.onnx")
+    bad_ref = ModelRef.from_path(tmp_path / "bad.onnx")
+    good = ModelRef.from_path(cnn(tmp_path / "m.onnx"))
+    t = targets.get("tvm-aarch64")
+    with pytest.raises(DeployKitError) as here:
+        tvm_build.build(bad_ref, t)
+    builds = BuildPool(1)
+    try:
+        with pytest.raises(DeployKitError) as there:
+            builds.build(bad_ref, t)
+        assert (type(there.value), str(there.value)) == (type(here.value), str(here.value))
+        threading.Timer(0.3, lambda: [os.kill(p, signal.SIGKILL) for p in builds.pids()]).start()
+        for _ in range(2):  # the killed build, then any later one
+            with pytest.raises(TargetError, match=r"a build process died while building m\.onnx"):
+                builds.build(good, t)
+    finally:
+        builds.close()

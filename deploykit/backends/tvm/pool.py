@@ -15,6 +15,14 @@ A board that drops out (its server killed, the network gone) fails the job's rem
 pool then probes the session, and when the board is gone the job goes back to the queue for
 another board (a free one of the key is requested from the tracker to replace it). Results made
 before are kept; the pool gives up, with one line, only when no board is left.
+
+A board that hangs instead (its server stopped, a wedged kernel: the TCP connection stays up)
+would block its worker forever: a remote call has no timeout of its own. The remote code marks
+each sign of life (`alive_now()`: a session opened, a library loaded, a timing block back); a
+board silent for the pool's time budget (the longest measurement its caller asked for) plus
+`hang_s` is cut off here (its connection shut down, which fails the blocked call) and then
+handled exactly like a board that died. Host-side builds do not count: they run before the
+clock starts, in build processes (pool_build.py) when the pool has several boards.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -41,8 +50,11 @@ class PoolConfig:
     tracker: str  # HOST:PORT of the RPC tracker
     key: str  # the device key the boards registered with (`rpc_server --key KEY`)
     parallel: int = 1  # boards measuring at once
+    hang_s: float = 60.0  # silence beyond the time budget after which a board counts as hung
 
     def __post_init__(self) -> None:
+        import math
+
         from .rpc import parse_hostport
 
         parse_hostport(self.tracker, "--tracker")
@@ -50,9 +62,14 @@ class PoolConfig:
             raise InputError("--tracker needs --device KEY (see `deploykit devices --tracker ...`)")
         if not isinstance(self.parallel, int) or self.parallel < 1:
             raise InputError(f"--parallel must be a positive integer, got {self.parallel!r}")
+        if not (isinstance(self.hang_s, (int, float)) and math.isfinite(self.hang_s)
+                and self.hang_s > 0):
+            raise InputError(f"--device-timeout must be a positive number of seconds, got "
+                             f"{self.hang_s!r}")
 
 
-def pool_config(tracker: str | None, key: str | None, parallel: int | None) -> PoolConfig | None:
+def pool_config(tracker: str | None, key: str | None, parallel: int | None,
+                hang_s: float | None = None) -> PoolConfig | None:
     """The pool the CLI's --tracker/--device/--parallel ask for; None without --parallel (one
     device per session, as before). --parallel without --tracker is a usage error."""
     if parallel is None:
@@ -60,7 +77,8 @@ def pool_config(tracker: str | None, key: str | None, parallel: int | None) -> P
     if not tracker:
         raise InputError("--parallel measures on several devices of one key: it needs "
                          "--tracker HOST:PORT --device KEY")
-    return PoolConfig(tracker, key or "", parallel)
+    return PoolConfig(tracker, key or "", parallel, **({} if hang_s is None else
+                                                         {"hang_s": hang_s}))
 
 
 def check_target(target) -> None:
@@ -86,6 +104,9 @@ class Device:
     uploaded: set[str] = field(default_factory=set)  # library names already on the board
     jobs: int = 0  # jobs started on this board (a job running: `busy`)
     busy: bool = False
+    builder: Any = None  # pool_build.BuildPool of a pool of several boards, else None
+    since: float | None = None  # monotonic time of the running job's last sign of life
+    hung: str | None = None  # why the pool cut this board off (it stopped answering)
 
     def first_upload(self, name: str) -> bool:
         """True the first time `name` goes to this session: the board keeps it for the
@@ -110,6 +131,51 @@ def pinned() -> Device | None:
     return getattr(_local, "device", None)
 
 
+def alive_now() -> None:
+    """The remote code's sign of life from this thread's board (a session opened, a timing
+    block back): the pool's hang clock starts again. A no-op outside a pool."""
+    dev = pinned()
+    if dev is not None:
+        dev.since = time.monotonic()
+
+
+def cut(server: str) -> bool:
+    """Shut down this process's TCP connection to `server` (HOST:PORT): a call blocked on it
+    fails at once, as if the board had died. TVM keeps its sockets to itself, so the
+    connection is found among the process's descriptors by its peer address. False when none
+    is found (no /dev/fd on this system, or the connection is already gone)."""
+    import os
+    import socket
+
+    host, _, port = server.rpartition(":")
+    try:
+        peers = {(a[4][0], int(port)) for a in socket.getaddrinfo(host, int(port),
+                                                                    type=socket.SOCK_STREAM)}
+    except (OSError, ValueError):
+        return False
+    fd_dir = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    try:
+        fds = [int(f) for f in os.listdir(fd_dir)]
+    except OSError:
+        return False
+    found = False
+    for fd in fds:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                s = socket.fromfd(fd, family, socket.SOCK_STREAM)  # a duplicate: closed below
+            except OSError:
+                break  # not a socket
+            try:
+                if s.family == family and tuple(s.getpeername()[:2]) in peers:
+                    s.shutdown(socket.SHUT_RDWR)  # acts on the connection, not on the dup
+                    found = True
+            except OSError:
+                pass
+            finally:
+                s.close()
+    return found
+
+
 @contextmanager
 def pin(device: Device) -> Iterator[Device]:
     before = pinned()
@@ -124,12 +190,22 @@ class DevicePool:
     """N device sessions of one key; `map` runs jobs on them, `run` runs one job on one board.
     Use as a context manager: the boards go back to the tracker on exit."""
 
-    def __init__(self, cfg: PoolConfig, notify: Callable[[str], None] | None = None):
+    def __init__(self, cfg: PoolConfig, notify: Callable[[str], None] | None = None,
+                 budget_s: float = 0.0):
         self.cfg = cfg
         self.notify = notify or (lambda msg: print(f"deploykit: {msg}", file=sys.stderr))
+        # the longest stretch a job may run without a sign of life (alive_now): the longest
+        # measurement the caller will ask for (an interleaved comparison has none inside)
+        self.budget_s = float(budget_s)
         self.devices: list[Device] = []
         self.lost: list[str] = []  # servers that dropped out, in order
+        self.builder = None  # pool_build.BuildPool with several boards
         self._lock = threading.Lock()
+
+    @property
+    def hang_after_s(self) -> float:
+        """Seconds without a sign of life after which a running job's board counts as hung."""
+        return self.budget_s + self.cfg.hang_s
 
     def __enter__(self) -> "DevicePool":
         self.open()
@@ -157,14 +233,22 @@ class DevicePool:
         if rows[self.cfg.key].free < n:
             self.notify(f"{n - rows[self.cfg.key].free} of the {n} device(s) are busy; "
                         f"waiting for them")
-        self.devices = [self._request() for _ in range(n)]
+        from .pool_build import BuildPool, workers_for
+
+        if workers_for(n):  # started first: their TVM import overlaps the boards' requests
+            self.builder = BuildPool(workers_for(n))
+        try:
+            self.devices = [self._request() for _ in range(n)]
+        except BaseException:  # no board (or Ctrl-C while queued): nothing left running
+            self.close()
+            raise
 
     def _request(self) -> Device:
         from .rpc import parse_hostport, request
 
         host, port = parse_hostport(self.cfg.tracker, "tracker")
         session, server = request(host, port, self.cfg.key)
-        return Device(session, server, self.cfg.key, self.cfg.tracker)
+        return Device(session, server, self.cfg.key, self.cfg.tracker, builder=self.builder)
 
     def _replacement(self) -> Device | None:
         """A free board of the key, if the tracker has one now (never waits in its queue: the
@@ -182,6 +266,9 @@ class DevicePool:
 
         self.devices = []
         gc.collect()  # the sessions close with their last reference: the boards are free again
+        if self.builder is not None:
+            self.builder.close()
+            self.builder = None
 
     def summary(self) -> dict[str, Any]:
         """Which boards measured (a result's device fingerprint) and which dropped out."""
@@ -223,20 +310,20 @@ class DevicePool:
                         if unfinished[0] == 0:
                             break
                         continue
-                    dev.busy, dev.jobs = True, dev.jobs + 1
+                    dev.since, dev.busy, dev.jobs = None, True, dev.jobs + 1
                     try:
                         finish(i, "ok", fn(jobs[i]))
                         continue
                     except BaseException as e:  # noqa: BLE001 (judged below, re-raised there)
                         err = e
                     finally:
-                        dev.busy = False
-                    if dev.alive():
+                        dev.busy, dev.since = False, None
+                    if dev.hung is None and dev.alive():
                         stop.set()
                         finish(i, "error", err)
                         break
                     todo.put(i)  # its board is gone: another one measures it
-                    done.put((i, "lost", f"{dev.server} ({first_line(err)})"))
+                    done.put((i, "lost", f"{dev.server} ({dev.hung or first_line(err)})"))
                     dev = self._replacement() or dev
                     if not dev.alive():
                         break
@@ -257,7 +344,11 @@ class DevicePool:
             task = bar.add_task(progress or "", total=len(jobs),
                                 info=f"on {len(self.devices)} device(s)") if bar else None
             while running:
-                i, kind, value = done.get()
+                try:
+                    i, kind, value = done.get(timeout=0.5)
+                except queue.Empty:
+                    self._watch()
+                    continue
                 if kind == "exit":
                     running -= 1
                 elif kind == "ok":
@@ -281,10 +372,25 @@ class DevicePool:
                 f"{len(results)} made are kept)")
         return [results[i] for i in range(len(jobs))]
 
+    def _watch(self) -> None:
+        """Cut off a board whose running job has been silent too long (see the docstring)."""
+        now = time.monotonic()
+        for dev in list(self.devices):
+            since = dev.since
+            if dev.busy and since is not None and dev.hung is None \
+                    and now - since > self.hang_after_s:
+                dev.hung = (f"no answer for {now - since:.0f} s, more than the time budget "
+                            f"{self.budget_s:.0f} s + --device-timeout {self.cfg.hang_s:g} s: "
+                            f"hung")
+                if not cut(dev.server):
+                    self.notify(f"device {dev.server} stopped answering, and its connection "
+                                f"could not be shut down from here; waiting for it")
+
     def _drop(self, what: str) -> None:
         server = what.split(" ", 1)[0]
         with self._lock:
-            self.devices = [d for d in self.devices if d.server != server or d.alive()]
+            self.devices = [d for d in self.devices
+                            if d.server != server or (d.hung is None and d.alive())]
         self.lost.append(server)
         self.notify(f"device {what} dropped out; its measurement is retried on another one")
 

@@ -22,7 +22,7 @@ from ...core import Block, LatencyReport, ModelRef, OpTime, TimingPlan, stable_h
 from ...errors import DeployKitError, TargetError, first_line
 from . import build as tvm_build
 from .build import EMULATED_LABEL, _to_numpy
-from .pool import pinned
+from .pool import alive_now, pinned
 from .rpc import rpc_key
 
 _BUILD_LOCK = threading.Lock()
@@ -80,11 +80,18 @@ class RemoteTvmArtifact(Artifact):
 
     @classmethod
     def build(cls, model: ModelRef, target) -> "RemoteTvmArtifact":
-        # a device pool's workers build here at once: two relax builds at once in one process
-        # fail ("nested op_tag is not allowed"); the export (a cross-linker run) may overlap
-        with _BUILD_LOCK:
-            built = tvm_build.build(model, target)
-        art = cls(model, target, built, export_library(built, target, model))
+        device = pinned()
+        if device is not None and device.builder is not None and device.builder.ready():
+            # a pool's build processes (pool_build.py), once they have started
+            built, lib = device.builder.build(model, target)
+        else:
+            # a one-board pool's worker and the caller's thread may build at once: two relax
+            # builds at once in one process fail ("nested op_tag is not allowed"); the export
+            # (a cross-linker run) may overlap
+            with _BUILD_LOCK:
+                built = tvm_build.build(model, target)
+            lib = export_library(built, target, model)
+        art = cls(model, target, built, lib)
         art.open()
         art.check = tvm_build.check_outputs(art, art._timed_first_run, where=f" on {art.where}")
         return art
@@ -102,6 +109,7 @@ class RemoteTvmArtifact(Artifact):
         cfg = self.target.config
         t0 = time.perf_counter()
         device = pinned()
+        alive_now()  # a pool's hang clock (pool.py) runs from here: the host's build is done
         if device is not None:  # a pool's board (pool.py): its session, held by the pool
             self.session, self.where = device.session, device.where
         else:
@@ -126,6 +134,7 @@ class RemoteTvmArtifact(Artifact):
         except Exception as e:
             raise self._fail(f"upload of {self.lib.name}", e) from None
         self.upload_ms = (time.perf_counter() - t0) * 1e3
+        alive_now()
         self.env["remote"]["upload_ms"] = self.upload_ms
         self._open_memory_probe()
         try:
@@ -135,6 +144,7 @@ class RemoteTvmArtifact(Artifact):
             self._main = self.vm["main"]
         except Exception as e:
             raise self._fail(f"loading {self.lib.name}", e) from None
+        alive_now()
 
     def _open_memory_probe(self) -> None:
         """Load deploykit's /proc reader into the session process (device_memory.py) and read
@@ -180,9 +190,11 @@ class RemoteTvmArtifact(Artifact):
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         args = self._args(feeds)
         try:
-            return _to_numpy(self._main(*args))
+            out = _to_numpy(self._main(*args))
         except Exception as e:
             raise self._fail("inference", e) from None
+        alive_now()
+        return out
 
     def _timed_first_run(self, feeds):
         t0 = time.perf_counter()
@@ -223,6 +235,7 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
         a.vm.set_input("main", *a._args(feeds))
         timer = a.vm.time_evaluator("invoke_stateful", a.dev, number=1, repeat=1)
         timer("main")  # warm-up call (time_evaluator also discards its own first run)
+        alive_now()
     except DeployKitError:
         raise
     except Exception as e:
@@ -241,6 +254,7 @@ def profile_remote(artifact: RemoteTvmArtifact, feeds: Mapping[str, np.ndarray],
                                       repeat=per_block)("main")
         except Exception as e:
             raise a._fail(f"timing (after {len(samples)} samples)", e) from None
+        alive_now()
         blocks.append(Block(len(samples), len(res.results), 0.0, False))
         samples.extend(float(x) * 1e3 for x in res.results)
         took = time.perf_counter() - t0
