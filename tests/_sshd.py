@@ -2,14 +2,20 @@
 tools/setup_system.sh) started as `sshd -D -f CONFIG` on a free 127.0.0.1 port by the current
 user, with a throwaway host key and a throwaway client key, key-only authentication.
 The client side is the system `ssh`/`scp` given `-F CONFIG` through $DEPLOYKIT_SSH_OPTIONS, the
-way a user points deploykit at their own ssh config."""
+way a user points deploykit at their own ssh config. That config multiplexes connections
+(ControlMaster, as many users' configs do): a test's dozens of ssh/scp calls then share one
+handshake instead of paying ~1 s each on a loaded 2-core CI machine; every call still goes
+through the real sshd (a killed session kills its channels, a stopped server refuses new ones
+once the master is closed, which the fixture does on exit)."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import socket
+import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,12 +68,17 @@ Subsystem sftp internal-sftp
     known = tmp / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {Path(f'{host_key}.pub').read_text()}")
     client = tmp / "ssh_config"
+    # a short folder for the control socket: a unix socket path has a ~104-byte limit
+    mux = Path(tempfile.mkdtemp(prefix="dk-ssh-"))
     client.write_text(f"""Host 127.0.0.1
   IdentityFile {user_key}
   IdentitiesOnly yes
   UserKnownHostsFile {known}
   StrictHostKeyChecking yes
   LogLevel ERROR
+  ControlMaster auto
+  ControlPath {mux}/%C
+  ControlPersist 30
 """)
     log = tmp / "sshd.log"
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(conf)], stdout=open(log, "wb"),
@@ -86,6 +97,10 @@ Subsystem sftp internal-sftp
                 time.sleep(0.1)
         yield f"ssh://{user}@127.0.0.1:{port}", client, proc
     finally:
+        # close the shared connection first: its session would outlive the listener
+        subprocess.run(["ssh", "-F", str(client), "-p", str(port), "-O", "exit",
+                        f"{user}@127.0.0.1"], capture_output=True, timeout=10)
+        shutil.rmtree(mux, ignore_errors=True)
         proc.terminate()
         try:
             proc.wait(10)

@@ -66,19 +66,27 @@ def models(tmp_path_factory):
     return m
 
 
-def _check(tmp_path, new, old, *extra):
-    base = tmp_path / "b.json"
-    assert main(["baseline", old, "-o", str(base), "--memory-runs", "0", *BASE]) == 0
+@pytest.fixture(scope="module")
+def plain_baseline(models, tmp_path_factory) -> str:
+    """The plain model's baseline, taken once: the three live checks below compare against the
+    plain model interleaved (--against), and none of them writes to the baseline file."""
+    base = tmp_path_factory.mktemp("base") / "b.json"
+    assert main(["baseline", models["plain"], "-o", str(base), "--memory-runs", "0",
+                 *BASE]) == 0
+    return str(base)
+
+
+def _check(tmp_path, base, new, old, *extra):
     out = tmp_path / "v.json"
-    rc = main(["check", new, "--baseline", str(base), "--against", old, "--json", str(out),
+    rc = main(["check", new, "--baseline", base, "--against", old, "--json", str(out),
                "--max-slowdown", "900%", *FAST, *extra])
     return rc, json.loads(out.read_text())
 
 
-def test_planted_memory_regression_is_caught(models, tmp_path):
+def test_planted_memory_regression_is_caught(models, plain_baseline, tmp_path):
     junit = tmp_path / "j.xml"
-    rc, v = _check(tmp_path, models["memory"], models["plain"], "--memory-runs", "2",
-                   "--junit", str(junit))
+    rc, v = _check(tmp_path, plain_baseline, models["memory"], models["plain"], "--memory-runs",
+                   "2", "--junit", str(junit))
     assert rc == 1 and v["memory"]["status"] == "regression", v["memory"]
     assert v["memory"]["new"] - v["memory"]["old"] > 8 * MiB  # at least the constant itself
     assert v["new_report"]["memory"]["steady_delta_bytes"] > 8 * MiB
@@ -88,17 +96,18 @@ def test_planted_memory_regression_is_caught(models, tmp_path):
     assert cases[1].find("failure").get("type") == "MemoryRegression"
 
 
-def test_planted_cold_start_regression_is_caught(models, tmp_path):
-    rc, v = _check(tmp_path, models["init"], models["plain"], "--memory-runs", "0")
+def test_planted_cold_start_regression_is_caught(models, plain_baseline, tmp_path):
+    rc, v = _check(tmp_path, plain_baseline, models["init"], models["plain"], "--memory-runs",
+                   "0")
     assert rc == 1 and v["cold_start"]["status"] == "regression", v["cold_start"]
     assert v["cold_start"]["ratio"] > 2
     assert v["memory"]["status"] == "no-data"
 
 
-def test_aa_raises_no_alarm(models, tmp_path):
+def test_aa_raises_no_alarm(models, plain_baseline, tmp_path):
     md = tmp_path / "c.md"
-    rc, v = _check(tmp_path, models["copy"], models["plain"], "--memory-runs", "2",
-                   "--markdown", str(md))
+    rc, v = _check(tmp_path, plain_baseline, models["copy"], models["plain"], "--memory-runs",
+                   "2", "--markdown", str(md))
     assert rc == 0, (v["memory"], v["cold_start"])
     assert v["memory"]["status"] in ("no-change", "within-threshold")
     assert v["cold_start"]["status"] != "regression"

@@ -243,7 +243,7 @@ def profile_artifact(artifact: Artifact, feeds: Mapping[str, np.ndarray],
 
     Memory (measure.memory): the first inference runs here under the RSS sampler (and is the
     report's first-inference time); the timed blocks run without it; the steady phase is an
-    untimed pass after them."""
+    untimed pass after them, no longer than the plan's time cap."""
     from dataclasses import replace as _replace
 
     from . import memory as mem
@@ -252,7 +252,10 @@ def profile_artifact(artifact: Artifact, feeds: Mapping[str, np.ndarray],
     with mem.RssSampler() as first:
         first_ms = _time_once(fn)
     timing = _replace(measure_callable(fn, plan, progress), first_ms=first_ms)
-    steady = mem.steady_pass(fn)
+    # the untimed steady pass lasts no longer than the plan lets the timing last (still at
+    # least STEADY_MIN_RUNS calls): a search's layer-unit plans time for 0.1 s, and a fixed
+    # 0.2 s steady pass after each had made memory two thirds of the layer table's cost
+    steady = mem.steady_pass(fn, min_s=min(mem.STEADY_MIN_S, plan.max_time_s))
     load = artifact.load_memory
     memory = mem.memory_dict(load.start_bytes if load else first.start_bytes, load, first.phase,
                              steady, str(artifact.model.path))
