@@ -146,7 +146,7 @@ def test_remote_compile_reuses_the_library_and_opens_a_new_session(cnn_onnx, tmp
         assert len(counted["build"]) == 1 and counted["export"] == 1
         assert b.lib == a.lib and b.built.reused and not a.built.reused
         assert b.env["tvm_build_ms"] == a.build_ms > 0 and b.env["tvm_build_reused"] is True
-        assert 0 < b.session_create_ms != a.build_ms  # connect + load: this session's cost
+        assert 0 < b.session_create_ms != a.build_ms  # upload + load: this session's cost
         assert counted["reference"] == 2  # the new session's device is checked again
         assert b.check["max_rel_err"] <= 1e-4
         out_b = b.run(feeds)
