@@ -16,6 +16,18 @@ import tvm_models as models
 
 
 
+@pytest.fixture(autouse=True)
+def fresh_build_memo():
+    """Each test starts with no stored TVM builds (backends/tvm/build_memo.py): a test that
+    changes the build path (a patched reference, a failing export) sees a real build; reuse
+    within a test (the gate's rounds, repeated compiles) stays."""
+    from deploykit.backends.tvm.build_memo import MEMO
+
+    MEMO.clear()
+    yield
+    MEMO.clear()
+
+
 @pytest.fixture(scope="session")
 def cnn_onnx(tmp_path_factory) -> Path:
     return models.cnn(tmp_path_factory.mktemp("tvm") / "cnn.onnx")

@@ -29,6 +29,9 @@ class Built:
     labels: tuple[str, ...]
     tuning_db: str | None
     tuning_records: int
+    # True when a compile took this build from build_memo (built earlier in this process):
+    # build_ms is then the original build's time, not this compile's
+    reused: bool = False
 
 
 def import_model(model: ModelRef, target_name: str):
