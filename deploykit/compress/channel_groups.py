@@ -17,6 +17,7 @@ import operator
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..rewrite._union_find import find_root
 
 PASS_MODULES = ("ReLU", "ReLU6", "LeakyReLU", "SiLU", "GELU", "Hardswish", "Sigmoid", "Tanh",
                 "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout",
@@ -55,10 +56,7 @@ class _Spaces:
         return len(self.parent) - 1
 
     def find(self, s: int) -> int:
-        while self.parent[s] != s:
-            self.parent[s] = self.parent[self.parent[s]]
-            s = self.parent[s]
-        return s
+        return find_root(self.parent, s)
 
     def group(self, s: int) -> Group:
         return self.groups[self.find(s)]

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ._channel_rules import ChannelRules, _Param, _Seg
+from ._union_find import find_root
 
 
 class ChannelGraph(ChannelRules):
@@ -47,10 +48,7 @@ class ChannelGraph(ChannelRules):
         return [_Seg(len(self.parent) - 1, n)]
 
     def find(self, s: int) -> int:
-        while self.parent[s] != s:
-            self.parent[s] = self.parent[self.parent[s]]
-            s = self.parent[s]
-        return s
+        return find_root(self.parent, s)
 
     def _union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._hidden_rules import StreamRules, _last
+from ._union_find import find_root
 
 
 @dataclass
@@ -82,10 +83,7 @@ class StreamGraph(StreamRules):
         return len(self.parent) - 1
 
     def find(self, s: int) -> int:
-        while self.parent[s] != s:
-            self.parent[s] = self.parent[self.parent[s]]
-            s = self.parent[s]
-        return s
+        return find_root(self.parent, s)
 
     def _union(self, a: int, b: int) -> int:
         ra, rb = self.find(a), self.find(b)
