@@ -198,7 +198,8 @@ def _pool(spec: CheckSpec):
     from .errors import InputError
 
     if not spec.tracker:
-        pool_config(None, spec.device, spec.parallel)  # --parallel without --tracker: refused
+        # --parallel without --tracker, or a bad --device-timeout: refused
+        pool_config(None, spec.device, spec.parallel, spec.device_timeout)
         return None
     if is_url(spec.device) or not spec.device:
         raise InputError("--tracker needs --device KEY (an RPC device key, not ssh:// or adb://)")

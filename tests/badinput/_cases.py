@@ -313,6 +313,13 @@ def _verb_specific() -> list[Case]:
                             ("toml-broken", "{bad_toml}", "bad.toml"),
                             ("toml-missing", "{out}/none.toml", "none.toml"),
                             ("toml-no-name", "{nostep_toml}", "nostep.toml")]],
+        # a device pool's hang timeout must be a positive number of seconds
+        *[Case(verb, f"device-timeout-{n}", _with(verb, extra=(
+            *(() if verb == "check" else ("--target", "tvm-aarch64")),  # check: the baseline's
+            "--tracker", "127.0.0.1:9", "--device", "k", "--device-timeout", v)),
+            "--device-timeout")
+          for verb in ("profile", "search", "check")
+          for n, v in (("nan", "nan"), ("zero", "0"), ("negative", "-5"))],
         Case("compress", "no-output", ("compress", "{mlp}", "--recipe", "fold-bn"), "--output"),
         Case("compress", "calib-batches-zero", _with("compress", extra=("--calib-batches", "0")),
              "--calib-batches"),

@@ -53,8 +53,6 @@ class PoolConfig:
     hang_s: float = 60.0  # silence beyond the time budget after which a board counts as hung
 
     def __post_init__(self) -> None:
-        import math
-
         from .rpc import parse_hostport
 
         parse_hostport(self.tracker, "--tracker")
@@ -62,16 +60,25 @@ class PoolConfig:
             raise InputError("--tracker needs --device KEY (see `deploykit devices --tracker ...`)")
         if not isinstance(self.parallel, int) or self.parallel < 1:
             raise InputError(f"--parallel must be a positive integer, got {self.parallel!r}")
-        if not (isinstance(self.hang_s, (int, float)) and math.isfinite(self.hang_s)
-                and self.hang_s > 0):
-            raise InputError(f"--device-timeout must be a positive number of seconds, got "
-                             f"{self.hang_s!r}")
+        check_hang_s(self.hang_s)
+
+
+def check_hang_s(hang_s) -> None:
+    """--device-timeout is a positive, finite number of seconds (refused whether or not a pool
+    is asked for, rather than ignored)."""
+    import math
+
+    if not (isinstance(hang_s, (int, float)) and math.isfinite(hang_s) and hang_s > 0):
+        raise InputError(f"--device-timeout must be a positive number of seconds, got "
+                         f"{hang_s!r}")
 
 
 def pool_config(tracker: str | None, key: str | None, parallel: int | None,
                 hang_s: float | None = None) -> PoolConfig | None:
     """The pool the CLI's --tracker/--device/--parallel ask for; None without --parallel (one
     device per session, as before). --parallel without --tracker is a usage error."""
+    if hang_s is not None:
+        check_hang_s(hang_s)
     if parallel is None:
         return None
     if not tracker:
