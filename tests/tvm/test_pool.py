@@ -191,11 +191,15 @@ def test_pool_needs_a_remote_tvm_target(tmp_path, capsys):
     assert "not a remote TVM target" in capsys.readouterr().err
 
 
-def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_path):
-    """Two native x86 boards (fast to start); the third job kills both: the results made before
-    are kept (handed out as they finished), the rest is one error naming what happened."""
+def test_pool_aside_and_giving_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx,
+                                                                     tmp_path):
+    """Three native x86 boards (fast to start). `aside` (a search's baseline measured whole
+    beside its layer units): its board is out of the pool while `map` runs on the others and
+    comes back after; when it dies mid-job, the job is measured again on another board and the
+    board is reported lost. Then the third job of a `map` kills the two left: the results made
+    before are kept (handed out as they finished), the rest is one error naming what happened."""
     from deploykit.backends import registry as targets
-    from deploykit.backends.tvm.pool import DevicePool
+    from deploykit.backends.tvm.pool import DevicePool, pinned
     from deploykit.core import ModelRef, TimingPlan
     from deploykit.errors import TargetError
     from deploykit.onnxio import make_feeds
@@ -203,21 +207,14 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
     toml = tmp_path / "tvm-x86-rpc.toml"
     toml.write_text('name = "tvm-x86-rpc"\nbackend = "tvm"\nthreads = 1\nremote = true\n'
                     '[tvm_target]\nkind = "llvm"\nmcpu = "host"\n')
-    servers = [rpc.start_server(key="x86-pool", tracker=tracker)[0] for _ in range(2)]
+    started = [rpc.start_server(key="x86-pool", tracker=tracker) for _ in range(3)]
+    servers = {f"127.0.0.1:{port}": proc for proc, port in started}
     try:
-        _wait_registered(tracker, "x86-pool", 2)
+        _wait_registered(tracker, "x86-pool", 3)
         t = targets.get(str(toml), device="x86-pool", tracker=tracker)
         model = ModelRef.from_path(cnn_onnx)
 
-        kept: list[int] = []
-
-        def job(i):
-            if i == 2:  # once jobs 0 and 1 are in: both boards die
-                deadline = time.monotonic() + 120
-                while len(kept) < 2 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                for proc in servers:
-                    kill_group(proc)
+        def timed():
             art = t.compile(model)
             try:
                 return t.profile(art, make_feeds(list(art.inputs)),
@@ -225,16 +222,46 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
             finally:
                 art.close()
 
-        with DevicePool(PoolConfig(tracker, "x86-pool", 2)) as pool:
-            assert len(pool.devices) == 2 and len(set(pool.summary()["servers"])) == 2
+        runs: list[str] = []
+
+        def aside_job(kill: bool = False) -> str:
+            runs.append(pinned().server)
+            if kill and len(runs) == 1:  # the aside job's board dies under it
+                kill_group(servers[runs[0]])
+            return timed().env["remote"]["server"]
+
+        kept: list[int] = []
+
+        def job(i):
+            if i == 2:  # once jobs 0 and 1 are in: the boards die
+                deadline = time.monotonic() + 120
+                while len(kept) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                for proc in servers.values():
+                    kill_group(proc)
+            return timed()
+
+        said: list[str] = []
+        with DevicePool(PoolConfig(tracker, "x86-pool", 3), notify=said.append) as pool:
+            assert len(pool.devices) == 3 and len(set(pool.summary()["servers"])) == 3
+            beside = pool.aside(aside_job)
+            assert len(pool.devices) == 2
+            here = pool.map(lambda _: timed().env["remote"]["server"], [0, 1])
+            there = beside.result()
+            assert there not in here and len(pool.devices) == 3 and not pool.lost
+            runs.clear()
+            got = pool.aside(lambda: aside_job(kill=True)).result()
+            assert pool.lost == [runs[0]] and got == runs[-1] != runs[0]
+            assert len(pool.devices) == 2 and runs[0] not in pool.summary()["servers"]
+            assert any(runs[0] in m and "dropped out" in m for m in said), said
             with pytest.raises(TargetError, match=r"every device of key 'x86-pool' dropped out "
                                r"\(.*\); \d of 5 measurements not made \(the \d made are "
                                r"kept\)") as e:
                 pool.map(job, range(5), on_result=lambda i, rep: kept.append(i))
             assert {0, 1} <= set(kept) and f"the {len(kept)} made are kept" in str(e.value)
-            assert len(pool.lost) == 2 and "\n" not in str(e.value)
+            assert len(pool.lost) == 3 and "\n" not in str(e.value)
     finally:
-        for proc in servers:
+        for proc in servers.values():
             kill_group(proc)
 
 
