@@ -247,7 +247,9 @@ class Measurer:
         return None if rep is None else rep.median_ms
 
     def compare(self, base: Row, best: Row, plan: TimingPlan) -> list[LatencyReport]:
-        """The baseline and a candidate measured interleaved (each on its own target variant)."""
+        """The baseline and a candidate measured interleaved (each on its own target variant);
+        over a device pool, on every board at once (both models on each, for its share of the
+        time) and the rounds pooled (backends/tvm/pool_compare.py)."""
         from ..measure.timing import compare
 
         # Targets as deployed (spinning included): measure_many alternates blocks of ~0.25 s, so

@@ -8,6 +8,10 @@ worker that let its session go could find every board taken by the others. A job
 worker's device *pinned* to the thread (`pinned()`); RemoteTvmArtifact.open uses that session
 instead of asking the tracker, so the Target API (compile, profile) stays as it is.
 
+`aside` takes one board out of the pool for a job of its own while `map` runs on the others (a
+search's baseline measured whole beside its layer units); `pool_compare.py` runs an interleaved
+comparison on every board at once and pools the rounds.
+
 Why threads: the host's share of a job (building, numpy) is short; the long part is the remote
 call, during which TVM's FFI releases the GIL, so N boards really measure at once.
 
