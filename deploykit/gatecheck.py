@@ -141,11 +141,16 @@ def run_check(spec: CheckSpec) -> CheckOutcome:
         if old_model is None:
             raise InputError("--tracker measures old and new interleaved on one board: pass "
                              "--against OLD_MODEL (or keep the baseline's model file)")
-        # the rounds give no sign of life between sessions: the whole check is the budget
+        from .backends.tvm.pool_compare import compare_on_boards
+
+        # the rounds give no sign of life between sessions: the whole check is the budget.
+        # With --parallel N every board runs its own rounds of both models, for 1/N of the
+        # time (at least MIN_ROUNDS each), and the rounds are pooled (measure/pooled.py)
         with DevicePool(pool, budget_s=spec.max_time + 2 * spec.warmup_max) as boards:
-            old_rep, new_rep = boards.run(lambda: measure_rounds(
-                target, [old_model, model], base.feeds, spec.max_time, spec.warmup_max,
-                progress=spec.progress, wait_quiet=wait))
+            share = spec.max_time / max(1, len(boards.devices))
+            old_rep, new_rep = compare_on_boards(boards, lambda i: measure_rounds(
+                target, [old_model, model], base.feeds, share, spec.warmup_max,
+                progress=spec.progress and len(boards.devices) == 1, wait_quiet=wait))
         estimate = interleaved_estimate(old_rep, new_rep)
     elif old_model is not None:
         old_rep, new_rep = measure_rounds(target, [old_model, model], base.feeds, spec.max_time,
@@ -178,6 +183,7 @@ def run_check(spec: CheckSpec) -> CheckOutcome:
         "n_units": estimate.n_units, "p_units": estimate.p_units, "p_raw": estimate.p_raw,
         "old_median_ms": estimate.old_median_ms, "new_median_ms": estimate.new_median_ms,
         "note": estimate.note, "env_differences": env_diffs,
+        **_boards(old_rep, new_rep),
         "model": str(spec.model), "model_sha256": model.sha256,
         "baseline": str(spec.baseline), "baseline_model_sha256": old_rep.model_sha256,
         "target": target.name, "wall_s": time.perf_counter() - t_start,
@@ -187,12 +193,21 @@ def run_check(spec: CheckSpec) -> CheckOutcome:
     return CheckOutcome(result, old_rep, new_rep, base, model, inputs, outputs)
 
 
-def _pool(spec: CheckSpec):
-    """The one-board pool of --tracker/--device (None without --tracker). A check is one
-    interleaved measurement, and a ratio is only a ratio on one board: --parallel cannot split
-    it, so more than one is said and not used."""
-    import sys
+def _boards(old_rep, new_rep) -> dict:
+    """A check spread over a device pool's boards: each board's own ratio new / old, and a
+    note naming a board that disagrees with the others ({} for a check on one board)."""
+    from .measure.pooled import disagreement_note, per_board
 
+    rows = per_board([old_rep, new_rep], 1, 0)
+    if not rows:
+        return {}
+    note = disagreement_note(rows, "the new/old ratio")
+    return {"boards": rows, **({"boards_note": note} if note else {})}
+
+
+def _pool(spec: CheckSpec):
+    """The pool of --tracker/--device (None without --tracker): one board, or --parallel N,
+    each of which interleaves old and new itself (a ratio is only a ratio on one board)."""
     from .backends.tvm.pool import PoolConfig, pool_config
     from .bundle.transport import is_url
     from .errors import InputError
@@ -203,11 +218,8 @@ def _pool(spec: CheckSpec):
         return None
     if is_url(spec.device) or not spec.device:
         raise InputError("--tracker needs --device KEY (an RPC device key, not ssh:// or adb://)")
-    if spec.parallel is not None and spec.parallel > 1:
-        print(f"deploykit: note: --parallel {spec.parallel}: a check interleaves old and new on "
-              "one board; the others are not used", file=sys.stderr)
-    return PoolConfig(spec.tracker, spec.device, 1, **({} if spec.device_timeout is None else
-                                                        {"hang_s": spec.device_timeout}))
+    return PoolConfig(spec.tracker, spec.device, spec.parallel or 1,
+                      **({} if spec.device_timeout is None else {"hang_s": spec.device_timeout}))
 
 
 def _validate(spec: CheckSpec) -> None:

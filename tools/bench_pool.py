@@ -4,7 +4,7 @@ of one key (wall time of its measurements, and the recommendation of each), and 
 with one board killed mid-run (does it complete on the others?).
 
     python tools/bench_pool.py [--boards 3] [--pairs 1] [--kill] [--model M.onnx]
-                               [--profile-models K]
+                               [--profile-models K] [--out tools/bench_out/pool.json]
 
 It starts its own RPC tracker and N emulated aarch64 boards (tools/arm_device.py, qemu-user) on
 loopback, runs each search as the CLI command it prints, in a fresh store and output folder, and
@@ -14,7 +14,9 @@ which the boards share with each other and with the host's TVM builds; the figur
 time of the pooled machinery, not of real boards. Each search's line also says how much CPU it
 used (the search with its build processes, and the boards), and what share of the machine's
 cores that was over its wall time: on a machine where the boards share the cores, that share, not
-the number of boards, bounds the speed-up.
+the number of boards, bounds the speed-up; and its measuring by phase (search.json's
+cost.phases_s: layer units, the baseline, candidates measured whole, the final confirmation).
+The figures go to tools/bench_out/pool.json (the README's table is read from it).
 """
 
 from __future__ import annotations
@@ -118,8 +120,10 @@ def search(model: Path, tracker: str, parallel: int, work: Path, tag: str, on_fi
     rec = res.get("recommendation") or {}
     return {"parallel": parallel, "wall_s": wall, "measuring_s": res["cost"]["measuring_s"],
             "search_s": res["cost"]["seconds"], "recommendation": rec.get("name"),
+            "speedup": rec.get("speedup"), "speedup_ci95": rec.get("speedup_ci95"),
+            "boards": rec.get("boards"), "phases_s": res["cost"].get("phases_s") or {},
             "devices": res["cost"]["devices"], "stderr": stderr.strip().splitlines(),
-            "host_cpu_s": host_cpu, "board_cpu_s": board_cpu}
+            "host_cpu_s": host_cpu, "board_cpu_s": board_cpu, "load_after": os.getloadavg()}
 
 
 def profile(models: list[Path], tracker: str, parallel: int) -> float:
@@ -156,8 +160,17 @@ def main() -> int:
     p.add_argument("--profile-models", type=int, default=0, metavar="K",
                    help="also: `deploykit profile` of K small models, each timed for 3 s, on 1 "
                         "board and on N boards (device-bound work)")
+    p.add_argument("--out", type=Path, default=REPO / "tools" / "bench_out" / "pool.json",
+                   help="where the figures are recorded (default tools/bench_out/pool.json; "
+                        "--no-out: nowhere)")
+    p.add_argument("--no-out", dest="out", action="store_const", const=None)
     args = p.parse_args()
     load = os.getloadavg()[0]
+    record: dict = {"command": "python tools/bench_pool.py " + " ".join(
+                        shlex.quote(a) for a in sys.argv[1:]),
+                    "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "boards": args.boards, "pairs": args.pairs, "cores": os.cpu_count(),
+                    "load_start": os.getloadavg(), "emulated": True}
     with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
         work = Path(tmp)
         model = Path(args.model) if args.model else None
@@ -180,10 +193,22 @@ def main() -> int:
                           f"+ {r['board_cpu_s']:.1f} s boards in {r['wall_s']:.1f} s wall = "
                           f"{cpu / r['wall_s']:.2f} cores, load {os.getloadavg()[0]:.1f}",
                           flush=True)
+                    print("    measuring by phase (wall s; phases may overlap): " + ", ".join(
+                        f"{k} {v:.1f}" for k, v in r["phases_s"].items())
+                        + ("; confirmation per board: " + ", ".join(
+                            f"{b['server']} {b['speedup'] or float('nan'):.2f}x/{b['rounds']} "
+                            "rounds"
+                            + (" DISAGREES" if b["disagrees"] else "") for b in r["boards"])
+                           if r["boards"] else ""), flush=True)
             one = [r["measuring_s"] for r in rows if r["parallel"] == 1]
             many = [r["measuring_s"] for r in rows if r["parallel"] == args.boards]
             recs = {r["recommendation"] for r in rows}
+            record["searches"] = [{k: v for k, v in r.items() if k != "stderr"} for r in rows]
             if rows:
+                record["search_summary"] = {
+                    "measuring_s_1": sum(one) / len(one),
+                    "measuring_s_n": sum(many) / len(many), "ratio": sum(one) / sum(many),
+                    "recommendations": sorted(recs), "same": len(recs) == 1}
                 print(f"measuring wall time, 1 board / {args.boards} boards: "
                       f"{sum(one) / len(one):.1f} / {sum(many) / len(many):.1f} s = "
                       f"{sum(one) / sum(many):.2f}x; recommendations {sorted(recs)} "
@@ -201,10 +226,14 @@ def main() -> int:
                 a, b = sum(walls[1]), sum(walls[args.boards])
                 print(f"profile of {args.profile_models} models, 1 board / {args.boards} boards: "
                       f"{a / args.pairs:.1f} / {b / args.pairs:.1f} s = {a / b:.2f}x", flush=True)
+                record["profile"] = {"models": args.profile_models, "walls_s": walls,
+                                     "ratio": a / b}
             if args.kill:
                 victim = boards[-1][0]
                 r = search(model, tracker, args.boards, work, "kill",
                            on_first=lambda: kill(victim))
+                record["kill"] = {k: v for k, v in r.items() if k != "stderr"}
+                record["kill"]["dropped"] = [ln for ln in r["stderr"] if "dropped out" in ln]
                 print(f"killed board pid {victim.pid} mid-run: search completed, recommendation "
                       f"{r['recommendation']}, lost {r['devices']['lost']}, measured on "
                       f"{r['devices']['servers']}; "
@@ -213,6 +242,13 @@ def main() -> int:
             for proc, _ in boards:
                 kill(proc)
             kill(tracker_proc)
+    if args.out is not None:  # the record the README's figures are read from
+        from deploykit.fsutil import write_text_atomic
+
+        record["load_end"] = os.getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
+        print(f"recorded in {args.out}", flush=True)
     return 0
 
 

@@ -25,7 +25,9 @@ def add_pool_args(p: argparse.ArgumentParser, device: bool = True) -> None:
         p.add_argument("--tracker", metavar="HOST:PORT", help="RPC tracker (remote targets)")
     p.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="measure on up to N boards of --device KEY at once, each holding one "
-                        "board from --tracker; interleaved comparisons stay on one board")
+                        "board from --tracker; search's confirmation and check interleave both "
+                        "models on each board, for its share of the time, and pool the rounds "
+                        "(profile --compare stays on one board)")
     p.add_argument("--device-timeout", type=float, default=None, metavar="SECONDS",
                    help="a board silent for the measurement's time budget plus SECONDS "
                         "(default 60) counts as hung: cut off, its job retried on another")

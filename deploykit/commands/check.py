@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="ssh://USER@HOST[:PORT][/DIR] or adb://SERIAL[/DIR]: "
                    "package both models as ORT bundles, self-test them on the device and time "
                    "them there in interleaved rounds (needs the old model: --against); or, "
-                   "with --tracker, an RPC device key: both models on one board of that key")
+                   "with --tracker, an RPC device key: both models on one board of that key (on "
+                   "each of --parallel N boards)")
     p.add_argument("--tracker", metavar="HOST:PORT",
                    help="RPC tracker of the boards (remote TVM targets, with --device KEY)")
     _common.add_pool_args(p, device=False)

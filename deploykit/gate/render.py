@@ -32,6 +32,13 @@ def rows(r: dict) -> list[tuple[str, str]]:
                 + ("" if r["state"] == "clean" else f": {r['reason']}")))
     if r["note"]:
         out.append(("note", r["note"]))
+    if r.get("boards"):  # spread over a device pool: each board interleaved old and new
+        out.append(("boards", "; ".join(
+            f"{b['server']}: " + ("n/a" if b["ratio"] is None else f"{b['ratio']:.4f}")
+            + f" over {b['rounds']} rounds" + (" DISAGREES" if b["disagrees"] else "")
+            for b in r["boards"])))
+    if r.get("boards_note"):
+        out.append(("boards disagree", r["boards_note"]))
     if r["env_differences"]:
         out.append(("environment changed", "; ".join(r["env_differences"])))
     return out

@@ -23,18 +23,11 @@ class Comparison(Result):
         """median(i) / median(j) from per-round log ratios of block medians (drift within a
         round hits both alike): Hodges-Lehmann estimate with the Wilcoxon signed-rank interval.
         Rounds where either block had foreign load are dropped when >= 8 clean ones remain."""
-        from ..stats import MIN_UNITS, paired_log_ratio_ci
+        from ..stats import paired_log_ratio_ci
 
-        a, b = self.reports[i], self.reports[j]
-        xa, xb = np.asarray(a.samples_ms), np.asarray(b.samples_ms)
-        pairs = [(p, q) for p, q in zip(a.blocks, b.blocks) if p.n and q.n]
-        clean = [(p, q) for p, q in pairs if not (p.contaminated or q.contaminated)]
-        if len(clean) >= MIN_UNITS:
-            pairs = clean
-        if i == j or not pairs:
+        d = [] if i == j else round_log_ratios(self.reports[i], self.reports[j])
+        if i == j or not d:
             return 1.0, (1.0 if i == j else float("nan")), (1.0 if i == j else float("nan"))
-        d = [math.log(np.median(xa[p.start:p.start + p.n]) / np.median(xb[q.start:q.start + q.n]))
-             for p, q in pairs]
         est, lo, hi, _ = paired_log_ratio_ci(d, conf)
         return math.exp(est), math.exp(lo), math.exp(hi)
 
@@ -60,3 +53,17 @@ class Comparison(Result):
 
         return {**summary_dict({n: r.validity for n, r in zip(self.names, self.reports)}),
                 "mode": "interleaved", "items": rows}
+
+
+def round_log_ratios(a: LatencyReport, b: LatencyReport) -> list[float]:
+    """log(median of a's block / median of b's block) for each round both have samples in;
+    rounds where either block had foreign load are dropped when >= MIN_UNITS clean ones remain."""
+    from ..stats import MIN_UNITS
+
+    xa, xb = np.asarray(a.samples_ms), np.asarray(b.samples_ms)
+    pairs = [(p, q) for p, q in zip(a.blocks, b.blocks) if p.n and q.n]
+    clean = [(p, q) for p, q in pairs if not (p.contaminated or q.contaminated)]
+    if len(clean) >= MIN_UNITS:
+        pairs = clean
+    return [math.log(np.median(xa[p.start:p.start + p.n]) / np.median(xb[q.start:q.start + q.n]))
+            for p, q in pairs]

@@ -120,6 +120,12 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
             f"{rec['baseline_ms']:.3f} ms, speedup {rec['speedup']:.2f}x "
             f"[{rec['speedup_ci95'][0]:.2f}, {rec['speedup_ci95'][1]:.2f}] (interleaved), fidelity "
             f"{rec['fidelity']:.4f}, {rec['verdict']}")
+        if rec.get("boards"):  # the confirmation spread over a pool: each board's own
+            lines.append("  confirmed on every board, both models on each: " + "; ".join(
+                f"{b['server']} {_x(b['speedup'])} over {b['rounds']} rounds"
+                + (" DISAGREES" if b["disagrees"] else "") for b in rec["boards"]))
+        if rec.get("boards_note"):
+            lines.append("  " + rec["boards_note"])
     if data.get("infeasible"):
         lines.append(data["infeasible"])
     lines += alternative_lines(data)
@@ -144,7 +150,9 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
         lost = f"; dropped out: {', '.join(dev['lost'])}" if dev["lost"] else ""
         lines.append(f"Measured on {len(dev['servers'])} board(s) of key '{dev['key']}' via "
                      f"tracker {dev['tracker']} ({', '.join(dev['servers'])}), "
-                     f"{cost.get('measuring_s', 0):.0f} s of measuring{lost}")
+                     f"{cost.get('measuring_s', 0):.0f} s of measuring{lost}"
+                     + ("" if not cost.get("phases_s") else " (" + ", ".join(
+                         f"{k} {v:.1f} s" for k, v in cost["phases_s"].items()) + ")"))
     if pred.get("mean_abs_rel_error") is not None:
         lines.append(f"Layer-table predictor error vs whole-model measurements: mean "
                      f"{pred['mean_abs_rel_error']:.1%}, max {pred['max_abs_rel_error']:.1%} over "
@@ -204,3 +212,7 @@ def env_rows(data: Mapping[str, Any]) -> list[list[str]]:
             v = env[k]
             rows.append([k, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)])
     return rows
+
+
+def _x(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"

@@ -153,11 +153,20 @@ class Search:
         self.estimator.make_tables(variants, self.measure, self.work / "units")
         bar = Bar(self.progress, n_space)
         try:
-            # 1. the baseline measured whole: the predictor's anchor; its variants only tabled
-            self.measure.whole(base, self.cfg.whole_plan)
-            for r in rows:
-                r.table_ms = self.estimator.estimate(r)
-                bar.advance(r)
+            # 1. the baseline measured whole: the predictor's anchor; its variants only tabled.
+            # Over a device pool it runs on one board while its layer units go to the others.
+            base_whole = self.measure.whole_aside(base, self.cfg.whole_plan)
+            try:
+                for r in rows:
+                    r.table_ms = self.estimator.estimate(r)
+                    bar.advance(r)
+            except BaseException:  # waited for (its board goes back), the tables' error raised
+                try:
+                    base_whole()
+                except Exception:  # noqa: BLE001 (the first error is the one to report)
+                    pass
+                raise
+            base_whole()
             # (table sum, measured) per target variant: a variant's scale can differ (two threads
             # suffer more than one from foreign load; another runtime fuses differently)
             points: Points = {v: [] for v in variants}
@@ -276,6 +285,7 @@ class Search:
                 "seconds": time.monotonic() - self.t0, "exhaustive": self.cfg.exhaustive,
                 "time_limit_reached": list(self.time_limit_hits),
                 "netadapt": self.netadapt_log, "measuring_s": self.measure.busy_s,
+                "phases_s": dict(self.measure.phases_s),
                 "devices": None if self.measure.pool is None else self.measure.pool.summary()}
         return SearchResult(self.cfg, str(self.source.path), self.target.name, rows,
                             recommendation, infeasible, predictor_summary(rows, points, base),

@@ -36,7 +36,8 @@ class Measurer:
         self.feeds = builder.feeds
         self.feeds_id = feeds_digest(self.feeds)
         self.now = self.reused = 0  # whole measurements made now / found in the store
-        self.busy_s = 0.0  # wall seconds spent measuring (units, wholes, final comparisons)
+        # (start, end, phase) of every stretch of measuring: units, whole, baseline, final
+        self._spans: list[tuple[float, float, str]] = []
         self._ref_outputs: list[list[np.ndarray]] | None = None
 
     def target_of(self, options: tuple) -> Target:
@@ -55,7 +56,8 @@ class Measurer:
         """How many measurements run at once: the device pool's boards, else one."""
         return max(1, len(self.pool.devices)) if self.pool is not None else 1
 
-    def on_devices(self, fn, items: Sequence, done, remote: bool = True) -> None:
+    def on_devices(self, fn, items: Sequence, done, remote: bool = True,
+                   phase: str = "whole") -> None:
         """fn(item) for every item, on the pool's boards when there is a pool (done(i, result)
         runs here, in the search's thread, which alone touches the store), else in turn. A
         target timed on this machine (`remote` False: another runtime searched beside the
@@ -68,7 +70,7 @@ class Measurer:
                 for i, item in enumerate(items):
                     done(i, fn(item))
         finally:
-            self.busy_s += time.monotonic() - t0
+            self._spent(phase, t0)
 
     def whole(self, row: Row, plan: TimingPlan) -> LatencyReport | None:
         """Time the candidate whole on its target variant; None (row rejected, nothing timed)
@@ -77,6 +79,54 @@ class Measurer:
         if isinstance(got, DeployKitError):
             raise got
         return got
+
+    def whole_aside(self, row: Row, plan: TimingPlan):
+        """`whole` started on one board of a device pool, in the background, while the other
+        boards take the next jobs (the baseline beside its layer units); returns a function
+        that waits for it and returns what `whole` would. Without a pool of several boards (or
+        for a target timed here) it is measured now."""
+        target = self.target_of(row.cand.options)
+        if self.pool is None or not _remote(target) or len(self.pool.devices) < 2:
+            rep = self.whole(row, plan)
+            return lambda: rep
+        key = measurement_key("whole", row.sha256, target, plan, self.feeds_id)
+        stored = self.store.get_measurement(key)
+        t0, ended = time.monotonic(), []
+
+        def job():
+            try:
+                return self._whole_job(row, plan, stored)
+            finally:
+                ended.append(time.monotonic())
+
+        handle = self.pool.aside(job)
+
+        def wait():
+            try:
+                rep = handle.result()
+            finally:  # its span ends when the board finished, not when it was waited for
+                self._spent("baseline", t0, ended[-1] if ended else None)
+            self._whole_done(row, key, stored, rep)
+            if isinstance(rep, DeployKitError):
+                raise rep
+            return rep
+
+        return wait
+
+    def _whole_done(self, row: Row, key: str, stored: LatencyReport | None, rep) -> None:
+        """A whole measurement back (in the search's thread, which alone touches the store)."""
+        if not isinstance(rep, LatencyReport):
+            return
+        if rep is stored:
+            self.reused += 1
+            row.reused = True
+        else:
+            self.store.put_measurement(key, rep, model=ModelRef.from_path(row.path))
+            self.now += 1
+        row.measured = {"median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
+                        "n": len(rep.samples_ms), "stop_reason": rep.stop_reason,
+                        "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction,
+                        "state": rep.validity.state}
 
     def whole_many(self, rows: Sequence[Row], plan: TimingPlan
                    ) -> list[LatencyReport | DeployKitError | None]:
@@ -89,19 +139,7 @@ class Measurer:
 
         def done(i: int, rep) -> None:
             out[i] = rep
-            if not isinstance(rep, LatencyReport):
-                return
-            row = rows[i]
-            if rep is stored[i]:
-                self.reused += 1
-                row.reused = True
-            else:
-                self.store.put_measurement(keys[i], rep, model=ModelRef.from_path(row.path))
-                self.now += 1
-            row.measured = {"median_ms": rep.median_ms, "ci95_ms": list(rep.ci95_ms),
-                            "n": len(rep.samples_ms), "stop_reason": rep.stop_reason,
-                            "cv": rep.cv, "contaminated_fraction": rep.contaminated_fraction,
-                            "state": rep.validity.state}
+            self._whole_done(rows[i], keys[i], stored[i], rep)
 
         on_board = [i for i, r in enumerate(rows) if _remote(self.target_of(r.cand.options))]
         here = [i for i in range(len(rows)) if i not in on_board]
@@ -200,7 +238,7 @@ class Measurer:
                 measurement_key("unit", units[i][0], target, self.unit_plan, "unit"), rep)
             out[i] = rep.median_ms
 
-        self.on_devices(job, units, done, _remote(target))
+        self.on_devices(job, units, done, _remote(target), phase="units")
         return out
 
     def lookup_unit(self, target: Target, sig: str) -> float | None:
@@ -209,7 +247,9 @@ class Measurer:
         return None if rep is None else rep.median_ms
 
     def compare(self, base: Row, best: Row, plan: TimingPlan) -> list[LatencyReport]:
-        """The baseline and a candidate measured interleaved (each on its own target variant)."""
+        """The baseline and a candidate measured interleaved (each on its own target variant);
+        over a device pool, on every board at once (both models on each, for its share of the
+        time) and the rounds pooled (backends/tvm/pool_compare.py)."""
         from ..measure.timing import compare
 
         # Targets as deployed (spinning included): measure_many alternates blocks of ~0.25 s, so
@@ -225,25 +265,56 @@ class Measurer:
             self.reused += 1
             return got
 
-        def both():  # on one board of a pool: a ratio of two boards would measure the boards
+        def both(share: TimingPlan, per_op: bool):
+            # both models on one board (a ratio of two boards would measure the boards)
             arts = [ta.compile(ModelRef.from_path(base.path)),
                     tb.compile(ModelRef.from_path(best.path))]
             try:
-                return compare(arts, [self.feeds, self.feeds], plan, per_op=True,
-                               names=["baseline", best.cand.name])
+                return compare(arts, [self.feeds, self.feeds], share, per_op=per_op,
+                               names=["baseline", best.cand.name]).reports
             finally:
                 for a in arts:
                     a.close()
 
         t0 = time.monotonic()
         try:
-            comp = self.pool.run(both) if self.pool is not None else both()
+            if self.pool is not None:  # every board compares both, for its share of the time
+                from ..backends.tvm.pool_compare import compare_on_boards
+                from ..measure.pooled import share_plan
+
+                share = share_plan(plan, len(self.pool.devices))
+                reports = compare_on_boards(self.pool, lambda i: both(share, i == 0))
+            else:
+                reports = both(plan, True)
         finally:
-            self.busy_s += time.monotonic() - t0
-        for k, rep, r in zip(keys, comp.reports, (base, best)):
+            self._spent("final", t0)
+        for k, rep, r in zip(keys, reports, (base, best)):
             self.store.put_measurement(k, rep, model=ModelRef.from_path(r.path))
         self.now += 1
-        return list(comp.reports)
+        return list(reports)
+
+    def _spent(self, phase: str, t0: float, t1: float | None = None) -> None:
+        """Measuring from t0 to now (or t1), in `phase` (list.append: safe from a thread)."""
+        self._spans.append((t0, time.monotonic() if t1 is None else t1, phase))
+
+    @property
+    def busy_s(self) -> float:
+        """Wall seconds during which something was being measured (cost.measuring_s): the
+        union of the spans, so the baseline measured beside the layer units counts once."""
+        total, end = 0.0, -float("inf")
+        for a, b, _ in sorted(self._spans):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total
+
+    @property
+    def phases_s(self) -> dict[str, float]:
+        """Wall seconds of each phase (cost.phases_s; phases that overlapped each count)."""
+        out: dict[str, float] = {}
+        for a, b, phase in self._spans:
+            out[phase] = out.get(phase, 0.0) + (b - a)
+        return out
 
 
 def _board_alive() -> bool:

@@ -90,10 +90,20 @@ def _speedup(reports: Sequence[LatencyReport], name: str) -> dict[str, Any]:
     from ..measure.timing import Comparison
     from ..report.realized import verdict
 
+    from ..measure.pooled import disagreement_note, per_board
+
     sp, lo, hi = Comparison(tuple(reports), ("baseline", name)).speedup(1, 0)
+    # measured on several boards of a pool: each board's own speed-up (baseline / candidate)
+    boards = [{"server": b["server"], "rounds": b["rounds"], "speedup": b["ratio"],
+               "speedup_ci95": b["ratio_ci95"], "disagrees": b["disagrees"],
+               **({"vs_others": b["vs_others"]} if "vs_others" in b else {})}
+              for b in per_board(reports, 0, 1)]
+    note = disagreement_note([{**b, "ratio": b["speedup"]} for b in boards],
+                             f"{name}'s speed-up")
     return {"median_ms": reports[1].median_ms, "ci95_ms": list(reports[1].ci95_ms),
             "baseline_ms": reports[0].median_ms, "speedup": sp, "speedup_ci95": [lo, hi],
-            "verdict": verdict(lo, hi)}
+            "verdict": verdict(lo, hi), **({"boards": boards} if boards else {}),
+            **({"boards_note": note} if note else {})}
 
 
 def recommend(rows: list[Row], base: Row, cfg: SearchConfig, compare: Compare):
@@ -117,7 +127,7 @@ def recommend(rows: list[Row], base: Row, cfg: SearchConfig, compare: Compare):
                "baseline_ci95_ms": list(reports[0].ci95_ms), "speedup": gain["speedup"],
                "speedup_ci95": gain["speedup_ci95"], "verdict": gain["verdict"],
                "fidelity": top.fidelity, "path": top.path, "sha256": top.sha256,
-               "interleaved": True}
+               "interleaved": True, **_boards(gain)}
         per_op = {"baseline": [asdict(o) for o in reports[0].per_op],
                   "recommendation": [asdict(o) for o in reports[1].per_op]}
         if cfg.budget_ms is None or med <= cfg.budget_ms:
@@ -154,7 +164,13 @@ def alternative(rows: list[Row], base: Row, runtime: str, budget_ms: float | Non
             "median_ms": gain["median_ms"], "ci95_ms": gain["ci95_ms"],
             "baseline_ms": gain["baseline_ms"], "speedup": gain["speedup"],
             "speedup_ci95": gain["speedup_ci95"], "verdict": gain["verdict"],
-            "fidelity": top.fidelity, "expert": top.expert, "interleaved": True}
+            "fidelity": top.fidelity, "expert": top.expert, "interleaved": True,
+            **_boards(gain)}
+
+
+def _boards(gain: dict[str, Any]) -> dict[str, Any]:
+    """The per-board part of `_speedup` (a comparison spread over a device pool), if any."""
+    return {k: gain[k] for k in ("boards", "boards_note") if k in gain}
 
 
 def predictor_summary(rows: Sequence[Row], points: dict[tuple, list[tuple[float, float]]],

@@ -45,9 +45,11 @@ def boards(arm_device, tracker):
             kill_group(proc)
 
 
-def _search_in_thread(model, out, tracker, store, holder: list, got: list) -> None:
+def _search_in_thread(model, out, tracker, store, holder: list, got: list,
+                      final: threading.Event) -> None:
     """The search, run in this thread (its store is this thread's); the Search object goes to
-    `holder` for the test to watch, the result or exception to `got`."""
+    `holder` for the test to watch, the result or exception to `got`; `final` is set when the
+    recommendation's interleaved confirmation starts."""
     from dataclasses import replace
 
     from deploykit.api import prepare_inputs
@@ -59,37 +61,49 @@ def _search_in_thread(model, out, tracker, store, holder: list, got: list) -> No
                        block_s=0.1)  # emulated timings only need to exist here, not to be good
     cfg = SearchConfig(min_fidelity=0.5, families=("prune",), target_options=False,
                        netadapt=False, experts=False, time_limit_s=300, whole_plan=short,
-                       final_plan=replace(short, max_time_s=1.0))
+                       final_plan=replace(short, max_time_s=3.0))
     try:
         _, feeds, calib, synthetic = prepare_inputs(model)
         with Store(store) as s:
             search = Search(model, "tvm-aarch64", cfg, out, s, feeds=feeds, calibration=calib,
                             calibration_is_synthetic=synthetic,
                             pool=PoolConfig(tracker, KEY, 3))
+            compare = search.measure.compare
+
+            def confirm(*a, **k):
+                final.set()
+                return compare(*a, **k)
+
+            search.measure.compare = confirm
             holder.append(search)
             got.append(search.run())
     except BaseException as e:  # the test's thread reports it
         got.append(e)
 
 
-def test_pooled_search_survives_a_killed_board(boards, tmp_path):
+def test_pooled_search_survives_a_board_killed_mid_confirmation(boards, tmp_path):
+    """The recommendation's confirmation runs on every board at once, both models on each;
+    one board is killed while it compares: its share is measured again on another board, the
+    search completes on the other two, and the verdict rests on every share."""
     from _search_models import residual_cnn
 
     model = residual_cnn(tmp_path / "m.onnx", c=8, hw=16, head=32)
     holder: list = []
     got: list = []
+    final = threading.Event()
     runner = threading.Thread(target=_search_in_thread, args=(
-        model, tmp_path / "out", boards["tracker"], tmp_path / "r.sqlite", holder, got))
+        model, tmp_path / "out", boards["tracker"], tmp_path / "r.sqlite", holder, got, final))
     runner.start()
     try:
-        # mid-run: the baseline measured, and a job just started on the board to kill
+        # mid-confirmation: every board busy with its share of the interleaved comparison
         deadline = time.monotonic() + 240
         victim = None
         while victim is None and runner.is_alive():
-            assert time.monotonic() < deadline, "the search never got going"
+            assert time.monotonic() < deadline, "the search never reached its confirmation"
             pool = holder[0].measure.pool if holder else None
-            if pool is not None and holder[0].measure.now >= 1:
-                victim = next((d for d in pool.devices if d.busy), None)
+            if final.is_set() and pool is not None and len(pool.devices) == 3 \
+                    and all(d.busy for d in pool.devices):
+                victim = pool.devices[-1]
             time.sleep(0.02)
         assert victim is not None, f"the search ended before a board could be killed: {got}"
         kill_group(boards["servers"].pop(victim.server))
@@ -110,9 +124,19 @@ def test_pooled_search_survives_a_killed_board(boards, tmp_path):
             for label, env in db.execute("SELECT label, env FROM runs ORDER BY id")]
     used = {server for _, server in runs}
     assert used <= set(boards["servers"]) | {victim.server} and len(used) >= 2
-    finals = [server for label, server in runs if ":final:" in label]
-    assert len(finals) == 2 and finals[0] == finals[1]  # both sides on one board
-    assert finals[0] != victim.server
+    # the confirmation: three shares (the killed board's measured again on a live one), both
+    # models on each board, the rounds pooled; each board's own speed-up reported
+    finals = [json.loads(env)["remote"]["boards"] for label, env in
+              db.execute("SELECT label, env FROM runs ORDER BY id") if ":final:" in label]
+    assert len(finals) == 2 and finals[0] == finals[1]  # both models, board by board
+    assert len(finals[0]) == 3 and {b["server"] for b in finals[0]} == set(devices["servers"])
+    rec = result.recommendation
+    assert [b["server"] for b in rec["boards"]] == [b["server"] for b in finals[0]]
+    assert all(b["rounds"] >= 2 and b["speedup"] > 0 for b in rec["boards"])
+    assert sum(b["rounds"] for b in rec["boards"]) >= 8  # a paired test's worth, pooled
+    assert any(ln.startswith("  confirmed on every board") for ln in
+               summary_lines(result.to_dict()))
+    assert set(result.cost["phases_s"]) >= {"units", "baseline", "whole", "final"}
 
 
 def test_profile_spreads_models_and_compare_stays_on_one_board(boards, tmp_path, capsys):
@@ -167,11 +191,15 @@ def test_pool_needs_a_remote_tvm_target(tmp_path, capsys):
     assert "not a remote TVM target" in capsys.readouterr().err
 
 
-def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_path):
-    """Two native x86 boards (fast to start); the third job kills both: the results made before
-    are kept (handed out as they finished), the rest is one error naming what happened."""
+def test_pool_aside_and_giving_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx,
+                                                                     tmp_path):
+    """Three native x86 boards (fast to start). `aside` (a search's baseline measured whole
+    beside its layer units): its board is out of the pool while `map` runs on the others and
+    comes back after; when it dies mid-job, the job is measured again on another board and the
+    board is reported lost. Then the third job of a `map` kills the two left: the results made
+    before are kept (handed out as they finished), the rest is one error naming what happened."""
     from deploykit.backends import registry as targets
-    from deploykit.backends.tvm.pool import DevicePool
+    from deploykit.backends.tvm.pool import DevicePool, pinned
     from deploykit.core import ModelRef, TimingPlan
     from deploykit.errors import TargetError
     from deploykit.onnxio import make_feeds
@@ -179,21 +207,14 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
     toml = tmp_path / "tvm-x86-rpc.toml"
     toml.write_text('name = "tvm-x86-rpc"\nbackend = "tvm"\nthreads = 1\nremote = true\n'
                     '[tvm_target]\nkind = "llvm"\nmcpu = "host"\n')
-    servers = [rpc.start_server(key="x86-pool", tracker=tracker)[0] for _ in range(2)]
+    started = [rpc.start_server(key="x86-pool", tracker=tracker) for _ in range(3)]
+    servers = {f"127.0.0.1:{port}": proc for proc, port in started}
     try:
-        _wait_registered(tracker, "x86-pool", 2)
+        _wait_registered(tracker, "x86-pool", 3)
         t = targets.get(str(toml), device="x86-pool", tracker=tracker)
         model = ModelRef.from_path(cnn_onnx)
 
-        kept: list[int] = []
-
-        def job(i):
-            if i == 2:  # once jobs 0 and 1 are in: both boards die
-                deadline = time.monotonic() + 120
-                while len(kept) < 2 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                for proc in servers:
-                    kill_group(proc)
+        def timed():
             art = t.compile(model)
             try:
                 return t.profile(art, make_feeds(list(art.inputs)),
@@ -201,16 +222,46 @@ def test_pool_gives_up_in_one_line_when_no_board_is_left(tracker, cnn_onnx, tmp_
             finally:
                 art.close()
 
-        with DevicePool(PoolConfig(tracker, "x86-pool", 2)) as pool:
-            assert len(pool.devices) == 2 and len(set(pool.summary()["servers"])) == 2
+        runs: list[str] = []
+
+        def aside_job(kill: bool = False) -> str:
+            runs.append(pinned().server)
+            if kill and len(runs) == 1:  # the aside job's board dies under it
+                kill_group(servers[runs[0]])
+            return timed().env["remote"]["server"]
+
+        kept: list[int] = []
+
+        def job(i):
+            if i == 2:  # once jobs 0 and 1 are in: the boards die
+                deadline = time.monotonic() + 120
+                while len(kept) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                for proc in servers.values():
+                    kill_group(proc)
+            return timed()
+
+        said: list[str] = []
+        with DevicePool(PoolConfig(tracker, "x86-pool", 3), notify=said.append) as pool:
+            assert len(pool.devices) == 3 and len(set(pool.summary()["servers"])) == 3
+            beside = pool.aside(aside_job)
+            assert len(pool.devices) == 2
+            here = pool.map(lambda _: timed().env["remote"]["server"], [0, 1])
+            there = beside.result()
+            assert there not in here and len(pool.devices) == 3 and not pool.lost
+            runs.clear()
+            got = pool.aside(lambda: aside_job(kill=True)).result()
+            assert pool.lost == [runs[0]] and got == runs[-1] != runs[0]
+            assert len(pool.devices) == 2 and runs[0] not in pool.summary()["servers"]
+            assert any(runs[0] in m and "dropped out" in m for m in said), said
             with pytest.raises(TargetError, match=r"every device of key 'x86-pool' dropped out "
                                r"\(.*\); \d of 5 measurements not made \(the \d made are "
                                r"kept\)") as e:
                 pool.map(job, range(5), on_result=lambda i, rep: kept.append(i))
             assert {0, 1} <= set(kept) and f"the {len(kept)} made are kept" in str(e.value)
-            assert len(pool.lost) == 2 and "\n" not in str(e.value)
+            assert len(pool.lost) == 3 and "\n" not in str(e.value)
     finally:
-        for proc in servers:
+        for proc in servers.values():
             kill_group(proc)
 
 
@@ -226,9 +277,10 @@ def _wait_registered(tracker: str, key: str, n: int, timeout: float = 60) -> Non
         time.sleep(0.2)
 
 
-def test_check_over_the_pool_keeps_old_and_new_on_one_board(boards, tmp_path, capsys):
-    """`baseline` then `check` with --tracker: the gate's rounds run the old and the new model
-    on the same board (a ratio across two boards would compare the boards); a verdict comes."""
+def test_check_over_the_pool_runs_old_and_new_on_every_board(boards, tmp_path, capsys):
+    """`baseline` then `check --parallel` with --tracker: every board runs its own rounds of
+    the old and the new model (a ratio across two boards would compare the boards), the rounds
+    are pooled into one verdict, and each board's own ratio is reported."""
     from tvm_models import cnn
 
     old, new = cnn(tmp_path / "old.onnx", seed=0), cnn(tmp_path / "new.onnx", seed=1)
@@ -240,12 +292,15 @@ def test_check_over_the_pool_keeps_old_and_new_on_one_board(boards, tmp_path, ca
     code = cli.main(["check", str(new), "--baseline", str(base), "--against", str(old),
                      "--parallel", "3", "--json", str(out), *pool])
     assert code in (0, 1), capsys.readouterr().err  # pass or regression: a verdict either way
-    assert "a check interleaves old and new on one board" in capsys.readouterr().err
     got = json.loads(out.read_text())
     assert got["status"] in ("regression", "improvement", "within-threshold", "no-change") \
         and got["mode"] and got["ratio"] > 0
-    sides = [got[k]["env"]["remote"]["server"] for k in ("old_report", "new_report")]
-    assert sides[0] == sides[1] and sides[0] in boards["servers"]
+    # every board ran its own rounds of old and new; the rounds pooled, each board's ratio kept
+    sides = [got[k]["env"]["remote"]["boards"] for k in ("old_report", "new_report")]
+    assert sides[0] == sides[1] and {b["server"] for b in sides[0]} == set(boards["servers"])
+    assert [b["server"] for b in got["boards"]] == [b["server"] for b in sides[0]]
+    assert all(b["rounds"] >= 10 and b["ratio"] > 0 for b in got["boards"])
+    assert got["n_units"] >= 8  # rounds with foreign load may be dropped, never below that
     assert all(got[k]["samples_ms"] for k in ("old_report", "new_report"))
 
 

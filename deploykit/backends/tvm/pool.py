@@ -8,6 +8,10 @@ worker that let its session go could find every board taken by the others. A job
 worker's device *pinned* to the thread (`pinned()`); RemoteTvmArtifact.open uses that session
 instead of asking the tracker, so the Target API (compile, profile) stays as it is.
 
+`aside` takes one board out of the pool for a job of its own while `map` runs on the others (a
+search's baseline measured whole beside its layer units); `pool_compare.py` runs an interleaved
+comparison on every board at once and pools the rounds.
+
 Why threads: the host's share of a job (building, numpy) is short; the long part is the remote
 call, during which TVM's FFI releases the GIL, so N boards really measure at once.
 
@@ -33,7 +37,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from ...errors import InputError, TargetError, first_line
 
@@ -207,6 +211,7 @@ class DevicePool:
         self.devices: list[Device] = []
         self.lost: list[str] = []  # servers that dropped out, in order
         self.builder = None  # pool_build.BuildPool with several boards
+        self._aside: list[Device] = []  # boards running an `aside` job, out of `devices`
         self._lock = threading.Lock()
 
     @property
@@ -286,6 +291,18 @@ class DevicePool:
         """`fn()` on one board, pinned for all its compiles: an interleaved comparison (the
         gate, a recommendation's confirmation) runs both models on the same device."""
         return self.map(lambda _: fn(), [None])[0]
+
+    def aside(self, fn: Callable[[], R]) -> "Aside[R]":
+        """Start `fn()` on one board, in a thread of its own, and take that board out of the
+        pool until `result()` is called: `map` meanwhile runs on the others (a search measures
+        its baseline whole while its layer units go to the other boards). The pool must have
+        at least two boards (one is left for `map`)."""
+        with self._lock:
+            if len(self.devices) < 2:
+                raise ValueError("aside needs a pool of at least two boards")
+            dev = self.devices.pop()
+            self._aside.append(dev)
+        return Aside(self, dev, fn)
 
     def map(self, fn: Callable[[T], R], jobs: Sequence[T],
             on_result: Callable[[int, R], None] | None = None,
@@ -382,7 +399,7 @@ class DevicePool:
     def _watch(self) -> None:
         """Cut off a board whose running job has been silent too long (see the docstring)."""
         now = time.monotonic()
-        for dev in list(self.devices):
+        for dev in list(self.devices) + list(self._aside):
             since = dev.since
             if dev.busy and since is not None and dev.hung is None \
                     and now - since > self.hang_after_s:
@@ -400,6 +417,49 @@ class DevicePool:
                             if d.server != server or (d.hung is None and d.alive())]
         self.lost.append(server)
         self.notify(f"device {what} dropped out; its measurement is retried on another one")
+
+
+class Aside(Generic[R]):
+    """A job running on one board taken out of its pool (`DevicePool.aside`)."""
+
+    def __init__(self, pool: DevicePool, dev: Device, fn: Callable[[], R]):
+        self.pool, self.dev, self.fn = pool, dev, fn
+        self._got: list[tuple[bool, Any]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        dev = self.dev
+        with pin(dev):
+            dev.since, dev.busy, dev.jobs = None, True, dev.jobs + 1
+            try:
+                self._got.append((True, self.fn()))
+            except BaseException as e:  # noqa: BLE001 (judged in result(), re-raised there)
+                self._got.append((False, e))
+            finally:
+                dev.busy, dev.since = False, None
+
+    def result(self) -> R:
+        """Wait for the job (watching its board for a hang), give the board back to the pool
+        and return the job's result; when the board dropped out, the job is run again on
+        another board of the pool (as `map` would), and a failure of the job itself is raised."""
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+            self.pool._watch()
+        pool, dev = self.pool, self.dev
+        ok, value = self._got[0]
+        with pool._lock:
+            pool._aside.remove(dev)
+        if ok or (dev.hung is None and dev.alive()):
+            with pool._lock:
+                pool.devices.append(dev)
+            if ok:
+                return value
+            raise value
+        pool.lost.append(dev.server)
+        pool.notify(f"device {dev.server} ({dev.hung or first_line(value)}) dropped out; its "
+                    f"measurement is retried on another one")
+        return pool.run(self.fn)
 
 
 @contextmanager
