@@ -85,3 +85,14 @@ def test_pooling_refuses_boards_that_compared_different_things():
     with pytest.raises(ValueError):
         pool_reports([])
     assert math.isfinite(Comparison(pool_reports([a, a]), ("x", "y")).ratio(1, 0)[0])
+
+
+def test_a_board_that_measured_two_shares_is_one_board():
+    """A top-up, or the share of a board that dropped out redone on another: a board's shares
+    are its rounds together (one row), not two boards compared with each other."""
+    a1, a2 = _board("a:1", 2.0, 0.8, 6, 1), _board("a:1", 2.0, 0.8 * 1.3, 6, 2)
+    b = _board("b:1", 2.0, 0.8, 6, 3)
+    rows = per_board(pool_reports([a1, b, a2]), 1, 0)
+    assert [(r["server"], r["rounds"]) for r in rows] == [("a:1", 12), ("b:1", 6)]
+    # every share measured on one board (the others dropped out): nothing to split by board
+    assert per_board(pool_reports([a1, a2]), 1, 0) == []

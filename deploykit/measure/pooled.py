@@ -106,18 +106,23 @@ def per_board(reports: Sequence[LatencyReport], i: int = 1, j: int = 0,
     from ..stats import paired_log_ratio_ci, shift_log_ratio_ci
     from .comparison import round_log_ratios
 
-    boards = (reports[0].env.get("remote") or {}).get("boards") or []
-    if len(boards) < 2:
-        return []
-    d: list[list[float]] = []
+    shares = (reports[0].env.get("remote") or {}).get("boards") or []
+    # a board can have measured several shares (a top-up, or the share of a board that dropped
+    # out): its rounds are its own, one row per board (a share is not compared with its twin)
+    d_of: dict[Any, list[float]] = {}
     first = 0
-    for b in boards:
+    for n, b in enumerate(shares):
         parts = [_slice(r, first, b["rounds"]) for r in reports]
-        d.append(round_log_ratios(parts[i], parts[j]))
+        d_of.setdefault(b["server"] if b["server"] is not None else n, []).extend(
+            round_log_ratios(parts[i], parts[j]))
         first += b["rounds"]
+    if len(d_of) < 2:
+        return []
+    boards, d = list(d_of), list(d_of.values())
     rows = []
-    for k, b in enumerate(boards):
-        row: dict[str, Any] = {"server": b["server"], "rounds": len(d[k]), "ratio": None,
+    for k, server in enumerate(boards):
+        row: dict[str, Any] = {"server": None if isinstance(server, int) else server,
+                               "rounds": len(d[k]), "ratio": None,
                                "ratio_ci95": [None, None], "disagrees": False}
         if d[k]:
             est, lo, hi, _ = paired_log_ratio_ci(d[k], conf)
