@@ -130,8 +130,9 @@ def test_pooled_search_survives_a_board_killed_mid_confirmation(boards, tmp_path
               db.execute("SELECT label, env FROM runs ORDER BY id") if ":final:" in label]
     assert len(finals) == 2 and finals[0] == finals[1]  # both models, board by board
     assert len(finals[0]) == 3 and {b["server"] for b in finals[0]} == set(devices["servers"])
-    rec = result.recommendation
-    assert [b["server"] for b in rec["boards"]] == [b["server"] for b in finals[0]]
+    rec = result.recommendation  # one row per board: the one that measured two shares once
+    assert [b["server"] for b in rec["boards"]] == list(dict.fromkeys(
+        b["server"] for b in finals[0])) and len(rec["boards"]) == 2
     assert all(b["rounds"] >= 2 and b["speedup"] > 0 for b in rec["boards"])
     assert sum(b["rounds"] for b in rec["boards"]) >= 8  # a paired test's worth, pooled
     assert any(ln.startswith("  confirmed on every board") for ln in
