@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -202,10 +203,7 @@ def test_pool_aside_and_giving_up_in_one_line_when_no_board_is_left(tracker, cnn
     from deploykit.backends.tvm.pool import DevicePool, pinned
     from deploykit.errors import TargetError
 
-    started = [rpc.start_server(key="x86-pool", tracker=tracker) for _ in range(3)]
-    servers = {f"127.0.0.1:{port}": proc for proc, port in started}
-    try:
-        _wait_registered(tracker, "x86-pool", 3)
+    with _x86_boards(tracker, "x86-pool", 3) as servers:
         timed = _x86_timed(tmp_path, tracker, "x86-pool", cnn_onnx)
         runs: list[str] = []
 
@@ -245,9 +243,6 @@ def test_pool_aside_and_giving_up_in_one_line_when_no_board_is_left(tracker, cnn
                 pool.map(job, range(5), on_result=lambda i, rep: kept.append(i))
             assert {0, 1} <= set(kept) and f"the {len(kept)} made are kept" in str(e.value)
             assert len(pool.lost) == 3 and "\n" not in str(e.value)
-    finally:
-        for proc in servers.values():
-            kill_group(proc)
 
 
 def test_map_takes_over_the_aside_board_when_its_own_boards_drop_out(tracker, cnn_onnx,
@@ -257,10 +252,7 @@ def test_map_takes_over_the_aside_board_when_its_own_boards_drop_out(tracker, cn
     once its job is done (that job's result kept), not given up while a board is still there."""
     from deploykit.backends.tvm.pool import DevicePool, pinned
 
-    started = [rpc.start_server(key="x86-aside", tracker=tracker) for _ in range(2)]
-    servers = {f"127.0.0.1:{port}": proc for proc, port in started}
-    try:
-        _wait_registered(tracker, "x86-aside", 2)
+    with _x86_boards(tracker, "x86-aside", 2) as servers:
         timed = _x86_timed(tmp_path, tracker, "x86-aside", cnn_onnx)
         killed: list[str] = []
 
@@ -278,6 +270,17 @@ def test_map_takes_over_the_aside_board_when_its_own_boards_drop_out(tracker, cn
             assert got[0] == killed[0] != there and got[1] == got[2] == there
             assert pool.lost == [killed[0]] and pool.summary()["servers"] == [there]
             assert any(killed[0] in m and "dropped out" in m for m in said), said
+
+
+@contextmanager
+def _x86_boards(tracker: str, key: str, n: int):
+    """`n` native x86 RPC servers of `key` registered with `tracker` (fast to start): yields
+    {"127.0.0.1:PORT": process}; every one is stopped on exit."""
+    started = [rpc.start_server(key=key, tracker=tracker) for _ in range(n)]
+    servers = {f"127.0.0.1:{port}": proc for proc, port in started}
+    try:
+        _wait_registered(tracker, key, n)
+        yield servers
     finally:
         for proc in servers.values():
             kill_group(proc)
