@@ -5,6 +5,7 @@ differs from the others' is flagged, and a share is sized so the boards give a p
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -85,3 +86,30 @@ def test_pooling_refuses_boards_that_compared_different_things():
     with pytest.raises(ValueError):
         pool_reports([])
     assert math.isfinite(Comparison(pool_reports([a, a]), ("x", "y")).ratio(1, 0)[0])
+
+
+def test_a_board_that_measured_two_shares_is_one_board():
+    """A top-up, or the share of a board that dropped out redone on another: a board's shares
+    are its rounds together (one row), not two boards compared with each other."""
+    a1, a2 = _board("a:1", 2.0, 0.8, 6, 1), _board("a:1", 2.0, 0.8 * 1.3, 6, 2)
+    b = _board("b:1", 2.0, 0.8, 6, 3)
+    rows = per_board(pool_reports([a1, b, a2]), 1, 0)
+    assert [(r["server"], r["rounds"]) for r in rows] == [("a:1", 12), ("b:1", 6)]
+    # every share measured on one board (the others dropped out): nothing to split by board
+    assert per_board(pool_reports([a1, a2]), 1, 0) == []
+
+
+def test_per_board_only_splits_reports_pooled_together():
+    """A pooled report beside one it was not pooled with (a baseline made from a pooled check,
+    checked in stored mode against a new run): their rounds are not paired, so no board rows;
+    nor for a share list that does not add up to the report's rounds."""
+    parts = [_board("a:1", 2.0, 0.8, 6, 1), _board("b:1", 2.0, 0.8, 6, 2)]
+    pooled = pool_reports(parts)
+    other = pool_reports([_board("a:1", 2.0, 0.8, 6, 3), _board("b:1", 2.0, 0.8, 5, 4)])
+    assert len(per_board(pooled, 1, 0)) == 2
+    assert per_board((pooled[0], other[1]), 1, 0) == []
+    assert per_board((pooled[0], parts[0][1]), 1, 0) == []  # against one board's run
+    remote = {**pooled[0].env["remote"], "boards": [{"server": "a:1", "rounds": 6},
+                                                    {"server": "b:1", "rounds": 9}]}
+    bad = [replace(r, env={**r.env, "remote": remote}) for r in pooled]
+    assert per_board(bad, 1, 0) == []

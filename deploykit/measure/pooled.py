@@ -102,22 +102,27 @@ def per_board(reports: Sequence[LatencyReport], i: int = 1, j: int = 0,
     with its paired CI, and `disagrees`: its rounds' log ratios differ from those of most other
     boards by more than DISAGREE_REL (two-sample Hodges-Lehmann shift against each, its CI
     excluding 0); `vs_others`: the median of those shifts, as a factor. [] for a comparison made
-    on one board."""
+    on one board, or for reports that are not one pooled comparison (`_shares`)."""
     from ..stats import paired_log_ratio_ci, shift_log_ratio_ci
     from .comparison import round_log_ratios
 
-    boards = (reports[0].env.get("remote") or {}).get("boards") or []
-    if len(boards) < 2:
-        return []
-    d: list[list[float]] = []
+    shares = _shares(reports)
+    # a board can have measured several shares (a top-up, or the share of a board that dropped
+    # out): its rounds are its own, one row per board (a share is not compared with its twin)
+    d_of: dict[Any, list[float]] = {}
     first = 0
-    for b in boards:
+    for n, b in enumerate(shares):
         parts = [_slice(r, first, b["rounds"]) for r in reports]
-        d.append(round_log_ratios(parts[i], parts[j]))
+        d_of.setdefault(b["server"] if b["server"] is not None else n, []).extend(
+            round_log_ratios(parts[i], parts[j]))
         first += b["rounds"]
+    if len(d_of) < 2:
+        return []
+    boards, d = list(d_of), list(d_of.values())
     rows = []
-    for k, b in enumerate(boards):
-        row: dict[str, Any] = {"server": b["server"], "rounds": len(d[k]), "ratio": None,
+    for k, server in enumerate(boards):
+        row: dict[str, Any] = {"server": None if isinstance(server, int) else server,
+                               "rounds": len(d[k]), "ratio": None,
                                "ratio_ci95": [None, None], "disagrees": False}
         if d[k]:
             est, lo, hi, _ = paired_log_ratio_ci(d[k], conf)
@@ -137,6 +142,23 @@ def per_board(reports: Sequence[LatencyReport], i: int = 1, j: int = 0,
             row["disagrees"] = against > len(shifts) / 2
         rows.append(row)
     return rows
+
+
+def _shares(reports: Sequence[LatencyReport]) -> list[dict[str, Any]]:
+    """The boards' shares (`env.remote.boards`) of reports pooled together by `pool_reports`:
+    every report names the same shares, whose rounds add up to its blocks. Anything else ([]):
+    reports that were not paired round by round on each board (a stored baseline made from a
+    pooled run, checked against a new run, is not), or a share list not made here."""
+    shares = (reports[0].env.get("remote") or {}).get("boards") if reports else None
+    if not isinstance(shares, list) or not all(
+            isinstance(b, dict) and isinstance(b.get("rounds"), int) and b["rounds"] >= 0
+            for b in shares):
+        return []
+    for r in reports:
+        if (r.env.get("remote") or {}).get("boards") != shares \
+                or sum(b["rounds"] for b in shares) != len(r.blocks):
+            return []
+    return shares
 
 
 def disagreement_note(rows: Sequence[dict[str, Any]], what: str) -> str | None:

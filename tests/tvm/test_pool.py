@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -130,8 +131,9 @@ def test_pooled_search_survives_a_board_killed_mid_confirmation(boards, tmp_path
               db.execute("SELECT label, env FROM runs ORDER BY id") if ":final:" in label]
     assert len(finals) == 2 and finals[0] == finals[1]  # both models, board by board
     assert len(finals[0]) == 3 and {b["server"] for b in finals[0]} == set(devices["servers"])
-    rec = result.recommendation
-    assert [b["server"] for b in rec["boards"]] == [b["server"] for b in finals[0]]
+    rec = result.recommendation  # one row per board: the one that measured two shares once
+    assert [b["server"] for b in rec["boards"]] == list(dict.fromkeys(
+        b["server"] for b in finals[0])) and len(rec["boards"]) == 2
     assert all(b["rounds"] >= 2 and b["speedup"] > 0 for b in rec["boards"])
     assert sum(b["rounds"] for b in rec["boards"]) >= 8  # a paired test's worth, pooled
     assert any(ln.startswith("  confirmed on every board") for ln in
@@ -198,30 +200,11 @@ def test_pool_aside_and_giving_up_in_one_line_when_no_board_is_left(tracker, cnn
     comes back after; when it dies mid-job, the job is measured again on another board and the
     board is reported lost. Then the third job of a `map` kills the two left: the results made
     before are kept (handed out as they finished), the rest is one error naming what happened."""
-    from deploykit.backends import registry as targets
     from deploykit.backends.tvm.pool import DevicePool, pinned
-    from deploykit.core import ModelRef, TimingPlan
     from deploykit.errors import TargetError
-    from deploykit.onnxio import make_feeds
 
-    toml = tmp_path / "tvm-x86-rpc.toml"
-    toml.write_text('name = "tvm-x86-rpc"\nbackend = "tvm"\nthreads = 1\nremote = true\n'
-                    '[tvm_target]\nkind = "llvm"\nmcpu = "host"\n')
-    started = [rpc.start_server(key="x86-pool", tracker=tracker) for _ in range(3)]
-    servers = {f"127.0.0.1:{port}": proc for proc, port in started}
-    try:
-        _wait_registered(tracker, "x86-pool", 3)
-        t = targets.get(str(toml), device="x86-pool", tracker=tracker)
-        model = ModelRef.from_path(cnn_onnx)
-
-        def timed():
-            art = t.compile(model)
-            try:
-                return t.profile(art, make_feeds(list(art.inputs)),
-                                 TimingPlan(max_time_s=0.2, min_samples=3), per_op=False)
-            finally:
-                art.close()
-
+    with _x86_boards(tracker, "x86-pool", 3) as servers:
+        timed = _x86_timed(tmp_path, tracker, "x86-pool", cnn_onnx)
         runs: list[str] = []
 
         def aside_job(kill: bool = False) -> str:
@@ -260,9 +243,71 @@ def test_pool_aside_and_giving_up_in_one_line_when_no_board_is_left(tracker, cnn
                 pool.map(job, range(5), on_result=lambda i, rep: kept.append(i))
             assert {0, 1} <= set(kept) and f"the {len(kept)} made are kept" in str(e.value)
             assert len(pool.lost) == 3 and "\n" not in str(e.value)
+
+
+def test_map_takes_over_the_aside_board_when_its_own_boards_drop_out(tracker, cnn_onnx,
+                                                                   tmp_path):
+    """Two native x86 boards, one running an `aside` job (a search's baseline beside its layer
+    units): when the board `map` runs on dies, the jobs left are measured on the aside board
+    once its job is done (that job's result kept), not given up while a board is still there."""
+    from deploykit.backends.tvm.pool import DevicePool, pinned
+
+    with _x86_boards(tracker, "x86-aside", 2) as servers:
+        timed = _x86_timed(tmp_path, tracker, "x86-aside", cnn_onnx)
+        killed: list[str] = []
+
+        def job(i):
+            if i == 1 and not killed:  # the map's only board dies under its second job
+                killed.append(pinned().server)
+                kill_group(servers[killed[0]])
+            return timed().env["remote"]["server"]
+
+        said: list[str] = []
+        with DevicePool(PoolConfig(tracker, "x86-aside", 2), notify=said.append) as pool:
+            beside = pool.aside(lambda: timed().env["remote"]["server"])
+            got = pool.map(job, range(3))
+            there = beside.result()
+            assert got[0] == killed[0] != there and got[1] == got[2] == there
+            assert pool.lost == [killed[0]] and pool.summary()["servers"] == [there]
+            assert any(killed[0] in m and "dropped out" in m for m in said), said
+
+
+@contextmanager
+def _x86_boards(tracker: str, key: str, n: int):
+    """`n` native x86 RPC servers of `key` registered with `tracker` (fast to start): yields
+    {"127.0.0.1:PORT": process}; every one is stopped on exit."""
+    started = [rpc.start_server(key=key, tracker=tracker) for _ in range(n)]
+    servers = {f"127.0.0.1:{port}": proc for proc, port in started}
+    try:
+        _wait_registered(tracker, key, n)
+        yield servers
     finally:
         for proc in servers.values():
             kill_group(proc)
+
+
+def _x86_timed(tmp_path, tracker: str, key: str, onnx_path):
+    """A function timing `onnx_path` briefly on a native x86 board of `key` (the pinned one in
+    a pool's job); returns its LatencyReport."""
+    from deploykit.backends import registry as targets
+    from deploykit.core import ModelRef, TimingPlan
+    from deploykit.onnxio import make_feeds
+
+    toml = tmp_path / "tvm-x86-rpc.toml"
+    toml.write_text('name = "tvm-x86-rpc"\nbackend = "tvm"\nthreads = 1\nremote = true\n'
+                    '[tvm_target]\nkind = "llvm"\nmcpu = "host"\n')
+    t = targets.get(str(toml), device=key, tracker=tracker)
+    model = ModelRef.from_path(onnx_path)
+
+    def timed():
+        art = t.compile(model)
+        try:
+            return t.profile(art, make_feeds(list(art.inputs)),
+                             TimingPlan(max_time_s=0.2, min_samples=3), per_op=False)
+        finally:
+            art.close()
+
+    return timed
 
 
 def _wait_registered(tracker: str, key: str, n: int, timeout: float = 60) -> None:

@@ -211,7 +211,7 @@ class DevicePool:
         self.devices: list[Device] = []
         self.lost: list[str] = []  # servers that dropped out, in order
         self.builder = None  # pool_build.BuildPool with several boards
-        self._aside: list[Device] = []  # boards running an `aside` job, out of `devices`
+        self._aside: list[Aside] = []  # `aside` jobs, their boards out of `devices`
         self._lock = threading.Lock()
 
     @property
@@ -301,8 +301,10 @@ class DevicePool:
             if len(self.devices) < 2:
                 raise ValueError("aside needs a pool of at least two boards")
             dev = self.devices.pop()
-            self._aside.append(dev)
-        return Aside(self, dev, fn)
+            job = Aside(self, dev, fn)
+            self._aside.append(job)
+        job.start()
+        return job
 
     def map(self, fn: Callable[[T], R], jobs: Sequence[T],
             on_result: Callable[[int, R], None] | None = None,
@@ -311,7 +313,7 @@ class DevicePool:
         worker. `on_result(i, result)` runs in this (the calling) thread as each finishes, so a
         caller's store never sees another thread. A job whose board dropped out is retried on
         another; any other exception stops the pool (jobs already running finish) and is raised."""
-        if not self.devices:
+        if not self.devices and not self._aside:
             raise TargetError(f"no device of key '{self.cfg.key}' is left in the pool")
         todo: queue.Queue[int] = queue.Queue()
         for i in range(len(jobs)):
@@ -367,7 +369,16 @@ class DevicePool:
         with progress_bar(bool(progress), count=True) as bar, _joined(threads, stop):
             task = bar.add_task(progress or "", total=len(jobs),
                                 info=f"on {len(self.devices)} device(s)") if bar else None
-            while running:
+            while True:
+                if not running:  # every board dropped out: one running an `aside` job takes
+                    dev = None   # over when that job is done (else the jobs left are lost)
+                    while dev is None and self._aside and not errors and len(results) < len(jobs):
+                        dev = self._aside[0].give_back()
+                    if dev is None:
+                        break
+                    threads.append(threading.Thread(target=worker, args=(dev,), daemon=True))
+                    threads[-1].start()
+                    running += 1
                 try:
                     i, kind, value = done.get(timeout=0.5)
                 except queue.Empty:
@@ -399,7 +410,7 @@ class DevicePool:
     def _watch(self) -> None:
         """Cut off a board whose running job has been silent too long (see the docstring)."""
         now = time.monotonic()
-        for dev in list(self.devices) + list(self._aside):
+        for dev in list(self.devices) + [a.dev for a in self._aside]:
             since = dev.since
             if dev.busy and since is not None and dev.hung is None \
                     and now - since > self.hang_after_s:
@@ -425,7 +436,10 @@ class Aside(Generic[R]):
     def __init__(self, pool: DevicePool, dev: Device, fn: Callable[[], R]):
         self.pool, self.dev, self.fn = pool, dev, fn
         self._got: list[tuple[bool, Any]] = []
+        self._back: bool | None = None  # the board went back to the pool (None: not yet)
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
@@ -439,27 +453,39 @@ class Aside(Generic[R]):
             finally:
                 dev.busy, dev.since = False, None
 
-    def result(self) -> R:
-        """Wait for the job (watching its board for a hang), give the board back to the pool
-        and return the job's result; when the board dropped out, the job is run again on
-        another board of the pool (as `map` would), and a failure of the job itself is raised."""
+    def give_back(self) -> Device | None:
+        """Wait for the job (watching its board for a hang) and put its board back in the pool
+        when it still answers; returns that board (None: it dropped out, and is reported lost).
+        Once: a later call (`result`, after `map` took the board over) says what the first did."""
         while self._thread.is_alive():
             self._thread.join(timeout=0.5)
             self.pool._watch()
         pool, dev = self.pool, self.dev
-        ok, value = self._got[0]
-        with pool._lock:
-            pool._aside.remove(dev)
-        if ok or (dev.hung is None and dev.alive()):
+        if self._back is None:
+            ok, value = self._got[0]
+            back = ok or (dev.hung is None and dev.alive())
             with pool._lock:
-                pool.devices.append(dev)
-            if ok:
-                return value
-            raise value
-        pool.lost.append(dev.server)
-        pool.notify(f"device {dev.server} ({dev.hung or first_line(value)}) dropped out; its "
-                    f"measurement is retried on another one")
-        return pool.run(self.fn)
+                pool._aside.remove(self)
+                if back:
+                    pool.devices.append(dev)
+            self._back = back
+            if not back:
+                pool.lost.append(dev.server)
+                pool.notify(f"device {dev.server} ({dev.hung or first_line(value)}) dropped "
+                            f"out; its measurement is retried on another one")
+        return dev if self._back else None
+
+    def result(self) -> R:
+        """Wait for the job, give the board back to the pool and return the job's result;
+        when the board dropped out, the job is run again on another board of the pool (as
+        `map` would), and a failure of the job itself is raised."""
+        back = self.give_back()
+        ok, value = self._got[0]
+        if back is None:
+            return self.pool.run(self.fn)
+        if ok:
+            return value
+        raise value
 
 
 @contextmanager
