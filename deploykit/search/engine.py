@@ -166,14 +166,24 @@ class Search:
             # 2. build, verify and table-estimate every model candidate (cheap families first)
             sha_seen = {base.sha256: base}
             self._build_candidates(models, variants, rows, points, sha_seen, bar)
-            # 2a. recovery's final, longer fine-tune of the deepest prune still below the floor
-            # (NetAdapt's long-term fine-tune; search/recover.py picks it)
+            # 2a. deeper prunes while the deepest one tried still meets the floor
+            # (search/deeper.py), then recovery's final, longer fine-tune of the deepest prune
+            # still below it (NetAdapt's long-term fine-tune; search/recover.py picks it)
+            from .deeper import deeper_candidates
             from .recover import final_candidates
 
+            reserve = (1 - BUILD_SHARE) * self.cfg.time_limit_s
+            while True:  # one cut deeper at a time, until one misses the floor
+                deeper, why_not = deeper_candidates(rows, self.time_left(), reserve)
+                if why_not:
+                    self.notes.append(why_not)
+                if not deeper:
+                    break
+                self._build_finals(deeper, rows, sha_seen, variants, bar)
+                n_space += len(deeper) * len(variants)
             while True:  # deepest first; the next one only when a final one missed the floor
                 finals, why_not = final_candidates(
-                    rows, self.cfg.recover_final_s, self.time_left(),
-                    (1 - BUILD_SHARE) * self.cfg.time_limit_s)
+                    rows, self.cfg.recover_final_s, self.time_left(), reserve)
                 if why_not:
                     self.notes.append(why_not)
                 if not finals:
@@ -221,7 +231,8 @@ class Search:
 
     def _build_finals(self, cands, rows: list[Row], sha_seen: dict[str, Row],
                       variants: Sequence[tuple], bar: Bar) -> None:
-        """Build recovery's final candidates (search/recover.py) into `rows`, on every variant."""
+        """Build recovery's final or deeper candidates (search/recover.py, deeper.py) into
+        `rows`, on every variant."""
         for cand in cands:
             bar.grow(self._add_candidate(cand, rows, sha_seen, variants))
 
