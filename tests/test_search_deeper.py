@@ -100,3 +100,7 @@ def test_the_search_cuts_deeper_until_a_cut_misses_or_deepest(source, tmp_path):
     kept = {x["layer"]: x["kept"] for x in pruned[0.9375].recovery["layers"]}
     assert kept and max(kept.values()) == 1  # 16 filters cut to 1
     assert {x["kept"] for x in pruned[0.875].recovery["layers"]} == {2}
+    # built right after the recovered prunes, before the graph-side rest of the space
+    order = [r.cand.recipe for r in res.rows if not r.cand.options]
+    graph = [i for i, x in enumerate(order) if x.startswith("prune-channels")]
+    assert graph and order.index("torch-prune:budget_s=1.0,ratio=0.9375") < graph[0]

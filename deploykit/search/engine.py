@@ -165,22 +165,13 @@ class Search:
                 points[()].append((base.table_ms, base.median))
             # 2. build, verify and table-estimate every model candidate (cheap families first)
             sha_seen = {base.sha256: base}
-            self._build_candidates(models, variants, rows, points, sha_seen, bar)
-            # 2a. deeper prunes while the deepest one tried still meets the floor
-            # (search/deeper.py), then recovery's final, longer fine-tune of the deepest prune
-            # still below it (NetAdapt's long-term fine-tune; search/recover.py picks it)
-            from .deeper import deeper_candidates
+            n_space += self._build_candidates(models, variants, rows, points, sha_seen,
+                                              bar) * len(variants)
+            # 2a. recovery's final, longer fine-tune of the deepest prune still below the floor
+            # (NetAdapt's long-term fine-tune; search/recover.py picks it)
             from .recover import final_candidates
 
             reserve = (1 - BUILD_SHARE) * self.cfg.time_limit_s
-            while True:  # one cut deeper at a time, until one misses the floor
-                deeper, why_not = deeper_candidates(rows, self.time_left(), reserve)
-                if why_not:
-                    self.notes.append(why_not)
-                if not deeper:
-                    break
-                self._build_finals(deeper, rows, sha_seen, variants, bar)
-                n_space += len(deeper) * len(variants)
             while True:  # deepest first; the next one only when a final one missed the floor
                 finals, why_not = final_candidates(
                     rows, self.cfg.recover_final_s, self.time_left(), reserve)
@@ -209,11 +200,20 @@ class Search:
         return self._result(rows, base, points, n_space)
 
     def _build_candidates(self, models: list, variants: Sequence[tuple], rows: list[Row],
-                          points: Points, sha_seen: dict[str, Row], bar: Bar) -> None:
+                          points: Points, sha_seen: dict[str, Row], bar: Bar) -> int:
         """Build every model candidate (and its target variants) while the building share of the
-        time limit lasts; the experts' recipes come first, always, and are measured whole."""
+        time limit lasts; the experts' recipes come first, always, and are measured whole. Right
+        after the recovered prunes, deeper cuts while the deepest still meets the floor
+        (search/deeper.py), before the cheaper rest of the space can spend the building time.
+        Returns how many model candidates were added beyond `models`."""
+        from .recover import STEP
+
+        def recovered(c) -> bool:
+            return c.steps[0][0] == STEP
+
         n_experts = sum(c.model_id in self._experts for c in models)
         built = {models[0].model_id}
+        extra = 0
         for i, cand in enumerate(models[1:]):
             if i == n_experts:  # every expert recipe built: measure them whole, now
                 measure_experts(self, rows, points, bar)
@@ -226,8 +226,28 @@ class Search:
             built.add(cand.model_id)
             bar.advance(row, len(variants))
             bar.show_best(rows, self.cfg.budget_ms)
+            if recovered(cand) and (i + 2 == len(models) or not recovered(models[i + 2])):
+                extra += self._cut_deeper(rows, sha_seen, variants, bar)
         if n_experts == len(models) - 1:
             measure_experts(self, rows, points, bar)
+        return extra
+
+    def _cut_deeper(self, rows: list[Row], sha_seen: dict[str, Row],
+                    variants: Sequence[tuple], bar: Bar) -> int:
+        """Deeper torch-side prunes, one cut at a time, while the deepest one built still meets
+        the floor (search/deeper.py); returns how many model candidates were built."""
+        from .deeper import deeper_candidates
+
+        n = 0
+        while True:
+            deeper, why_not = deeper_candidates(rows, self.time_left(),
+                                                (1 - BUILD_SHARE) * self.cfg.time_limit_s)
+            if why_not:
+                self.notes.append(why_not)
+            if not deeper:
+                return n
+            self._build_finals(deeper, rows, sha_seen, variants, bar)
+            n += len(deeper)
 
     def _build_finals(self, cands, rows: list[Row], sha_seen: dict[str, Row],
                       variants: Sequence[tuple], bar: Bar) -> None:
