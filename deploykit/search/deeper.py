@@ -8,10 +8,10 @@ The next cut halves what the deepest passing one kept (75% -> 87.5% -> 93.75%), 
 its own (`torch-prune:budget_s=B,ratio=0.875`, cached and resumable like the fixed ratios), with
 the int8 compositions the passing one had; the engine asks again after building it, so the
 search goes on cutting until a cut misses the floor (that one may then get recovery's final,
-longer fine-tune, recover.final_candidates) or DEEPEST is reached. The engine cuts deeper right
-after the fixed ratios are built, before the rest of the space: on a loaded machine the cheap
-graph-side recipes after them spent the building share of the time limit first, and the 87.5%
-cut was left out by 2 s.
+longer fine-tune, recover.final_candidates) or DEEPEST is reached. The engine cuts deeper (and
+runs the final fine-tunes) right after the fixed ratios are built, before the rest of the space:
+on a loaded machine the cheap graph-side recipes after them spent the building share of the
+time limit first, and the 87.5% cut was left out by 2 s.
 """
 
 from __future__ import annotations
