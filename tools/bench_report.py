@@ -247,7 +247,7 @@ def write_markdown(data: dict, path: Path, results_json: Path, out_dir: Path) ->
         lines += deep_compression_markdown(data["deep_compression"], env)
     from bench_recover_report import recover_markdown
 
-    for key in ("mnist_search", "resnet_search"):
+    for key in ("mnist_search", "mnist_classic_search", "resnet_search"):
         if data.get(key):
             lines += recover_markdown(data[key], env)
     from deploykit.fsutil import write_text_atomic

@@ -172,24 +172,12 @@ class Search:
             points: Points = {v: [] for v in variants}
             if base.table_ms is not None:
                 points[()].append((base.table_ms, base.median))
-            # 2. build, verify and table-estimate every model candidate (cheap families first)
+            # 2. build, verify and table-estimate every model candidate (cheap families first;
+            # recovery's deeper cuts and final fine-tunes right after the short recoveries)
             sha_seen = {base.sha256: base}
-            self._build_candidates(models, variants, rows, points, sha_seen, bar)
-            # 2a. recovery's final, longer fine-tune of the deepest prune still below the floor
-            # (NetAdapt's long-term fine-tune; search/recover.py picks it)
-            from .recover import final_candidates
-
-            while True:  # deepest first; the next one only when a final one missed the floor
-                finals, why_not = final_candidates(
-                    rows, self.cfg.recover_final_s, self.time_left(),
-                    (1 - BUILD_SHARE) * self.cfg.time_limit_s)
-                if why_not:
-                    self.notes.append(why_not)
-                if not finals:
-                    break
-                self._build_finals(finals, rows, sha_seen, variants, bar)
-                n_space += len(finals) * len(variants)
-            # 2b. NetAdapt: per-layer cuts, each iteration keeping the most faithful proposal
+            n_space += self._build_candidates(models, variants, rows, points, sha_seen,
+                                              bar) * len(variants)
+            # 2a. NetAdapt: per-layer cuts, each iteration keeping the most faithful proposal
             # that meets its latency goal on the layer table; then int8 on the last ones
             if self.cfg.netadapt and base.table_ms is not None:
                 na_rows, kept, self.netadapt_log = netadapt_rows(self, base, sha_seen, bar)
@@ -208,11 +196,21 @@ class Search:
         return self._result(rows, base, points, n_space)
 
     def _build_candidates(self, models: list, variants: Sequence[tuple], rows: list[Row],
-                          points: Points, sha_seen: dict[str, Row], bar: Bar) -> None:
+                          points: Points, sha_seen: dict[str, Row], bar: Bar) -> int:
         """Build every model candidate (and its target variants) while the building share of the
-        time limit lasts; the experts' recipes come first, always, and are measured whole."""
+        time limit lasts; the experts' recipes come first, always, and are measured whole. Right
+        after the recovered prunes, before the cheaper rest of the space can spend the building
+        time: deeper cuts while the deepest still meets the floor (search/deeper.py), then the
+        final, longer fine-tune of the deepest still below it (recover.final_candidates).
+        Returns how many model candidates were added beyond `models`."""
+        from .recover import STEP
+
+        def recovered(c) -> bool:
+            return c.steps[0][0] == STEP
+
         n_experts = sum(c.model_id in self._experts for c in models)
         built = {models[0].model_id}
+        extra = 0
         for i, cand in enumerate(models[1:]):
             if i == n_experts:  # every expert recipe built: measure them whole, now
                 measure_experts(self, rows, points, bar)
@@ -225,12 +223,41 @@ class Search:
             built.add(cand.model_id)
             bar.advance(row, len(variants))
             bar.show_best(rows, self.cfg.budget_ms)
+            if recovered(cand) and (i + 2 == len(models) or not recovered(models[i + 2])):
+                extra += self._recover_further(rows, sha_seen, variants, bar)
         if n_experts == len(models) - 1:
             measure_experts(self, rows, points, bar)
+        return extra
+
+    def _recover_further(self, rows: list[Row], sha_seen: dict[str, Row],
+                         variants: Sequence[tuple], bar: Bar) -> int:
+        """After the short recoveries: deeper torch-side prunes, one cut at a time, while the
+        deepest one built still meets the floor (search/deeper.py); then recovery's final,
+        longer fine-tune of the deepest prune still below it, the next deepest only when a
+        final one missed (NetAdapt's long-term fine-tune; search/recover.py). Returns how many
+        model candidates were built."""
+        from .deeper import deeper_candidates
+        from .recover import final_candidates
+
+        reserve = (1 - BUILD_SHARE) * self.cfg.time_limit_s
+        n = 0
+        for propose in (lambda: deeper_candidates(rows, self.time_left(), reserve),
+                        lambda: final_candidates(rows, self.cfg.recover_final_s,
+                                                 self.time_left(), reserve)):
+            while True:
+                cands, why_not = propose()
+                if why_not:
+                    self.notes.append(why_not)
+                if not cands:
+                    break
+                self._build_finals(cands, rows, sha_seen, variants, bar)
+                n += len(cands)
+        return n
 
     def _build_finals(self, cands, rows: list[Row], sha_seen: dict[str, Row],
                       variants: Sequence[tuple], bar: Bar) -> None:
-        """Build recovery's final candidates (search/recover.py) into `rows`, on every variant."""
+        """Build recovery's final or deeper candidates (search/recover.py, deeper.py) into
+        `rows`, on every variant."""
         for cand in cands:
             bar.grow(self._add_candidate(cand, rows, sha_seen, variants))
 
