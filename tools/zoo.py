@@ -167,7 +167,9 @@ def run_model(name: str, source, work: Path, args) -> dict:
             cells["export"] = {"ok": False, "text": err}
             return {"cells": cells, "seconds": time.time() - t0}
         exp = json.loads((work / "export.json").read_text())
-        cells["export"] = {"ok": True, "text": f"ok ({exp.get('exporter')})"}
+        caveat = "; output subnormal with random weights, values compared as zeros" if any(
+            "entirely subnormal" in w for w in exp.get("warnings", [])) else ""
+        cells["export"] = {"ok": True, "text": f"ok ({exp.get('exporter')}){caveat}"}
     sys.path.insert(0, str(ROOT))
     from deploykit.intake import intake
     from deploykit.onnxio import load_onnx
