@@ -244,44 +244,24 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
 
 def _roles(b: Block) -> list[tuple[object, str, object, int]]:
     """(value, role, node, input index) of every constant `b` slices, at its use in `b`."""
+    from ._shared_weights import bias_user
+
     out = [(b.w1, "fc1 weight", b.fc1, 1), (b.w2, "fc2 weight", b.fc2, 1)]
     for node, w, _, bias in [(b.fc1, b.w1, b.w1_axis, b.b1), *b.gates]:
         if w is not b.w1:
             out.append((w, "gate weight", node, 1))
         if bias is not None:
-            user = node if node.op_type == "Gemm" else _users(node.outputs[0])[0]
+            user = bias_user(node, bias)
             out.append((bias, "fc1 bias", user, list(user.inputs).index(bias)))
     return out
 
 
 def _group(blocks: list[Block], reasons: list[str]) -> tuple[list[Block], list[str]]:
-    """Blocks whose constants are the same initializers, one group each (the first block, the
-    others in its `also`); a group whose shared weights have a use outside it (in another role,
-    by a look-alike that is not a valid block, by any other op) is pinned with the reason."""
-    groups: dict[tuple, list[Block]] = {}
-    for b in blocks:
-        key = tuple(id(v) for v, *_ in _roles(b))
-        groups.setdefault(key, []).append(b)
-    out = []
-    for members in groups.values():
-        head = members[0]
-        owned = {(id(v), role, id(node), i) for b in members for v, role, node, i in _roles(b)}
-        values = {id(v): (v, role) for v, role, *_ in _roles(head)}
-        why = None
-        if len(values) < len(_roles(head)):
-            why = "one constant plays two roles in the block"
-        for v, role in values.values():
-            if why is not None or role == "fc1 bias":  # a merged bias gets its own copy
-                continue
-            for u in v.uses():
-                if (id(v), role, id(u.node), u.idx) not in owned:
-                    why = (f"{role} '{v.name}' is shared by {len(v.uses())} nodes and "
-                           f"{u.node.op_type} '{u.node.name}' does not use it as the {role} of "
-                           f"a feed-forward block with the same weights")
-                    break
-        if why is not None:
-            reasons.append(f"{head.name}: {why}")
-            continue
-        head.also = members[1:]
-        out.append(head)
-    return out, reasons
+    """One block per group of blocks applying the same weights (_shared_weights.py), the others
+    in its `also`; groups whose shared weights have other uses are pinned with the reason."""
+    from ._shared_weights import group
+
+    groups, pinned = group(blocks, _roles, "a feed-forward block")
+    for members in groups:
+        members[0].also = members[1:]
+    return [m[0] for m in groups], pinned + reasons

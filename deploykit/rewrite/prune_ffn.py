@@ -141,25 +141,11 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
 
 
 def _own_bias(graph, bias, apps, k: int):
-    """The fc1 (k = 0) or k-th gate bias of a group, as a constant only its blocks use: exporters
-    merge equal constants (the zero biases of unrelated layers), which slicing must not touch."""
-    mine = set()
-    for a in apps:
-        node = (a.fc1, *(g[0] for g in a.gates))[k]
-        user = node if node.op_type == "Gemm" else node.outputs[0].uses()[0].node
-        mine.add(id(user))
-    if all(id(u.node) in mine for u in bias.uses()) and not bias.is_graph_output():
-        return bias
-    name = f"{bias.name}_ffn"
-    while name in graph.initializers:
-        name += "_"
-    copy = ir.Value(name=name, shape=bias.shape, type=bias.type,
-                    const_value=ir.tensor(bias.const_value.numpy().copy(), name=name))
-    graph.register_initializer(copy)
-    for u in list(bias.uses()):
-        if id(u.node) in mine:
-            u.node.replace_input_with(u.idx, copy)
-    return copy
+    """The fc1 (k = 0) or k-th gate bias of a group, as a constant only its blocks use."""
+    from ._shared_weights import bias_user, own_copy
+
+    nodes = [(a.fc1, *(g[0] for g in a.gates))[k] for a in apps]
+    return own_copy(graph, bias, {id(bias_user(n, bias)) for n in nodes}, "ffn")
 
 
 class PruneFfnPass(StepPass, ir.passes.FunctionalPass):

@@ -130,8 +130,10 @@ def test_a_shared_weight_used_outside_valid_blocks_pins_the_group(odd, why):
     assert why in res.skipped
 
 
-def test_albert_exported_from_transformers(tmp_path):
-    """The real thing: ALBERT (2 layers sharing one set of weights), exported by deploykit."""
+@pytest.fixture(scope="module")
+def albert(tmp_path_factory) -> onnx.ModelProto:
+    """The real thing: ALBERT (2 layers sharing one set of weights, heads as [.., -1, d]
+    Reshapes), built by `transformers` from a small config and exported by deploykit."""
     import torch
     from transformers import AlbertConfig, AlbertModel
 
@@ -152,27 +154,52 @@ def test_albert_exported_from_transformers(tmp_path):
             return self.m(input_ids=input_ids, attention_mask=attention_mask)[0]
 
     ids = torch.randint(0, 100, (1, 16))
-    path = tmp_path / "albert.onnx"
+    path = tmp_path_factory.mktemp("albert") / "albert.onnx"
     export_module(First(inner).eval(), (ids, torch.ones(1, 16, dtype=torch.int64)), path)
-    model = onnx.load(str(path))
-    res = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.5), StepContext(feeds={})), model)
+    return onnx.load(str(path))
+
+
+def _rows_zeroed(model, name: str, rows) -> onnx.ModelProto:
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    for t in ref.graph.initializer:
+        if t.name == name:
+            arr = numpy_helper.to_array(t).copy()
+            arr[list(rows)] = 0
+            t.CopyFrom(numpy_helper.from_array(arr, name))
+    return ref
+
+
+def _albert_close(out, ref):
+    feeds = {"input_ids": np.random.default_rng(0).integers(0, 100, (1, 16)),
+             "attention_mask": np.ones((1, 16), np.int64)}
+    got, want = run_ort(out, feeds)[0], run_ort(ref, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_albert_feed_forward(albert):
+    res = apply_step(pf.PruneFfnPass(pf.Config(ratio=0.5), StepContext(feeds={})), albert)
     assert res.skipped is None
     [blk] = res.details["blocks"]
     assert (blk["applications"], blk["neurons"], blk["kept"]) == (2, 128, 64)
     full_check(res.model)
-    feeds = {"input_ids": np.random.default_rng(0).integers(0, 100, (1, 16)),
-             "attention_mask": np.ones((1, 16), np.int64)}
-    w, parent = _inits(res.model), _inits(model)
+    w, parent = _inits(res.model), _inits(albert)
     fc1 = blk["weight"]
     keep = [int(np.flatnonzero((parent[fc1] == w[fc1][:, [j]]).all(axis=0))[0])
             for j in range(64)]
-    fc2 = next(n.input[1] for n in model.graph.node if n.name == blk["fc2"])
-    ref = onnx.ModelProto()
-    ref.CopyFrom(model)
-    for t in ref.graph.initializer:
-        if t.name == fc2:
-            arr = parent[fc2].copy()
-            arr[np.setdiff1d(np.arange(128), keep)] = 0
-            t.CopyFrom(numpy_helper.from_array(arr, fc2))
-    got, want = run_ort(res.model, feeds)[0], run_ort(ref, feeds)[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    fc2 = next(n.input[1] for n in albert.graph.node if n.name == blk["fc2"])
+    _albert_close(res.model, _rows_zeroed(albert, fc2, np.setdiff1d(np.arange(128), keep)))
+
+
+def test_albert_heads(albert):
+    from deploykit.rewrite import prune_heads as ph
+    from deploykit.rewrite._channel_graph import load_ir
+
+    res = apply_step(ph.PruneHeadsPass(ph.Config(ratio=0.5), StepContext(feeds={})), albert)
+    assert res.skipped is None
+    [blk] = res.details["blocks"]
+    assert (blk["applications"], blk["heads"], blk["kept"]) == (2, 4, 2)
+    full_check(res.model)
+    w_out = ph.find_attention(load_ir(albert))[0].w_out.name
+    rows = [h * 16 + i for h in blk["removed"] for i in range(16)]
+    _albert_close(res.model, _rows_zeroed(albert, w_out, rows))
