@@ -135,24 +135,25 @@ class _Split(RewriteRuleClassBase):
             return MatchResult().fail("not selected")
         if min(k, n) < cfg.min_size:
             return self.log.refuse(name, f"{k}x{n} weight is below min_size {cfg.min_size}")
-        a, b, r, err = svd_split(self.weight(node), ratio, energy)
+        key = (w, node.op_type, node.attributes.get_int("transB", 0),
+               node.attributes.get_float("alpha", 1.0))
+        a, b, r, err = self.log.once(key, lambda: svd_split(self.weight(node), ratio, energy))
         if r * (k + n) >= k * n:
             return self.log.refuse(name, f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
                                          f"({r * (k + n)} >= {k * n} MACs per row)")
-        self.pending = (a, b, r, err)
+        self.pending = (key, a, b, r, err)
         return MatchResult()
 
     def emit(self, op, x, w, out, tail):
         node = out.producer()
-        a, b, r, err = self.pending
+        key, a, b, r, err = self.pending
         k, n = a.shape[0], b.shape[1]
         self.log.layers.append({"node": self.log.label(node, w), "initializer": w.name,
                                 "weight": [k, n], "rank": r,
                                 "rel_frobenius_error": round(err, 6),
                                 "macs_per_row_before": k * n, "macs_per_row_after": r * (k + n)})
-        self.log.created.update((f"{w.name}_svd_u", f"{w.name}_svd_v"))
-        h = op.MatMul(x, op.initializer(ir.tensor(a), name=f"{w.name}_svd_u"))
-        return tail(h, op.initializer(ir.tensor(b), name=f"{w.name}_svd_v"))
+        u = self.log.factor(op, key, f"{w.name}_svd_u", a)  # a shared weight: factors once
+        return tail(op.MatMul(x, u), self.log.factor(op, key, f"{w.name}_svd_v", b))
 
 
 class MatMulSvd(_Split):
