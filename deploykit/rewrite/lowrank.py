@@ -135,12 +135,19 @@ class _Split(RewriteRuleClassBase):
             return MatchResult().fail("not selected")
         if min(k, n) < cfg.min_size:
             return self.log.refuse(name, f"{k}x{n} weight is below min_size {cfg.min_size}")
+        def no_gain(r):
+            return self.log.refuse(name, f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
+                                         f"({r * (k + n)} >= {k * n} MACs per row)")
+
+        if energy is None:  # the rank is known before the SVD: no decomposition to throw away
+            r = choose_rank(np.ones(min(k, n)), ratio, None)
+            if r * (k + n) >= k * n:
+                return no_gain(r)
         key = (w, node.op_type, node.attributes.get_int("transB", 0),
                node.attributes.get_float("alpha", 1.0))
         a, b, r, err = self.log.once(key, lambda: svd_split(self.weight(node), ratio, energy))
         if r * (k + n) >= k * n:
-            return self.log.refuse(name, f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
-                                         f"({r * (k + n)} >= {k * n} MACs per row)")
+            return no_gain(r)
         self.pending = (key, a, b, r, err)
         return MatchResult()
 

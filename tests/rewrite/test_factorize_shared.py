@@ -69,3 +69,21 @@ def test_conv_factorizations_of_a_shared_weight_happen_once(step):
     assert len(inits) == len(set(inits)) == (3 if step == "tucker" else 2)
     x = {"x": np.random.default_rng(1).standard_normal((1, 16, 8, 8)).astype(np.float32)}
     assert run_ort(res.model, x)[0].shape == (1, 16, 8, 8)
+
+
+def test_lowrank_decomposes_each_weight_at_most_once(monkeypatch):
+    """The SVD is the step's cost (minutes on ALBERT's 4096 x 16384 weights): once per shared
+    weight, and never for a weight the ratio's rank cannot make cheaper."""
+    calls = []
+    real = lm.svd_split
+
+    def counted(w, ratio, energy):
+        calls.append(w.shape)
+        return real(w, ratio, energy)
+
+    monkeypatch.setattr(lm, "svd_split", counted)
+    res = apply_step(lm.LowrankPass(lm.Config(ratio=0.25), CTX), _shared_matmul())
+    assert res.details["fired"] == 3 and calls == [(64, 64)]
+    calls.clear()
+    res = apply_step(lm.LowrankPass(lm.Config(ratio=0.5), CTX), _shared_matmul())
+    assert res.skipped is not None and "does not reduce FLOPs" in res.skipped and calls == []
