@@ -85,3 +85,31 @@ def test_bundle_golden_atol_has_the_subnormal_floor(scale, floor):
 
     tol = tolerances([("y", np.full(3, scale, np.float32))], "fp32", None)["y"]
     assert tol["atol"] == pytest.approx(floor)
+
+
+def test_compress_notes_that_subnormal_outputs_are_not_judged(tmp_path):
+    """A step on a model whose output is all subnormal passes (compared as zeros) and says that
+    its figures do not judge that output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.core import ModelRef
+    from deploykit.rewrite import StepContext
+    from deploykit.rewrite.recipe import parse_recipe, run_recipe
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 32)) * 1e-21).astype(np.float32)
+    w2 = (rng.standard_normal((32, 8)) * 1e-21).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "W2"], ["y"])], "decayed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(w2, "W2")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    feeds = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
+    res = run_recipe(ModelRef.from_path(path), parse_recipe("prune-ffn:ratio=0.5"),
+                     StepContext(feeds=feeds, workdir=tmp_path / "w"))
+    [rec] = res.steps
+    assert rec.skipped is None and any("entirely subnormal" in n for n in rec.notes)
