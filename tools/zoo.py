@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,11 @@ def dk(args: list[str], timeout: float, cwd: Path) -> tuple[bool, str, str]:
         return False, "", f"over the {timeout:.0f} s limit of this run"
     if p.returncode == 0:
         return True, p.stdout, ""
+    if p.returncode < 0:  # no line of its own to quote: SIGKILL is most often the OOM killer
+        sig = signal.Signals(-p.returncode).name if -p.returncode in signal.valid_signals() \
+            else str(-p.returncode)
+        return False, p.stdout, f"killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL"
+                                                     else "")
     lines = [ln for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
     err = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else
                f"exit {p.returncode}")
