@@ -38,3 +38,18 @@ def test_a_partial_run_keeps_the_cells_it_did_not_rerun():
     assert cells["export"]["text"] == "ok (dynamo)"
     zoo.merge(results, "hf:a", {"cells": {"export": {"ok": False, "text": "x"}}}, partial=False)
     assert list(results["models"]["hf:a"]["cells"]) == ["export"]
+
+
+def test_a_cli_run_killed_by_a_signal_says_so(tmp_path, monkeypatch):
+    """A run the OOM killer ends writes no error line of its own: the cell says it was killed,
+    not the last line it printed."""
+    import subprocess
+
+    real = subprocess.run
+
+    def killed(cmd, **kw):  # a real process, really killed, in place of the CLI
+        return real(["sh", "-c", "echo 'recipe on m.onnx:'; kill -9 $$"], **kw)
+
+    monkeypatch.setattr(zoo.subprocess, "run", killed)
+    ok, _, why = zoo.dk(["compress", "m.onnx"], 30, tmp_path)
+    assert not ok and why == "killed by SIGKILL (out of memory?)"

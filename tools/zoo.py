@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,11 @@ def dk(args: list[str], timeout: float, cwd: Path) -> tuple[bool, str, str]:
         return False, "", f"over the {timeout:.0f} s limit of this run"
     if p.returncode == 0:
         return True, p.stdout, ""
+    if p.returncode < 0:  # no line of its own to quote: SIGKILL is most often the OOM killer
+        sig = signal.Signals(-p.returncode).name if -p.returncode in signal.valid_signals() \
+            else str(-p.returncode)
+        return False, p.stdout, f"killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL"
+                                                     else "")
     lines = [ln for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
     err = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else
                f"exit {p.returncode}")
@@ -167,7 +173,9 @@ def run_model(name: str, source, work: Path, args) -> dict:
             cells["export"] = {"ok": False, "text": err}
             return {"cells": cells, "seconds": time.time() - t0}
         exp = json.loads((work / "export.json").read_text())
-        cells["export"] = {"ok": True, "text": f"ok ({exp.get('exporter')})"}
+        caveat = "; output subnormal with random weights, values compared as zeros" if any(
+            "entirely subnormal" in w for w in exp.get("warnings", [])) else ""
+        cells["export"] = {"ok": True, "text": f"ok ({exp.get('exporter')}){caveat}"}
     sys.path.insert(0, str(ROOT))
     from deploykit.intake import intake
     from deploykit.onnxio import load_onnx

@@ -149,7 +149,7 @@ def _export_module(model, example, origin, output, shapes, dynamic_batch, dynami
 
     # An exporter "works" when its model passes the checker and agrees with torch.
     failures: list[str] = []
-    verification_error = None
+    verification_errors: list[str] = []
     for exporter in ("dynamo", "torchscript"):
         try:
             proto, warns = run_exporter(exporter, model, args, names, axes, opset, len(ref))
@@ -166,15 +166,15 @@ def _export_module(model, example, origin, output, shapes, dynamic_batch, dynami
             raise_if_failed(checks, "torch", [w for w in warns if w.startswith("tracer:")])
             break
         except VerificationError as e:
-            verification_error = e
+            verification_errors.append(f"{exporter} exporter: {e}")
             failures.append(f"{exporter} exporter's model failed verification")
     else:
-        if verification_error is not None:
+        if verification_errors:  # each exporter's own reason (the tracer's hints are its own)
             others = [f for f in failures if "failed verification" not in f]
-            raise VerificationError(str(verification_error) + "".join(
-                f"; {f}" for f in others)) from None
+            raise VerificationError("; ".join(verification_errors + others)) from None
         raise ExportError("; ".join(failures))
     note = f"{'; '.join(failures)}; used the {exporter} exporter" if failures else None
+    warns += subnormal_warning([o.name for o in proto.graph.output], ref)
     config = {"source": source, "source_sha256": origin["source_sha256"], "exporter": exporter,
               "opset": opset, "dynamic_axes": {n: {str(k): v for k, v in a.items()}
                                                for n, a in axes.items()},
@@ -240,6 +240,20 @@ def _convert_opset(model, opset: int):
         return converted
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot convert the model to opset {opset}: {one_line(e)}") from None
+
+
+def subnormal_warning(names, outs) -> list[str]:
+    """A warning when an output is entirely subnormal: it is compared as zeros (fidelity.py), so
+    the export verified its shape and finiteness, not its values."""
+    from ..fidelity import subnormal_outputs
+
+    found = subnormal_outputs(names, outs)
+    if not found:
+        return []
+    return [f"output(s) {', '.join(repr(n) for n in found[:3])} are entirely subnormal "
+            "(below the dtype's smallest normal, 1.2e-38 in fp32), compared as "
+            "zeros: their values are not verified (random weights whose activations decay "
+            "through the layers?)"]
 
 
 def _serialize(model) -> bytes:

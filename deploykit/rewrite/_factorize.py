@@ -1,12 +1,17 @@
 """What the per-layer factorization steps (lowrank, tucker, compact) share: the record their
 onnxscript rules keep while matching, the Conv rule's common gate (`ConvFactorRule`), and
 applying a rule set as one in-place pass (drop what it orphaned, skip with the refusals when
-nothing fired, report per-layer errors)."""
+nothing fired, report per-layer errors).
+
+A weight several nodes share (ALBERT's layers, a reused conv) is decomposed once and its factors
+are one set of initializers all those nodes read (`RuleLog.once`, `RuleLog.factor`): factorizing
+it per use would repeat the decomposition (minutes on 4096 x 16384 weights) and give onnxscript
+initializers of the same name, which it cannot add twice."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
@@ -21,6 +26,29 @@ class RuleLog:
     refused: dict[str, str] = field(default_factory=dict)
     created: set[str] = field(default_factory=set)
     named: list[tuple[Any, Any]] = field(default_factory=list)  # (ir.Node, its name before)
+    memo: dict[Any, Any] = field(default_factory=dict)  # (weight value, ...) -> decomposition
+    factors: dict[Any, Any] = field(default_factory=dict)  # (key, name) -> initializer value
+
+    def once(self, key, compute: Callable[[], Any]) -> Any:
+        """`compute()` the first time `key` (the weight ir.Value, and whatever else the result
+        depends on) is asked for, its result afterwards: shared weights are decomposed once."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def factor(self, op, key, name: str, array) -> Any:
+        """The initializer `name` holding `array` for the decomposition `key`: created by the
+        first rewrite of a shared weight, the same value for the later ones (a name another
+        decomposition of the same weight took gets a suffix)."""
+        if (key, name) not in self.factors:
+            import onnx_ir as ir
+
+            unique = name
+            while unique in self.created:
+                unique += "_"
+            self.created.add(unique)
+            self.factors[(key, name)] = op.initializer(ir.tensor(array), name=unique)
+        return self.factors[(key, name)]
 
     def label(self, node, w) -> str:
         """The node's name; an unnamed node is named "Op(weight)" here, before the rule set's

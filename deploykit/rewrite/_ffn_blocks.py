@@ -6,11 +6,19 @@ every op there is element-wise with scalar constants, so neuron j only ever meet
 block (SwiGLU, GeGLU) has several fc1s reading one input, whose activations meet element-wise.
 `find_blocks` returns each block with the constants sliced along its neurons, and why FFN
 look-alikes are not blocks; prune_heads.py reuses the fc1 matcher for attention projections.
+
+Weights shared across layers (ALBERT applies one layer's weights at every depth): the blocks
+whose fc1/fc2 weights, gates and biases are the same initializers form one group, pruned once
+with one kept-neuron set (`Block.also` holds the group's other applications). A shared weight is
+prunable only when every one of its uses is the same role in a block of that group (each use of
+fc1 followed by an element-wise activation and then the shared fc2); otherwise the group is
+pinned with the reason. A bias that exporters merged with an equal unrelated constant (zeros) is
+given its own copy instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._dropout import identity_reason
 
@@ -42,17 +50,25 @@ class Block:
     reshapes: list  # ir.Nodes: Reshapes in the region whose target shape ends in `neurons`
     # the other fc1s of a gated block: (node, weight, neuron axis, bias or None) each
     gates: tuple = ()
+    # the other applications of the same weights (layers sharing them): their own fc1/fc2 nodes,
+    # regions, exits and Reshapes; the weights are sliced once, for all of them
+    also: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.w1.name
 
 
-def _const(v):
-    """An initializer used by exactly one node, as an array; None otherwise."""
+def _init(v):
+    """An initializer (not a graph input), as an array, however many nodes use it; else None."""
     if v is None or not v.is_initializer() or v.const_value is None or v.is_graph_input():
         return None
-    return v.const_value.numpy() if len(v.uses()) == 1 else None
+    return v.const_value.numpy()
+
+
+def _const(v):
+    """An initializer used by exactly one node, as an array; None otherwise."""
+    return _init(v) if v is not None and len(v.uses()) == 1 else None
 
 
 def _scalar(v) -> bool:
@@ -68,11 +84,13 @@ def _users(v) -> list:
     return [u.node for u in v.uses()]
 
 
-def _fc1(node):
-    """(weight, neuron axis, bias value or None, output value after bias) of an fc1 candidate."""
+def _fc1(node, shared: bool = False):
+    """(weight, neuron axis, bias value or None, output value after bias) of an fc1 candidate;
+    with `shared`, weights and biases other nodes also use qualify (find_blocks checks them)."""
+    get = _init if shared else _const
     ins = list(node.inputs)
     if node.op_type == "MatMul":
-        w = _const(ins[1])
+        w = get(ins[1])
         if w is None or w.ndim != 2:
             return None
         out, bias = node.outputs[0], None
@@ -80,18 +98,18 @@ def _fc1(node):
         if len(users) == 1 and users[0].op_type == "Add":
             add = users[0]
             other = [v for v in add.inputs if v is not out]
-            b = _const(other[0]) if len(other) == 1 else None
+            b = get(other[0]) if len(other) == 1 else None
             if b is not None and b.shape[-1:] == (w.shape[1],) and b.size == w.shape[1]:
                 bias, out = other[0], add.outputs[0]
         return ins[1], 1, bias, out
     if node.op_type == "Gemm" and not node.attributes.get_int("transA", 0):
-        w = _const(ins[1])
+        w = get(ins[1])
         if w is None:
             return None
         axis = 0 if node.attributes.get_int("transB", 0) else 1
         bias = ins[2] if len(ins) > 2 and ins[2] is not None else None
         if bias is not None:
-            b = _const(bias)
+            b = get(bias)
             if b is None:
                 return None
             if b.size == 1:
@@ -170,7 +188,7 @@ def _candidates(graph) -> dict[int, tuple]:
     for node in graph:
         if node.domain not in ("", "ai.onnx"):
             continue
-        fc = _fc1(node)
+        fc = _fc1(node, shared=True)
         if fc is not None:
             w, axis, bias, start = fc
             out[id(node)] = (node, w, axis, bias, start, w.const_value.numpy().shape[axis])
@@ -207,9 +225,9 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
                 reasons.append(f"{w1.name}: {found[0]}")
             continue
         region, fc2, exit_value, reshapes = found
-        w2 = _const(list(fc2.inputs)[1])
+        w2 = _init(list(fc2.inputs)[1])
         if w2 is None or w2.ndim != 2:
-            reasons.append(f"{w1.name}: fc2 '{fc2.name}' has a shared or non-constant weight")
+            reasons.append(f"{w1.name}: fc2 '{fc2.name}' has a non-constant weight")
             continue
         w2_axis = 1 if fc2.op_type == "Gemm" and fc2.attributes.get_int("transB", 0) else 0
         if w2.shape[w2_axis] != neurons:
@@ -221,4 +239,29 @@ def find_blocks(irm) -> tuple[list[Block], list[str]]:
         taken.update(id(c[0]) for c in gates)
         blocks.append(Block(node, w1, axis, bias, fc2, list(fc2.inputs)[1], w2_axis, region,
                             exit_value, neurons, reshapes, tuple(c[:4] for c in gates)))
-    return blocks, reasons
+    return _group(blocks, reasons)
+
+
+def _roles(b: Block) -> list[tuple[object, str, object, int]]:
+    """(value, role, node, input index) of every constant `b` slices, at its use in `b`."""
+    from ._shared_weights import bias_user
+
+    out = [(b.w1, "fc1 weight", b.fc1, 1), (b.w2, "fc2 weight", b.fc2, 1)]
+    for node, w, _, bias in [(b.fc1, b.w1, b.w1_axis, b.b1), *b.gates]:
+        if w is not b.w1:
+            out.append((w, "gate weight", node, 1))
+        if bias is not None:
+            user = bias_user(node, bias)
+            out.append((bias, "fc1 bias", user, list(user.inputs).index(bias)))
+    return out
+
+
+def _group(blocks: list[Block], reasons: list[str]) -> tuple[list[Block], list[str]]:
+    """One block per group of blocks applying the same weights (_shared_weights.py), the others
+    in its `also`; groups whose shared weights have other uses are pinned with the reason."""
+    from ._shared_weights import group
+
+    groups, pinned = group(blocks, _roles, "a feed-forward block")
+    for members in groups:
+        members[0].also = members[1:]
+    return [m[0] for m in groups], pinned + reasons

@@ -60,7 +60,7 @@ class ConvToSeparable(ConvFactorRule):
     def rewrite(self, op, x, w, out):
         node = out.producer()
         arr = w.const_value.numpy()
-        dw, pw, err = separable(arr, self.cfg.multiplier)
+        dw, pw, err = self.log.once(w, lambda: separable(arr, self.cfg.multiplier))
         o, i, kh, kw = arr.shape
         self.log.layers.append({"node": self.log.label(node, w), "initializer": w.name,
                                 "weight": [o, i, kh, kw],
@@ -69,9 +69,8 @@ class ConvToSeparable(ConvFactorRule):
                                 "macs_per_pixel_before": o * i * kh * kw,
                                 "macs_per_pixel_after": dw.shape[0] * (kh * kw + o)})
         attrs = {k: v for k, v in node.attributes.items() if k != "group"}
-        self.log.created.update((f"{w.name}_dw", f"{w.name}_pw"))
-        depth = op.Conv(x, op.initializer(ir.tensor(dw), name=f"{w.name}_dw"), group=i, **attrs)
-        return self.conv(op, node, depth, op.initializer(ir.tensor(pw), name=f"{w.name}_pw"))
+        depth = op.Conv(x, self.log.factor(op, w, f"{w.name}_dw", dw), group=i, **attrs)
+        return self.conv(op, node, depth, self.log.factor(op, w, f"{w.name}_pw", pw))
 
 
 class CompactPass(StepPass, ir.passes.InPlacePass):

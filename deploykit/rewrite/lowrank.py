@@ -60,17 +60,39 @@ def _randomized_svd(w: np.ndarray, r: int, seed: int = 0):
     return (q @ ub)[:, :r], s[:r], vt[:r]
 
 
+def _gram_svd(w64: np.ndarray, r: int):
+    """Exact top-r SVD from the eigendecomposition of the smaller Gram matrix (float64): one
+    GEMM, one eigh of min(K, N)^2 and one more GEMM. When r is a sizeable share of min(K, N)
+    (ratio 0.25-0.5, the usual asks) this is ~10x faster than the randomized range finder,
+    whose QRs then dominate (1024 x 4096 at r = 512, loaded machine: 12-21 s vs 144-188 s), and
+    it is the optimal rank-r approximation (random weights: 0.540 vs 0.565 relative error).
+    Squaring the spectrum costs precision only for singular values below ~1e-8 of the largest,
+    far below any that a truncation keeps."""
+    if w64.shape[0] > w64.shape[1]:
+        v, s, ut = _gram_svd(w64.T, r)
+        return ut.T, s, v.T
+    vals, vecs = np.linalg.eigh(w64 @ w64.T)
+    top = np.argsort(vals)[::-1][:r]
+    s = np.sqrt(np.maximum(vals[top], 0.0))
+    u = vecs[:, top]
+    vt = (u.T @ w64) / np.where(s > 0, s, 1.0)[:, None]  # a zero singular value: a zero row
+    return u, s, vt
+
+
 def svd_split(w: np.ndarray, ratio: float, energy: float | None):
     """(U_r*sqrt(s), sqrt(s)*V_r, rank, relative Frobenius error) of a 2-D weight.
 
-    By ratio on large weights the top-r SVD is randomized; the error is still exact, because the
-    factors are an orthogonal projection of W: ||W - W_r||^2 = ||W||^2 - sum(s_r^2).
+    By ratio on large weights the top-r SVD is randomized (a small rank) or taken from the Gram
+    matrix (a sizeable one); the error is still exact, because the factors are an orthogonal
+    projection of W: ||W - W_r||^2 = ||W||^2 - sum(s_r^2).
     """
     w64 = w.astype(np.float64)
     norm2 = float((w64 ** 2).sum())
     with blas_threads_for(min(w.shape)):
-        if energy is None and min(w.shape) >= 512:  # fp32 range finding: 2x faster, ample
-            r = choose_rank(np.ones(min(w.shape)), ratio, None)
+        r = choose_rank(np.ones(min(w.shape)), ratio, None)
+        if energy is None and min(w.shape) >= 512 and 8 * r >= min(w.shape):
+            u, s, vt = _gram_svd(w64, r)
+        elif energy is None and min(w.shape) >= 512:  # fp32 range finding: 2x faster, ample
             u, s, vt = _randomized_svd(w.astype(np.float32), r)
             s = s.astype(np.float64)
         else:
@@ -135,24 +157,32 @@ class _Split(RewriteRuleClassBase):
             return MatchResult().fail("not selected")
         if min(k, n) < cfg.min_size:
             return self.log.refuse(name, f"{k}x{n} weight is below min_size {cfg.min_size}")
-        a, b, r, err = svd_split(self.weight(node), ratio, energy)
-        if r * (k + n) >= k * n:
+        def no_gain(r):
             return self.log.refuse(name, f"rank {r} of a {k}x{n} weight does not reduce FLOPs "
                                          f"({r * (k + n)} >= {k * n} MACs per row)")
-        self.pending = (a, b, r, err)
+
+        if energy is None:  # the rank is known before the SVD: no decomposition to throw away
+            r = choose_rank(np.ones(min(k, n)), ratio, None)
+            if r * (k + n) >= k * n:
+                return no_gain(r)
+        key = (w, node.op_type, node.attributes.get_int("transB", 0),
+               node.attributes.get_float("alpha", 1.0))
+        a, b, r, err = self.log.once(key, lambda: svd_split(self.weight(node), ratio, energy))
+        if r * (k + n) >= k * n:
+            return no_gain(r)
+        self.pending = (key, a, b, r, err)
         return MatchResult()
 
     def emit(self, op, x, w, out, tail):
         node = out.producer()
-        a, b, r, err = self.pending
+        key, a, b, r, err = self.pending
         k, n = a.shape[0], b.shape[1]
         self.log.layers.append({"node": self.log.label(node, w), "initializer": w.name,
                                 "weight": [k, n], "rank": r,
                                 "rel_frobenius_error": round(err, 6),
                                 "macs_per_row_before": k * n, "macs_per_row_after": r * (k + n)})
-        self.log.created.update((f"{w.name}_svd_u", f"{w.name}_svd_v"))
-        h = op.MatMul(x, op.initializer(ir.tensor(a), name=f"{w.name}_svd_u"))
-        return tail(h, op.initializer(ir.tensor(b), name=f"{w.name}_svd_v"))
+        u = self.log.factor(op, key, f"{w.name}_svd_u", a)  # a shared weight: factors once
+        return tail(op.MatMul(x, u), self.log.factor(op, key, f"{w.name}_svd_v", b))
 
 
 class MatMulSvd(_Split):

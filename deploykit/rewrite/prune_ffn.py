@@ -14,6 +14,11 @@ fc2. Neuron j of every fc1 only meets neuron j of the others, so the fc1s are sl
 Importance is the weight magnitude |fc1 column|_2 * |fc2 row|_2, or, with `importance=activation`,
 the mean |activation| over the calibration batches times |fc2 row|_2 (what the neuron actually
 adds to the output). Ratios are per block, like `prune-channels`, with per-block overrides.
+
+Weights shared across layers (ALBERT): the blocks applying the same weights are one group (see
+_ffn_blocks.py), pruned once with one kept set; activation importance is averaged over every
+application, and the fc1 bias, when exporters merged it with an equal constant elsewhere, is
+given its own copy first.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
-    names = [b.exit.name for b in blocks]
+    names = [a.exit.name for b in blocks for a in (b, *b.also)]
     for n in names:
         if n not in known:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(
@@ -75,7 +80,9 @@ def activation(model, blocks: list[Block], batches) -> dict[str, np.ndarray]:
     out = {}
     for b in blocks:
         w2 = _rows(b.w2, b.w2_axis, b.neurons)
-        out[b.name] = sums[b.exit.name] / max(len(batches), 1) * np.linalg.norm(w2, axis=1)
+        apps = (b, *b.also)
+        mean = sum(sums[a.exit.name] for a in apps) / (max(len(batches), 1) * len(apps))
+        out[b.name] = mean * np.linalg.norm(w2, axis=1)
     return out
 
 
@@ -118,15 +125,27 @@ def apply(graph, blocks: list[Block], keep: dict[str, np.ndarray]) -> None:
         if b.name not in keep:
             continue
         idx = keep[b.name]
-        for _, w, axis, bias in [(b.fc1, b.w1, b.w1_axis, b.b1), *b.gates]:
+        apps = (b, *b.also)
+        for k, (_, w, axis, bias) in enumerate([(b.fc1, b.w1, b.w1_axis, b.b1), *b.gates]):
             take(w, axis, idx)
             if bias is not None:
+                bias = _own_bias(graph, bias, apps, k)
                 take(bias, bias.const_value.numpy().ndim - 1, idx)
         take(b.w2, b.w2_axis, idx)
-        for node in b.reshapes:
-            set_shape_entry(graph, node, -1, len(idx))
-        for v in b.region + [o for n in (b.fc1, *(g[0] for g in b.gates)) for o in n.outputs]:
-            v.shape = None
+        for a in apps:
+            for node in a.reshapes:
+                set_shape_entry(graph, node, -1, len(idx))
+            for v in a.region + [o for n in (a.fc1, *(g[0] for g in a.gates))
+                                 for o in n.outputs]:
+                v.shape = None
+
+
+def _own_bias(graph, bias, apps, k: int):
+    """The fc1 (k = 0) or k-th gate bias of a group, as a constant only its blocks use."""
+    from ._shared_weights import bias_user, own_copy
+
+    nodes = [(a.fc1, *(g[0] for g in a.gates))[k] for a in apps]
+    return own_copy(graph, bias, {id(bias_user(n, bias)) for n in nodes}, "ffn")
 
 
 class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
@@ -171,7 +190,8 @@ class PruneFfnPass(StepPass, ir.passes.FunctionalPass):
                              + " remove no neuron from any block")
         details_blocks = [{"fc1": b.fc1.name, "fc2": b.fc2.name, "weight": b.name,
                            "gates": [g[0].name for g in b.gates], "neurons": b.neurons,
-                           "kept": int(len(keep[b.name])) if b.name in keep else b.neurons}
+                           "kept": int(len(keep[b.name])) if b.name in keep else b.neurons,
+                           "applications": 1 + len(b.also)}
                           for b in blocks]
         apply(irm.graph, blocks, keep)
         out = save_ir(irm)

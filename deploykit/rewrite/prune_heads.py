@@ -11,11 +11,15 @@ mixes heads between the projections and W_out, so dropping the same heads from a
 rewriting the head count in the Reshape shape constants, each use given its own constant) is
 exact on the heads kept; the residual width is untouched. Importance: |W_v head|_F * |W_out head|_F
 (the size of what a head can add to the output).
+
+Weights shared across layers (ALBERT): the attention blocks applying the same projections are one
+group (_shared_weights.py), pruned once with one kept set of heads; a shared projection used
+anywhere else pins the group with the reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -23,7 +27,7 @@ import onnx_ir as ir
 from ..errors import InputError
 from . import StepPass
 from ._channel_graph import set_shape_entry
-from ._ffn_blocks import _const, _fc1, _users
+from ._ffn_blocks import _fc1, _init, _users
 
 _SCORE_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Identity", "Cast"}
 
@@ -57,6 +61,8 @@ class Attention:
     dk: int
     dv: int
     values: list  # values whose shapes change
+    # the other applications of the same weights (layers sharing them), sliced with this one
+    also: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -97,9 +103,10 @@ def _head_branch(v):
     if r is None or r.op_type != "Reshape" or len(_users(r_out)) != 1:
         return None
     shape = _shape_const(r)
-    if shape is None or shape.shape != (4,) or shape[2] <= 0 or shape[3] <= 0:
-        return None
     x = list(r.inputs)[0]
+    if shape is None or shape.shape != (4,) or shape[3] <= 0 or not (
+            shape[2] > 0 or (shape[2] == -1 and _keeps_lead(shape, x, 2))):
+        return None
     p = x.producer()
     if p is None:
         return None
@@ -107,13 +114,25 @@ def _head_branch(v):
         mm = next((i.producer() for i in p.inputs if i is not None and i.producer() is not None
                    and i.producer().op_type == "MatMul"), None)
         p = mm if mm is not None else p
-    fc = _fc1(p) if p.op_type in ("MatMul", "Gemm") else None
+    fc = _fc1(p, shared=True) if p.op_type in ("MatMul", "Gemm") else None
     if fc is None or fc[3] is not x or len(_users(x)) != 1:
         return None
     w, axis, b, _ = fc
-    if w.const_value.numpy().shape[axis] != int(shape[2]) * int(shape[3]):
+    features, d = w.const_value.numpy().shape[axis], int(shape[3])
+    heads = int(shape[2]) if shape[2] > 0 else features // d  # [.., -1, d]: inferred
+    if features != heads * d:
         return None
-    return Proj(p, w, axis, b, r), int(shape[2]), int(shape[3]), [x, r_out, v]
+    return Proj(p, w, axis, b, r), heads, d, [x, r_out, v]
+
+
+def _keeps_lead(shape, x, n: int) -> bool:
+    """The first `n` entries of a Reshape's shape keep `x`'s leading dims (0 = copy, or the same
+    static size), so an inferred (-1) entry after them splits or merges only the trailing axes."""
+    dims = None if x.shape is None else list(x.shape)
+    if dims is None or len(dims) < n + 1:
+        return False
+    return all(int(s) == 0 or (isinstance(dm, int) and int(s) == dm)
+               for s, dm in zip(shape[:n], dims[:n]))
 
 
 def _attention(softmax):
@@ -158,14 +177,15 @@ def _attention(softmax):
         return None
     merge = _single(t.outputs[0])
     shape = _shape_const(merge) if merge is not None and merge.op_type == "Reshape" else None
-    if shape is None or shape.ndim != 1 or int(shape[-1]) != hv * dv:
+    if shape is None or shape.ndim != 1 or not (int(shape[-1]) == hv * dv or (
+            int(shape[-1]) == -1 and len(shape) == 3 and _keeps_lead(shape, t.outputs[0], 2))):
         return None
     out = _single(merge.outputs[0])
     if out is None or out.op_type not in ("MatMul", "Gemm") or list(out.inputs)[0] is not \
             merge.outputs[0] or (out.op_type == "Gemm" and out.attributes.get_int("transA", 0)):
         return None
     w_out = list(out.inputs)[1]
-    wo = _const(w_out)
+    wo = _init(w_out)
     if wo is None or wo.ndim != 2:
         return None
     axis = 1 if out.op_type == "Gemm" and out.attributes.get_int("transB", 0) else 0
@@ -203,8 +223,31 @@ def _head_free(v) -> bool:
     return len(dims) < 3 or (len(dims) == 4 and dims[1] == 1)
 
 
-def find_attention(irm) -> list[Attention]:
-    return [a for n in irm.graph if n.op_type == "Softmax" and (a := _attention(n)) is not None]
+def _roles(a: Attention) -> list[tuple[object, str, object, int]]:
+    """(value, role, node, input index) of every constant `a` slices, at its use in `a`."""
+    from ._shared_weights import bias_user
+
+    out = []
+    for p, name in ((a.q, "query"), (a.k, "key"), (a.v, "value")):
+        out.append((p.w, f"{name} weight", p.node, 1))
+        if p.b is not None:
+            user = bias_user(p.node, p.b)
+            out.append((p.b, f"{name} bias", user, list(user.inputs).index(p.b)))
+    return out + [(a.w_out, "output projection weight", a.out, 1)]
+
+
+def find_attention(irm, reasons: list[str] | None = None) -> list[Attention]:
+    """One block per group of attention blocks applying the same weights (the others in its
+    `also`); why pinned groups are not taken is added to `reasons`."""
+    from ._shared_weights import group
+
+    found = [a for n in irm.graph if n.op_type == "Softmax" and (a := _attention(n)) is not None]
+    groups, pinned = group(found, _roles, "an attention block")
+    if reasons is not None:
+        reasons += pinned
+    for members in groups:
+        members[0].also = members[1:]
+    return [m[0] for m in groups]
 
 
 def magnitude(a: Attention) -> np.ndarray:
@@ -223,19 +266,27 @@ def apply(graph, blocks: list[Attention], keep: dict[str, np.ndarray]) -> None:
     def cols(heads, d):
         return (heads[:, None] * d + np.arange(d)[None, :]).reshape(-1)
 
+    from ._shared_weights import bias_user, own_copy
+
     for a in blocks:
         if a.name not in keep:
             continue
         heads = keep[a.name]
-        for p, d in ((a.q, a.dk), (a.k, a.dk), (a.v, a.dv)):
+        apps = (a, *a.also)
+        for name, d in (("q", a.dk), ("k", a.dk), ("v", a.dv)):
+            p = getattr(a, name)
             take(p.w, p.axis, cols(heads, d))
-            if p.b is not None:
-                take(p.b, p.b.const_value.numpy().ndim - 1, cols(heads, d))
-            set_shape_entry(graph, p.reshape, 2, len(heads))
+            if p.b is not None:  # exporters may have merged it with an equal constant
+                users = {id(bias_user(getattr(x, name).node, p.b)) for x in apps}
+                take(own_copy(graph, p.b, users, f"heads_{name}"),
+                     p.b.const_value.numpy().ndim - 1, cols(heads, d))
         take(a.w_out, a.w_out_axis, cols(heads, a.dv))
-        set_shape_entry(graph, a.merge, -1, len(heads) * a.dv)
-        for v in a.values:
-            v.shape = None
+        for x in apps:
+            for p in (x.q, x.k, x.v):
+                set_shape_entry(graph, p.reshape, 2, len(heads))
+            set_shape_entry(graph, x.merge, -1, len(heads) * a.dv)
+            for v in x.values:
+                v.shape = None
 
 
 class PruneHeadsPass(StepPass, ir.passes.FunctionalPass):
@@ -256,13 +307,15 @@ class PruneHeadsPass(StepPass, ir.passes.FunctionalPass):
             raise InputError("prune-heads: min_heads must be >= 1")
         proto = ir.to_proto(model)
         irm = load_ir(proto)
-        blocks = find_attention(irm)
+        reasons: list[str] = []
+        blocks = find_attention(irm, reasons)
         if not blocks:
             softmax = sum(1 for n in irm.graph if n.op_type == "Softmax")
             return self.skip(model, "no prunable attention block (Q/K/V projections -> head "
                              "split Reshape/Transpose -> Softmax -> head merge -> output "
                              "projection)"
-                             + (f"; {softmax} Softmax node(s) did not match" if softmax else ""))
+                             + (f"; {'; '.join(reasons[:3])}" if reasons else
+                                f"; {softmax} Softmax node(s) did not match" if softmax else ""))
         wanted = per_layer(cfg.layers, "prune-heads", 0.0, 1.0)
         alias = {n: a.name for a in blocks for n in a.aliases()}
         unknown_layers("prune-heads", wanted, alias)
@@ -277,6 +330,7 @@ class PruneHeadsPass(StepPass, ir.passes.FunctionalPass):
             return self.skip(model, f"ratio {cfg.ratio} removes no head from any block")
         details = [{"query": a.q.node.name, "weight": a.name, "heads": a.heads,
                     "kept": int(len(keep[a.name])) if a.name in keep else a.heads,
+                    "applications": 1 + len(a.also),
                     "removed": sorted(set(range(a.heads))
                                       - set(keep.get(a.name, range(a.heads))))}
                    for a in blocks]
@@ -284,7 +338,8 @@ class PruneHeadsPass(StepPass, ir.passes.FunctionalPass):
         out = save_ir(irm)
         before, after = param_count(proto), param_count(out)
         return self.done(ir.from_proto(out), details={
-            "blocks": details, "params_before": before, "params_after": after,
+            "blocks": details, "not_prunable": reasons[:10], "params_before": before,
+            "params_after": after,
             "compression": round(before / max(after, 1), 3)})
 
 

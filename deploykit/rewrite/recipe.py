@@ -112,6 +112,19 @@ def fidelity_over(parent: Path, child: Path, batches: Sequence[Mapping[str, Any]
     return worst([compare(run_ort(parent, b), run_ort(child, b)) for b in batches])
 
 
+def _subnormal_caveat(path: Path, proto, feeds) -> str | None:
+    """A note when the source model's outputs are entirely subnormal (an untrained deep net whose
+    activations decayed): compared as zeros (fidelity.py), so the steps' figures say nothing."""
+    from ..fidelity import run_ort, subnormal_outputs
+
+    found = subnormal_outputs([o.name for o in proto.graph.output], run_ort(path, feeds))
+    if not found:
+        return None
+    return (f"output(s) {', '.join(repr(n) for n in found[:3])} of the source model are entirely "
+            "subnormal (below fp32's smallest normal): compared as zeros, so the fidelity "
+            "figures do not judge them")
+
+
 def _check(model, where: str) -> None:
     import onnx
 
@@ -149,6 +162,7 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
     current, records = model_ref, []
     parent_proto = load_onnx(current.path)
     model = ir.from_proto(parent_proto)
+    caveat = _subnormal_caveat(model_ref.path, parent_proto, batches[0])
     for i, rs in enumerate(steps, 1):
         t0 = time.perf_counter()
         step_pass = pass_class(rs.name)(rs.config, ctx)
@@ -177,6 +191,8 @@ def run_recipe(model_ref: ModelRef, steps: Sequence[RecipeStep], ctx: StepContex
         if reason:
             raise StepVerificationError(f"{where} fails verification against its parent: "
                                         f"{reason} ({fid.summary()})", current.path, child.path)
+        if caveat:
+            common["notes"] = (*common["notes"], caveat)
         records.append(StepRecord(output=child, skipped=None, fidelity=fid,
                                   seconds=time.perf_counter() - t0, **common))
         current, parent_proto, model = child, out, result.model

@@ -65,7 +65,8 @@ class ConvTucker2(ConvFactorRule):
         o, i, kh, kw = arr.shape
         if min(o, i) < cfg.min_channels:
             return f"{i}->{o} channels, below min_channels {cfg.min_channels}"
-        u_o, core, u_i, err = tucker2(arr, cfg.ratio, cfg.energy, cfg.sweeps)
+        u_o, core, u_i, err = self.log.once(
+            list(node.inputs)[1], lambda: tucker2(arr, cfg.ratio, cfg.energy, cfg.sweeps))
         r_o, r_i = core.shape[:2]
         strides = node.attributes.get_ints("strides", [1, 1])
         p_out = _pixels(out, 1)
@@ -87,13 +88,12 @@ class ConvTucker2(ConvFactorRule):
                                 "rel_frobenius_error": round(err, 6),
                                 "macs_before": before, "macs_after": after})
         names = [f"{w.name}_tucker_{p}" for p in ("in", "core", "out")]
-        self.log.created.update(names)
         attrs = {k: v for k, v in node.attributes.items() if k != "group"}
-        first = op.Conv(x, op.initializer(ir.tensor(np.ascontiguousarray(
-            u_i.T[:, :, None, None])), name=names[0]))
-        mid = op.Conv(first, op.initializer(ir.tensor(core), name=names[1]), **attrs)
-        return self.conv(op, node, mid, op.initializer(
-            ir.tensor(np.ascontiguousarray(u_o[:, :, None, None])), name=names[2]))
+        first = op.Conv(x, self.log.factor(op, w, names[0],
+                                           np.ascontiguousarray(u_i.T[:, :, None, None])))
+        mid = op.Conv(first, self.log.factor(op, w, names[1], core), **attrs)
+        return self.conv(op, node, mid, self.log.factor(
+            op, w, names[2], np.ascontiguousarray(u_o[:, :, None, None])))
 
 
 class TuckerPass(StepPass, ir.passes.FunctionalPass):
