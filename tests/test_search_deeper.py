@@ -5,10 +5,7 @@ not when the time kept for measuring would be spent."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from deploykit.search import recover
 from deploykit.search.candidates import Candidate
@@ -16,18 +13,7 @@ from deploykit.search.deeper import DEEPEST, deeper_candidates
 from deploykit.search.engine import Row, Search, SearchConfig
 from deploykit.store import Store
 from test_search import FAST
-
-
-def _net():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(),
-                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
-    return m.eval()
-
-
-def _batches(n, seed):
-    rng = np.random.default_rng(seed)
-    return [{"input": rng.standard_normal((8, 1, 12, 12)).astype(np.float32)} for _ in range(n)]
+from test_search_recover import _batches, exported_net
 
 
 def _step(ratio, **extra):
@@ -73,12 +59,7 @@ def test_a_passing_deepest_cut_proposes_the_next_deeper_one_with_its_int8():
 
 @pytest.fixture()
 def source(tmp_path):
-    from deploykit.export.exporter import export_module
-
-    src = recover.TorchSource(_net(), (torch.randn(8, 1, 12, 12),))
-    path = tmp_path / "net.onnx"
-    export_module(src.module, src.example, path)
-    return src, path
+    return exported_net(tmp_path)
 
 
 def test_the_search_cuts_deeper_until_a_cut_misses_or_deepest(source, tmp_path):

@@ -30,14 +30,19 @@ def _batches(n, seed):
     return [{"input": rng.standard_normal((8, 1, 12, 12)).astype(np.float32)} for _ in range(n)]
 
 
-@pytest.fixture()
-def source(tmp_path):
+def exported_net(tmp_path):
+    """(TorchSource of _net, its ONNX export in tmp_path)."""
     from deploykit.export.exporter import export_module
 
     src = recover.TorchSource(_net(), (torch.randn(8, 1, 12, 12),))
     path = tmp_path / "net.onnx"
     export_module(src.module, src.example, path)
     return src, path
+
+
+@pytest.fixture()
+def source(tmp_path):
+    return exported_net(tmp_path)
 
 
 def test_distillation_provably_raises_a_pruned_models_fidelity(source, tmp_path):

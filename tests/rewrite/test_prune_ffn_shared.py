@@ -138,24 +138,16 @@ def albert(tmp_path_factory) -> onnx.ModelProto:
     from transformers import AlbertConfig, AlbertModel
 
     from deploykit.export.exporter import export_module
+    from test_quantize_transformer import _First
 
     torch.manual_seed(0)
     cfg = AlbertConfig(hidden_size=64, embedding_size=32, intermediate_size=128,
                        num_attention_heads=4, num_hidden_layers=2, vocab_size=100,
                        max_position_embeddings=32)
     inner = AlbertModel._from_config(cfg, attn_implementation="eager").eval()
-
-    class First(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask)[0]
-
     ids = torch.randint(0, 100, (1, 16))
     path = tmp_path_factory.mktemp("albert") / "albert.onnx"
-    export_module(First(inner).eval(), (ids, torch.ones(1, 16, dtype=torch.int64)), path)
+    export_module(_First.wrap(inner), (ids, torch.ones(1, 16, dtype=torch.int64)), path)
     return onnx.load(str(path))
 
 
