@@ -56,12 +56,14 @@ def recover_markdown(r: dict, header_env: dict | None = None) -> list[str]:
                      f"{x['speedup_ci95'][1]:.2f}) |")
     if r.get("recovered"):
         what = "worst held-out cosine" if resnet else "accuracy relative to fp32"
-        lines += ["", f"Recovered candidates (fidelity = {what}; cosine before/after "
-                  "distillation on the search's verification inputs, and after re-estimating "
-                  "the pruned model's BatchNorm statistics where it has them; distillation "
-                  "matches the outputs and the feature maps at the block boundaries; a final "
-                  "one starts from "
-                  "its short recovery's weights and cosine):", "",
+        hinted = any(c.get("hints") or c.get("fidelity_bn") is not None
+                     for c in r["recovered"])  # runs of the feature-hint recovery
+        how = ("distillation on the search's verification inputs, and after re-estimating the "
+               "pruned model's BatchNorm statistics where it has them; distillation matches the "
+               "outputs and the feature maps at the block boundaries" if hinted else
+               "distillation on the search's verification inputs")
+        lines += ["", f"Recovered candidates (fidelity = {what}; cosine before/after {how}; a "
+                  "final one starts from its short recovery's weights and cosine):", "",
                   "| candidate | status | fidelity | cosine before | cosine after "
                   "| seconds | steps |", "|---|---|---|---|---|---|---|"]
         for c in r["recovered"]:
