@@ -130,10 +130,12 @@ def _distill_loop(student, teacher, x, budget_s, fresh, lr, temperature, batch_s
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     teacher.eval()
     hints = hint_points(teacher) if kept is not None and hint_weight > 0 else []
+    t_run, s_run = _no_taps(teacher), _no_taps(student)
     if hints:  # both traced with the hint tensors as extra outputs; the student's shares weights
-        t_run, s_run = tapped(teacher, hints, clone=True).eval(), tapped(student, hints)
-    else:
-        t_run, s_run = _no_taps(teacher), _no_taps(student)
+        try:
+            t_run, s_run = tapped(teacher, hints, clone=True).eval(), tapped(student, hints)
+        except Exception:  # noqa: BLE001 - a student fx traces differently: the outputs alone
+            hints = []
     student.train()
     t0 = time.monotonic()
     steps, window, losses, hint_window, hint_losses = 0, [], [], [], []
