@@ -207,7 +207,8 @@ def run(out: Path, args) -> dict:
     d = res.to_dict()
     recovered = [{"name": c["name"], "status": c["status"], "fidelity": c.get("fidelity"),
                   **{k: c["recovery"].get(k) for k in ("ratio", "budget_s", "seconds", "steps",
-                                                       "fidelity_before", "fidelity_after",
+                                                       "fidelity_before", "fidelity_bn",
+                                                       "fidelity_after", "hints",
                                                        "recovered", "continued_from",
                                                        "start_fidelity", "start_steps")}}
                  for c in d["candidates"] if c.get("recovery") and not c["options"]

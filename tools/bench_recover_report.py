@@ -64,15 +64,22 @@ def recover_markdown(r: dict, header_env: dict | None = None) -> list[str]:
                      f"{x['speedup_ci95'][1]:.2f}) |")
     if r.get("recovered"):
         what = "worst held-out cosine" if resnet else "accuracy relative to fp32"
-        lines += ["", f"Recovered candidates (fidelity = {what}; cosine before/after "
-                  "distillation on the search's verification inputs; a final one starts from "
-                  "its short recovery's weights and cosine):", "",
+        hinted = any(c.get("hints") or c.get("fidelity_bn") is not None
+                     for c in r["recovered"])  # runs of the feature-hint recovery
+        how = ("distillation on the search's verification inputs, and after re-estimating the "
+               "pruned model's BatchNorm statistics where it has them; distillation matches the "
+               "outputs and the feature maps at the block boundaries" if hinted else
+               "distillation on the search's verification inputs")
+        lines += ["", f"Recovered candidates (fidelity = {what}; cosine before/after {how}; a "
+                  "final one starts from its short recovery's weights and cosine):", "",
                   "| candidate | status | fidelity | cosine before | cosine after "
                   "| seconds | steps |", "|---|---|---|---|---|---|---|"]
         for c in r["recovered"]:
             fid = "–" if c["fidelity"] is None else f"{c['fidelity']:.4f}"
             after = "–" if c["fidelity_after"] is None else f"{c['fidelity_after']:.4f}"
             before = f"{c['fidelity_before']:.4f}"
+            if c.get("fidelity_bn") is not None:
+                before += f" (BN re-estimated {c['fidelity_bn']:.4f})"
             if c.get("start_fidelity") is not None:
                 before += f" (start {c['start_fidelity']:.4f})"
             steps = f"{c['steps'] or 0}"

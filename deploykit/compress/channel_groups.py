@@ -85,6 +85,14 @@ class _Spaces:
 def channel_groups(model) -> tuple[list[Group], dict[str, Group]]:
     """The groups of `model` (traced with torch.fx), and the group of every Conv2d's output
     (by module name). Raises InputError when the model cannot be traced."""
+    groups, of_conv, _, _ = trace_spaces(model)
+    return groups, of_conv
+
+
+def trace_spaces(model):
+    """channel_groups' trace itself: (groups, the group of every Conv2d's output, the
+    torch.fx GraphModule, the group of every fx node with a (N, C, ...) output in a tracked
+    channel space, by node name). Feature distillation (compress/hints.py) taps those nodes."""
     import torch.fx
     from torch import nn
 
@@ -191,7 +199,8 @@ def channel_groups(model) -> tuple[list[Group], dict[str, Group]]:
     groups = [sp.groups[r] for r in roots]
     for g in groups:
         g.joined = g.joined and len(g.producers) > 1
-    return groups, {name: sp.group(s) for name, s in out_space.items()}
+    return groups, {name: sp.group(s) for name, s in out_space.items()}, gm, \
+        {n.name: sp.group(s) for n, s in space.items()}
 
 
 def has_residual_streams(model) -> bool:

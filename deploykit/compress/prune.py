@@ -80,7 +80,7 @@ def finalize(model) -> None:
 
 
 def prune_filters(model, ratio: float = 0.5, round_to: int = 1,
-                  residual: bool = False) -> list[dict]:
+                  residual: bool = False, kept: dict | None = None) -> list[dict]:
     """Physically remove the least important `ratio` of filters of every prunable Conv2d group
     (compress/channel_groups.py), in place: the convs writing the channels, the BatchNorms on
     them, and the Conv2d / Linear (after a flatten) reading them all shrink.
@@ -92,7 +92,10 @@ def prune_filters(model, ratio: float = 0.5, round_to: int = 1,
     each channel's L1 norm of its filters with the BatchNorm that follows folded in (the filter
     the exported, BN-folded graph has), summed over the group's convs: the ONNX-side
     `prune-channels` step ranks the same channels the same way. Returns one record per Conv2d
-    (channels / kept, or skipped with the reason), in graph order.
+    (channels / kept, or skipped with the reason), in graph order. `kept`, when given, is
+    filled with the channel map: every pruned conv's name -> the indices (ascending) of the
+    original channels it still writes (feature distillation compares the pruned model's
+    feature maps with the original's at those channels; a conv not in it keeps them all).
     """
     from .channel_groups import channel_groups
 
@@ -128,6 +131,8 @@ def prune_filters(model, ratio: float = 0.5, round_to: int = 1,
         else:
             records.append({"layer": name, "skipped": "nothing to remove at this ratio"})
     _shrink_all(model, groups, keep)
+    if kept is not None:
+        kept.update({name: keep[id(g)] for g in groups if id(g) in keep for name in g.producers})
     return records
 
 
