@@ -275,3 +275,29 @@ def test_record_section_merges_stamps_and_regenerates(tmp_path):
     assert json.loads(results.read_text()) == data and [m["model"] for m in data["results"]] \
         == ["mlp"]
     assert "## Deep Compression reproduced: LeNet-5 on real digits" in md.read_text()
+
+
+def test_search_vs_experts_verdict_takes_the_best_expert_at_the_floor_on_the_picks_runtime():
+    def pick(sp, **extra):
+        return timed("deploykit search pick", "search", 1.0 / sp, sp, **extra)
+
+    below = timed("hand: quantize_dynamic defaults", "hand", 0.2, 5.0,
+                  fidelity={"cosine_min": 0.95})  # fastest, but under the floor: not a rival
+    other_rt = timed("deploykit nncf-int8 @ov-cpu", "deploykit", 0.25, 4.0, target="ov-cpu")
+    expert = timed("deploykit int8 static U8S8 per-channel", "deploykit", 0.4, 2.5)
+    rows = [timed("ORT fp32", "ort", 1.0, 1.0), below, other_rt, expert]
+    r = {**model("m", rows + [pick(2.6)]), "search": {"min_fidelity": 0.99}}
+    line = bench_report.vs_experts(r)
+    assert "the best is deploykit int8 static U8S8 per-channel at 2.50x" in line
+    assert "1.04x" in line and "quotient" in line and line.endswith("**met**.")
+    # paired ratios stored by the run take precedence; a CI wholly below 1.0 is behind
+    behind = pick(2.6, **{"speedup_vs": {expert["name"]: [0.9, 0.85, 0.95]}},
+                  target="ort-cpu (threads=1)")
+    line = bench_report.vs_experts({**model("m", rows + [behind]), "search": {"min_fidelity": 0.99}})
+    assert "0.90x (0.85–0.95)" in line and "paired" in line and "**NOT met**" in line
+    # nothing at the floor on the pick's runtime, and no expert on it at all
+    r = {**model("m", [rows[0], below, pick(2.0)]), "search": {"min_fidelity": 0.99}}
+    assert "no expert recipe on ort-cpu reaches the floor" in bench_report.vs_experts(r)
+    r = {**model("m", [rows[0], other_rt, pick(2.0)]), "search": {"min_fidelity": 0.99}}
+    assert "no expert recipe on ort-cpu" in bench_report.vs_experts(r)
+    assert bench_report.vs_experts(model("m", rows)) is None  # no search row, no verdict

@@ -559,6 +559,10 @@ def bench_model(name: str, plan: TimingPlan, work: Path, with_ov: bool,
                         speedup_ci95=[slo, shi], contaminated=rep.contaminated_fraction)
         if v.result.get("roofline_ms"):
             v.result["roofline_efficiency"] = v.result["roofline_ms"] / med
+    for i, v in enumerate(timed):  # the search pick against every row, paired over the rounds
+        if v.name == SEARCH_NAME:
+            v.result["speedup_vs"] = {w.name: list(comp.speedup(i, j))
+                                      for j, w in enumerate(timed) if j != i}
     return {"model": name, "export_s": export_s, "exporter": exp.exporter,
             "export_check": [c.max_rel for c in exp.checks], "metric": metric,
             "calibration": "synthetic" if synthetic else "real data", **extra,

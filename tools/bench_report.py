@@ -128,6 +128,50 @@ def variant_row(v: dict) -> str:
             f"{v['contaminated']:.0%} |")
 
 
+SEARCH_NAME = "deploykit search pick"
+EXPERT_KINDS = ("hand", "deploykit")  # hand-written int8 recipes and deploykit's fixed recipes
+
+
+def vs_experts(r: dict) -> str | None:
+    """Issue 19's check, from the one interleaved run: the search pick against the fastest
+    expert recipe (the hand and fixed deploykit rows) on the pick's runtime whose fidelity over
+    the benchmark's own inputs reaches the search's floor. The ratio is paired over the rounds
+    when the run stored it (`speedup_vs`), else the quotient of the two speedups vs ORT fp32 with
+    the conservative interval of their CIs. Met when the pick is not measurably slower: its
+    ratio's 95% CI reaches 1.0x."""
+    pick = next((v for v in r["variants"] if v["name"] == SEARCH_NAME), None)
+    if pick is None or pick.get("skipped") or "search" not in r:
+        return None
+    floor = r["search"].get("min_fidelity", 0.99)
+    runtime = pick["target"].split()[0]
+    on_rt = [v for v in r["variants"] if v["kind"] in EXPERT_KINDS and not v.get("skipped")
+             and v["target"].split()[0] == runtime]
+    ok = [v for v in on_rt if v.get("fidelity", {}).get("cosine_min", -1.0) >= floor]
+    head = (f"Search vs the experts (issue 19: the pick >= 1.0x the best expert recipe on its "
+            f"runtime at the same floor, cosine >= {floor:g} over this table's inputs): ")
+    if not on_rt:
+        return head + f"this table has no expert recipe on {runtime}."
+    if not ok:
+        below = ", ".join(f"{v['name']} cos {v.get('fidelity', {}).get('cosine_min', float('nan')):.4f}"
+                          for v in on_rt)
+        return head + f"no expert recipe on {runtime} reaches the floor ({below})."
+    best = max(ok, key=lambda v: v["speedup_vs_ort_fp32"])
+    paired = pick.get("speedup_vs", {}).get(best["name"])
+    if paired:
+        sp, lo, hi = paired
+        how = "paired over the interleaved rounds"
+    else:
+        a, (alo, ahi) = pick["speedup_vs_ort_fp32"], pick["speedup_ci95"]
+        b, (blo, bhi) = best["speedup_vs_ort_fp32"], best["speedup_ci95"]
+        sp, lo, hi = a / b, alo / bhi, ahi / blo
+        how = "the quotient of the two speedups vs ORT fp32 of the one run, interval from their CIs"
+    fid = pick.get("fidelity", {}).get("cosine_min", float("nan"))
+    below = "" if fid >= floor else f"; the pick's own cosine here is {fid:.4f}, below the floor"
+    verdict = "**met**" if hi >= 1.0 else "**NOT met**"
+    return (head + f"the best is {best['name']} at {best['speedup_vs_ort_fp32']:.2f}x vs fp32; "
+            f"the pick runs {sp:.2f}x ({lo:.2f}–{hi:.2f}) of it ({how}){below}: {verdict}.")
+
+
 def model_section(r: dict, header_env: dict | None, image: str | None) -> list[str]:
     lines = [f"## {r['model']}", "", _provenance_line(r.get("provenance", {}), header_env)
              + f" Export: {r['exporter']} exporter, {r['export_s']:.1f} s, max rel error vs torch "
@@ -140,6 +184,9 @@ def model_section(r: dict, header_env: dict | None, image: str | None) -> list[s
     notes = [f"- {v['name']}: " + "; ".join(v["notes"]) for v in r["variants"] if v.get("notes")]
     if notes:
         lines += ["", *notes]
+    verdict = vs_experts(r)
+    if verdict:
+        lines += ["", verdict]
     if image:
         lines += ["", f"![{r['model']}]({image})"]
     return lines + [""]
