@@ -184,3 +184,27 @@ def test_mnist_classic_exports_verified_and_prunes_through_pool_and_flatten(tmp_
     assert model.fc1.in_features == 32 * 12 * 12
     with torch.no_grad():
         assert model(*mnist_classic.example_inputs()).shape == (1, 10)
+
+
+# ---- convattn.py: the bench's small mixed conv/attention net -----------------------------------
+
+def test_convattn_is_seeded_mixed_conv_attention_and_exports_verified(tmp_path):
+    """The benchmark suite's small (< 1 ms) mixed conv/attention net: BatchNorm convs with
+    depthwise 3x3s, then self-attention over the feature map; it exports verified, and its graph
+    has both kinds of layer (grouped Conv, and MatMul -> Softmax -> MatMul attention)."""
+    import onnx
+
+    from deploykit.examples import convattn
+    from deploykit.export.exporter import export_model
+
+    a, b = convattn.build(), convattn.build()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not a.training and torch.equal(convattn.example_inputs()[0], convattn.example_inputs()[0])
+    r = export_model(f"{REPO}/deploykit/examples/convattn.py:build", tmp_path / "m.onnx")
+    assert [c.shape for c in r.checks] == [(1, 100)] and all(c.ok for c in r.checks)
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    groups = [next((at.i for at in n.attribute if at.name == "group"), 1)
+              for n in graph.node if n.op_type == "Conv"]
+    assert sum(g > 1 for g in groups) == 4  # one depthwise conv per inverted-residual block
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("Softmax") == 2 and ops.count("MatMul") >= 4

@@ -95,6 +95,10 @@ def _torch_model(name: str):
         from deploykit.examples import tinyresnet
 
         return tinyresnet.build(), tinyresnet.example_inputs(), ["x"], None, "cosine", False
+    if name == "convattn":  # a small (< 1 ms) mixed conv/attention net, MobileViT-style
+        from deploykit.examples import convattn
+
+        return convattn.build(), convattn.example_inputs(), ["x"], None, "cosine", False
     raise SystemExit(f"unknown model {name}")
 
 
@@ -221,6 +225,9 @@ RECIPES = {
             ("deploykit int8 dynamic per-channel", "quantize-dynamic:per_channel=true", "ort-cpu")],
     "mlp_small": [("deploykit SVD rank 1/8", "lowrank:ratio=0.125", "ort-cpu"),
                   ("deploykit int8 dynamic per-channel", "quantize-dynamic:per_channel=true", "ort-cpu")],
+    "convattn": [("deploykit int8 static U8S8 per-channel", "fold-bn; quantize-static", "ort-cpu"),
+                 ("deploykit int8 dynamic per-channel", "quantize-dynamic:per_channel=true", "ort-cpu"),
+                 ("deploykit nncf-int8 @ov-cpu", "nncf-int8", "ov-cpu")],
     "tinyresnet": [("deploykit int8 static U8S8 per-channel", "fold-bn; quantize-static", "ort-cpu"),
                    ("deploykit prune-channels 50%", "fold-bn; prune-channels:ratio=0.5", "ort-cpu")],
 }
@@ -662,7 +669,7 @@ def bench_mnist(plan: TimingPlan, work: Path, cols: Columns = Columns()) -> dict
     return {"model": "mnist-cnn", "n_test": int(len(yte)), "rows": out_rows + skipped_rows}
 
 
-FULL = "minilm,minilm_b8,mobilenetv2,resnet50,mlp,mlp_small,tinyresnet,mnist"
+FULL = "minilm,minilm_b8,mobilenetv2,resnet50,mlp,mlp_small,tinyresnet,convattn,mnist"
 
 
 def main(argv=None) -> int:
