@@ -5,11 +5,12 @@ these candidates are built first and measured whole early, whatever the layer-ta
 about them (a predictor borrowed or mis-scaled for a runtime must not hide the obvious answer):
 
 - ONNX Runtime: calibrated static int8, per-channel weights, uint8 activations / int8 weights (U8S8,
-  the combination ORT's x86 kernels are fastest on), and the same per-tensor (the granularity of
-  ORT's `quantize_static` defaults); for Linear-heavy models also dynamic int8 per-channel, and
-  `quantize_dynamic` exactly as users call it (its defaults: per-tensor, no pre-processing). On
-  the 4 x Linear(4096) MLP the latter ran 4.00x vs fp32 where per-channel ran 3.80x
-  (BENCHMARKS.md, quiet); on MiniLM it misses a 0.99 cosine floor and the fidelity check drops it.
+  the combination ORT's x86 kernels are fastest on); for Linear-heavy models also dynamic int8
+  per-channel, and `quantize_dynamic` exactly as users call it (its defaults: per-tensor, no
+  pre-processing; a cheap build, no calibration). On the 4 x Linear(4096) MLP the latter ran 4.00x
+  vs fp32 where per-channel ran 3.80x (BENCHMARKS.md, quiet); on MiniLM it misses a 0.99 cosine
+  floor and the fidelity check drops it. Static per-tensor stays an ordinary candidate: a
+  calibrated build costs minutes on a large model, and the suite's picks found it where it won.
 - OpenVINO: NNCF int8 (OpenVINO's own placement of quantizers); for Linear-heavy models also NNCF's
   int8 weight compression.
 
@@ -59,9 +60,6 @@ def expert_steps(model, backend: str, have: set[str]) -> list[tuple[_STEP, str]]
         if "quantize-static" in have:
             out.append((_step("quantize-static", {}),
                         "ORT expert: calibrated static int8, per-channel U8S8"))
-            out.append((_step("quantize-static", {"per_channel": False}),
-                        "ORT expert: calibrated static int8, per-tensor (quantize_static's "
-                        "default)"))
         if heavy and "quantize-dynamic" in have:
             out.append((_step("quantize-dynamic", {}),
                         "ORT expert: dynamic int8 (weights int8) for a Linear-heavy model"))
