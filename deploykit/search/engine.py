@@ -201,7 +201,7 @@ class Search:
         time limit lasts; the experts' recipes come first, always, and are measured whole. Right
         after the recovered prunes, before the cheaper rest of the space can spend the building
         time: deeper cuts while the deepest still meets the floor (search/deeper.py), then the
-        final, longer fine-tune of the deepest still below it (recover.final_candidates).
+        final, longer fine-tune of a cut still below it (recover.final_candidates).
         Returns how many model candidates were added beyond `models`."""
         from .recover import STEP
 
@@ -233,9 +233,10 @@ class Search:
                          variants: Sequence[tuple], bar: Bar) -> int:
         """After the short recoveries: deeper torch-side prunes, one cut at a time, while the
         deepest one built still meets the floor (search/deeper.py); then recovery's final,
-        longer fine-tune of the deepest prune still below it, the next deepest only when a
-        final one missed (NetAdapt's long-term fine-tune; search/recover.py). Returns how many
-        model candidates were built."""
+        longer fine-tune of a prune still below it (recover.final_pick: the deepest within
+        reach of the floor, else the closest miss), the next one only when a final one missed
+        (NetAdapt's long-term fine-tune; search/recover.py). Returns how many model candidates
+        were built."""
         from .deeper import deeper_candidates
         from .recover import final_candidates
 
@@ -243,7 +244,8 @@ class Search:
         n = 0
         for propose in (lambda: deeper_candidates(rows, self.time_left(), reserve),
                         lambda: final_candidates(rows, self.cfg.recover_final_s,
-                                                 self.time_left(), reserve)):
+                                                 self.time_left(), reserve,
+                                                 floor=self.cfg.min_fidelity)):
             while True:
                 cands, why_not = propose()
                 if why_not:

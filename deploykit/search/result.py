@@ -39,8 +39,9 @@ class SearchConfig:
     experts: bool = True  # build and measure whole the expert recipes of each runtime first
     # seconds of distillation per pruned candidate of a torch source (search/recover.py); 0: off
     recover_budget_s: float = 0.0
-    # seconds of distillation for the final pick: the deepest recovered prune still below the
-    # floor after its short recovery is distilled this much longer, from its weights (0: off)
+    # seconds of distillation for the final pick: a recovered prune still below the floor after
+    # its short recovery (recover.final_pick) is distilled this much longer, from its weights
+    # (0: off)
     recover_final_s: float = 0.0
     unit_plan: TimingPlan = UNIT_PLAN
     whole_plan: TimingPlan = WHOLE_PLAN
