@@ -25,7 +25,8 @@ def recover_markdown(r: dict, header_env: dict | None = None) -> list[str]:
     if resnet:
         lines = ["## ResNet-style CNN with BatchNorm: the search with recovery vs int8 alone, at "
                  f"cosine >= {tg['min_cosine']}", "",
-                 prov + f" tinyresnet's residual blocks (BatchNorm, widths 16-128) trained here "
+                 prov + f" tinyresnet's residual blocks (BatchNorm, widths "
+                 f"{'-'.join(map(str, r.get('widths') or (16, 32, 64, 128)))}) trained here "
                  f"({r['teacher_epochs']} epochs on {r['n_train']:,} real digits, "
                  f"{r['base_accuracy']:.1%} on {r['n_test']:,} held-out ones). `deploykit search` "
                  f"with `--eval` = the worst per-digit output cosine vs the original over "
