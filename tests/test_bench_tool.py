@@ -208,6 +208,12 @@ def test_mnist_search_section_renders_the_target_verdict(tmp_path):
     assert "| torch-prune:budget_s=20.0,ratio=0.5 | rejected | 0.9800 | 0.8300 | 0.9300 | 20 " \
         "| 900 |" in text
     assert "**met** — 1.60x (1.50–1.70), interleaved." in text
+    # a recovery pick that is no recovered cut (an int8 recipe both searches had, on other
+    # thread options) is no evidence for recovery, whatever its ratio
+    plain = {**r, "rows": [r["rows"][0], {**r["rows"][1], "recipe": "quantize-static"},
+                           r["rows"][2]]}
+    text = "\n".join(recover_markdown(plain, ENV))
+    assert "**NOT met** — 1.60x" in text and "no recovered (pruned) candidate" in text
     # the ResNet mode: cosine floor, held-out cosine columns, a final continued from its short
     res = {**r, "model": "resnet-mnist", "cosine_digits": 200, "floor": 0.99,
            "target": {"min_cosine": 0.99, "speedup_vs_int8": 1.3}, "met": False,
@@ -243,6 +249,7 @@ def test_each_bench_recover_model_has_its_own_key_and_section(tmp_path):
          "target": {"max_drop_points": 0.5, "speedup_vs_int8": 1.5},
          "rows": [{**row, "name": n} for n in ("fp32", "recovery pick", "int8-only pick")],
          "recovered": [], "recovery_vs_int8": [1.7, 1.6, 1.8], "met": True}
+    r["rows"][1]["recipe"] = "torch-prune:budget_s=20.0,ratio=0.75; quantize-static"
     data = {"results": [], "env": ENV,
             "mnist_search": {**r, "model": "mnist-cnn", "met": False,
                              "recovery_vs_int8": [1.3, 1.2, 1.4]},

@@ -221,7 +221,11 @@ def run(out: Path, args) -> dict:
                                                        "start_fidelity", "start_steps")}}
                  for c in d["candidates"] if c.get("recovery") and not c["options"]
                  and "+int8" not in c["family"]]
-    if resnet:
+    from deploykit.search.recover import STEP
+
+    if STEP not in (res.recommendation["recipe"] or ""):  # no recovered cut: nothing to credit
+        met = False
+    elif resnet:
         met = vs[0] >= RESNET_TARGET["speedup_vs_int8"] and \
             rows[1]["cosine_min"] >= RESNET_TARGET["min_cosine"]
     else:
