@@ -14,6 +14,9 @@ import math
 import torch
 from torch import nn
 
+# absolute: this file is also loaded by path, as a factory file (export convattn.py:build)
+from deploykit.examples.tinyresnet import trained_like_bn
+
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
     layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
@@ -85,15 +88,7 @@ class ConvAttn(nn.Module):
 
 def build() -> nn.Module:
     torch.manual_seed(0)
-    model = ConvAttn()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained model has
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model.eval()
+    return trained_like_bn(ConvAttn())
 
 
 def example_inputs() -> tuple[torch.Tensor, ...]:

@@ -34,10 +34,10 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
-def build() -> nn.Module:
-    torch.manual_seed(0)
-    model = TinyResNet()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so BN folding is really tested
+def trained_like_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine weights (from torch's current seed), as a
+    trained model has, so BN folding is really tested; returns the model in eval mode."""
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
@@ -45,6 +45,11 @@ def build() -> nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    return trained_like_bn(TinyResNet())
 
 
 def example_inputs() -> tuple[torch.Tensor, ...]:
