@@ -38,6 +38,8 @@ from deploykit.measure import env as envinfo
 from deploykit.backends import registry as targets
 from deploykit.core import ModelRef, TimingPlan  # noqa: E402
 
+from bench_report import SEARCH_NAME  # noqa: E402  (tools/: the row name the report reads)
+
 OUT = ROOT / "tools" / "bench_out"
 QUICK_OUT = Path(tempfile.gettempdir()) / "deploykit-bench-quick"
 
@@ -236,8 +238,6 @@ RECIPES = {
 # ---------------------------------------------------------------------------------------------
 # deploykit's search recommendation (the `deploykit search` verb itself) and TVM
 
-
-SEARCH_NAME = "deploykit search pick"
 
 
 def _why(e: Exception) -> str:

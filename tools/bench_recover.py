@@ -221,9 +221,9 @@ def run(out: Path, args) -> dict:
                                                        "start_fidelity", "start_steps")}}
                  for c in d["candidates"] if c.get("recovery") and not c["options"]
                  and "+int8" not in c["family"]]
-    from deploykit.search.recover import STEP
+    from bench_recover_report import recovered_pick
 
-    if STEP not in (res.recommendation["recipe"] or ""):  # no recovered cut: nothing to credit
+    if not recovered_pick({"rows": rows}):  # no recovered cut: nothing to credit to recovery
         met = False
     elif resnet:
         met = vs[0] >= RESNET_TARGET["speedup_vs_int8"] and \
