@@ -308,3 +308,21 @@ def test_search_vs_experts_verdict_takes_the_best_expert_at_the_floor_on_the_pic
     r = {**model("m", [rows[0], other_rt, pick(2.0)]), "search": {"min_fidelity": 0.99}}
     assert "no expert recipe on ort-cpu" in bench_report.vs_experts(r)
     assert bench_report.vs_experts(model("m", rows)) is None  # no search row, no verdict
+
+
+def test_bench_recover_widths_are_checked_before_anything_runs(tmp_path):
+    """--widths: positive stage widths; anything else is one argparse line, exit code 2, before
+    a digit is loaded or a file written."""
+    import subprocess
+
+    import bench_recover
+
+    assert bench_recover._widths("16,32,64,128") == (16, 32, 64, 128)
+    for bad in ("32,0,64", "a,b", "", "-8"):
+        r = subprocess.run([sys.executable, str(Path(bench_recover.__file__)), "--model",
+                            "resnet", "--widths", bad, "--results", str(tmp_path / "r.json"),
+                            "--markdown", str(tmp_path / "B.md")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert "argument --widths" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())

@@ -243,6 +243,19 @@ def run(out: Path, args) -> dict:
             "target": RESNET_TARGET if resnet else TARGET, "met": met}
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    """--widths: positive stage widths, e.g. 32,64,128,256 (argparse turns the error into one
+    line and exit code 2)."""
+    try:
+        w = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        w = ()
+    if not w or min(w) < 1:
+        raise argparse.ArgumentTypeError(f"need positive integers, e.g. 32,64,128,256; "
+                                         f"got {text!r}")
+    return w
+
+
 def main(argv=None) -> int:
     import bench_report
     from bench_recover_report import recover_markdown
@@ -256,7 +269,7 @@ def main(argv=None) -> int:
                     "mnist_classic_search or resnet_search)")
     ap.add_argument("--cosine-digits", type=int, default=200,
                     help="resnet: held-out digits the cosine is judged on (default 200)")
-    ap.add_argument("--widths", type=lambda v: tuple(int(w) for w in v.split(",")),
+    ap.add_argument("--widths", type=_widths,
                     default=RESNET_WIDTHS, help="resnet: stage widths (default 32,64,128,256, "
                     "the bundled tinyresnet's)")
     ap.add_argument("--results", default=str(ROOT / "tools" / "bench_out" / "results.json"))
